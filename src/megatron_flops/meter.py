@@ -1,0 +1,132 @@
+"""A per-iteration throughput accumulator.
+
+Megatron-DeepSpeed computes throughput at log time from the *current* batch size and the
+interval's mean iteration time, which is wrong across a batch-size ramp-up step or a
+curriculum sequence-length change.  The meter instead adds every iteration's own samples,
+tokens and FLOPs, and divides by the interval's wall time when asked for a report.
+"""
+
+from typing import NamedTuple, Optional
+
+from .flops import FlopsPerSample
+from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape
+
+
+class ThroughputReport(NamedTuple):
+    """Throughput over one reporting interval (the iterations added since the last report).
+
+    All rates divide by ``elapsed_seconds``, the interval's wall-clock time.
+
+    - ``samples_per_second``, ``tokens_per_second``: global (all data-parallel replicas).
+    - ``tokens_per_second_per_gpu``: ``tokens_per_second / world_size`` (Megatron's "tgs").
+    - ``model_tflops_per_gpu``: model FLOPs (forward + backward, no recomputation) of the
+      interval's iterations / (seconds × world size × 1e12).
+    - ``hardware_tflops_per_gpu``: the same with the configured recomputation added — what
+      the devices actually executed.  Equal to the model figure without recompute.
+    - ``mfu`` / ``hfu``: those two divided by the device's dense peak TFLOP/s, as fractions
+      (0.5 is 50 %); ``None`` when no peak is known.
+    """
+
+    iterations: int
+    elapsed_seconds: float
+    samples: int
+    tokens: int
+    model_flops: int
+    hardware_flops: int
+    world_size: int
+    samples_per_second: float
+    tokens_per_second: float
+    tokens_per_second_per_gpu: float
+    model_tflops_per_gpu: float
+    hardware_tflops_per_gpu: float
+    mfu: Optional[float]
+    hfu: Optional[float]
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+
+class ThroughputMeter:
+    """Accumulates iterations; :meth:`report` turns an interval into a :class:`ThroughputReport`.
+
+    ``add_iteration(batch_size, seq_length)`` is called once per training iteration with that
+    iteration's *global* batch size (samples over all data-parallel ranks) and sequence length.
+    ``report(elapsed_seconds)`` closes the interval and starts a new one.  The meter does no
+    I/O, no collective and no device synchronisation; FLOPs per sample are computed once per
+    distinct sequence length.
+
+    ``consumed_samples`` and ``consumed_tokens`` run over the whole life of the meter.
+    """
+
+    __slots__ = ("world_size", "peak_tflops", "_per_sample", "_iterations", "_samples",
+                 "_tokens", "_model_flops", "_hardware_flops", "consumed_samples",
+                 "consumed_tokens")
+
+    def __init__(self, model: ModelShape, world_size: int = 1, recompute: Recompute = NO_RECOMPUTE,
+                 pipeline_parallel_size: int = 1, peak_tflops: Optional[float] = None,
+                 causal: bool = False):
+        if world_size <= 0:
+            raise ValueError(f"--world-size must be a positive integer, got {world_size}")
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise ValueError(f"--peak-tflops must be positive, got {peak_tflops}")
+        self.world_size = world_size
+        self.peak_tflops = peak_tflops
+        self._per_sample = FlopsPerSample(model, recompute, pipeline_parallel_size, causal)
+        self.consumed_samples = 0
+        self.consumed_tokens = 0
+        self._reset()
+
+    @classmethod
+    def for_run(cls, model: ModelShape, run: RunShape, peak_tflops: Optional[float] = None,
+                causal: bool = False) -> "ThroughputMeter":
+        return cls(model, run.world_size, run.recompute, run.pipeline_model_parallel_size,
+                   peak_tflops, causal)
+
+    def _reset(self) -> None:
+        self._iterations = 0
+        self._samples = 0
+        self._tokens = 0
+        self._model_flops = 0
+        self._hardware_flops = 0
+
+    def add_iteration(self, batch_size: int, seq_length: int) -> None:
+        model_flops, hardware_flops = self._per_sample(seq_length)
+        tokens = batch_size * seq_length
+        self._iterations += 1
+        self._samples += batch_size
+        self._tokens += tokens
+        self._model_flops += batch_size * model_flops
+        self._hardware_flops += batch_size * hardware_flops
+        self.consumed_samples += batch_size
+        self.consumed_tokens += tokens
+
+    @property
+    def pending_iterations(self) -> int:
+        return self._iterations
+
+    def report(self, elapsed_seconds: float) -> ThroughputReport:
+        """Close the interval of the iterations added since the last report."""
+        if not elapsed_seconds > 0:
+            raise ValueError(f"elapsed time must be positive, got {elapsed_seconds!r} s")
+        per_gpu_seconds = elapsed_seconds * self.world_size
+        model_tflops = self._model_flops / (per_gpu_seconds * 1e12)
+        hardware_tflops = self._hardware_flops / (per_gpu_seconds * 1e12)
+        peak = self.peak_tflops
+        result = ThroughputReport(
+            self._iterations,
+            elapsed_seconds,
+            self._samples,
+            self._tokens,
+            self._model_flops,
+            self._hardware_flops,
+            self.world_size,
+            self._samples / elapsed_seconds,
+            self._tokens / elapsed_seconds,
+            self._tokens / per_gpu_seconds,
+            model_tflops,
+            hardware_tflops,
+            model_tflops / peak if peak else None,
+            hardware_tflops / peak if peak else None,
+        )
+        self._reset()
+        return result

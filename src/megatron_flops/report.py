@@ -1,0 +1,99 @@
+"""Text rendering of a breakdown for people (tables with aligned columns, no dependencies)."""
+
+from typing import List, Sequence
+
+from .flops import Breakdown
+from .params import ParameterCount
+from .shapes import ModelShape, RunShape
+
+_UNITS = ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"),
+          (1e3, "kFLOP"), (1.0, "FLOP"))
+
+
+def flops_unit(value: float):
+    for scale, name in _UNITS:
+        if value >= scale:
+            return scale, name
+    return 1.0, "FLOP"
+
+
+def format_flops(value: float) -> str:
+    scale, name = flops_unit(value)
+    return f"{value / scale:.3f} {name}"
+
+
+def format_count(value: int) -> str:
+    for scale, name in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.2f}{name}"
+    return str(value)
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str], right: Sequence[bool]) -> str:
+    widths = [max(len(str(r[i])) for r in list(rows) + [header]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w)
+                         for c, w, r in zip(cells, widths, right)).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def describe_model(model: ModelShape) -> str:
+    n, g = model.num_attention_heads, model.num_query_groups
+    attention = "MHA" if g == n else "MQA" if g == 1 else f"GQA {n // g}:1"
+    mlp = model.glu_activation or "gelu"
+    parts = [f"{model.num_layers} layers", f"hidden {model.hidden_size}",
+             f"{n} heads × {model.kv_channels} ({g} KV heads, {attention})",
+             f"ffn {model.ffn_hidden_size} ({mlp})",
+             f"vocab {model.vocab_size} ({'tied' if model.tie_embeddings else 'untied'})",
+             f"{model.position_embedding} positions"]
+    if model.is_moe:
+        experts = sorted(set(model.num_experts))
+        parts.append(f"MoE {'/'.join(map(str, experts))} experts top-{model.moe_topk} "
+                     f"every {model.expert_interval} layers")
+    return ", ".join(parts)
+
+
+def describe_run(run: RunShape) -> str:
+    accumulation = run.global_batch_size // (run.micro_batch_size * run.data_parallel_size)
+    text = (f"seq {run.seq_length}, global batch {run.global_batch_size} (micro "
+            f"{run.micro_batch_size} × DP {run.data_parallel_size} × {accumulation} accumulation), "
+            f"{run.world_size} GPUs (TP {run.tensor_model_parallel_size}, PP "
+            f"{run.pipeline_model_parallel_size}), recompute {run.recompute.label}, {run.dtype}")
+    if run.rampup_batch_size:
+        start, inc, samples = run.rampup_batch_size
+        text += f", batch ramp-up {start} +{inc} over {samples} samples"
+    return text
+
+
+def breakdown_table(breakdown: Breakdown) -> str:
+    total = breakdown.hardware_flops
+    scale, unit = flops_unit(total)
+    rows: List[List[str]] = []
+    for c in breakdown:
+        rows.append([c.name, f"{c.forward / scale:.3f}", f"{c.backward / scale:.3f}",
+                     f"{c.recompute / scale:.3f}", f"{100.0 * c.hardware_flops / total:.1f}%"])
+    rows.append(["total", f"{breakdown.forward_flops / scale:.3f}",
+                 f"{breakdown.backward_flops / scale:.3f}",
+                 f"{breakdown.recompute_flops / scale:.3f}", "100.0%"])
+    return table(rows, [f"component ({unit})", "forward", "backward", "recompute", "share"],
+                 [False, True, True, True, True])
+
+
+def summary_lines(model: ModelShape, run: RunShape, breakdown: Breakdown,
+                  params: ParameterCount) -> List[str]:
+    return [
+        f"model: {describe_model(model)}",
+        f"run:   {describe_run(run)}",
+        f"parameters: {params.total:,} ({format_count(params.total)}; "
+        f"{format_count(params.non_embedding)} without embeddings)",
+        "",
+        breakdown_table(breakdown),
+        "",
+        f"model FLOPs per iteration:    {breakdown.model_flops:,} ({format_flops(breakdown.model_flops)})",
+        f"hardware FLOPs per iteration: {breakdown.hardware_flops:,} "
+        f"({format_flops(breakdown.hardware_flops)}, recompute {run.recompute.label})",
+    ]

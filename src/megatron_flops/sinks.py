@@ -1,0 +1,71 @@
+"""Where throughput goes: the console line, TensorBoard tags, W&B keys.
+
+One code path for the Megatron hook, the demo and ``relog``.  Writers are duck-typed
+(anything with ``add_scalar(tag, value, step)``, or ``wandb.log``-like callables), so this
+module imports nothing outside the standard library.
+"""
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .meter import ThroughputReport
+
+# report field -> TensorBoard / W&B tag
+TAGS: Tuple[Tuple[str, str], ...] = (
+    ("model_tflops_per_gpu", "throughput/model_tflops_per_gpu"),
+    ("hardware_tflops_per_gpu", "throughput/hardware_tflops_per_gpu"),
+    ("mfu", "throughput/mfu"),
+    ("hfu", "throughput/hfu"),
+    ("tokens_per_second", "throughput/tokens_per_second"),
+    ("tokens_per_second_per_gpu", "throughput/tokens_per_second_per_gpu"),
+    ("samples_per_second", "throughput/samples_per_second"),
+)
+
+
+def scalars(report: ThroughputReport) -> Dict[str, float]:
+    """tag -> value for one report (MFU/HFU left out when no peak is known)."""
+    out = {}
+    for field, tag in TAGS:
+        value = getattr(report, field)
+        if value is not None:
+            out[tag] = float(value)
+    return out
+
+
+def write_tensorboard(writer, report: ThroughputReport, iteration: int,
+                      consumed_samples: Optional[int] = None,
+                      consumed_tokens: Optional[int] = None) -> None:
+    """Write every tag vs iteration, and ``… vs samples`` / ``… vs tokens`` like Megatron."""
+    for tag, value in scalars(report).items():
+        writer.add_scalar(tag, value, iteration)
+        if consumed_samples is not None:
+            writer.add_scalar(tag + " vs samples", value, consumed_samples)
+        if consumed_tokens is not None:
+            writer.add_scalar(tag + " vs tokens", value, consumed_tokens)
+
+
+def write_wandb(log: Callable[..., None], report: ThroughputReport, iteration: int) -> None:
+    """``log`` is ``wandb.log`` (or anything with its signature)."""
+    log(scalars(report), step=iteration)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.1f}%"
+
+
+def console_fields(report: ThroughputReport) -> List[Tuple[str, str]]:
+    """(key, formatted value) pairs in the order they are printed."""
+    return [
+        ("samples per second", f"{report.samples_per_second:.3f}"),
+        ("tokens per second", f"{report.tokens_per_second:.1f}"),
+        ("tokens per gpu per second", f"{report.tokens_per_second_per_gpu:.1f}"),
+        ("model TFLOP/s per gpu", f"{report.model_tflops_per_gpu:.2f}"),
+        ("hardware TFLOP/s per gpu", f"{report.hardware_tflops_per_gpu:.2f}"),
+        ("MFU", _percent(report.mfu)),
+        ("HFU", _percent(report.hfu)),
+    ]
+
+
+def console_line(report: ThroughputReport, prefix_fields: Tuple[Tuple[str, str], ...] = ()) -> str:
+    """Megatron style: `` key: value |`` fields."""
+    fields = list(prefix_fields) + console_fields(report)
+    return "".join(f" {key}: {value} |" for key, value in fields)
