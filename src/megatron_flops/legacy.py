@@ -12,8 +12,16 @@ microsoft (deepspeedai)/Megatron-DeepSpeed (``megatron/utils.py::throughput_calc
 counts multiply-accumulates per GEMM group; the Q, K, V and output projections are
 ``(1 + 2 // gqa + 1)·h²`` per token, so K and V vanish from the count for a GQA ratio of 3
 or more (integer division), and the FFN uses ``ffn_hidden_size`` with 3 GEMMs for
-``--swiglu``.  Full recompute adds a whole forward (logits included); selective adds the
-attention GEMMs once more.
+``--swiglu``; the FFN of *every* layer is multiplied by ``--topk`` (``--expert-interval`` and
+the router are ignored); ``head_dim = h // n`` ignores ``--kv-channels``.  Full recompute (or
+``--checkpoint-activations``) adds a whole forward, logits included, whatever
+``--recompute-num-layers``/``--recompute-method`` say; selective adds the attention GEMMs once
+more.  Read at microsoft/Megatron-DeepSpeed f4157bea (``utils.py`` throughput_calculator) and
+bigscience-workshop/Megatron-DeepSpeed 8387ae17 (``training.py`` training_log).
+
+Before microsoft commit b7b2d5ef (2024-08) the microsoft fork logged Eq. 3 with coefficient 24
+and factor 4 for any recompute (selective included): :func:`microsoft_eq3_tflops` reproduces
+those older dashboards.
 """
 
 from typing import Optional
@@ -42,7 +50,8 @@ def microsoft_flops_per_iteration(batch_size: int, seq_length: int, num_layers: 
                                   hidden_size: int, num_attention_heads: int,
                                   num_key_value_heads: Optional[int], ffn_hidden_size: int,
                                   padded_vocab_size: int, swiglu: bool,
-                                  recompute_granularity: Optional[str]) -> int:
+                                  recompute_granularity: Optional[str], topk: int = 1,
+                                  checkpoint_activations: bool = False) -> int:
     B, s, l, h, V = batch_size, seq_length, num_layers, hidden_size, padded_vocab_size
     n = num_attention_heads
     head_dim = h // n
@@ -50,13 +59,13 @@ def microsoft_flops_per_iteration(batch_size: int, seq_length: int, num_layers: 
     ffn_gemms = 3 if swiglu else 2
     attention_projection_macs = B * l * (1 + (2 // gqa) + 1) * h ** 2 * s
     attention_core_macs = B * l * 2 * head_dim * n * s ** 2
-    ffn_macs = B * l * ffn_gemms * ffn_hidden_size * h * s
+    ffn_macs = B * l * ffn_gemms * ffn_hidden_size * h * s * topk
     logits_macs = B * V * h * s
     forward_macs = attention_projection_macs + attention_core_macs + ffn_macs + logits_macs
     total_macs = 3 * forward_macs
-    if recompute_granularity == "full":
+    if checkpoint_activations or recompute_granularity == "full":
         total_macs += forward_macs
-    elif recompute_granularity == "selective":
+    if recompute_granularity == "selective":
         total_macs += attention_core_macs
     return 2 * total_macs
 
@@ -65,13 +74,22 @@ def microsoft_tflops(batch_size: int, seq_length: int, num_layers: int, hidden_s
                      num_attention_heads: int, num_key_value_heads: Optional[int],
                      ffn_hidden_size: int, padded_vocab_size: int, swiglu: bool,
                      recompute_granularity: Optional[str], seconds_per_iteration: float,
-                     world_size: int) -> float:
+                     world_size: int, topk: int = 1, checkpoint_activations: bool = False
+                     ) -> float:
     """TFLOPs as the microsoft fork's throughput_calculator returns them (per GPU)."""
     flops = microsoft_flops_per_iteration(batch_size, seq_length, num_layers, hidden_size,
                                           num_attention_heads, num_key_value_heads,
                                           ffn_hidden_size, padded_vocab_size, swiglu,
-                                          recompute_granularity)
+                                          recompute_granularity, topk, checkpoint_activations)
     return flops / (seconds_per_iteration * world_size * 1e12)
+
+
+def microsoft_eq3_tflops(batch_size: int, seq_length: int, num_layers: int, hidden_size: int,
+                         padded_vocab_size: int, recompute: bool,
+                         seconds_per_iteration: float, world_size: int) -> float:
+    """The microsoft fork before b7b2d5ef: Eq. 3, coefficient 24, factor 4 for any recompute."""
+    return bigscience_tflops(batch_size, seq_length, num_layers, hidden_size, padded_vocab_size,
+                             False, recompute, seconds_per_iteration, world_size)
 
 
 def legacy_tflops_for_shapes(model, run, batch_size: int, seq_length: int,
@@ -91,5 +109,6 @@ def legacy_tflops_for_shapes(model, run, batch_size: int, seq_length: int,
                                       model.hidden_size, model.num_attention_heads,
                                       model.num_query_groups, model.ffn_hidden_size,
                                       model.vocab_size, model.glu, recompute,
-                                      seconds_per_iteration, run.world_size),
+                                      seconds_per_iteration, run.world_size,
+                                      topk=model.moe_topk if model.is_moe else 1),
     }

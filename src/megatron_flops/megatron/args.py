@@ -22,8 +22,9 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128,
                       pad_vocab_size_to: Optional[int] = None) -> int:
     """Megatron's padding: round up to a multiple of ``divisible_by × TP``.
 
-    bigscience's ``--pad-vocab-size-to`` sets the size outright (it must be at least the
-    tokenizer's size and divisible by TP).
+    bigscience's ``--pad-vocab-size-to`` sets the size outright; like the fork we require it
+    to be at least the tokenizer's size and a multiple of ``--make-vocab-size-divisible-by``,
+    and (as the fork's help text says, though its code does not check) divisible by TP.
     """
     if vocab_size <= 0:
         raise ShapeError(f"--vocab-size must be a positive integer, got {vocab_size}", "--vocab-size")
@@ -32,6 +33,11 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128,
             raise ShapeError(
                 f"--pad-vocab-size-to ({pad_vocab_size_to}) must be at least the tokenizer's "
                 f"vocabulary size ({vocab_size})", "--pad-vocab-size-to")
+        if make_vocab_size_divisible_by and pad_vocab_size_to % make_vocab_size_divisible_by:
+            raise ShapeError(
+                f"--pad-vocab-size-to ({pad_vocab_size_to}) must be a multiple of "
+                f"--make-vocab-size-divisible-by ({make_vocab_size_divisible_by})",
+                "--pad-vocab-size-to")
         if pad_vocab_size_to % tensor_model_parallel_size:
             raise ShapeError(
                 f"--pad-vocab-size-to ({pad_vocab_size_to}) must be divisible by "
