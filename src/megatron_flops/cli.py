@@ -16,6 +16,8 @@ from .shapes import ShapeError
 COMMANDS = {
     "estimate": ("megatron_flops.cli", "estimate_main",
                  "FLOPs breakdown, parameters, throughput and MFU for Megatron flags"),
+    "patch": ("megatron_flops.megatron.patch", "patch_main",
+              "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),
 }
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2

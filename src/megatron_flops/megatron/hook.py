@@ -491,7 +491,7 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
     ``MEGATRON_FLOPS_PEAK_TFLOPS`` / ``MEGATRON_FLOPS_GPU``, else the device name);
     ``causal`` counts half of the attention products (flash attention; env
     ``MEGATRON_FLOPS_CAUSAL=1``).  ``megatron.training`` is patched now if it is imported
-    (or given as ``training_module``), else as soon as it is imported.  With
+    (or given as ``training_module``, a module or its name), else as soon as it is imported.  With
     ``MEGATRON_FLOPS_DISABLE=1`` nothing is installed and None is returned.
     """
     global _HOOK
@@ -510,6 +510,8 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
         sys.meta_path.insert(0, _TrainingImportFinder(_HOOK))
     elif out is not None:
         _HOOK.out = out
+    if isinstance(training_module, str):  # the patched training.py passes its __name__
+        training_module = sys.modules[training_module]
     module = training_module if training_module is not None else sys.modules.get(TRAINING_MODULE)
     if module is not None:
         _HOOK.patch(module)
