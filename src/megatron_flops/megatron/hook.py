@@ -38,7 +38,6 @@ import importlib.abc
 import importlib.util
 import inspect
 import os
-import re
 import sys
 from typing import Callable, Optional
 
@@ -61,8 +60,17 @@ _BIGSCIENCE_TAGS = {
     "iteration-time/tokens per second per replica": lambda r, dp: r.tokens_per_second / dp,
     "iteration-time/TFLOPs per gpu (estimated)": lambda r, dp: r.hardware_tflops_per_gpu,
 }
-_SAMPLES_FIELD = re.compile(r"( samples per second: )[^|]*( \|)")
-_TFLOPS_FIELD = re.compile(r"( TFLOPs: )[^|]*( \|)")
+
+
+def replace_field(line: str, key: str, value: str) -> str:
+    """``line`` with the value of its `` key: value |`` field replaced (unchanged if absent)."""
+    marker = f" {key}: "
+    start = line.find(marker)
+    if start < 0:
+        return line
+    start += len(marker)
+    end = line.find(" |", start)
+    return line if end < 0 else line[:start] + value + line[end:]
 
 
 def _rank_and_world():
@@ -113,6 +121,8 @@ class MegatronHook:
         self._report = None  # the report of the interval closed in this training_log call
         self._accounting = None
         self._total_loss_dict = None
+        self._keys_in_line = None
+        self._watching = False
         self._originals = {}
 
     # ---- messages ---------------------------------------------------------------------
@@ -282,7 +292,7 @@ class MegatronHook:
             calc.iteration_seq_length(args))
         accounting.last_iteration = iteration
         self._report = None
-        if self.fork == FORK_BIGSCIENCE and iteration % args.log_interval == 0:
+        if self.fork == FORK_BIGSCIENCE and not self._watching and iteration % args.log_interval == 0:
             self._watch_bigscience_outputs(training)
 
     def _watch_bigscience_outputs(self, training) -> None:
@@ -325,6 +335,8 @@ class MegatronHook:
             add_scalar._megatron_flops_original = original_add_scalar
             writer.add_scalar = add_scalar
             writer._megatron_flops = True
+        # both in place (or no writer on this rank, which the fork never creates later)
+        self._watching = True
 
     def _interval_iterations(self, accounting) -> int:
         """Iterations in the fork's interval: advanced + skipped, as its training_log counts
@@ -338,15 +350,20 @@ class MegatronHook:
     # ---- per log interval -------------------------------------------------------------
 
     def _rewrite_bigscience_line(self, message: str) -> str:
+        """The fork's format for these two fields: samples/s ``{:.3f}``, TFLOPs ``{:.2f}``."""
         report = self._report
-        message = _SAMPLES_FIELD.sub(r"\g<1>%.3f\g<2>" % report.samples_per_second, message, 1)
-        message = _TFLOPS_FIELD.sub(r"\g<1>%.2f\g<2>" % report.hardware_tflops_per_gpu, message, 1)
+        message = replace_field(message, "samples per second", "%.3f" % report.samples_per_second)
+        message = replace_field(message, "TFLOPs", "%.2f" % report.hardware_tflops_per_gpu)
         return self._append_fields(message)
 
     def _append_fields(self, message: str) -> str:
-        extra = "".join(f" {key}: {value} |" for key, value in sinks.console_fields(self._report)
-                        if f" {key}: " not in message)
-        return message + extra
+        """Our console fields after the fork's, leaving out keys the line already has."""
+        skip = self._keys_in_line
+        if skip is None:  # the fork's line has the same keys every interval: look once
+            skip = self._keys_in_line = frozenset(
+                key for key, _ in sinks.console_fields(self._report) if f" {key}: " in message)
+        return message + "".join(f" {key}: {value} |" for key, value
+                                 in sinks.console_fields(self._report) if key not in skip)
 
     def _after_training_log(self, iteration: int) -> None:
         report = self._report
