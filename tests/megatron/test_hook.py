@@ -256,3 +256,21 @@ def test_run_module_without_script_is_a_usage_error():
                             text=True, env=dict(os.environ, PYTHONPATH=os.path.abspath(
                                 os.path.join(os.path.dirname(__file__), "..", "..", "src"))))
     assert result.returncode != 0 and "usage: python -m megatron_flops.run" in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tools, tmp_path):
+    """`torchrun --nproc_per_node=2 -m megatron_flops.run pretrain_gpt.py ARGS`: rank 0 prints
+    the summary, the last rank the exact line (world 2, DP 2, batch 4)."""
+    checkout = tools.fixture_dir("bigscience")
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src"))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+         "megatron_flops.run", os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src),
+        cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("megatron-flops: hooked the bigscience") == 1
+    exact = 4 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 2 * 1e12)
+    assert [tools.field(line, "TFLOPs") for line in tools.log_lines(out)] == [f"{exact:.2f}"] * 2

@@ -412,7 +412,9 @@ class MegatronHook:
         lines += summary_lines(model, run, breakdown, parameter_count(model))
         lines.append(f"attention counted {'causal' if accounting.causal else 'dense (full s×s)'}; "
                      "elementwise ops not counted")
-        lines.append(f"peak for MFU/HFU: {accounting.peak.source}")
+        hint = "" if accounting.peak.known else (
+            f" [set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS}]")
+        lines.append(f"peak for MFU/HFU: {accounting.peak.source}{hint}")
         lines.append(fork_formula_line(self.fork, args, breakdown.hardware_flops,
                                        run.global_batch_size, run.seq_length))
         self._print("\n".join(lines), ranks=("first",))
