@@ -22,6 +22,10 @@ USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] SCRIPT.py [ARGS..
          "runs SCRIPT.py with exact throughput reporting (megatron-flops hook installed)")
 
 
+class UsageError(Exception):
+    pass
+
+
 def split_command(argv: List[str]):
     """(launcher options to pass on, script, script arguments)."""
     passed_on = []
@@ -32,15 +36,19 @@ def split_command(argv: List[str]):
             option = f"{option}={rest.pop(0)}"
         passed_on.append(option)
     if not rest or rest[0].startswith("-"):
-        raise SystemExit(USAGE if not rest or rest[0] in ("-h", "--help")
+        raise UsageError(USAGE if not rest or rest[0] in ("-h", "--help")
                          else f"megatron-flops run: expected a script, got {rest[0]!r}\n{USAGE}")
     return passed_on, rest[0], rest[1:]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    passed_on, script, script_args = split_command(sys.argv[1:] if argv is None else argv)
-    if not os.path.isfile(script):
-        raise SystemExit(f"megatron-flops run: no such script: {script}")
+    try:
+        passed_on, script, script_args = split_command(sys.argv[1:] if argv is None else argv)
+        if not os.path.isfile(script):
+            raise UsageError(f"megatron-flops run: no such script: {script}")
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
     from .megatron.hook import install
     install()
     path = os.path.abspath(script)

@@ -251,11 +251,19 @@ def test_run_module_under_launcher_style_arguments(tools, tmp_path):
     assert [tools.field(line, "hardware TFLOP/s per gpu") for line in lines] == [f"{exact:.2f}"] * 2
 
 
-def test_run_module_without_script_is_a_usage_error():
-    result = subprocess.run([sys.executable, "-m", "megatron_flops.run"], capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=os.path.abspath(
-                                os.path.join(os.path.dirname(__file__), "..", "..", "src"))))
-    assert result.returncode != 0 and "usage: python -m megatron_flops.run" in result.stderr
+@pytest.mark.parametrize("argv, message", [
+    ([], "usage: python -m megatron_flops.run"),
+    (["--local_rank=0"], "usage: python -m megatron_flops.run"),
+    (["--peak", "x.py"], "expected a script, got '--peak'"),
+    (["missing.py"], "no such script: missing.py"),
+])
+def test_run_module_bad_input_exits_2(argv, message, tmp_path):
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    result = subprocess.run([sys.executable, "-m", "megatron_flops.run", *argv],
+                            capture_output=True, text=True, cwd=str(tmp_path),
+                            env=dict(os.environ, PYTHONPATH=src))
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -117,7 +117,6 @@ class MegatronHook:
         self.out = out  # a stream for messages (None: sys.stdout at print time)
         self._summary_done = False
         self._in_training_log = False
-        self._log_iteration = False
         self._report = None  # the report of the interval closed in this training_log call
         self._accounting = None
         self._total_loss_dict = None
@@ -542,6 +541,7 @@ def uninstall() -> None:
     global _HOOK
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TrainingImportFinder)]
     if _HOOK is not None:
+        _HOOK.enabled = False  # wrappers left on timer/writer instances pass straight through
         for (module_name, name), value in _HOOK._originals.items():
             module = sys.modules.get(module_name)
             if module is not None:
