@@ -105,3 +105,24 @@ def test_peak_from_environment(monkeypatch):
     monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", "fast")
     with pytest.raises(ValueError, match="MEGATRON_FLOPS_PEAK_TFLOPS"):
         calculator.accounting_for(ms_args())
+
+
+def test_peak_from_the_device_name_torch_reports(monkeypatch):
+    # "NVIDIA H200" is what torch.cuda.get_device_name() returned on an H200 (torch 2.11, cu130)
+    fake_cuda = types.SimpleNamespace(is_available=lambda: True,
+                                      get_device_name=lambda: "NVIDIA H200")
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=fake_cuda))
+    monkeypatch.delenv("MEGATRON_FLOPS_GPU", raising=False)
+    monkeypatch.delenv("MEGATRON_FLOPS_PEAK_TFLOPS", raising=False)
+    peak = calculator.accounting_for(ms_args()).peak  # bf16 run
+    assert peak.tflops == 989.4 and "h200" in peak.source
+
+
+def test_a_broken_cuda_gives_no_peak_rather_than_an_error(monkeypatch):
+    def broken():
+        raise RuntimeError("no CUDA driver")
+    fake_cuda = types.SimpleNamespace(is_available=broken, get_device_name=broken)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=fake_cuda))
+    monkeypatch.delenv("MEGATRON_FLOPS_GPU", raising=False)
+    monkeypatch.delenv("MEGATRON_FLOPS_PEAK_TFLOPS", raising=False)
+    assert calculator.accounting_for(ms_args()).peak.tflops is None
