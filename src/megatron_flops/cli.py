@@ -185,7 +185,8 @@ def _print_estimate(result: dict, model, run, causal: bool) -> None:
         print(f"  MFU / HFU:                 {mfu} / {hfu}   (peak: {result['peak']['source']})")
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
-            print(f"  {fork} fork would log:    {value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
+            label = f"{fork} fork would log:"
+            print(f"  {label:<27}{value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")
