@@ -216,4 +216,7 @@ def estimate_main(argv: List[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this file's __main__ copy: sub-commands raise
+    # megatron_flops.cli.UsageError, which a __main__.UsageError would not catch
+    from megatron_flops.cli import main as package_main
+    sys.exit(package_main())
