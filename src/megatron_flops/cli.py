@@ -187,7 +187,8 @@ def _print_estimate(result: dict, model, run, causal: bool) -> None:
         print(f"  MFU / HFU:                 {mfu} / {hfu}   (peak: {result['peak']['source']})")
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
-            print(f"  {fork} fork would log:    {value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
+            label = f"{fork} fork would log:"
+            print(f"  {label:<27}{value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")
@@ -217,4 +218,7 @@ def estimate_main(argv: List[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this file's __main__ copy: sub-commands raise
+    # megatron_flops.cli.UsageError, which a __main__.UsageError would not catch
+    from megatron_flops.cli import main as package_main
+    sys.exit(package_main())
