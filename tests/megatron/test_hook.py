@@ -282,3 +282,18 @@ def test_torchrun_two_processes(tools, tmp_path):
     assert out.count("megatron-flops: hooked the bigscience") == 1
     exact = 4 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 2 * 1e12)
     assert [tools.field(line, "TFLOPs") for line in tools.log_lines(out)] == [f"{exact:.2f}"] * 2
+
+
+def test_bigscience_run_with_its_own_wandb_gets_the_new_keys(runner, tools, monkeypatch):
+    """bigscience has no W&B; a script that called wandb.init gets the throughput keys."""
+    import types
+    logged = []
+    fake_wandb = types.SimpleNamespace(run=object(), log=lambda data, step=None: logged.append((data, step)))
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    runner.run(tools.fixture_dir("bigscience"), args_for())
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert [step for _, step in logged] == [3, 6]
+    assert logged[0][0]["throughput/hardware_tflops_per_gpu"] == pytest.approx(exact)
+    assert set(logged[0][0]) == {"throughput/model_tflops_per_gpu", "throughput/hardware_tflops_per_gpu",
+                                 "throughput/tokens_per_second", "throughput/tokens_per_second_per_gpu",
+                                 "throughput/samples_per_second"}  # no MFU/HFU without a peak
