@@ -26,15 +26,19 @@ class ForkRunner:
     def __init__(self, capsys):
         self.capsys = capsys
 
-    def run(self, checkout: str, argv, hook: bool = True, **install_kwargs) -> str:
+    def run(self, checkout: str, argv, hook: bool = True, late_install: bool = False,
+            **install_kwargs) -> str:
+        """``late_install``: import megatron.training first, then install (patched at once)."""
         from megatron_flops.megatron import hook as hook_module
         _purge_megatron()
         sys.path.insert(0, checkout)
         self.capsys.readouterr()
         try:
-            if hook:
+            if hook and not late_install:
                 hook_module.install(**install_kwargs)
             import megatron.training
+            if hook and late_install:
+                hook_module.install(**install_kwargs)
             megatron.training.pretrain(list(argv))
             self.wandb = sys.modules["megatron.global_vars"].get_wandb_writer() \
                 if hasattr(sys.modules["megatron.global_vars"], "get_wandb_writer") else None

@@ -126,3 +126,17 @@ def test_a_broken_cuda_gives_no_peak_rather_than_an_error(monkeypatch):
     monkeypatch.delenv("MEGATRON_FLOPS_GPU", raising=False)
     monkeypatch.delenv("MEGATRON_FLOPS_PEAK_TFLOPS", raising=False)
     assert calculator.accounting_for(ms_args()).peak.tflops is None
+
+
+def test_partial_interval_is_counted_at_log_time():
+    """Hook installed mid-interval: 1 iteration seen, the fork's interval had 3."""
+    args = ms_args()
+    accounting = calculator.accounting_for(args)
+    accounting.observe_iteration(4, S // 2)
+    samples_per_second, tflops, _ = calculator.throughput_calculator(None, args, 3.0, 3)
+    assert samples_per_second == pytest.approx(3 * 8 / 3.0)  # 3 × micro 2 × DP 2 × 2
+    assert tflops == pytest.approx(24 * 3 * (L * layer_forward() + logits_forward()) / (3.0 * 2e12))
+    # and the next interval starts clean
+    accounting.observe_iteration(8, S)
+    _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
+    assert tflops == pytest.approx(8 * 3 * (L * layer_forward() + logits_forward()) / 2e12)

@@ -297,3 +297,33 @@ def test_bigscience_run_with_its_own_wandb_gets_the_new_keys(runner, tools, monk
     assert set(logged[0][0]) == {"throughput/model_tflops_per_gpu", "throughput/hardware_tflops_per_gpu",
                                  "throughput/tokens_per_second", "throughput/tokens_per_second_per_gpu",
                                  "throughput/samples_per_second"}  # no MFU/HFU without a peak
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_install_after_the_import_patches_at_once(fork, runner, tools):
+    out = runner.run(tools.fixture_dir(fork), args_for(), late_install=True)
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert [tools.field(line, "TFLOPs") for line in tools.log_lines(out)] == [f"{exact:.2f}"] * 2
+
+
+def test_unexpected_training_log_signature_falls_back_to_log_time(runner, tools, tmp_path):
+    """microsoft layout whose training_log lacks (…, iteration, …) 4th: the calculator is still
+    replaced but counts at log time (current batch × iterations), and says so once."""
+    checkout = tmp_path / "variant"
+    shutil.copytree(tools.fixture_dir("microsoft"), checkout,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    training = checkout / "megatron" / "training.py"
+    text = training.read_text()
+    text = text.replace("def training_log(loss_dict, total_loss_dict, learning_rate, iteration,",
+                        "def training_log(loss_dict, total_loss_dict, learning_rate, step,")
+    text = text.replace("    args = get_args()\n    timers = get_timers()\n    tb = ",
+                        "    iteration = step\n    args = get_args()\n    timers = get_timers()\n    tb = ")
+    training.write_text(text)
+    argv = args_for(micro=2, extra=["--global-batch-size", "8", "--rampup-batch-size", "2", "2", "8"])
+    out = runner.run(str(checkout), argv)
+    assert out.count("throughput counted at log time") == 1
+    per_sample = hand_hardware_flops(32)
+    for line in tools.log_lines(out):
+        log_time = int(tools.field(line, "global batch size")) * 3 * per_sample \
+            / (3 * SECONDS_PER_ITERATION * 1e12)
+        assert tools.field(line, "TFLOPs") == f"{log_time:.2f}"
