@@ -238,7 +238,10 @@ class VerifyResult(NamedTuple):
 def choose_meta(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1) -> bool:
     """True when the shape is too large to run with real tensors in a few seconds on a CPU."""
+    import dataclasses
     from ..params import parameter_count
+    if model.max_position_embeddings is None:
+        model = dataclasses.replace(model, max_position_embeddings=seq_length)
     hardware = flops_breakdown(model, seq_length, batch_size, recompute,
                                pipeline_parallel_size).hardware_flops
     return hardware > REAL_MAX_HARDWARE_FLOPS or parameter_count(model).total > REAL_MAX_PARAMETERS
