@@ -117,3 +117,34 @@ def test_reference_model_has_the_core_parameter_count(fields):
     model = ModelShape(**base)
     gpt = ReferenceGPT(model, seq_length=16, device="meta")
     assert sum(p.numel() for p in gpt.parameters()) == parameter_count(model).total
+
+
+def test_a_matmul_outside_the_components_is_caught(monkeypatch):
+    """A matmul the formulas do not know shows up as 'unattributed' and fails the check."""
+    import torch
+    from megatron_flops.reference import model as reference
+
+    original = reference.TransformerLayer.forward
+
+    def with_an_extra_matmul(self, x, rotary=None, bias=None):
+        x = original(self, x, rotary, bias)
+        return x + x @ torch.eye(x.shape[-1], device=x.device)
+
+    monkeypatch.setattr(reference.TransformerLayer, "forward", with_an_extra_matmul)
+    model = ModelShape(num_layers=2, hidden_size=16, num_attention_heads=2, vocab_size=64)
+    result = verify(model, seq_length=8, batch_size=2, meta=False)
+    assert not result.exact
+    assert [r.name for r in result.mismatches] == ["unattributed"]
+    extra = result["unattributed"]
+    # 2 layers × forward [T × h]·[h × h] with T = 2·8 = 16, h = 16;
+    # backward only the input gradient (the identity matrix needs none)
+    assert extra.counted["forward"] == 2 * (2 * 16 * 16 * 16)
+    assert extra.counted["backward"] == extra.counted["forward"]
+    assert result.flop_counter_total == result.counted_total
+
+
+def test_causal_and_odd_rotary_are_refused(capsys):
+    assert main(["verify", *TINY, "--causal"]) == 2
+    assert "--causal" in capsys.readouterr().err
+    assert main(["verify", *TINY, "--kv-channels", "7", "--position-embedding-type", "rotary"]) == 2
+    assert "--kv-channels" in capsys.readouterr().err

@@ -252,6 +252,9 @@ class ReferenceGPT(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.shape, self.seq_length, self.recompute = model, seq_length, recompute
         h, V = model.hidden_size, model.vocab_size
+        if model.position_embedding == "rotary" and model.kv_channels % 2:
+            raise ValueError(f"--kv-channels ({model.kv_channels}) must be even for rotary "
+                             "position embeddings")
         self.word_embeddings = nn.Embedding(V, h, **factory)
         self.position_embeddings = None
         if model.position_embedding == "learned":

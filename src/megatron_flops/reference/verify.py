@@ -328,7 +328,7 @@ def _text(result: VerifyResult, model: ModelShape, recompute: Recompute) -> str:
 
 
 def verify_main(argv: List[str]) -> int:
-    from ..cli import EXIT_MISMATCH, EXIT_OK, command_parser, parse_command
+    from ..cli import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
     parser = command_parser("verify", "Count the matmul FLOPs of one forward+backward step of a "
                             "reference Megatron GPT of this shape with PyTorch's FlopCounterMode "
                             "and compare them, component by component, with the formulas. "
@@ -339,7 +339,11 @@ def verify_main(argv: List[str]) -> int:
     tensors.add_argument("--real", dest="meta", action="store_const", const=False,
                          help="build the model with real tensors and run the arithmetic")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--causal", action="store_true", help=argparse.SUPPRESS)
     args, model, run = parse_command(parser, argv)
+    if args.causal:
+        raise UsageError("--causal does not apply to verify: the reference model runs dense "
+                         "attention matmuls (full s×s), compared with the dense formulas")
     if args.meta is False and choose_meta(model, run.seq_length, run.micro_batch_size,
                                           run.recompute, run.pipeline_model_parallel_size):
         print("megatron-flops: warning: --real at this size needs much memory and time",
