@@ -34,9 +34,21 @@ from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
 INIT_STD = 0.02
 
 
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight`` (no mean subtraction, no bias)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 def make_norm(model: ModelShape, factory: dict) -> nn.Module:
     if model.normalization == "rmsnorm":
-        return nn.RMSNorm(model.hidden_size, eps=1e-5, **factory)
+        return RMSNorm(model.hidden_size, eps=1e-5, **factory)
     return nn.LayerNorm(model.hidden_size, eps=1e-5, **factory)
 
 
