@@ -22,6 +22,7 @@ only the attention core.
 """
 
 import math
+from itertools import takewhile
 from typing import List, Optional
 
 import torch
@@ -325,8 +326,8 @@ class ReferenceGPT(nn.Module):
         while i < len(self.layers):
             if i in self.recomputed_layers:
                 # uniform: a chunk of consecutive layers under one checkpoint; block: one layer
-                chunk = [j for j in range(i, min(i + self.recompute_chunk, len(self.layers)))
-                         if j in self.recomputed_layers]
+                end = min(i + self.recompute_chunk, len(self.layers))
+                chunk = list(takewhile(self.recomputed_layers.__contains__, range(i, end)))
                 x = checkpoint(self._run_layers, x, chunk, rotary, bias, use_reentrant=False)
                 i += len(chunk)
             else:
