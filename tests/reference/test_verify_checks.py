@@ -148,3 +148,22 @@ def test_causal_and_odd_rotary_are_refused(capsys):
     assert "--causal" in capsys.readouterr().err
     assert main(["verify", *TINY, "--kv-channels", "7", "--position-embedding-type", "rotary"]) == 2
     assert "--kv-channels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields,seq", [
+    # Llama-2-70B's widths (4 of its 80 layers): GQA 64:8, SwiGLU f = 28672, untied, rotary
+    (dict(num_layers=4, hidden_size=8192, num_attention_heads=64, num_query_groups=8,
+          ffn_hidden_size=28672, glu_activation="swiglu", vocab_size=32000,
+          tie_embeddings=False, position_embedding="rotary", normalization="rmsnorm",
+          add_bias_linear=False), 4096),
+    # Mixtral-8x7B's widths (2 of its 32 layers): every layer MoE, 8 experts, top-2
+    (dict(num_layers=2, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
+          ffn_hidden_size=14336, glu_activation="swiglu", vocab_size=32000,
+          tie_embeddings=False, position_embedding="rotary", normalization="rmsnorm",
+          add_bias_linear=False, num_experts=8, moe_topk=2, expert_interval=1), 4096),
+])
+@pytest.mark.parametrize("recompute", [Recompute("full"), Recompute("selective")])
+def test_full_width_modern_shapes_verify_on_meta(fields, seq, recompute):
+    result = verify(ModelShape(**fields), seq_length=seq, batch_size=1, recompute=recompute)
+    assert result.mode == "meta"
+    assert result.exact, [(r.name, r.counted, r.analytic) for r in result.mismatches]
