@@ -46,10 +46,13 @@ for i, (act, rc, att, tied) in enumerate(itertools.product(ACTIVATIONS, RECOMPUT
     GRID.append(pytest.param(fields, RECOMPUTES[rc], id=label))
 
 MOE_GRID = []
-for i, (experts, topk, interval, act, rc) in enumerate(itertools.product(
-        (2, 4), (1, 2), (1, 2), (None, "swiglu"), ("none", "full", "selective", "partial-block"))):
-    if i % 2:  # every other one: keeps all values of every factor, halves the time
+MOE_FACTORS = ((2, 4), (1, 2), (1, 2), (None, "swiglu"), tuple(RECOMPUTES))
+for i, choice in enumerate(itertools.product(*(range(len(f)) for f in MOE_FACTORS))):
+    # half fraction: keep combinations whose level indices sum to an even number, so every
+    # pair of factors still meets in all its combinations (all recompute modes × E × k × …)
+    if sum(choice) % 2:
         continue
+    experts, topk, interval, act, rc = (f[c] for f, c in zip(MOE_FACTORS, choice))
     fields = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128,
                   num_experts=experts, moe_topk=topk, expert_interval=interval,
                   glu_activation=act, num_query_groups=(4, 2, 1)[i % 3],
