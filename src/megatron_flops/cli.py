@@ -16,6 +16,8 @@ from .shapes import ShapeError
 COMMANDS = {
     "estimate": ("megatron_flops.cli", "estimate_main",
                  "FLOPs breakdown, parameters, throughput and MFU for Megatron flags"),
+    "verify": ("megatron_flops.reference.verify", "verify_main",
+               "count one training step of a reference GPT with PyTorch and check the formulas"),
 }
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
