@@ -16,6 +16,8 @@ from .shapes import ShapeError
 COMMANDS = {
     "estimate": ("megatron_flops.cli", "estimate_main",
                  "FLOPs breakdown, parameters, throughput and MFU for Megatron flags"),
+    "verify": ("megatron_flops.reference.verify", "verify_main",
+               "count one training step of a reference GPT with PyTorch and check the formulas"),
     "patch": ("megatron_flops.megatron.patch", "patch_main",
               "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),
 }
