@@ -16,6 +16,8 @@ from .shapes import ShapeError
 COMMANDS = {
     "estimate": ("megatron_flops.cli", "estimate_main",
                  "FLOPs breakdown, parameters, throughput and MFU for Megatron flags"),
+    "relog": ("megatron_flops.logs.relog", "relog_main",
+              "true TFLOP/s, MFU and the logged TFLOPs' error for a past run's log or TensorBoard run"),
 }
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
