@@ -512,11 +512,21 @@ def relog_main(argv: List[str]) -> int:
     if args.path != "-" and not os.path.exists(args.path):
         raise UsageError(f"PATH {args.path!r} does not exist")
     _check_outputs(args)
+    try:
+        return _relog_command(args, model, run, sys.stdout, sys.stderr)
+    except BrokenPipeError:  # `relog log | head`: stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+
+
+def _relog_command(args, model: ModelShape, run: RunShape, out: TextIO, err: TextIO) -> int:
     fork = None if args.fork == "auto" else args.fork
     peak = resolve_peak(args.gpu, run.dtype, args.peak_tflops)
     stats = ParseStats()
-    out: TextIO = sys.stdout
-    err: TextIO = sys.stderr
 
     relogger: Optional[Relogger] = None
     summary = Summary()
@@ -550,9 +560,6 @@ def relog_main(argv: List[str]) -> int:
                 write_interval_tensorboard(tb_writer, interval)
             if series is not None:
                 series.add(interval)
-    except BrokenPipeError:  # `relog log | head`
-        sys.stderr.close()
-        return EXIT_OK
     finally:
         if csv_file is not None:
             csv_file.close()
