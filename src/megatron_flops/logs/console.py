@@ -119,29 +119,20 @@ class Malformed(ValueError):
     """A line that has the anchor of an iteration line but cannot be trusted."""
 
 
-def _int(text: str) -> int:
-    return int(text)
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(text)
-    return value
-
-
-# key -> (LogRecord field, converter)
-_FIELDS: Dict[str, Tuple[str, object]] = {
-    "consumed samples": ("consumed_samples", _int),
-    "consumed tokens": ("consumed_tokens", _int),
-    "global batch size": ("global_batch_size", _int),
-    "curriculum seqlen": ("curriculum_seqlen", _int),
-    "actual seqlen": ("actual_seqlen", _int),
-    "number of skipped iterations": ("skipped_iterations", _int),
-    "number of nan iterations": ("nan_iterations", _int),
-    "samples per second": ("samples_per_second", _float),
-    "TFLOPs": ("tflops", _float),
-    "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", _float),
+# key -> (LogRecord field, converter).  Plain int/float: a value that is not a number
+# raises ValueError and makes the line malformed; "nan"/"inf" pass here and are dealt with
+# where the value is used (the elapsed time must be positive and finite).
+_FIELDS: Dict[str, Tuple[str, type]] = {
+    "consumed samples": ("consumed_samples", int),
+    "consumed tokens": ("consumed_tokens", int),
+    "global batch size": ("global_batch_size", int),
+    "curriculum seqlen": ("curriculum_seqlen", int),
+    "actual seqlen": ("actual_seqlen", int),
+    "number of skipped iterations": ("skipped_iterations", int),
+    "number of nan iterations": ("nan_iterations", int),
+    "samples per second": ("samples_per_second", float),
+    "TFLOPs": ("tflops", float),
+    "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", float),
 }
 _ELAPSED_SECONDS = "elapsed time per iteration (s)"
 _ELAPSED_MS = "elapsed time per iteration (ms)"
@@ -153,48 +144,65 @@ def _decimals(text: str) -> int:
     return 0 if dot < 0 else len(text) - dot - 1
 
 
+_INDEX = {key: (LogRecord._fields.index(name), convert)
+          for key, (name, convert) in _FIELDS.items()}
+_EMPTY = tuple(LogRecord._field_defaults.get(name) for name in LogRecord._fields)
+_SECONDS_INDEX = LogRecord._fields.index("seconds_per_iteration")
+_new_record = tuple.__new__
+assert LogRecord._fields[:4] == ("line_number", "fork", "iteration", "train_iters")
+assert LogRecord._fields[-2:] == ("time_resolution_seconds", "truncated")
+
+_KEYS = ("consumed samples", "consumed tokens", _ELAPSED_SECONDS, _ELAPSED_MS,
+         *(k for k in _FIELDS if k not in ("consumed samples", "consumed tokens")))
+# one pass in C over the line: "| key: value" for the keys read, each value ending at the
+# next "|" (a field without its closing "|" is a truncated tail and is not matched)
+_FIELD = re.compile(r"\| (" + "|".join(re.escape(k) for k in _KEYS) + r"): *([^|]*)(?=\|)")
+
+
 def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
                ) -> Optional[LogRecord]:
     """The record on ``line``; None when the line is not an iteration line.
 
     Raises :class:`Malformed` for a line that has the iteration anchor but not a usable
     elapsed time, or a field whose value does not parse.  ``fork`` forces the fork label;
-    otherwise the time unit decides it.
+    otherwise the time unit decides it.  Fields are found wherever they are on the line
+    (one regular-expression pass in C), so their order and any extra fields do not matter.
     """
     match = _ANCHOR.search(line)
     if match is None:
         return None
-    pieces = line[match.end():].split("|")
-    truncated = bool(pieces[-1].strip())
-    values = {}
-    elapsed = None
+    fields = list(_EMPTY)
+    fields[0] = line_number
+    fields[2] = int(match.group(1))
+    fields[3] = int(match.group(2))
     unit_fork = None
-    resolution = 0.0
-    for piece in pieces[:-1]:
-        key, sep, value = piece.partition(":")
-        if not sep:
-            continue
-        key = key.strip()
-        entry = _FIELDS.get(key)
+    index = _INDEX
+    for key, value in _FIELD.findall(line, match.end() - 1):
+        entry = index.get(key)
         try:
             if entry is not None:
-                values[entry[0]] = entry[1](value)
-            elif key == _ELAPSED_SECONDS:
-                elapsed = _float(value)
-                resolution = 0.5 * 10.0 ** -_decimals(value)
-                unit_fork = "bigscience"
-            elif key == _ELAPSED_MS:
-                elapsed = _float(value) / 1000.0
-                resolution = 0.5e-3 * 10.0 ** -_decimals(value)
-                unit_fork = "microsoft"
+                fields[entry[0]] = entry[1](value)
+            else:  # the elapsed time, in (s) or (ms)
+                seconds = float(value)
+                decimals = _decimals(value)
+                if key == _ELAPSED_MS:
+                    seconds /= 1000.0
+                    fields[-2] = 0.5e-3 * 10.0 ** -decimals
+                    unit_fork = "microsoft"
+                else:
+                    fields[-2] = 0.5 * 10.0 ** -decimals
+                    unit_fork = "bigscience"
+                fields[_SECONDS_INDEX] = seconds
         except ValueError:
             raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
-    if elapsed is None:
+    seconds = fields[_SECONDS_INDEX]
+    if seconds is None:
         raise Malformed(f"line {line_number}: no elapsed time per iteration")
-    if not elapsed > 0:
-        raise Malformed(f"line {line_number}: elapsed time per iteration is {elapsed}")
-    return LogRecord(line_number, fork or unit_fork, int(match.group(1)), int(match.group(2)),
-                     elapsed, time_resolution_seconds=resolution, truncated=truncated, **values)
+    if not 0 < seconds < math.inf:
+        raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
+    fields[1] = fork or unit_fork
+    fields[-1] = not line.rstrip().endswith("|")
+    return _new_record(LogRecord, fields)
 
 
 def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,

@@ -123,6 +123,20 @@ class Relogger:
         self.duplicates = 0
         self.restarts = 0
         self.inconsistent_samples = 0
+        self._formula_at_one_second = {}
+
+    def _fork_formula(self, fork: str, batch: float, seq_length: int, seconds: float) -> float:
+        """The fork's TFLOPs: its FLOPs for (batch, seq) / (seconds × world × 1e12), memoised
+        at 1 s (a log has few distinct batch sizes and sequence lengths)."""
+        key = (fork, batch, seq_length)
+        at_one_second = self._formula_at_one_second.get(key)
+        if at_one_second is None:
+            if len(self._formula_at_one_second) > 4096:
+                self._formula_at_one_second.clear()
+            at_one_second = legacy_tflops_for_shapes(self.model, self.run, batch, seq_length,
+                                                     1.0)[fork]
+            self._formula_at_one_second[key] = at_one_second
+        return at_one_second / seconds
 
     def _batch(self, record: LogRecord):
         previous = self._previous
@@ -158,15 +172,16 @@ class Relogger:
             seq_length, seq_source = self.run.seq_length, "--seq-length"
         seconds, time_source = _seconds(record)
         self._meter.add_iteration(samples, seq_length)
-        report = self._meter.report(seconds * iterations)._replace(iterations=iterations)
+        report = self._meter.report(seconds * iterations)
+        report = ThroughputReport(iterations, *report[1:])
         fork = self.fork or record.fork
         formula = None
         if fork is not None:
-            formula = legacy_tflops_for_shapes(
-                self.model, self.run, record.global_batch_size or samples / iterations,
-                seq_length, seconds)[fork]
+            formula = self._fork_formula(fork, record.global_batch_size or samples / iterations,
+                                         seq_length, seconds)
         error = None
-        if record.tflops is not None and report.hardware_tflops_per_gpu > 0:
+        if (record.tflops is not None and math.isfinite(record.tflops)
+                and report.hardware_tflops_per_gpu > 0):
             error = record.tflops / report.hardware_tflops_per_gpu - 1.0
         return Interval(record, iterations, samples / iterations, batch_source, seq_length,
                         seq_source, seconds, time_source, report, formula, error)
