@@ -254,7 +254,7 @@ def test_world_size_read_from_the_arguments_dump(tmp_path, logfmt, capsys):
                             "--num-attention-heads", N, "--padded-vocab-size", V,
                             "--seq-length", s, "--world-size", 8)
     assert "world_size = 16 but --world-size 8" in result.err
-    assert "hidden_size = 2048 but --hidden-size 1024" in result.err
+    assert "hidden_size = 2048 but --hidden-size is 1024" in result.err
 
 
 def test_microsoft_tgs_implies_world_size(tmp_path, logfmt, capsys):

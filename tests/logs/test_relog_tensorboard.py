@@ -135,6 +135,9 @@ def test_tensorboard_errors(tmp_path, logfmt, capsys):
     writer.close()
     result = logfmt.run_cli(capsys, tmp_path / "no_timers", *FLAGS, "--seq-length", 128)
     assert result.code == 2 and "--log-timers-to-tensorboard" in result.err
+    result = logfmt.run_cli(capsys, tmp_path / "no_timers", *FLAGS, "--seq-length", 128,
+                            "--tensorboard-dir", tmp_path / "no_timers")
+    assert result.code == 2 and "--tensorboard-dir must differ from PATH" in result.err
     (tmp_path / "empty").mkdir()
     result = logfmt.run_cli(capsys, tmp_path / "empty", *FLAGS, "--seq-length", 128)
     assert result.code == 2 and "no TensorBoard event files" in result.err

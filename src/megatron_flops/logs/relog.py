@@ -413,8 +413,15 @@ def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[f
     if any(not math.isnan(v) for v in series.logged):
         top.plot(x, series.logged, color="tab:red", linestyle="--", marker=".",
                  label=f"logged TFLOPs ({fork_label} formula)")
-    top.plot(x, series.hardware, color="tab:blue", marker=".", label="hardware TFLOP/s per GPU")
-    top.plot(x, series.model, color="tab:green", marker=".", label="model TFLOP/s per GPU")
+    # without recompute the two counts are the same: one line, said so
+    same = all(m == hw for m, hw in zip(series.model, series.hardware))
+    if same:
+        top.plot(x, series.model, color="tab:green", marker=".",
+                 label="true TFLOP/s per GPU (model = hardware: no recompute)")
+    else:
+        top.plot(x, series.hardware, color="tab:blue", marker=".",
+                 label="true hardware TFLOP/s per GPU")
+        top.plot(x, series.model, color="tab:green", marker=".", label="true model TFLOP/s per GPU")
     top.set_ylabel("TFLOP/s per GPU")
     top.set_ylim(bottom=0)
     top.grid(True, alpha=0.3)
@@ -422,8 +429,14 @@ def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[f
     top.set_title(title, fontsize=9)
     if has_peak:
         bottom = axes[1][0]
-        bottom.plot(x, [100 * v for v in series.hfu], color="tab:blue", marker=".", label="HFU")
-        bottom.plot(x, [100 * v for v in series.mfu], color="tab:green", marker=".", label="MFU")
+        if same:
+            bottom.plot(x, [100 * v for v in series.mfu], color="tab:green", marker=".",
+                        label="MFU = HFU")
+        else:
+            bottom.plot(x, [100 * v for v in series.hfu], color="tab:blue", marker=".",
+                        label="HFU")
+            bottom.plot(x, [100 * v for v in series.mfu], color="tab:green", marker=".",
+                        label="MFU")
         if any(not math.isnan(v) for v in series.logged):
             bottom.plot(x, [100 * v / peak_tflops for v in series.logged], color="tab:red",
                         linestyle="--", marker=".", label="logged TFLOPs / peak")
@@ -450,7 +463,7 @@ def _argument_warnings(args: argparse.Namespace, arguments: dict) -> List[str]:
             given = "[" + ", ".join(map(str, given)) + "]"
         if str(given) != logged:
             out.append(f"the log's arguments say {name} = {logged} but "
-                       f"--{name.replace('_', '-')} {given} was given")
+                       f"--{name.replace('_', '-')} is {given}")
     return out
 
 
@@ -496,6 +509,9 @@ def _check_outputs(args) -> None:
             if not os.path.isdir(folder):
                 raise UsageError(f"{flag} {target!r}: folder {folder!r} does not exist")
     if args.tensorboard_dir:
+        if os.path.abspath(args.tensorboard_dir) == os.path.abspath(args.path):
+            raise UsageError("--tensorboard-dir must differ from PATH: the corrected run is "
+                             "written beside the original, not into it")
         try:
             import tensorboard  # noqa: F401
         except ImportError:
@@ -593,7 +609,8 @@ def _relog_command(args, model: ModelShape, run: RunShape, out: TextIO, err: Tex
             print(line, file=out)
     if series is not None:
         from ..report import describe_model
-        title = (f"{describe_model(model)}; {run.world_size} GPUs; "
+        title = (f"{describe_model(model)}; recompute {run.recompute.label}; "
+                 f"{run.world_size} GPUs; "
                  f"{os.path.basename(args.path.rstrip('/'))}")
         draw_plot(series, args.plot, title, peak.tflops, summary.forks)
         print(f"plot written to {args.plot}", file=err)
