@@ -112,9 +112,10 @@ def test_microsoft_run_plain_scalars(tmp_path, logfmt, capsys):
     assert result.code == 0, result.err
     intervals = logfmt.json_intervals(result)
     assert [i["fork"] for i in intervals] == ["microsoft", "microsoft"]
-    # first interval: no batch-size tag → --global-batch-size default (micro 1 × DP 4 = 4)
-    assert intervals[0]["batch_source"] == "--global-batch-size"
-    assert intervals[1]["batch_size"] == 32 and intervals[1]["logged_tflops"] is None
+    # no batch-size tag: the first interval's batch is consumed(10) − consumed(9) = 32
+    assert intervals[0]["logged_global_batch_size"] == 32
+    assert [i["batch_size"] for i in intervals] == [32, 32]
+    assert intervals[1]["logged_tflops"] is None
     model, _ = logfmt.hand_flops_per_sample(1024, L, H, N, V)
     assert intervals[1]["tflops_per_gpu"]["model"] == pytest.approx(
         32 * model / (2.0 * WORLD * 1e12), rel=1e-6)

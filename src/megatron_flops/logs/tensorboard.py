@@ -11,7 +11,8 @@ Tags read (step = iteration in both forks):
   so its runs have no logged TFLOPs to compare and only the corrected figures come out.
 - ``steps-vs-samples/y=samples,x=steps`` and ``steps-vs-tokens/y=tokens,x=steps``: consumed
   samples and tokens (both forks, every ``--tensorboard-log-interval``).
-- ``batch-size/batch-size`` (with ``--log-batch-size-to-tensorboard``).
+- ``batch-size/batch-size`` (with ``--log-batch-size-to-tensorboard``); without it, the
+  step's increase of the consumed samples (they are written every iteration by default).
 - ``curriculum_seqlen`` (bigscience, bare), ``seqlen/actual_seq_length`` and
   ``seqlen/curriculum_seqlen`` (microsoft).
 
@@ -138,6 +139,9 @@ def read_tensorboard_run(path: str, stats: Optional[ParseStats] = None,
     stats.lines = len(steps)
     for step in steps:
         batch = _int_or_none(batch_tag.get(step))
+        if batch is None and step in samples_tag and step - 1 in samples_tag:
+            # no batch-size tag: the step's own increase of the consumed samples
+            batch = _int_or_none(samples_tag[step] - samples_tag[step - 1]) or None
         sps = sps_tag.get(step)
         seconds = seconds_tag.get(step)
         if seconds is None and batch and sps:
