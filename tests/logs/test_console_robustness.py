@@ -148,3 +148,32 @@ def test_stdin(tmp_path, logfmt, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     result = logfmt.run_cli(capsys, "-", *FLAGS, "--json")
     assert result.code == 0 and len(logfmt.json_intervals(result)) == 1
+
+
+def test_non_finite_values(logfmt):
+    good = line(logfmt, 10)
+    with pytest.raises(Malformed):
+        parse_line(good.replace("elapsed time per iteration (s): 0.50", "elapsed time per iteration (s): nan"))
+    with pytest.raises(Malformed):
+        parse_line(good.replace("elapsed time per iteration (s): 0.50", "elapsed time per iteration (s): 0.00"))
+    record = parse_line(good.replace("TFLOPs: 1.25", "TFLOPs: inf"))
+    assert record.tflops == float("inf")
+
+
+def test_library_entry_point(logfmt):
+    """relog.relog(records, model, run): intervals without the CLI; a non-finite logged
+    TFLOPs gives no error rather than an infinite one."""
+    from megatron_flops.logs.relog import relog
+    from megatron_flops.shapes import ModelShape, RunShape
+    model = ModelShape(num_layers=2, hidden_size=256, num_attention_heads=4, vocab_size=1024)
+    run = RunShape(seq_length=128, world_size=2, global_batch_size=8)
+    records = parse_console_log([line(logfmt, 10), line(logfmt, 20).replace("TFLOPs: 1.25",
+                                                                             "TFLOPs: inf")])
+    first, second = relog(records, model, run, peak_tflops=100.0)
+    # hand: a layer is 24·s·h² (QKV, O: 4 × 2·s·h²; MLP up/down: 2 × 2·s·h·4h) + 4·s²·h
+    # (QKᵀ, A·V); per sample 3·(2 layers + logits 2·s·h·V) with s 128, h 256, V 1024
+    s, h, V = 128, 256, 1024
+    per_sample = 3 * (2 * (24 * s * h * h + 4 * s * s * h) + 2 * s * h * V)
+    assert first.report.model_tflops_per_gpu == pytest.approx(8 * per_sample / (0.5 * 2 * 1e12))
+    assert first.error == pytest.approx(1.25 / first.report.hardware_tflops_per_gpu - 1)
+    assert second.error is None

@@ -24,7 +24,7 @@ field                                bigscience-workshop         microsoft (deep
 
 The time unit names the fork: ``(s)`` is bigscience, ``(ms)`` microsoft.
 
-Robustness (nothing here ever raises on input text):
+Robustness (``parse_console_log`` never raises on input text):
 
 - Launcher prefixes (``[default3]:``, ``3: ``, ``[1,3]<stdout>:``) are ignored: the line is
   found by its `` iteration <i>/<n> |`` anchor wherever it starts.

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 from array import array
-from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, TextIO
+from typing import Iterable, Iterator, List, NamedTuple, Optional, TextIO
 
 from ..cli import (EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command)
 from ..hardware import resolve_peak
