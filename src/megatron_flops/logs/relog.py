@@ -609,7 +609,7 @@ def _relog_command(args, model: ModelShape, run: RunShape, out: TextIO, err: Tex
             print(line, file=out)
     if series is not None:
         from ..report import describe_model
-        title = (f"{describe_model(model)}; recompute {run.recompute.label}; "
+        title = (f"{describe_model(model)}\nrecompute {run.recompute.label}; "
                  f"{run.world_size} GPUs; "
                  f"{os.path.basename(args.path.rstrip('/'))}")
         draw_plot(series, args.plot, title, peak.tflops, summary.forks)
