@@ -1,0 +1,249 @@
+"""Parse the ``training_log`` console line of both Megatron-DeepSpeed forks, streaming.
+
+Both forks print one line per ``--log-interval`` on the last rank, every field written as
+`` <key>: <value> |`` after a leading `` iteration <i>/<train iters> |``.  The fields this
+module reads (others, such as losses and learning rate, are skipped):
+
+===================================  ==========================  ==========================
+field                                bigscience-workshop         microsoft (deepspeedai)
+===================================  ==========================  ==========================
+``consumed samples``                 int                         int
+``consumed tokens``                  int                         int
+``elapsed time per iteration (s)``   seconds, 2 decimals         —
+``elapsed time per iteration (ms)``  —                           milliseconds, 1 decimal
+``global batch size``                batch at log time           batch at log time
+``curriculum seqlen``                with curriculum learning    with legacy/data-efficiency
+                                                                 curriculum
+``actual seqlen``                    —                           always
+``number of skipped iterations``     int                         int
+``number of nan iterations``         int                         int
+``samples per second``               3 decimals                  3 decimals
+``tokens per gpu per second (tgs)``  —                           3 decimals
+``TFLOPs``                           the fork's estimate         the fork's estimate
+===================================  ==========================  ==========================
+
+The time unit names the fork: ``(s)`` is bigscience, ``(ms)`` microsoft.
+
+Robustness (``parse_console_log`` never raises on input text):
+
+- Launcher prefixes (``[default3]:``, ``3: ``, ``[1,3]<stdout>:``) are ignored: the line is
+  found by its `` iteration <i>/<n> |`` anchor wherever it starts.
+- A line must carry the anchor and an elapsed-time field with a positive finite value; a
+  field this module reads whose value does not parse (two ranks' output glued together)
+  makes the line *malformed*: counted, with its line number kept (the first few), and skipped.
+- Text after the last ``|`` is an unterminated field (a truncated line, or another rank's
+  text appended): it is dropped and the line is counted as *truncated*; the fields before
+  it are complete and used.
+- Lines of any other kind are counted as *other* lines.  Among them, Megatron's arguments
+  dump (``  world_size ........ 8``) is remembered for a fixed set of names, so the caller
+  can take the world size from the log and check the model flags against it.
+- Undecodable bytes are replaced (the file is read as UTF-8 with ``errors="replace"``); the
+  file is read line by line, so memory does not grow with its size.
+"""
+
+import io
+import math
+import re
+import sys
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+
+FORKS = ("bigscience", "microsoft")
+
+_ANCHOR = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)\s*\|")
+# Megatron's arguments dump: "  hidden_size ..................... 1024"
+_ARGUMENT = re.compile(r"(?:^|[\s:>])([a-z_][a-z0-9_]*) \.{3,} (.*?)\s*$")
+
+# argument names whose value relog uses (world_size) or checks against the flags given
+ARGUMENT_NAMES = frozenset((
+    "world_size", "num_layers", "hidden_size", "num_attention_heads", "kv_channels",
+    "ffn_hidden_size", "seq_length", "num_key_value_heads", "glu_activation", "swiglu",
+    "micro_batch_size", "global_batch_size", "tensor_model_parallel_size",
+    "pipeline_model_parallel_size", "checkpoint_activations", "recompute_granularity",
+    "num_experts", "topk", "padded_vocab_size", "make_vocab_size_divisible_by",
+))
+
+MAX_EXAMPLES = 5
+
+
+class LogRecord(NamedTuple):
+    """One logged interval, as the run printed it (units converted: seconds, never ms)."""
+
+    line_number: int
+    fork: Optional[str]                       # "bigscience" | "microsoft" | None (unknown)
+    iteration: int
+    train_iters: Optional[int]
+    seconds_per_iteration: float              # the printed elapsed time per iteration
+    consumed_samples: Optional[int] = None
+    consumed_tokens: Optional[int] = None
+    global_batch_size: Optional[int] = None   # the batch size at log time
+    curriculum_seqlen: Optional[int] = None
+    actual_seqlen: Optional[int] = None
+    samples_per_second: Optional[float] = None
+    tflops: Optional[float] = None            # the fork's own TFLOPs estimate
+    tokens_per_gpu_per_second: Optional[float] = None
+    skipped_iterations: Optional[int] = None
+    nan_iterations: Optional[int] = None
+    time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
+    truncated: bool = False
+
+    @property
+    def seq_length(self) -> Optional[int]:
+        """The sequence length the run used at log time (actual > curriculum), if printed."""
+        if self.actual_seqlen is not None:
+            return self.actual_seqlen
+        return self.curriculum_seqlen
+
+
+class ParseStats:
+    """Counts of what a parse saw; ``arguments`` holds the arguments dump it recognised."""
+
+    __slots__ = ("lines", "records", "malformed", "truncated", "other", "malformed_lines",
+                 "arguments")
+
+    def __init__(self):
+        self.lines = 0
+        self.records = 0
+        self.malformed = 0
+        self.truncated = 0
+        self.other = 0
+        self.malformed_lines: List[int] = []
+        self.arguments: Dict[str, str] = {}
+
+    def as_dict(self) -> dict:
+        return {"lines": self.lines, "records": self.records, "malformed": self.malformed,
+                "truncated": self.truncated, "other": self.other,
+                "malformed_line_numbers": list(self.malformed_lines)}
+
+
+class Malformed(ValueError):
+    """A line that has the anchor of an iteration line but cannot be trusted."""
+
+
+# key -> (LogRecord field, converter).  Plain int/float: a value that is not a number
+# raises ValueError and makes the line malformed; "nan"/"inf" pass here and are dealt with
+# where the value is used (the elapsed time must be positive and finite).
+_FIELDS: Dict[str, Tuple[str, type]] = {
+    "consumed samples": ("consumed_samples", int),
+    "consumed tokens": ("consumed_tokens", int),
+    "global batch size": ("global_batch_size", int),
+    "curriculum seqlen": ("curriculum_seqlen", int),
+    "actual seqlen": ("actual_seqlen", int),
+    "number of skipped iterations": ("skipped_iterations", int),
+    "number of nan iterations": ("nan_iterations", int),
+    "samples per second": ("samples_per_second", float),
+    "TFLOPs": ("tflops", float),
+    "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", float),
+}
+_ELAPSED_SECONDS = "elapsed time per iteration (s)"
+_ELAPSED_MS = "elapsed time per iteration (ms)"
+
+
+def _decimals(text: str) -> int:
+    text = text.strip()
+    dot = text.find(".")
+    return 0 if dot < 0 else len(text) - dot - 1
+
+
+_INDEX = {key: (LogRecord._fields.index(name), convert)
+          for key, (name, convert) in _FIELDS.items()}
+_EMPTY = tuple(LogRecord._field_defaults.get(name) for name in LogRecord._fields)
+_SECONDS_INDEX = LogRecord._fields.index("seconds_per_iteration")
+_new_record = tuple.__new__
+assert LogRecord._fields[:4] == ("line_number", "fork", "iteration", "train_iters")
+assert LogRecord._fields[-2:] == ("time_resolution_seconds", "truncated")
+
+_KEYS = ("consumed samples", "consumed tokens", _ELAPSED_SECONDS, _ELAPSED_MS,
+         *(k for k in _FIELDS if k not in ("consumed samples", "consumed tokens")))
+# one pass in C over the line: "| key: value" for the keys read, each value ending at the
+# next "|" (a field without its closing "|" is a truncated tail and is not matched)
+_FIELD = re.compile(r"\| (" + "|".join(re.escape(k) for k in _KEYS) + r"): *([^|]*)(?=\|)")
+
+
+def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
+               ) -> Optional[LogRecord]:
+    """The record on ``line``; None when the line is not an iteration line.
+
+    Raises :class:`Malformed` for a line that has the iteration anchor but not a usable
+    elapsed time, or a field whose value does not parse.  ``fork`` forces the fork label;
+    otherwise the time unit decides it.  Fields are found wherever they are on the line
+    (one regular-expression pass in C), so their order and any extra fields do not matter.
+    """
+    match = _ANCHOR.search(line)
+    if match is None:
+        return None
+    fields = list(_EMPTY)
+    fields[0] = line_number
+    fields[2] = int(match.group(1))
+    fields[3] = int(match.group(2))
+    unit_fork = None
+    index = _INDEX
+    for key, value in _FIELD.findall(line, match.end() - 1):
+        entry = index.get(key)
+        try:
+            if entry is not None:
+                fields[entry[0]] = entry[1](value)
+            else:  # the elapsed time, in (s) or (ms)
+                seconds = float(value)
+                decimals = _decimals(value)
+                if key == _ELAPSED_MS:
+                    seconds /= 1000.0
+                    fields[-2] = 0.5e-3 * 10.0 ** -decimals
+                    unit_fork = "microsoft"
+                else:
+                    fields[-2] = 0.5 * 10.0 ** -decimals
+                    unit_fork = "bigscience"
+                fields[_SECONDS_INDEX] = seconds
+        except ValueError:
+            raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
+    seconds = fields[_SECONDS_INDEX]
+    if seconds is None:
+        raise Malformed(f"line {line_number}: no elapsed time per iteration")
+    if not 0 < seconds < math.inf:
+        raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
+    fields[1] = fork or unit_fork
+    fields[-1] = not line.rstrip().endswith("|")
+    return _new_record(LogRecord, fields)
+
+
+def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
+                      fork: Optional[str] = None) -> Iterator[LogRecord]:
+    """Yield the iteration records of a console log, one pass, constant memory.
+
+    ``stats`` (a :class:`ParseStats`) is updated as lines go by, so a caller can read the
+    arguments dump as soon as the first record arrives and the counts after the last.
+    """
+    if stats is None:
+        stats = ParseStats()
+    if fork is not None and fork not in FORKS:
+        raise ValueError(f"--fork must be one of {', '.join(FORKS)}, got {fork!r}")
+    arguments = stats.arguments
+    anchor_word = "iteration"
+    number = 0
+    for number, line in enumerate(lines, 1):
+        if anchor_word in line:
+            try:
+                record = parse_line(line, number, fork)
+            except Malformed:
+                stats.malformed += 1
+                if len(stats.malformed_lines) < MAX_EXAMPLES:
+                    stats.malformed_lines.append(number)
+                continue
+            if record is not None:
+                stats.records += 1
+                if record.truncated:
+                    stats.truncated += 1
+                yield record
+                continue
+        elif " ..." in line:
+            match = _ARGUMENT.search(line)
+            if match is not None and match.group(1) in ARGUMENT_NAMES:
+                arguments.setdefault(match.group(1), match.group(2))
+        stats.other += 1
+    stats.lines = number
+
+
+def open_log(path: str):
+    """A text stream over a log file (``-`` is stdin), undecodable bytes replaced."""
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+    return open(path, "r", encoding="utf-8", errors="replace", buffering=1 << 20)

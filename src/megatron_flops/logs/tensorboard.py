@@ -1,0 +1,189 @@
+"""Read the forks' TensorBoard tags back as log records; write corrected runs.
+
+Needs the ``tensorboard`` extra (imported here, lazily by ``relog``).
+
+Tags read (step = iteration in both forks):
+
+- ``iteration-time/iteration-time``: seconds per iteration over the log interval (both
+  forks, only with ``--log-timers-to-tensorboard``).
+- ``iteration-time/TFLOPs per gpu (estimated)``, ``iteration-time/samples per second``:
+  bigscience only (same flag).  The microsoft fork sends throughput to W&B, not TensorBoard,
+  so its runs have no logged TFLOPs to compare and only the corrected figures come out.
+- ``steps-vs-samples/y=samples,x=steps`` and ``steps-vs-tokens/y=tokens,x=steps``: consumed
+  samples and tokens (both forks, every ``--tensorboard-log-interval``).
+- ``batch-size/batch-size`` (with ``--log-batch-size-to-tensorboard``); without it, the
+  step's increase of the consumed samples (they are written every iteration by default).
+- ``curriculum_seqlen`` (bigscience, bare), ``seqlen/actual_seq_length`` and
+  ``seqlen/curriculum_seqlen`` (microsoft).
+
+bigscience writes through ``add_scalar(..., new_style=True)`` with torch ≥ 1.9, so its
+scalars come back from the event accumulator as tensors; both kinds are read.
+"""
+
+import os
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .console import LogRecord, ParseStats
+
+ITERATION_TIME = "iteration-time/iteration-time"
+TFLOPS = "iteration-time/TFLOPs per gpu (estimated)"
+SAMPLES_PER_SECOND = "iteration-time/samples per second"
+BATCH_SIZE = "batch-size/batch-size"
+CONSUMED_SAMPLES = "steps-vs-samples/y=samples,x=steps"
+CONSUMED_TOKENS = "steps-vs-tokens/y=tokens,x=steps"
+BIGSCIENCE_CURRICULUM = "curriculum_seqlen"
+MICROSOFT_ACTUAL_SEQLEN = "seqlen/actual_seq_length"
+MICROSOFT_CURRICULUM = "seqlen/curriculum_seqlen"
+
+TAGS_READ = (ITERATION_TIME, TFLOPS, SAMPLES_PER_SECOND, BATCH_SIZE, CONSUMED_SAMPLES,
+             CONSUMED_TOKENS, BIGSCIENCE_CURRICULUM, MICROSOFT_ACTUAL_SEQLEN,
+             MICROSOFT_CURRICULUM)
+
+
+def _require_tensorboard():
+    try:
+        from tensorboard.backend.event_processing import event_accumulator  # noqa: F401
+    except ImportError:
+        raise ImportError("reading or writing TensorBoard runs needs the tensorboard package: "
+                          "pip install 'megatron-flops[tensorboard]'") from None
+
+
+def is_event_file(path: str) -> bool:
+    return "tfevents" in os.path.basename(path)
+
+
+def _has_event_files(directory: str) -> bool:
+    try:
+        return any(is_event_file(name) for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def find_runs(directory: str) -> List[str]:
+    """Directories under ``directory`` (itself included) that hold event files."""
+    runs = []
+    for root, _, files in os.walk(directory):
+        if any(is_event_file(name) for name in files):
+            runs.append(root)
+    return sorted(runs)
+
+
+def read_scalars(path: str, tags=TAGS_READ) -> Tuple[Dict[str, Dict[int, float]], List[str]]:
+    """(tag -> {step: value} for those of ``tags`` present, every tag name in the run)."""
+    _require_tensorboard()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    accumulator = EventAccumulator(path, size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    available = accumulator.Tags()
+    scalar_tags = set(available.get("scalars", ()))
+    tensor_tags = set(available.get("tensors", ()))
+    out: Dict[str, Dict[int, float]] = {}
+    for tag in tags:
+        if tag in scalar_tags:
+            out[tag] = {event.step: float(event.value) for event in accumulator.Scalars(tag)}
+        elif tag in tensor_tags:
+            out[tag] = {event.step: float(tensor_util.make_ndarray(event.tensor_proto).item())
+                        for event in accumulator.Tensors(tag)}
+    return out, sorted(scalar_tags | tensor_tags)
+
+
+def detect_fork(tag_names) -> Optional[str]:
+    names = set(tag_names)
+    if TFLOPS in names or BIGSCIENCE_CURRICULUM in names or any(
+            t.startswith("time/") or t.endswith("vs gigaflos (without embeddings)") for t in names):
+        return "bigscience"
+    if MICROSOFT_ACTUAL_SEQLEN in names or any(t.startswith("seqlen/") for t in names):
+        return "microsoft"
+    return None
+
+
+def _int_or_none(value: Optional[float]) -> Optional[int]:
+    return None if value is None else int(round(value))
+
+
+def read_tensorboard_run(path: str, stats: Optional[ParseStats] = None,
+                         fork: Optional[str] = None) -> Iterator[LogRecord]:
+    """Log records, one per logged interval (a step with an iteration-time tag).
+
+    Raises ValueError when ``path`` holds no run or a run without the iteration-time tags
+    (the run was not started with ``--log-timers-to-tensorboard``).
+    """
+    if stats is None:
+        stats = ParseStats()
+    if os.path.isdir(path) and not _has_event_files(path):
+        runs = find_runs(path)
+        if not runs:
+            raise ValueError(f"PATH {path!r} holds no TensorBoard event files")
+        if len(runs) > 1:
+            shown = ", ".join(os.path.relpath(r, path) for r in runs[:5])
+            raise ValueError(f"PATH {path!r} holds {len(runs)} TensorBoard runs ({shown}"
+                             f"{', …' if len(runs) > 5 else ''}); give one of them")
+        path = runs[0]
+    scalars, tag_names = read_scalars(path)
+    time_tags = [scalars.get(t, {}) for t in (ITERATION_TIME, TFLOPS, SAMPLES_PER_SECOND)]
+    steps = sorted(set().union(*[t.keys() for t in time_tags]))
+    if not steps:
+        raise ValueError(
+            f"PATH {path!r} has no {ITERATION_TIME!r} or {TFLOPS!r} tags: the run was not "
+            "logged with --log-timers-to-tensorboard; relog its console log instead")
+    fork = fork or detect_fork(tag_names)
+    seconds_tag, tflops_tag, sps_tag = time_tags
+    batch_tag = scalars.get(BATCH_SIZE, {})
+    samples_tag = scalars.get(CONSUMED_SAMPLES, {})
+    tokens_tag = scalars.get(CONSUMED_TOKENS, {})
+    curriculum_tag = scalars.get(BIGSCIENCE_CURRICULUM) or scalars.get(MICROSOFT_CURRICULUM, {})
+    actual_tag = scalars.get(MICROSOFT_ACTUAL_SEQLEN, {})
+    stats.lines = len(steps)
+    for step in steps:
+        batch = _int_or_none(batch_tag.get(step))
+        if batch is None and step in samples_tag and step - 1 in samples_tag:
+            # no batch-size tag: the step's own increase of the consumed samples
+            batch = _int_or_none(samples_tag[step] - samples_tag[step - 1]) or None
+        sps = sps_tag.get(step)
+        seconds = seconds_tag.get(step)
+        if seconds is None and batch and sps:
+            seconds = batch / sps
+        if seconds is None or not seconds > 0:
+            stats.malformed += 1
+            if len(stats.malformed_lines) < 5:
+                stats.malformed_lines.append(step)
+            continue
+        stats.records += 1
+        yield LogRecord(
+            line_number=0, fork=fork, iteration=int(step), train_iters=None,
+            seconds_per_iteration=float(seconds),
+            consumed_samples=_int_or_none(samples_tag.get(step)),
+            consumed_tokens=_int_or_none(tokens_tag.get(step)),
+            global_batch_size=batch,
+            curriculum_seqlen=_int_or_none(curriculum_tag.get(step)),
+            actual_seqlen=_int_or_none(actual_tag.get(step)),
+            samples_per_second=sps,
+            tflops=tflops_tag.get(step),
+        )
+
+
+class EventWriter:
+    """A minimal TensorBoard writer: ``add_scalar(tag, value, step)`` and ``close()``.
+
+    Uses tensorboard's own event-file writer, so no torch is needed to write a run.
+    """
+
+    def __init__(self, logdir: str):
+        _require_tensorboard()
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        os.makedirs(logdir, exist_ok=True)
+        self._event, self._summary = Event, Summary
+        self._writer = EventFileWriter(logdir)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))])
+        self._writer.add_event(self._event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def close(self) -> None:
+        self._writer.close()
