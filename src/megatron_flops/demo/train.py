@@ -63,6 +63,9 @@ def demo_parser():
                    help="a text file to train on (bytes are tokens); default: the shipped corpus")
     g.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda when available, else cpu)")
+    g.add_argument("--threads", type=positive(int, "--threads"), default=None,
+                   help="CPU threads per process (default: torch's choice; under a launcher "
+                        "with N local processes, cores / N unless OMP_NUM_THREADS is set)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help=argparse_suppress())
     out = parser.add_argument_group("outputs")
@@ -94,6 +97,11 @@ def parse_demo_args(argv: List[str], world_size: int, quiet: bool = False):
     if known.world_size is not None and known.world_size != world_size:
         raise UsageError(f"--world-size ({known.world_size}) must equal the number of processes "
                          f"({world_size}); the demo takes it from the launcher")
+    for flag, value in (("--tensor-model-parallel-size", known.tensor_model_parallel_size),
+                        ("--pipeline-model-parallel-size", known.pipeline_model_parallel_size)):
+        if value != 1:
+            raise UsageError(f"{flag} must be 1 in the demo (it trains data-parallel only), "
+                             f"got {value}")
     argv = list(argv) + ["--world-size", str(world_size)]
     args, model, run = parse_command(parser, argv, quiet=quiet)
     if args.vocab_size is not None and args.vocab_size < BYTE_VOCAB_SIZE:
@@ -102,11 +110,6 @@ def parse_demo_args(argv: List[str], world_size: int, quiet: bool = False):
     if model.vocab_size < BYTE_VOCAB_SIZE:
         raise UsageError(f"--padded-vocab-size ({model.vocab_size}) must be at least "
                          f"{BYTE_VOCAB_SIZE}: the demo's tokens are bytes")
-    for flag, value in (("--tensor-model-parallel-size", run.tensor_model_parallel_size),
-                        ("--pipeline-model-parallel-size", run.pipeline_model_parallel_size)):
-        if value != 1:
-            raise UsageError(f"{flag} must be 1 in the demo (it trains data-parallel only), "
-                             f"got {value}")
     if not 0.0 <= args.hidden_dropout < 1.0:
         raise UsageError(f"--hidden-dropout must be in [0, 1), got {args.hidden_dropout}")
     if args.min_lr < 0 or args.min_lr > args.lr:
@@ -263,14 +266,16 @@ def choose_peak(args, run, device: str, dist: Distributed):
         peak = resolve_peak(name, run.dtype)
         if peak.known:
             return peak.tflops, peak.source
-    from .peak import quick_peak
+    from .peak import cache_file, quick_peak, remember
     dist.barrier()  # every rank measures at once: each gets its share of a shared CPU
-    measured = quick_peak(device.split(":")[0] if device.startswith("cuda") else "cpu", run.dtype)
-    tflops = dist.mean(measured.tflops)
+    measured = quick_peak("cuda" if device.startswith("cuda") else "cpu", run.dtype)
+    best = remember(measured)
+    tflops = dist.mean(best)
     where = (f"{measured.threads} threads" if measured.device == "cpu" else measured.device)
     ranks = f", mean of {dist.world_size} processes measuring at once" if dist.world_size > 1 else ""
     return tflops, (f"measured peak: dense {run.dtype} matmul on {measured.device_name} "
-                    f"({where}{ranks}), {tflops:.3f} TFLOP/s — see `megatron-flops peak`")
+                    f"({where}{ranks}), {tflops:.3g} TFLOP/s, best of now ({measured.tflops:.3g}) "
+                    f"and earlier runs in {cache_file()}; see `megatron-flops peak`")
 
 
 # ---- DeepSpeed -----------------------------------------------------------------------------
@@ -360,7 +365,9 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
 
     say = print if dist.is_last_rank else (lambda *a, **k: None)
     cuda = device.startswith("cuda")
-    if not cuda and dist.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif not cuda and dist.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
 
     data = load_corpus(args.data_path)
