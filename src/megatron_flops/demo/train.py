@@ -126,6 +126,7 @@ def parse_demo_args(argv: List[str], world_size: int, quiet: bool = False):
     if args.deepspeed and run.rampup_batch_size:
         raise UsageError("--rampup-batch-size is not supported with --deepspeed "
                          "(DeepSpeed's batch size is fixed)")
+    args.deepspeed_settings = deepspeed_config(args, run, world_size) if args.deepspeed else None
     return args, model, run
 
 
@@ -328,6 +329,9 @@ def demo_main(argv: List[str]) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda needs a CUDA GPU, and none is available to torch")
     device_kind = "cuda" if device.startswith("cuda") else "cpu"
+    # validate every flag (and a --deepspeed_config file) before importing DeepSpeed or
+    # starting process groups, so bad input exits 2 at once on every rank
+    parse_demo_args(argv, int(os.environ.get("WORLD_SIZE", "1")), quiet=True)
     if pre.deepspeed:
         if device_kind == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -340,8 +344,6 @@ def demo_main(argv: List[str]) -> int:
             import wandb  # noqa: F401
         except ImportError:
             raise UsageError("--wandb needs wandb: pip install 'megatron-flops[wandb]'") from None
-    # validate everything before starting processes groups, so bad flags exit 2 at once
-    parse_demo_args(argv, int(os.environ.get("WORLD_SIZE", "1")), quiet=True)
     dist = Distributed(device_kind, pre.deepspeed)
     try:
         args, model, run = parse_demo_args(argv, dist.world_size, quiet=not dist.is_last_rank)
@@ -391,7 +393,7 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
         import logging
         import deepspeed
         deepspeed.utils.logger.setLevel(logging.WARNING)
-        config = deepspeed_config(args, run, dist.world_size)
+        config = args.deepspeed_settings
         user_optimizer = "optimizer" in config
         engine, _, _, _ = deepspeed.initialize(
             model=network, optimizer=None if user_optimizer else optimizer,
