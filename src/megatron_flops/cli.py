@@ -20,6 +20,10 @@ COMMANDS = {
              "train the reference GPT on text with live TFLOP/s, MFU and HFU (needs torch)"),
     "peak": ("megatron_flops.demo.peak", "peak_main",
              "measure this device's achievable dense matmul TFLOP/s per dtype (needs torch)"),
+    "verify": ("megatron_flops.reference.verify", "verify_main",
+               "count one training step of a reference GPT with PyTorch and check the formulas"),
+    "patch": ("megatron_flops.megatron.patch", "patch_main",
+              "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),
 }
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
@@ -189,7 +193,8 @@ def _print_estimate(result: dict, model, run, causal: bool) -> None:
         print(f"  MFU / HFU:                 {mfu} / {hfu}   (peak: {result['peak']['source']})")
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
-            print(f"  {fork} fork would log:    {value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
+            label = f"{fork} fork would log:"
+            print(f"  {label:<27}{value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")
@@ -219,4 +224,7 @@ def estimate_main(argv: List[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this file's __main__ copy: sub-commands raise
+    # megatron_flops.cli.UsageError, which a __main__.UsageError would not catch
+    from megatron_flops.cli import main as package_main
+    sys.exit(package_main())

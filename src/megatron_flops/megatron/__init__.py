@@ -1,2 +1,19 @@
-"""Megatron-DeepSpeed adapters: argument reading (standard library only), and — imported
-only where used — the runtime hook and the source patcher."""
+"""Megatron-DeepSpeed adapters: argument reading (standard library only), the runtime hook,
+the drop-in ``throughput_calculator`` and the source patcher.
+
+Public entry points:
+
+- :func:`install` — ``megatron_flops.megatron.install()`` in a training script (before or
+  after ``megatron.training`` is imported) routes the fork's throughput reporting through
+  megatron-flops; see :mod:`megatron_flops.megatron.hook`.
+- :func:`megatron_flops.megatron.calculator.throughput_calculator` — drop-in for the
+  microsoft fork's ``megatron.utils.throughput_calculator``.
+- ``python -m megatron_flops.run SCRIPT ARGS`` and ``megatron-flops patch CHECKOUT``.
+"""
+
+
+def install(peak_tflops=None, gpu=None, causal=None, training_module=None, out=None):
+    """Install the runtime hook; see :func:`megatron_flops.megatron.hook.install`."""
+    from .hook import install as _install
+    return _install(peak_tflops=peak_tflops, gpu=gpu, causal=causal,
+                    training_module=training_module, out=out)

@@ -193,6 +193,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
                            ("seq_length", "--seq-length")):
         if getattr(ns, required, None) is None:
             raise ShapeError(f"{flag} is required", flag)
+    from ..shapes import _require_positive
+    _require_positive(ns.seq_length, "--seq-length")
     tp = get("tensor_model_parallel_size", 1)
     pp = get("pipeline_model_parallel_size", 1)
     hidden = ns.hidden_size

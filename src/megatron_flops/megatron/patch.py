@@ -1,0 +1,202 @@
+"""``megatron-flops patch CHECKOUT [--dry-run] [--check | --revert]``: a reversible one-block
+edit of a Megatron-DeepSpeed checkout that routes its throughput reporting through
+megatron-flops, for teams that launch ``pretrain_gpt.py`` in ways a wrapper cannot reach.
+
+The edit appends one marked block to ``megatron/training.py``::
+
+    # megatron-flops: begin …
+    try:
+        import megatron_flops.megatron as _megatron_flops
+        _megatron_flops.install(training_module=__name__)
+    except ImportError as _megatron_flops_error:
+        print(…)  # the fork's own numbers stay
+    # megatron-flops: end
+
+so every entry point that imports the training module (pretrain_gpt.py, pretrain_bert.py, …)
+gets the runtime hook of :mod:`megatron_flops.megatron.hook`, installed when the module has
+finished defining its functions.  Nothing else changes; the patched module still imports
+when megatron-flops is not installed.
+
+The fork is detected from the source (the microsoft fork's ``throughput_calculator(model,
+args, iteration_time, total_iterations)`` in ``megatron/utils.py`` imported by
+``training.py``; bigscience's inline ``TFLOPs:`` field in ``training_log``); an unknown
+layout is refused before anything is written.  Applying twice changes nothing;
+``--revert`` removes exactly the appended bytes, so the file is restored byte for byte.
+"""
+
+import difflib
+import os
+import re
+from typing import List, NamedTuple, Optional
+
+from ..cli import EXIT_MISMATCH, EXIT_OK, UsageError, _Parser
+
+TRAINING = os.path.join("megatron", "training.py")
+UTILS = os.path.join("megatron", "utils.py")
+BEGIN = "# megatron-flops: begin"
+END = "# megatron-flops: end"
+_BODY = (
+    "try:",
+    "    import megatron_flops.megatron as _megatron_flops",
+    "    _megatron_flops.install(training_module=__name__)",
+    "except ImportError as _megatron_flops_error:",
+    "    print('megatron-flops: not importable (%s); throughput as the fork computes it'"
+    " % _megatron_flops_error, flush=True)",
+)
+_HEADER = (" (added by `megatron-flops patch`: exact throughput reporting; "
+           "`megatron-flops patch --revert` removes this block)")
+_HEADER_NO_EOL = _HEADER[:-1] + "; the file had no final newline)"
+
+_MICROSOFT_CALCULATOR = re.compile(
+    rb"def\s+throughput_calculator\s*\(\s*model\s*,\s*args\s*,\s*iteration_time\s*,"
+    rb"\s*total_iterations\s*\)")
+_MICROSOFT_IMPORT = re.compile(rb"from\s+megatron\.utils\s+import\s[^\n]*\bthroughput_calculator\b")
+
+
+def block(newline: bytes = b"\n", had_final_newline: bool = True) -> bytes:
+    """The bytes appended to a file (for one newline style and final-newline case)."""
+    header = BEGIN + (_HEADER if had_final_newline else _HEADER_NO_EOL)
+    lines = ["", header, *_BODY, END]
+    text = newline.decode().join(lines) + newline.decode()
+    if not had_final_newline:
+        text = newline.decode() + text
+    return text.encode("ascii")
+
+
+class Plan(NamedTuple):
+    path: str
+    fork: str
+    original: bytes
+    patched: bytes
+
+
+def _newline(data: bytes) -> bytes:
+    return b"\r\n" if b"\r\n" in data else b"\n"
+
+
+def detect_fork(checkout: str) -> str:
+    """``"microsoft"`` or ``"bigscience"`` from the sources; UsageError otherwise."""
+    if not os.path.isdir(checkout):
+        raise UsageError(f"CHECKOUT must be a directory (a Megatron-DeepSpeed checkout), got {checkout!r}")
+    training_path = os.path.join(checkout, TRAINING)
+    if not os.path.isfile(training_path):
+        raise UsageError(f"CHECKOUT {checkout!r} has no {TRAINING}: not a Megatron-DeepSpeed checkout")
+    with open(training_path, "rb") as f:
+        training = f.read()
+    utils = b""
+    utils_path = os.path.join(checkout, UTILS)
+    if os.path.isfile(utils_path):
+        with open(utils_path, "rb") as f:
+            utils = f.read()
+    if _MICROSOFT_CALCULATOR.search(utils) and _MICROSOFT_IMPORT.search(training) \
+            and b"throughput_calculator(" in training:
+        return "microsoft"
+    if b"def training_log(" in training and b"TFLOPs:" in training \
+            and b"print_rank_last(" in training and b"throughput_calculator" not in training:
+        return "bigscience"
+    raise UsageError(
+        f"CHECKOUT {checkout!r}: unknown layout, nothing written (expected the microsoft fork's "
+        "megatron/utils.py throughput_calculator(model, args, iteration_time, total_iterations) "
+        "imported by megatron/training.py, or the bigscience fork's inline 'TFLOPs:' field in "
+        "megatron/training.py training_log)")
+
+
+def patched_suffix(data: bytes) -> Optional[bytes]:
+    """The appended block at the end of ``data`` (exact bytes), or None when not patched."""
+    for newline in (b"\n", b"\r\n"):
+        for had_final_newline in (True, False):
+            suffix = block(newline, had_final_newline)
+            if data.endswith(suffix):
+                return suffix
+    return None
+
+
+def status(checkout: str) -> str:
+    """``"patched"``, ``"unpatched"`` or ``"modified"`` (a marker without our exact block)."""
+    with open(os.path.join(checkout, TRAINING), "rb") as f:
+        data = f.read()
+    if patched_suffix(data) is not None:
+        return "patched"
+    return "modified" if BEGIN.encode() in data else "unpatched"
+
+
+def plan_apply(checkout: str) -> Optional[Plan]:
+    """What applying would write (None when already patched)."""
+    fork = detect_fork(checkout)
+    path = os.path.join(checkout, TRAINING)
+    with open(path, "rb") as f:
+        original = f.read()
+    state = status(checkout)
+    if state == "patched":
+        return None
+    if state == "modified":
+        raise UsageError(f"{path} holds a '{BEGIN}' marker but not the block this version writes: "
+                         "edit it out by hand (nothing written)")
+    newline = _newline(original)
+    ends = original.endswith(b"\n") or not original
+    return Plan(path, fork, original, original + block(newline, ends))
+
+
+def plan_revert(checkout: str) -> Optional[Plan]:
+    """What reverting would write (None when not patched)."""
+    path = os.path.join(checkout, TRAINING)
+    if not os.path.isfile(path):
+        raise UsageError(f"CHECKOUT {checkout!r} has no {TRAINING}: not a Megatron-DeepSpeed checkout")
+    with open(path, "rb") as f:
+        current = f.read()
+    suffix = patched_suffix(current)
+    if suffix is None:
+        if BEGIN.encode() in current:
+            raise UsageError(f"{path}: the megatron-flops block was edited; cannot restore the "
+                             "original byte for byte (nothing written)")
+        return None
+    return Plan(path, "", current, current[:-len(suffix)])
+
+
+def unified_diff(plan: Plan, checkout: str) -> str:
+    relative = os.path.relpath(plan.path, checkout)
+    before = plan.original.decode("utf-8", "replace").splitlines(keepends=True)
+    after = plan.patched.decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(before, after, f"a/{relative}", f"b/{relative}"))
+
+
+def _write(plan: Plan) -> None:
+    temporary = plan.path + ".megatron-flops.tmp"
+    with open(temporary, "wb") as f:
+        f.write(plan.patched)
+    os.replace(temporary, plan.path)
+
+
+def patch_main(argv: List[str]) -> int:
+    parser = _Parser(prog="megatron-flops patch", allow_abbrev=False, description=(
+        "Route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops "
+        "with one marked block appended to megatron/training.py (reversible byte for byte)."))
+    parser.add_argument("checkout", metavar="CHECKOUT", help="the fork's checkout (holds megatron/)")
+    parser.add_argument("--dry-run", action="store_true", help="print the unified diff, write nothing")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="say whether the checkout is patched (exit 0 patched, 1 not)")
+    mode.add_argument("--revert", action="store_true", help="remove the block, restoring the file")
+    args = parser.parse_args(argv)
+    if args.check and args.dry_run:
+        raise UsageError("--check and --dry-run go separately")
+    if args.check:
+        fork = detect_fork(args.checkout)  # unknown layout: exit 2
+        state = status(args.checkout)
+        print(f"{os.path.join(args.checkout, TRAINING)}: {state} ({fork} fork)")
+        return EXIT_OK if state == "patched" else EXIT_MISMATCH
+    plan = plan_revert(args.checkout) if args.revert else plan_apply(args.checkout)
+    if plan is None:
+        state = "not patched: nothing to revert" if args.revert else "already patched"
+        print(f"{os.path.join(args.checkout, TRAINING)}: {state}")
+        return EXIT_OK
+    if args.dry_run:
+        print(unified_diff(plan, args.checkout), end="")
+        return EXIT_OK
+    _write(plan)
+    if args.revert:
+        print(f"{plan.path}: restored (megatron-flops block removed)")
+    else:
+        print(f"{plan.path}: patched ({plan.fork} fork); `megatron-flops patch --revert "
+              f"{args.checkout}` restores it")
+    return EXIT_OK

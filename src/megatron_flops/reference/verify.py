@@ -1,0 +1,357 @@
+"""Count the FLOPs of one training step of the reference GPT and compare with the formulas.
+
+``verify(model, seq_length, ...)`` builds :class:`ReferenceGPT` at the given shape (real
+tensors for small shapes, meta tensors for large ones), runs one forward and one backward
+pass under :class:`torch.utils.flop_counter.FlopCounterMode` inside
+``set_checkpoint_early_stop(False)`` (so checkpointed layers re-run their *whole* forward),
+attributes every counted FLOP to a core component and a phase, and compares each
+``(component, phase)`` with :func:`megatron_flops.flops.flops_breakdown`.
+
+How a counted FLOP finds its component and phase:
+
+* every matmul of the model lives in one *leaf module* (``query_key_value``, ``query_key``,
+  ``probs_value``, ``dense``, ``up``, ``down``, ``router``, ``output_layer``); forward hooks
+  keep the module running now;
+* an op run inside a leaf module while the forward pass runs is **forward**; one run inside a
+  leaf module while the backward pass runs is **recompute** (checkpointing calls the module's
+  forward again);
+* an op run by the backward pass outside any module's forward is **backward**: it belongs to
+  the autograd node being executed (``torch._C._current_autograd_node()``), and every node a
+  leaf module created was tagged with that module when its forward ended;
+* a fused layer (the QKV projection, a GLU's first dense) is split by output columns: every
+  matmul it takes part in — forward, grad of input, grad of weight — is linear in the number
+  of output columns, so the query's share of the fused QKV count is exactly ``n·d / (n+2g)·d``.
+
+The sum of the attributed FLOPs must also equal FlopCounterMode's own total: a matmul outside
+every leaf module would show as ``unattributed`` and fail the check.
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..flops import COMPONENTS, flops_breakdown
+from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
+from .model import MLP, MoE, OutputLayer, ReferenceGPT, SelfAttention
+
+PHASES = ("forward", "backward", "recompute")
+UNATTRIBUTED = "unattributed"
+_TAG = "megatron_flops_unit"
+
+# Above either limit the model is built on meta tensors (no memory, no arithmetic).
+REAL_MAX_HARDWARE_FLOPS = 2e10
+REAL_MAX_PARAMETERS = 50_000_000
+
+
+def component_units(gpt: ReferenceGPT) -> Dict[nn.Module, Tuple[Tuple[str, int], ...]]:
+    """Each leaf module that runs matmuls -> the components its output columns belong to.
+
+    ``((component, columns), ...)``: one entry for a plain layer, two for a fused one.
+    """
+    shape = gpt.shape
+    n, g, d, f = shape.num_attention_heads, shape.num_query_groups, shape.kv_channels, shape.ffn_hidden_size
+    units: Dict[nn.Module, Tuple[Tuple[str, int], ...]] = {}
+
+    def mlp_units(mlp: MLP, prefix: str):
+        up = ((f"{prefix}_up", f), (f"{prefix}_gate", f)) if mlp.glu else ((f"{prefix}_up", f),)
+        units[mlp.up] = up
+        units[mlp.down] = ((f"{prefix}_down", 1),)
+
+    for module in gpt.modules():
+        if isinstance(module, SelfAttention):
+            units[module.query_key_value] = (("query", n * d), ("key_value", 2 * g * d))
+            units[module.core.query_key] = (("attention_scores", 1),)
+            units[module.core.probs_value] = (("attention_over_values", 1),)
+            units[module.dense] = (("attention_output", 1),)
+        elif isinstance(module, MoE):
+            units[module.router] = (("moe_router", 1),)
+            for expert in module.experts:
+                mlp_units(expert, "expert")
+        elif isinstance(module, OutputLayer):
+            units[module] = (("logits", 1),)
+    for module in gpt.modules():
+        if isinstance(module, MLP) and module.up not in units:
+            mlp_units(module, "mlp")
+    return units
+
+
+def _grad_fns(tensors):
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+            yield t.grad_fn
+
+
+class ComponentFlopCounter(FlopCounterMode):
+    """``FlopCounterMode`` that also files every counted FLOP under (component, phase).
+
+    Use as a context manager around one forward and one backward of ``gpt``; set
+    ``counter.phase = "backward"`` before calling ``backward()``.
+    """
+
+    def __init__(self, gpt: ReferenceGPT):
+        super().__init__(display=False)
+        self.units = component_units(gpt)
+        self.phase = "forward"
+        self.counted: Dict[Tuple[str, str], int] = defaultdict(int)
+        self.problems: List[str] = []
+        self._running: List[Tuple[Tuple[str, int], ...]] = []
+        self._handles = []
+        for module, unit in self.units.items():
+            self._handles.append(module.register_forward_pre_hook(self._enter(unit)))
+            self._handles.append(module.register_forward_hook(self._leave(unit)))
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _enter(self, unit):
+        def hook(module, args):
+            self._running.append(unit)
+        return hook
+
+    def _leave(self, unit):
+        def hook(module, args, output):
+            self._running.pop()
+            if self.phase == "forward":
+                self._tag_graph(unit, args, output)
+        return hook
+
+    @staticmethod
+    def _tag_graph(unit, args, output) -> None:
+        """Tag the autograd nodes this module's forward created (between its inputs and output)."""
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        boundary = set(_grad_fns(args))
+        stack = [node for node in _grad_fns(outputs) if node not in boundary]
+        while stack:
+            node = stack.pop()
+            if node is None or node in boundary or _TAG in node.metadata:
+                continue
+            node.metadata[_TAG] = unit
+            stack.extend(next_node for next_node, _ in node.next_functions)
+
+    def _current_unit_and_phase(self):
+        if self._running:
+            return self._running[-1], ("recompute" if self.phase == "backward" else "forward")
+        if self.phase == "backward":
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                return node.metadata.get(_TAG), "backward"
+        return None, self.phase
+
+    def _count_flops(self, func_packet, out, args, kwargs):
+        if func_packet in self.flop_registry:
+            flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+            unit, phase = self._current_unit_and_phase()
+            if unit is None:
+                self.counted[(UNATTRIBUTED, phase)] += flops
+            else:
+                self._split(unit, phase, flops, func_packet)
+        return super()._count_flops(func_packet, out, args, kwargs)
+
+    def _split(self, unit, phase, flops, op) -> None:
+        total_columns = sum(columns for _, columns in unit)
+        for component, columns in unit:
+            share, remainder = divmod(flops * columns, total_columns)
+            if remainder:
+                self.problems.append(f"{op} in a fused layer counted {flops} FLOPs, not a multiple "
+                                     f"of its {total_columns} output columns")
+            self.counted[(component, phase)] += share
+
+
+class Row(NamedTuple):
+    """Counted and analytic FLOPs of one component, per phase."""
+
+    name: str
+    counted: Dict[str, int]
+    analytic: Dict[str, int]
+
+    @property
+    def counted_total(self) -> int:
+        return sum(self.counted.values())
+
+    @property
+    def analytic_total(self) -> int:
+        return sum(self.analytic.values())
+
+    @property
+    def exact(self) -> bool:
+        return self.counted == self.analytic
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "counted": self.counted_total, "analytic": self.analytic_total,
+               "difference": self.counted_total - self.analytic_total, "exact": self.exact}
+        for phase in PHASES:
+            out[phase] = {"counted": self.counted[phase], "analytic": self.analytic[phase]}
+        return out
+
+
+class VerifyResult(NamedTuple):
+    rows: Tuple[Row, ...]
+    flop_counter_total: int  # FlopCounterMode's own global count
+    mode: str                # "meta" or "real"
+    batch_size: int
+    seq_length: int
+    seconds: float
+    problems: Tuple[str, ...]
+
+    @property
+    def counted_total(self) -> int:
+        return sum(r.counted_total for r in self.rows)
+
+    @property
+    def analytic_total(self) -> int:
+        return sum(r.analytic_total for r in self.rows)
+
+    @property
+    def mismatches(self) -> List[Row]:
+        return [r for r in self.rows if not r.exact]
+
+    @property
+    def exact(self) -> bool:
+        return (not self.mismatches and not self.problems
+                and self.flop_counter_total == self.counted_total)
+
+    def __getitem__(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {"exact": self.exact, "mode": self.mode, "batch_size": self.batch_size,
+                "seq_length": self.seq_length,
+                "components": [r.to_dict() for r in self.rows],
+                "counted_total": self.counted_total, "analytic_total": self.analytic_total,
+                "flop_counter_total": self.flop_counter_total,
+                "mismatches": [r.name for r in self.mismatches],
+                "problems": list(self.problems), "seconds": self.seconds}
+
+
+def choose_meta(model: ModelShape, seq_length: int, batch_size: int = 1,
+                recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1) -> bool:
+    """True when the shape is too large to run with real tensors in a few seconds on a CPU."""
+    import dataclasses
+    from ..params import parameter_count
+    if model.max_position_embeddings is None:
+        model = dataclasses.replace(model, max_position_embeddings=seq_length)
+    hardware = flops_breakdown(model, seq_length, batch_size, recompute,
+                               pipeline_parallel_size).hardware_flops
+    return hardware > REAL_MAX_HARDWARE_FLOPS or parameter_count(model).total > REAL_MAX_PARAMETERS
+
+
+def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
+                recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
+                meta: Optional[bool] = None, seed: int = 0):
+    """Run one forward+backward of the reference GPT; return (counter, mode)."""
+    if meta is None:
+        meta = choose_meta(model, seq_length, batch_size, recompute, pipeline_parallel_size)
+    device = torch.device("meta") if meta else torch.device("cpu")
+    torch.manual_seed(seed)
+    gpt = ReferenceGPT(model, seq_length, recompute, pipeline_parallel_size, dropout=0.0,
+                       device=device, dtype=torch.float32)
+    if meta:
+        input_ids = torch.zeros(batch_size, seq_length, dtype=torch.long, device=device)
+    else:
+        input_ids = torch.randint(0, model.vocab_size, (batch_size, seq_length), device=device)
+    labels = input_ids.roll(-1, dims=1)
+    counter = ComponentFlopCounter(gpt)
+    try:
+        with torch.utils.checkpoint.set_checkpoint_early_stop(False), counter:
+            loss = gpt.loss(input_ids, labels)
+            counter.phase = "backward"
+            loss.backward()
+    finally:
+        counter.remove_hooks()
+    return counter, ("meta" if meta else "real")
+
+
+def verify(model: ModelShape, seq_length: int, batch_size: int = 1,
+           recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
+           meta: Optional[bool] = None) -> VerifyResult:
+    """Counted vs analytic FLOPs of one training step, per component and phase."""
+    start = time.perf_counter()
+    counter, mode = count_flops(model, seq_length, batch_size, recompute, pipeline_parallel_size, meta)
+    breakdown = flops_breakdown(model, seq_length, batch_size, recompute, pipeline_parallel_size,
+                                causal=False)
+    analytic = {c.name: {"forward": c.forward, "backward": c.backward, "recompute": c.recompute}
+                for c in breakdown}
+    counted_names = {name for name, _ in counter.counted}
+    rows = []
+    for name in COMPONENTS + (UNATTRIBUTED,):
+        if name not in analytic and name not in counted_names:
+            continue
+        rows.append(Row(name,
+                        {p: counter.counted.get((name, p), 0) for p in PHASES},
+                        analytic.get(name, dict.fromkeys(PHASES, 0))))
+    return VerifyResult(tuple(rows), counter.get_total_flops(), mode, batch_size, seq_length,
+                        time.perf_counter() - start, tuple(dict.fromkeys(counter.problems)))
+
+
+# ---- command line -------------------------------------------------------------------------
+
+def _text(result: VerifyResult, model: ModelShape, recompute: Recompute) -> str:
+    from ..report import describe_model, table
+    rows = []
+    for r in result.rows:
+        rows.append([r.name] + [f"{r.counted[p]:,}" for p in PHASES]
+                    + [f"{r.counted_total:,}", f"{r.analytic_total:,}",
+                       f"{r.counted_total - r.analytic_total:+,}", "ok" if r.exact else "MISMATCH"])
+    header = ["component", "forward", "backward", "recompute", "counted", "analytic", "difference", ""]
+    lines = [describe_model(model),
+             f"one step: batch {result.batch_size} × seq {result.seq_length}, recompute "
+             f"{recompute.label}, {result.mode} tensors, dense attention (full s×s), "
+             f"{result.seconds:.2f} s",
+             table(rows, header, [False] + [True] * 6 + [False]),
+             f"total counted {result.counted_total:,}  analytic {result.analytic_total:,}  "
+             f"(FlopCounterMode total {result.flop_counter_total:,})"]
+    for problem in result.problems:
+        lines.append(f"problem: {problem}")
+    if result.exact:
+        lines.append("exact: every component matches in forward, backward and recompute")
+    else:
+        for r in result.mismatches:
+            differing = ", ".join(f"{p} counted {r.counted[p]:,} analytic {r.analytic[p]:,}"
+                                  for p in PHASES if r.counted[p] != r.analytic[p])
+            lines.append(f"MISMATCH {r.name}: {differing}")
+        if result.flop_counter_total != result.counted_total:
+            lines.append(f"MISMATCH: FlopCounterMode counted {result.flop_counter_total:,} in all, "
+                         f"{result.counted_total:,} attributed")
+    return "\n".join(lines)
+
+
+def verify_main(argv: List[str]) -> int:
+    from ..cli import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
+    parser = command_parser("verify", "Count the matmul FLOPs of one forward+backward step of a "
+                            "reference Megatron GPT of this shape with PyTorch's FlopCounterMode "
+                            "and compare them, component by component, with the formulas. "
+                            "Exit 0 when every component matches exactly, 1 otherwise.")
+    tensors = parser.add_mutually_exclusive_group()
+    tensors.add_argument("--meta", dest="meta", action="store_const", const=True, default=None,
+                         help="build the model on meta tensors (no memory; default for large shapes)")
+    tensors.add_argument("--real", dest="meta", action="store_const", const=False,
+                         help="build the model with real tensors and run the arithmetic")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--causal", action="store_true", help=argparse.SUPPRESS)
+    args, model, run = parse_command(parser, argv)
+    if args.causal:
+        raise UsageError("--causal does not apply to verify: the reference model runs dense "
+                         "attention matmuls (full s×s), compared with the dense formulas")
+    if args.meta is False and choose_meta(model, run.seq_length, run.micro_batch_size,
+                                          run.recompute, run.pipeline_model_parallel_size):
+        print("megatron-flops: warning: --real at this size needs much memory and time",
+              file=sys.stderr)
+    result = verify(model, run.seq_length, run.micro_batch_size, run.recompute,
+                    run.pipeline_model_parallel_size, args.meta)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(_text(result, model, run.recompute))
+    return EXIT_OK if result.exact else EXIT_MISMATCH

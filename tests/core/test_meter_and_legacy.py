@@ -1,0 +1,153 @@
+"""The meter (per-iteration accounting, definitions) and the legacy formulas as the forks compute."""
+
+import json
+
+import pytest
+
+from megatron_flops.cli import main
+from megatron_flops.flops import flops_breakdown
+from megatron_flops.hardware import canonical_device, peak_tflops, resolve_peak
+from megatron_flops.legacy import bigscience_tflops, microsoft_tflops
+from megatron_flops.meter import ThroughputMeter
+from megatron_flops.shapes import ModelShape, Recompute
+
+MODEL = ModelShape(num_layers=2, hidden_size=8, num_attention_heads=2, vocab_size=16)
+
+
+def forward_by_hand(B, s):
+    # per layer per sample: Q 2·s·8·8 + KV 2·s·8·16 + scores/AV 2·(2·2·s·s·4) + O 2·s·8·8
+    # + MLP 2·(2·s·8·32); logits 2·s·8·16
+    layer = 128 * s + 256 * s + 32 * s * s + 128 * s + 1024 * s
+    return B * (2 * layer + 256 * s)
+
+
+def test_meter_counts_each_iteration_with_its_own_batch_and_seq():
+    meter = ThroughputMeter(MODEL, world_size=4)
+    # a ramp-up step and a curriculum change inside one interval
+    iterations = [(4, 8), (4, 8), (8, 16), (8, 16)]
+    for B, s in iterations:
+        meter.add_iteration(B, s)
+    report = meter.report(2.0)
+    model_flops = sum(3 * forward_by_hand(B, s) for B, s in iterations)
+    assert report.model_flops == model_flops
+    assert report.samples == 24 and report.tokens == 4 * 8 * 2 + 8 * 16 * 2
+    assert report.samples_per_second == 12.0
+    assert report.tokens_per_second_per_gpu == report.tokens / 2.0 / 4
+    assert report.model_tflops_per_gpu == pytest.approx(model_flops / (2.0 * 4 * 1e12))
+    assert report.mfu is None and report.hfu is None
+    # log-time arithmetic (last batch × mean time) would have said 8·4 samples per 2 s
+    assert report.samples != 8 * len(iterations)
+    # the window restarts
+    meter.add_iteration(4, 8)
+    assert meter.report(1.0).samples == 4
+    assert meter.consumed_samples == 28
+
+
+def test_meter_mfu_and_hfu_with_full_recompute():
+    meter = ThroughputMeter(MODEL, world_size=1, recompute=Recompute("full"), peak_tflops=1e-6)
+    meter.add_iteration(2, 8)
+    report = meter.report(1.0)
+    b = flops_breakdown(MODEL, 8, 2, Recompute("full"))
+    assert report.hardware_flops == b.hardware_flops > report.model_flops == b.model_flops
+    assert report.mfu == pytest.approx(b.model_flops / 1e12 / 1e-6)
+    assert report.hfu == pytest.approx(b.hardware_flops / 1e12 / 1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_meter_rejects_non_positive_time(bad):
+    meter = ThroughputMeter(MODEL)
+    meter.add_iteration(1, 8)
+    with pytest.raises(ValueError, match="positive"):
+        meter.report(bad)
+
+
+def test_peak_table():
+    assert canonical_device("NVIDIA A100-SXM4-80GB") == "a100"
+    assert canonical_device("NVIDIA H100 80GB HBM3") == "h100-sxm"
+    assert canonical_device("NVIDIA H100 PCIe") == "h100-pcie"
+    assert canonical_device("NVIDIA H200") == "h200"
+    assert peak_tflops("a100", "bf16") == 312.0 and peak_tflops("a100", "fp32") == 19.5
+    assert peak_tflops("a100", "tf32") == 156.0
+    assert peak_tflops("v100", "bf16") is None          # no bf16 on Volta: no guess
+    assert resolve_peak("Some New Accelerator", "bf16").tflops is None
+    assert resolve_peak(None, "bf16", 123.0).tflops == 123.0
+
+
+def test_bigscience_formula_equals_exact_only_for_default_shapes_with_recompute():
+    # Eq. 3 with factor 4 is exactly our full-recompute hardware count for f = 4h, MHA
+    model = ModelShape(num_layers=4, hidden_size=64, num_attention_heads=8, vocab_size=512)
+    b = flops_breakdown(model, 128, 16, Recompute("full"))
+    legacy = bigscience_tflops(16, 128, 4, 64, 512, glu=False, checkpoint_activations=True,
+                               seconds_per_iteration=1.0, world_size=1)
+    assert legacy == pytest.approx(b.hardware_flops / 1e12, rel=1e-12)
+
+
+def test_bigscience_glu_overcount_for_llama_shape():
+    # h=4096, f=11008 swiglu, s=2048, no recompute.  Exact model FLOPs per layer per token:
+    # 3 × (2·(h·h + 2·h·h + h·h) [Q, KV, O] + 4·s·h [attention core] + 6·h·f [MLP])
+    h, f, s, n = 4096, 11008, 2048, 32
+    model = ModelShape(num_layers=32, hidden_size=h, num_attention_heads=n, vocab_size=32000,
+                       ffn_hidden_size=f, glu_activation="swiglu")
+    b = flops_breakdown(model, s, 1)
+    per_token_layer = 3 * (8 * h * h + 4 * s * h + 6 * h * f)
+    per_token_logits = 3 * 2 * h * 32000
+    assert b.model_flops == s * (32 * per_token_layer + per_token_logits)
+    legacy = bigscience_tflops(1, s, 32, h, 32000, glu=True, checkpoint_activations=False,
+                               seconds_per_iteration=1.0, world_size=1) * 1e12
+    over = legacy / b.model_flops - 1
+    assert 0.25 < over < 0.35     # the ~30 % over-report of LLaMA-shaped runs
+
+
+def test_microsoft_formula_drops_kv_for_gqa_of_3_or_more():
+    # h=64, n=8, B=1, s=4, l=1, V=16, f=256, no recompute.  MACs by the fork's expression:
+    # projections (1 + 2//gqa + 1)·h²·s; core 2·d·n·s²; ffn 2·f·h·s; logits V·h·s; × 2 × 3
+    def expected(kv_heads):
+        gqa = 8 // kv_heads
+        macs = (2 + 2 // gqa) * 64 * 64 * 4 + 2 * 8 * 8 * 16 + 2 * 256 * 64 * 4 + 16 * 64 * 4
+        return 6 * macs / 1e12
+    for kv_heads in (8, 4, 2, 1):
+        got = microsoft_tflops(1, 4, 1, 64, 8, kv_heads, 256, 16, False, None, 1.0, 1)
+        assert got == pytest.approx(expected(kv_heads))
+    # 2 // 4 == 0: the K/V projections vanish for GQA 4:1
+    assert microsoft_tflops(1, 4, 1, 64, 8, 2, 256, 16, False, None, 1.0, 1) == pytest.approx(
+        microsoft_tflops(1, 4, 1, 64, 8, 1, 256, 16, False, None, 1.0, 1))
+
+
+def test_estimate_json_schema_and_sums(capsys):
+    argv = ["estimate", "--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8",
+            "--num-key-value-heads", "2", "--swiglu", "--seq-length", "512", "--vocab-size", "32000",
+            "--micro-batch-size", "2", "--global-batch-size", "64", "--world-size", "8",
+            "--recompute-activations", "--bf16", "--iteration-time", "0.5", "--gpu", "h100",
+            "--train-tokens", "1e9", "--tflops-per-gpu", "100", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out["parameters"], int)
+    comps = out["components"]
+    assert sum(c["forward"] + c["backward"] for c in comps) == out["flops_per_iteration"]["model"]
+    assert (sum(c["forward"] + c["backward"] + c["recompute"] for c in comps)
+            == out["flops_per_iteration"]["hardware"])
+    t = out["throughput"]
+    assert t["samples_per_second"] == 128.0 and t["tokens_per_second"] == 128.0 * 512
+    assert t["tflops_per_gpu"]["model"] == pytest.approx(
+        out["flops_per_iteration"]["model"] / (0.5 * 8 * 1e12))
+    assert t["mfu"] == pytest.approx(t["tflops_per_gpu"]["model"] / 989.4)
+    assert set(t["legacy_tflops_per_gpu"]) == {"bigscience", "microsoft"}
+    # training days: tokens / tokens per iteration × hardware FLOPs / (GPUs × X)
+    days = 1e9 / (64 * 512) * out["flops_per_iteration"]["hardware"] / (8 * 100e12) / 86400
+    assert out["training_days"] == pytest.approx(days)
+
+
+def test_estimate_without_time_has_null_throughput(capsys):
+    assert main(["estimate", "--num-layers", "2", "--hidden-size", "64",
+                 "--num-attention-heads", "8", "--seq-length", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["throughput"] is None and out["training_days"] is None
+
+
+def test_estimate_human_output(capsys):
+    assert main(["estimate", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads",
+                 "8", "--seq-length", "32", "--glu-activation", "geglu", "--iteration-time", "1"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("mlp_gate", "total", "model FLOPs per iteration", "bigscience fork would log",
+                   "MFU / HFU:                 n/a"):
+        assert needle in text

@@ -1,0 +1,329 @@
+"""The runtime hook on the two fixture forks: exact console fields and TensorBoard tags,
+per-iteration ramp-up and curriculum accounting, failure handling, fork detection."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+FORKS = ("bigscience", "microsoft")
+SECONDS_PER_ITERATION = 1e-6  # the fixtures' virtual clock
+
+# l=2, h=64, n=4 (d=16, g=4), f=4h, vocab 1000 padded to a multiple of 128 -> 1024
+LAYERS, HIDDEN, HEADS, VOCAB_PADDED = 2, 64, 4, 1024
+BASE = ["--num-layers", str(LAYERS), "--hidden-size", str(HIDDEN), "--num-attention-heads",
+        str(HEADS), "--vocab-size", "1000", "--fake-seconds-per-iteration",
+        str(SECONDS_PER_ITERATION)]
+
+
+def hand_forward_flops(s, l=LAYERS, h=HIDDEN, n=HEADS, V=VOCAB_PADDED, f=None, glu=False):
+    """Forward matmul FLOPs of one sample, written out from the table in DESIGN.md §2:
+    per layer Q 2·s·h·(n·d), K and V 2·s·h·(2·g·d), QKᵀ 2·n·s²·d, A·V 2·n·s²·d, output
+    2·s·(n·d)·h, MLP up 2·s·h·f (two branches with GLU), MLP down 2·s·f·h; logits 2·s·h·V once.
+    Returns (all layers, logits)."""
+    d, g = h // n, n
+    f = 4 * h if f is None else f
+    layer = (2 * s * h * n * d + 2 * s * h * 2 * g * d + 2 * n * s * s * d + 2 * n * s * s * d
+             + 2 * s * n * d * h + 2 * s * h * f * (2 if glu else 1) + 2 * s * f * h)
+    return l * layer, 2 * s * h * V
+
+
+def hand_hardware_flops(s, full_recompute=False, **shape):
+    layers, logits = hand_forward_flops(s, **shape)
+    model = 3 * (layers + logits)  # backward = 2 × forward
+    return model + (layers if full_recompute else 0)  # full recompute re-runs the layers
+
+
+def test_hand_formula_matches_design_closed_form():
+    # with defaults a layer is 24·s·h² + 4·s²·h (DESIGN.md)
+    s = 32
+    layers, _ = hand_forward_flops(s, l=1)
+    assert layers == 24 * s * HIDDEN ** 2 + 4 * s * s * HIDDEN
+
+
+def args_for(seq=32, micro=2, iters=6, log_interval=3, extra=()):
+    return BASE + ["--seq-length", str(seq), "--micro-batch-size", str(micro), "--train-iters",
+                   str(iters), "--log-interval", str(log_interval), *extra]
+
+
+def bigscience_formula_tflops(batch, s, seconds_per_iteration):
+    """bigscience's Eq. 3 as it prints it (coefficient 24, factor 3), for the 'before' check."""
+    h, l, V = HIDDEN, LAYERS, VOCAB_PADDED
+    flops = 24 * 3 * batch * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
+    return flops / (seconds_per_iteration * 1e12)
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_console_and_tensorboard_carry_exact_values(fork, runner, tools, tmp_path):
+    tb = str(tmp_path / "tb")
+    argv = args_for(extra=["--tensorboard-dir", tb, "--log-timers-to-tensorboard"]
+                    + (["--wandb-project", "p"] if fork == "microsoft" else []))
+    out = runner.run(tools.fixture_dir(fork), argv)
+    lines = tools.log_lines(out)
+    assert len(lines) == 2
+    expected_tflops = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    expected_samples = 2 / SECONDS_PER_ITERATION
+    for line in lines:
+        assert tools.field(line, "TFLOPs") == f"{expected_tflops:.2f}"
+        assert tools.field(line, "samples per second") == f"{expected_samples:.3f}"
+        assert tools.field(line, "hardware TFLOP/s per gpu") == f"{expected_tflops:.2f}"
+        assert tools.field(line, "model TFLOP/s per gpu") == f"{expected_tflops:.2f}"
+        assert tools.field(line, "tokens per second") == f"{expected_samples * 32:.1f}"
+        assert tools.field(line, "MFU") == "n/a"
+        assert line.count(" samples per second: ") == 1  # not appended twice
+    scalars = tools.read_scalars(tb)
+    for tag in ("throughput/hardware_tflops_per_gpu", "throughput/model_tflops_per_gpu"):
+        assert [step for step, _ in scalars[tag]] == [3, 6]
+        for _, value in scalars[tag]:
+            assert value == pytest.approx(expected_tflops, rel=1e-6)
+        samples_axis = scalars[tag + " vs samples"]
+        assert [step for step, _ in samples_axis] == [6, 12]  # consumed samples
+        assert [step for step, _ in scalars[tag + " vs tokens"]] == [6 * 32, 12 * 32]
+    assert scalars["throughput/samples_per_second"][0][1] == pytest.approx(expected_samples, rel=1e-6)
+    assert "throughput/mfu" not in scalars  # no peak known on this machine
+    if fork == "bigscience":
+        fork_tag = scalars["iteration-time/TFLOPs per gpu (estimated)"]
+        assert [s for s, _ in fork_tag] == [3, 6]
+        for _, value in fork_tag:
+            assert value == pytest.approx(expected_tflops, rel=1e-6)
+        sps = scalars["iteration-time/samples per second"]
+        assert sps[0][1] == pytest.approx(expected_samples, rel=1e-6)
+        tps = scalars["iteration-time/tokens per second per replica"]
+        assert tps[0][1] == pytest.approx(expected_samples * 32, rel=1e-6)  # DP = 1
+    else:
+        logged = runner.wandb.logged
+        tflops = [v["throughput/tflops"] for v, step in logged if "throughput/tflops" in v]
+        assert tflops == [pytest.approx(expected_tflops, rel=1e-12)] * 2
+        ours = [(v, step) for v, step in logged if "throughput/hardware_tflops_per_gpu" in v]
+        assert [step for _, step in ours] == [3, 6]
+        assert ours[0][0]["throughput/model_tflops_per_gpu"] == pytest.approx(expected_tflops)
+    # the start summary, once: breakdown table, peak, the fork's formula vs exact
+    assert out.count("megatron-flops: hooked the " + fork) == 1
+    assert "component (" in out and "peak for MFU/HFU: " in out
+    assert f"the {fork} fork's own formula counts" in out
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_without_hook_the_fixture_prints_its_own_formula(fork, runner, tools):
+    """The 'before' line: the fixture prints the fork's number, not the exact one."""
+    out = runner.run(tools.fixture_dir(fork), args_for(), hook=False)
+    line = tools.log_lines(out)[0]
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert "model TFLOP/s per gpu" not in line and "megatron-flops" not in out
+    if fork == "bigscience":
+        legacy = bigscience_formula_tflops(2, 32, SECONDS_PER_ITERATION)
+        assert tools.field(line, "TFLOPs") == f"{legacy:.2f}"
+        assert f"{legacy:.2f}" != f"{exact:.2f}"
+    else:  # the microsoft formula is exact for a dense MHA model without recompute
+        assert tools.field(line, "TFLOPs") == f"{exact:.2f}"
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_rampup_counted_per_iteration(fork, runner, tools):
+    # batch 2 -> 8 in steps of 2 over 8 samples: iterations see 2, 2, 4, 8, 8, 8 (fork's rule)
+    argv = args_for(micro=2, extra=["--global-batch-size", "8", "--rampup-batch-size", "2", "2", "8"])
+    lines = tools.log_lines(runner.run(tools.fixture_dir(fork), argv))
+    per_sample = hand_hardware_flops(32)
+    previous_consumed = 0
+    for line in lines:
+        consumed = int(tools.field(line, "consumed samples"))
+        interval_samples = consumed - previous_consumed  # the fork's own counter
+        previous_consumed = consumed
+        elapsed = 3 * SECONDS_PER_ITERATION
+        exact = interval_samples * per_sample / (elapsed * 1e12)
+        log_time = int(tools.field(line, "global batch size")) * 3 * per_sample / (elapsed * 1e12)
+        assert tools.field(line, "TFLOPs") == f"{exact:.2f}"
+        assert tools.field(line, "samples per second") == f"{interval_samples / elapsed:.3f}"
+        if line is lines[0]:
+            assert f"{log_time:.2f}" != f"{exact:.2f}"  # the log-time count would be wrong here
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_curriculum_sequence_length_counted_per_iteration(fork, runner, tools, tmp_path):
+    tb = str(tmp_path / "tb")
+    argv = args_for(seq=64, extra=["--curriculum-seqlens", "16,32,64,64,64,64",
+                                   "--tensorboard-dir", tb])
+    lines = tools.log_lines(runner.run(tools.fixture_dir(fork), argv))
+    elapsed = 3 * SECONDS_PER_ITERATION
+    first = 2 * sum(hand_hardware_flops(s, ) for s in (16, 32, 64)) / (elapsed * 1e12)
+    second = 2 * 3 * hand_hardware_flops(64) / (elapsed * 1e12)
+    assert [tools.field(line, "TFLOPs") for line in lines] == [f"{first:.2f}", f"{second:.2f}"]
+    tokens = tools.read_scalars(tb)["throughput/tokens_per_second"]
+    assert tokens[0][1] == pytest.approx(2 * (16 + 32 + 64) / elapsed, rel=1e-6)
+
+
+def test_full_recompute_counted_in_hardware_not_model(runner, tools):
+    argv = args_for(extra=["--checkpoint-activations"])
+    line = tools.log_lines(runner.run(tools.fixture_dir("bigscience"), argv))[0]
+    hardware = 2 * hand_hardware_flops(32, full_recompute=True) / (SECONDS_PER_ITERATION * 1e12)
+    model = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert tools.field(line, "TFLOPs") == f"{hardware:.2f}"
+    assert tools.field(line, "model TFLOP/s per gpu") == f"{model:.2f}"
+
+
+def test_peak_override_gives_mfu(runner, tools, monkeypatch):
+    monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", "500")
+    out = runner.run(tools.fixture_dir("microsoft"), args_for())
+    line = tools.log_lines(out)[0]
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert tools.field(line, "MFU") == f"{100 * exact / 500:.1f}%"
+    assert "peak for MFU/HFU: given (500 TFLOP/s)" in out
+
+
+def test_last_rank_of_several_writes_per_gpu_values(runner, tools, monkeypatch):
+    # world 2 (DP 2), this process is rank 1 = the last rank: it prints the line, not the summary
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    out = runner.run(tools.fixture_dir("bigscience"), args_for(micro=2))
+    line = tools.log_lines(out)[0]
+    exact = 4 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 2 * 1e12)  # batch 2 × DP 2
+    assert tools.field(line, "TFLOPs") == f"{exact:.2f}"
+    assert "megatron-flops: hooked" not in out  # the summary is rank 0's
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_failure_is_reported_once_and_training_continues(fork, runner, tools, monkeypatch):
+    from megatron_flops.megatron import calculator
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(calculator.RunAccounting, "close_interval", broken)
+    out = runner.run(tools.fixture_dir(fork), args_for(iters=9))
+    lines = tools.log_lines(out)
+    assert len(lines) == 3  # training ran to the end
+    assert out.count("megatron-flops: disabled after an error") == 1
+    assert "RuntimeError: boom" in out
+    for line in lines:  # the fork's own numbers, nothing appended
+        assert "model TFLOP/s per gpu" not in line
+    if fork == "bigscience":
+        legacy = bigscience_formula_tflops(2, 32, SECONDS_PER_ITERATION)
+        assert tools.field(lines[-1], "TFLOPs") == f"{legacy:.2f}"
+    else:
+        assert " TFLOPs: " in lines[-1]
+
+
+def test_failure_while_building_shapes_steps_aside(runner, tools):
+    # kv heads that do not divide the heads: our shapes refuse, the hook steps aside
+    argv = args_for(extra=["--num-key-value-heads", "3"])
+    out = runner.run(tools.fixture_dir("microsoft"), argv)
+    assert out.count("megatron-flops: disabled after an error") == 1
+    assert "--num-key-value-heads" in out
+    assert len(tools.log_lines(out)) == 2
+
+
+def test_unknown_version_is_left_untouched(runner, tools, tmp_path):
+    checkout = tmp_path / "other"
+    shutil.copytree(tools.fixture_dir("bigscience"), checkout,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    training = checkout / "megatron" / "training.py"
+    text = training.read_text().replace('line += " TFLOPs: {:.2f} |".format(tflops)', "pass")
+    training.write_text(text)
+    out = runner.run(str(checkout), args_for(iters=6))
+    assert out.count("not one the hook knows") == 1
+    lines = tools.log_lines(out)
+    assert len(lines) == 2 and all("TFLOP/s" not in line for line in lines)
+
+
+def test_install_twice_patches_once(runner, tools):
+    from megatron_flops.megatron import hook
+    hook.install()
+    out = runner.run(tools.fixture_dir("microsoft"), args_for())
+    line = tools.log_lines(out)[0]
+    assert line.count(" model TFLOP/s per gpu: ") == 1
+
+
+def test_run_module_under_launcher_style_arguments(tools, tmp_path):
+    """`python -m megatron_flops.run --local_rank=0 pretrain_gpt.py ARGS` (DeepSpeed's
+    launcher puts --local_rank first): the script gets it back, the hook is on."""
+    checkout = tools.fixture_dir("microsoft")
+    src = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_flops.run", "--local_rank=0",
+         os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = tools.log_lines(result.stdout)
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert [tools.field(line, "hardware TFLOP/s per gpu") for line in lines] == [f"{exact:.2f}"] * 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "usage: python -m megatron_flops.run"),
+    (["--local_rank=0"], "usage: python -m megatron_flops.run"),
+    (["--peak", "x.py"], "expected a script, got '--peak'"),
+    (["missing.py"], "no such script: missing.py"),
+])
+def test_run_module_bad_input_exits_2(argv, message, tmp_path):
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    result = subprocess.run([sys.executable, "-m", "megatron_flops.run", *argv],
+                            capture_output=True, text=True, cwd=str(tmp_path),
+                            env=dict(os.environ, PYTHONPATH=src))
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tools, tmp_path):
+    """`torchrun --nproc_per_node=2 -m megatron_flops.run pretrain_gpt.py ARGS`: rank 0 prints
+    the summary, the last rank the exact line (world 2, DP 2, batch 4)."""
+    checkout = tools.fixture_dir("bigscience")
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src"))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         "megatron_flops.run", os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src),
+        cwd=str(tmp_path), timeout=120)  # --standalone: a free port (other jobs may hold 29500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert out.count("megatron-flops: hooked the bigscience") == 1
+    exact = 4 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 2 * 1e12)
+    assert [tools.field(line, "TFLOPs") for line in tools.log_lines(out)] == [f"{exact:.2f}"] * 2
+
+
+def test_bigscience_run_with_its_own_wandb_gets_the_new_keys(runner, tools, monkeypatch):
+    """bigscience has no W&B; a script that called wandb.init gets the throughput keys."""
+    import types
+    logged = []
+    fake_wandb = types.SimpleNamespace(run=object(), log=lambda data, step=None: logged.append((data, step)))
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    runner.run(tools.fixture_dir("bigscience"), args_for())
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert [step for _, step in logged] == [3, 6]
+    assert logged[0][0]["throughput/hardware_tflops_per_gpu"] == pytest.approx(exact)
+    assert set(logged[0][0]) == {"throughput/model_tflops_per_gpu", "throughput/hardware_tflops_per_gpu",
+                                 "throughput/tokens_per_second", "throughput/tokens_per_second_per_gpu",
+                                 "throughput/samples_per_second"}  # no MFU/HFU without a peak
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_install_after_the_import_patches_at_once(fork, runner, tools):
+    out = runner.run(tools.fixture_dir(fork), args_for(), late_install=True)
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert [tools.field(line, "TFLOPs") for line in tools.log_lines(out)] == [f"{exact:.2f}"] * 2
+
+
+def test_unexpected_training_log_signature_falls_back_to_log_time(runner, tools, tmp_path):
+    """microsoft layout whose training_log lacks (…, iteration, …) 4th: the calculator is still
+    replaced but counts at log time (current batch × iterations), and says so once."""
+    checkout = tmp_path / "variant"
+    shutil.copytree(tools.fixture_dir("microsoft"), checkout,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    training = checkout / "megatron" / "training.py"
+    text = training.read_text()
+    text = text.replace("def training_log(loss_dict, total_loss_dict, learning_rate, iteration,",
+                        "def training_log(loss_dict, total_loss_dict, learning_rate, step,")
+    text = text.replace("    args = get_args()\n    timers = get_timers()\n    tb = ",
+                        "    iteration = step\n    args = get_args()\n    timers = get_timers()\n    tb = ")
+    training.write_text(text)
+    argv = args_for(micro=2, extra=["--global-batch-size", "8", "--rampup-batch-size", "2", "2", "8"])
+    out = runner.run(str(checkout), argv)
+    assert out.count("throughput counted at log time") == 1
+    per_sample = hand_hardware_flops(32)
+    for line in tools.log_lines(out):
+        log_time = int(tools.field(line, "global batch size")) * 3 * per_sample \
+            / (3 * SECONDS_PER_ITERATION * 1e12)
+        assert tools.field(line, "TFLOPs") == f"{log_time:.2f}"
