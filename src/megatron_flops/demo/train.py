@@ -382,7 +382,8 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
 
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr,
                                   betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.weight_decay)
+                                  weight_decay=args.weight_decay,
+                                  fused=True if cuda and not args.deepspeed else None)
     min_ratio = args.min_lr / args.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, args.lr_warmup_iters, args.train_iters, min_ratio))
