@@ -5,6 +5,7 @@ reference model's matmuls (FlopCounterMode), not against the formulas the meter 
 """
 
 import math
+import re
 
 import pytest
 
@@ -233,3 +234,34 @@ def test_too_short_data_path(tmp_path, capsys):
     code, out, err = run_demo(["--data-path", str(short), "--peak-tflops", "1"], capsys)
     assert code == 2
     assert "--data-path text has 4 bytes; --seq-length 128 needs at least 130" in err
+
+
+def test_a_peak_below_the_achieved_rate_is_called_out(capsys):
+    """HFU above 100 % cannot be real: the demo says the peak is too low, once."""
+    code, out, err = run_demo(SMALL + ["--train-iters", "4", "--log-interval", "1",
+                                       "--peak-tflops", "1e-9"], capsys)
+    assert code == 0, err
+    rows = parse_lines(out)
+    assert all(number(r["HFU"]) > 100 for r in rows)
+    assert out.count("above the peak") == 1
+    assert "HFU above 100 %" in out
+
+
+def test_measured_peak_is_reported_and_cached(tmp_path, capsys):
+    """Without --peak-tflops on CPU the peak is measured (and cached), and MFU uses it."""
+    import json
+    code, out, err = run_demo(SMALL + ["--train-iters", "2", "--log-interval", "1"], capsys)
+    assert code == 0, err
+    cache = json.loads((tmp_path / "cache" / "measured_peaks.json").read_text())
+    (key, best), = cache.items()
+    assert "| fp32 | 1 threads" in key
+    # the peak the lines used, as the start of the log states it (3 significant digits)
+    match = re.search(r"peak for MFU/HFU: measured peak: dense fp32 matmul .*?, ([0-9.e-]+) "
+                      r"TFLOP/s, best of now", out)
+    assert match, out
+    peak = float(match.group(1))
+    assert peak <= best * 1.005  # the cache holds the best seen, at the end too
+    for row in parse_lines(out):
+        # MFU = model TFLOP/s / that peak (printed rounded: 3 digits, 0.1 %)
+        expected = 100 * number(row["model TFLOP/s per gpu"]) / peak
+        assert number(row["MFU"]) == pytest.approx(expected, rel=0.01, abs=0.06)

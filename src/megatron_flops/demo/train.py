@@ -256,27 +256,33 @@ def loss_module(gpt):
 # ---- peak ----------------------------------------------------------------------------------
 
 def choose_peak(args, run, device: str, dist: Distributed):
-    """(tflops or None, source text): --peak-tflops, --gpu, the GPU's datasheet, or measured."""
+    """(tflops or None, source text, measured?): --peak-tflops, --gpu, the GPU's datasheet,
+    or a measurement of this device (see :func:`measure_peak`)."""
     from ..hardware import resolve_peak
     if args.peak_tflops is not None or args.gpu is not None:
         peak = resolve_peak(args.gpu, run.dtype, args.peak_tflops)
-        return peak.tflops, peak.source
+        return peak.tflops, peak.source, False
     if device.startswith("cuda"):
         import torch
         name = torch.cuda.get_device_name(torch.device(device))
         peak = resolve_peak(name, run.dtype)
         if peak.known:
-            return peak.tflops, peak.source
+            return peak.tflops, peak.source, False
+    return measure_peak(run.dtype, device, dist) + (True,)
+
+
+def measure_peak(dtype: str, device: str, dist: Distributed):
+    """(tflops, source): about a second of matmuls now, on every rank at once, against the
+    best rate this machine has shown before (a cache); the mean over ranks."""
     from .peak import cache_file, quick_peak, remember
     dist.barrier()  # every rank measures at once: each gets its share of a shared CPU
-    measured = quick_peak("cuda" if device.startswith("cuda") else "cpu", run.dtype)
-    best = remember(measured)
-    tflops = dist.mean(best)
+    measured = quick_peak("cuda" if device.startswith("cuda") else "cpu", dtype)
+    tflops = dist.mean(remember(measured))
     where = (f"{measured.threads} threads" if measured.device == "cpu" else measured.device)
     ranks = f", mean of {dist.world_size} processes measuring at once" if dist.world_size > 1 else ""
-    return tflops, (f"measured peak: dense {run.dtype} matmul on {measured.device_name} "
+    return tflops, (f"measured peak: dense {dtype} matmul on {measured.device_name} "
                     f"({where}{ranks}), {tflops:.3g} TFLOP/s, best of now ({measured.tflops:.3g}) "
-                    f"and earlier runs in {cache_file()}; see `megatron-flops peak`")
+                    f"and earlier measurements in {cache_file()}; see `megatron-flops peak`")
 
 
 # ---- DeepSpeed -----------------------------------------------------------------------------
@@ -415,7 +421,8 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
             scaler = torch.amp.GradScaler(device.split(":")[0])
         backend = f"DistributedDataParallel ({dist.backend})" if dist.active else "one process"
 
-    peak_tflops, peak_source = choose_peak(args, run, device, dist)
+    peak_tflops, peak_source, peak_measured = choose_peak(args, run, device, dist)
+    peak_warned = False
     meter = ThroughputMeter.for_run(model, run, peak_tflops)
     summary_meter = ThroughputMeter.for_run(model, run, peak_tflops)  # after the first interval
 
@@ -516,6 +523,12 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
                 summary_seconds += elapsed
             first_loss = loss_value if first_loss is None else first_loss
             last_loss = loss_value
+            if dist.is_last_rank and not peak_warned and report.hfu is not None and report.hfu > 1:
+                peak_warned = True
+                print(f"note: this interval ran at {report.hardware_tflops_per_gpu:.3g} TFLOP/s per "
+                      f"device, above the peak ({peak_tflops:.3g}): the peak is too low"
+                      + (" (measured while the machine was busy?); it is measured again at the "
+                         "end, or give --peak-tflops" if peak_measured else ""), flush=True)
             if dist.is_last_rank:
                 lr = (engine.get_lr()[0] if engine is not None else optimizer.param_groups[0]["lr"])
                 prefix = (("consumed samples", f"{meter.consumed_samples:12d}"),
@@ -545,6 +558,10 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
         wandb_run.finish()
 
     # ---- the summary ---------------------------------------------------------------------
+    if peak_measured:
+        # a second chance at a quiet moment: a busy machine measures a low peak at times
+        peak_tflops, peak_source = measure_peak(run.dtype, device, dist)
+        summary_meter.peak_tflops = peak_tflops
     total_seconds = time.perf_counter() - started
     say("")
     say(f"done: {args.train_iters} iterations, {meter.consumed_samples:,} samples, "
@@ -572,6 +589,9 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
     mfu = "n/a" if summary.mfu is None else f"{100 * summary.mfu:.1f}%"
     hfu = "n/a" if summary.hfu is None else f"{100 * summary.hfu:.1f}%"
     say(f"  MFU / HFU:                    {mfu} / {hfu}   ({peak_source})")
+    if summary.hfu is not None and summary.hfu > 1:
+        say("  HFU above 100 %: the peak is below what this run achieved; measure it on a quiet "
+            "machine (`megatron-flops peak`) or give --peak-tflops")
     legacy = legacy_tflops_for_shapes(model, run, run.global_batch_size, run.seq_length,
                                       seconds_per_iteration)
     say("what the forks' formulas would log for this run at the same iteration time:")
