@@ -265,3 +265,15 @@ def test_measured_peak_is_reported_and_cached(tmp_path, capsys):
         # MFU = model TFLOP/s / that peak (printed rounded: 3 digits, 0.1 %)
         expected = 100 * number(row["model TFLOP/s per gpu"]) / peak
         assert number(row["MFU"]) == pytest.approx(expected, rel=0.01, abs=0.06)
+
+
+def test_fp16_autocast_with_a_gradient_scaler(capsys):
+    code, out, err = run_demo(SMALL + ["--train-iters", "4", "--log-interval", "2", "--fp16",
+                                       "--peak-tflops", "1"], capsys)
+    assert code == 0, err
+    rows = parse_lines(out)
+    counted = counted_flops_per_iteration(SMALL_SHAPE, SMALL_SEQ, SMALL_MICRO)
+    for row in rows:
+        assert math.isfinite(number(row["lm loss"]))
+        check_line_arithmetic(row, counted, SMALL_SEQ)
+    assert ", fp16" in out  # the run line names the dtype
