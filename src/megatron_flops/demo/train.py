@@ -415,8 +415,10 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
         train_model = network
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
+            # an MoE expert may see no token in an iteration: its weights get no gradient
             train_model = DistributedDataParallel(
-                network, device_ids=[dist.local_rank] if cuda else None)
+                network, device_ids=[dist.local_rank] if cuda else None,
+                find_unused_parameters=model.is_moe)
         if run.dtype == "fp16":
             scaler = torch.amp.GradScaler(device.split(":")[0])
         backend = f"DistributedDataParallel ({dist.backend})" if dist.active else "one process"
