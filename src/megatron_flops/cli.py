@@ -16,6 +16,10 @@ from .shapes import ShapeError
 COMMANDS = {
     "estimate": ("megatron_flops.cli", "estimate_main",
                  "FLOPs breakdown, parameters, throughput and MFU for Megatron flags"),
+    "demo": ("megatron_flops.demo.train", "demo_main",
+             "train the reference GPT on text with live TFLOP/s, MFU and HFU (needs torch)"),
+    "peak": ("megatron_flops.demo.peak", "peak_main",
+             "measure this device's achievable dense matmul TFLOP/s per dtype (needs torch)"),
     "verify": ("megatron_flops.reference.verify", "verify_main",
                "count one training step of a reference GPT with PyTorch and check the formulas"),
     "patch": ("megatron_flops.megatron.patch", "patch_main",

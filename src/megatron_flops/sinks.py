@@ -52,14 +52,20 @@ def _percent(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100.0 * value:.1f}%"
 
 
+def _tflops(value: float) -> str:
+    """Two decimals like Megatron's ``TFLOPs: 123.45``; three significant digits below 1
+    (a CPU's 0.0123 would otherwise print as 0.01)."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
 def console_fields(report: ThroughputReport) -> List[Tuple[str, str]]:
     """(key, formatted value) pairs in the order they are printed."""
     return [
         ("samples per second", f"{report.samples_per_second:.3f}"),
         ("tokens per second", f"{report.tokens_per_second:.1f}"),
         ("tokens per gpu per second", f"{report.tokens_per_second_per_gpu:.1f}"),
-        ("model TFLOP/s per gpu", f"{report.model_tflops_per_gpu:.2f}"),
-        ("hardware TFLOP/s per gpu", f"{report.hardware_tflops_per_gpu:.2f}"),
+        ("model TFLOP/s per gpu", _tflops(report.model_tflops_per_gpu)),
+        ("hardware TFLOP/s per gpu", _tflops(report.hardware_tflops_per_gpu)),
         ("MFU", _percent(report.mfu)),
         ("HFU", _percent(report.hfu)),
     ]

@@ -1,0 +1,7 @@
+"""``python -m megatron_flops.demo`` (and ``torchrun … -m megatron_flops.demo``): the demo."""
+
+import sys
+
+from .train import main
+
+sys.exit(main())
