@@ -586,8 +586,8 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
     say(f"  samples per second:           {summary.samples_per_second:.2f}")
     say(f"  tokens per second:            {summary.tokens_per_second:.1f} "
         f"({summary.tokens_per_second_per_gpu:.1f} {per_device})")
-    say(f"  model TFLOP/s {per_device}:     {summary.model_tflops_per_gpu:.4f}")
-    say(f"  hardware TFLOP/s {per_device}:  {summary.hardware_tflops_per_gpu:.4f}")
+    say(f"  {'model TFLOP/s ' + per_device + ':':<30}{summary.model_tflops_per_gpu:.4g}")
+    say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{summary.hardware_tflops_per_gpu:.4g}")
     mfu = "n/a" if summary.mfu is None else f"{100 * summary.mfu:.1f}%"
     hfu = "n/a" if summary.hfu is None else f"{100 * summary.hfu:.1f}%"
     say(f"  MFU / HFU:                    {mfu} / {hfu}   ({peak_source})")
@@ -599,7 +599,7 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
     say("what the forks' formulas would log for this run at the same iteration time:")
     for fork, value in legacy.items():
         error = value / summary.hardware_tflops_per_gpu - 1.0
-        say(f"  {fork:<10} fork: {value:.4f} TFLOP/s per device ({100 * error:+.1f}% vs the "
+        say(f"  {fork:<10} fork: {value:.4g} TFLOP/s per device ({100 * error:+.1f}% vs the "
             f"exact hardware count)")
     return EXIT_OK
 
