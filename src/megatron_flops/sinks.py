@@ -31,16 +31,26 @@ def scalars(report: ThroughputReport) -> Dict[str, float]:
     return out
 
 
+# (report field, tag vs iteration, tag vs samples, tag vs tokens), built once: the Megatron
+# hook writes these on the last rank every log interval
+_TAG_AXES = tuple((field, tag, tag + " vs samples", tag + " vs tokens") for field, tag in TAGS)
+
+
 def write_tensorboard(writer, report: ThroughputReport, iteration: int,
                       consumed_samples: Optional[int] = None,
                       consumed_tokens: Optional[int] = None) -> None:
     """Write every tag vs iteration, and ``… vs samples`` / ``… vs tokens`` like Megatron."""
-    for tag, value in scalars(report).items():
-        writer.add_scalar(tag, value, iteration)
+    add_scalar = writer.add_scalar
+    for field, tag, vs_samples, vs_tokens in _TAG_AXES:
+        value = getattr(report, field)
+        if value is None:
+            continue
+        value = float(value)
+        add_scalar(tag, value, iteration)
         if consumed_samples is not None:
-            writer.add_scalar(tag + " vs samples", value, consumed_samples)
+            add_scalar(vs_samples, value, consumed_samples)
         if consumed_tokens is not None:
-            writer.add_scalar(tag + " vs tokens", value, consumed_tokens)
+            add_scalar(vs_tokens, value, consumed_tokens)
 
 
 def write_wandb(log: Callable[..., None], report: ThroughputReport, iteration: int) -> None:
