@@ -159,3 +159,29 @@ def test_block_is_what_the_docs_describe():
     assert text.startswith("\n# megatron-flops: begin")
     assert text.endswith("# megatron-flops: end\n")
     assert "install(training_module=__name__)" in text
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_patched_checkout_trains_when_the_installed_megatron_flops_cannot_hook(fork, checkout_copy,
+                                                                              tmp_path, tools):
+    # found on a real fork: an older megatron_flops on the path has no install(); the patched
+    # block must say so once and leave the run to the fork, not kill it with AttributeError
+    import subprocess
+    import sys
+    checkout = checkout_copy(fork)
+    assert cli_main(["patch", checkout]) == 0
+    stub = tmp_path / "old_install" / "megatron_flops" / "megatron"
+    stub.mkdir(parents=True)
+    (stub.parent / "__init__.py").write_text("")
+    (stub / "__init__.py").write_text("")            # no install()
+    argv = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+            "--vocab-size", "1000", "--seq-length", "32", "--micro-batch-size", "2",
+            "--train-iters", "4", "--log-interval", "2", "--fake-seconds-per-iteration", "1e-6"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stub.parent.parent), checkout]))
+    proc = subprocess.run([sys.executable, os.path.join(checkout, "pretrain_gpt.py"), *argv],
+                          capture_output=True, text=True, env=env, cwd=checkout, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("megatron-flops: hook not installed (AttributeError(") == 1
+    lines = tools.log_lines(proc.stdout)
+    assert len(lines) == 2 and all(tools.field(line, "TFLOPs") for line in lines)
+    assert "hardware TFLOP/s per gpu" not in proc.stdout

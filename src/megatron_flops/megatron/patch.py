@@ -8,14 +8,15 @@ The edit appends one marked block to ``megatron/training.py``::
     try:
         import megatron_flops.megatron as _megatron_flops
         _megatron_flops.install(training_module=__name__)
-    except ImportError as _megatron_flops_error:
+    except Exception as _megatron_flops_error:
         print(…)  # the fork's own numbers stay
     # megatron-flops: end
 
 so every entry point that imports the training module (pretrain_gpt.py, pretrain_bert.py, …)
 gets the runtime hook of :mod:`megatron_flops.megatron.hook`, installed when the module has
 finished defining its functions.  Nothing else changes; the patched module still imports
-when megatron-flops is not installed.
+when megatron-flops is not installed, or when an installed version cannot install the hook
+(any exception, not only ImportError: a monitoring hook never stops a training run).
 
 The fork is detected from the source (the microsoft fork's ``throughput_calculator(model,
 args, iteration_time, total_iterations)`` in ``megatron/utils.py`` imported by
@@ -39,9 +40,9 @@ _BODY = (
     "try:",
     "    import megatron_flops.megatron as _megatron_flops",
     "    _megatron_flops.install(training_module=__name__)",
-    "except ImportError as _megatron_flops_error:",
-    "    print('megatron-flops: not importable (%s); throughput as the fork computes it'"
-    " % _megatron_flops_error, flush=True)",
+    "except Exception as _megatron_flops_error:",
+    "    print('megatron-flops: hook not installed (%r); throughput as the fork computes it'"
+    " % (_megatron_flops_error,), flush=True)",
 )
 _HEADER = (" (added by `megatron-flops patch`: exact throughput reporting; "
            "`megatron-flops patch --revert` removes this block)")
