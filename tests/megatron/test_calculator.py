@@ -140,3 +140,27 @@ def test_partial_interval_is_counted_at_log_time():
     accounting.observe_iteration(8, S)
     _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
     assert tflops == pytest.approx(8 * 3 * (L * layer_forward() + logits_forward()) / 2e12)
+
+
+@pytest.mark.parametrize("flags,recomputed_layers", [
+    # the microsoft fork's GPTModelPipe: --recompute-method block gives interval 0 (no recompute)
+    (dict(recompute_granularity="full", recompute_method="block", recompute_num_layers=1), 0),
+    # --checkpoint-activations checkpoints every layer whatever the method says
+    (dict(checkpoint_activations=True, recompute_granularity="full", recompute_method="block",
+          recompute_num_layers=1), L),
+    (dict(recompute_granularity="full", recompute_method="uniform"), L),
+])
+def test_deepspeed_pipeline_model_recomputes_what_its_interval_says(flags, recomputed_layers):
+    args = ms_args(deepspeed=True, no_pipeline_parallel=False, **flags)
+    _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
+    # 1 iteration × 8 samples: 3 × forward, plus the forward of the recomputed layers
+    flops = 8 * (3 * (L * layer_forward() + logits_forward()) + recomputed_layers * layer_forward())
+    assert tflops == pytest.approx(flops / (1.0 * 2 * 1e12))
+
+
+def test_block_recompute_outside_the_pipeline_model_counts_the_first_layers():
+    args = ms_args(deepspeed=True, no_pipeline_parallel=True, recompute_granularity="full",
+                   recompute_method="block", recompute_num_layers=1)
+    _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
+    flops = 8 * (3 * (L * layer_forward() + logits_forward()) + 1 * layer_forward())
+    assert tflops == pytest.approx(flops / (1.0 * 2 * 1e12))
