@@ -152,6 +152,11 @@ def test_curriculum_sequence_length_counted_per_iteration(fork, runner, tools, t
     assert [tools.field(line, "TFLOPs") for line in lines] == [f"{first:.2f}", f"{second:.2f}"]
     tokens = tools.read_scalars(tb)["throughput/tokens_per_second"]
     assert tokens[0][1] == pytest.approx(2 * (16 + 32 + 64) / elapsed, rel=1e-6)
+    if fork == "microsoft":
+        # the fork's own tgs (samples/s × seqlen at log time) is made per-iteration exact too:
+        # 2 samples at 16, 32 and 64 tokens in the first interval, on one GPU
+        tgs = [tools.field(line, "tokens per gpu per second (tgs)") for line in lines]
+        assert tgs == [f"{2 * (16 + 32 + 64) / elapsed:.3f}", f"{2 * 3 * 64 / elapsed:.3f}"]
 
 
 def test_full_recompute_counted_in_hardware_not_model(runner, tools):

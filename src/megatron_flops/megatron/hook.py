@@ -213,10 +213,12 @@ class MegatronHook:
 
     def _wrap_print(self, training, rewrite: bool) -> None:
         """print_rank_last: the main log line (the one with ' TFLOPs: ') gains our fields;
-        with ``rewrite`` (bigscience) its samples-per-second and TFLOPs values are replaced."""
+        with ``rewrite`` (bigscience) its samples-per-second and TFLOPs values are replaced;
+        otherwise (microsoft, whose TFLOPs and samples/s come from our calculator) its
+        log-time ``tokens per gpu per second (tgs)`` is."""
         hook = self
         original_print = training.print_rank_last
-        edit = self._rewrite_bigscience_line if rewrite else self._append_fields
+        edit = self._rewrite_bigscience_line if rewrite else self._rewrite_microsoft_line
 
         @functools.wraps(original_print)
         def print_rank_last(message, *rest, **kwargs):
@@ -353,6 +355,13 @@ class MegatronHook:
         report = self._report
         message = replace_field(message, "samples per second", "%.3f" % report.samples_per_second)
         message = replace_field(message, "TFLOPs", "%.2f" % report.hardware_tflops_per_gpu)
+        return self._append_fields(message)
+
+    def _rewrite_microsoft_line(self, message: str) -> str:
+        """The fork computes tgs at log time (samples/s × the current seqlen / world size),
+        wrong across a curriculum change; its format is ``{:.3f}``."""
+        message = replace_field(message, "tokens per gpu per second (tgs)",
+                                "%.3f" % self._report.tokens_per_second_per_gpu)
         return self._append_fields(message)
 
     def _append_fields(self, message: str) -> str:
