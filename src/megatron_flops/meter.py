@@ -104,6 +104,10 @@ class ThroughputMeter:
     def pending_iterations(self) -> int:
         return self._iterations
 
+    def discard_interval(self) -> None:
+        """Drop the iterations added since the last report (consumed totals keep them)."""
+        self._reset()
+
     def report(self, elapsed_seconds: float) -> ThroughputReport:
         """Close the interval of the iterations added since the last report."""
         if not elapsed_seconds > 0:

@@ -140,8 +140,7 @@ class RunAccounting:
     :func:`accounting_for`.
     """
 
-    __slots__ = ("args", "model", "run", "peak", "params_billions", "meter", "causal",
-                 "last_report", "last_iteration")
+    __slots__ = ("args", "model", "run", "peak", "params_billions", "meter", "causal")
 
     def __init__(self, args):
         self.args = args
@@ -153,8 +152,6 @@ class RunAccounting:
         self.peak = resolve_run_peak(run)
         self.params_billions = parameter_count(model).total / 1e9
         self.meter = ThroughputMeter.for_run(model, run, self.peak.tflops, self.causal)
-        self.last_report: Optional[ThroughputReport] = None
-        self.last_iteration: Optional[int] = None
 
     def observe_iteration(self, batch_size: int, seq_length: int) -> None:
         """One trained iteration (called by the hook on every iteration, all ranks)."""
@@ -172,15 +169,12 @@ class RunAccounting:
         """
         meter = self.meter
         if meter.pending_iterations != total_iterations:
-            if meter.pending_iterations:
-                meter.report(1.0)  # drop a partial interval (report() starts a new one)
+            meter.discard_interval()  # a partial interval, if any
             batch = iteration_batch_size(self.args, num_microbatches)
             seq = iteration_seq_length(self.args)
             for _ in range(total_iterations):
                 meter.add_iteration(batch, seq)
-        report = meter.report(elapsed_seconds)
-        self.last_report = report
-        return report
+        return meter.report(elapsed_seconds)
 
 
 _CACHE: Dict[int, RunAccounting] = {}

@@ -288,10 +288,8 @@ class MegatronHook:
         if not self._summary_done:
             self._summary_done = True
             self._start_summary(args, accounting)
-        accounting.meter.add_iteration(
-            args.micro_batch_size * args.data_parallel_size * training.get_num_microbatches(),
-            calc.iteration_seq_length(args))
-        accounting.last_iteration = iteration
+        accounting.observe_iteration(calc.iteration_batch_size(args, self._num_microbatches),
+                                     calc.iteration_seq_length(args))
         self._report = None
         if self.fork == FORK_BIGSCIENCE and not self._watching and iteration % args.log_interval == 0:
             self._watch_bigscience_outputs(training)
