@@ -118,9 +118,9 @@ def parse_demo_args(argv: List[str], world_size: int, quiet: bool = False):
         raise UsageError(f"--lr-warmup-iters must not be negative, got {args.lr_warmup_iters}")
     if args.clip_grad < 0:
         raise UsageError(f"--clip-grad must not be negative, got {args.clip_grad}")
-    if args.device is not None and args.device not in ("cpu", "cuda") \
-            and not args.device.startswith("cuda:"):
-        raise UsageError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device is not None:
+        from .peak import check_device
+        check_device(args.device)
     if args.deepspeed_config is not None and not args.deepspeed:
         raise UsageError("--deepspeed_config needs --deepspeed")
     if args.deepspeed and run.rampup_batch_size:
@@ -332,8 +332,6 @@ def demo_main(argv: List[str]) -> int:
         raise UsageError("the demo needs PyTorch: pip install 'megatron-flops[torch]'") from None
     pre, _ = demo_parser().parse_known_args([a for a in argv if a != "\\"])
     device = pre.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda needs a CUDA GPU, and none is available to torch")
     device_kind = "cuda" if device.startswith("cuda") else "cpu"
     # validate every flag (and a --deepspeed_config file) before importing DeepSpeed or
     # starting process groups, so bad input exits 2 at once on every rank
