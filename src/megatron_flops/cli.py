@@ -119,6 +119,13 @@ def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
 def estimate(model, run, iteration_seconds=None, gpu=None, peak_tflops=None, causal=False,
              train_tokens=None, tflops_per_gpu=None) -> dict:
     """Everything ``estimate`` reports, as the JSON object it prints."""
+    return _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
+                     tflops_per_gpu)[0]
+
+
+def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
+              tflops_per_gpu):
+    """(the JSON object, the breakdown, the parameter count): the table reuses the last two."""
     from .flops import flops_breakdown
     from .hardware import resolve_peak
     from .legacy import legacy_tflops_for_shapes
@@ -133,14 +140,9 @@ def estimate(model, run, iteration_seconds=None, gpu=None, peak_tflops=None, cau
     result = {
         "parameters": params.total,
         "parameters_without_embeddings": params.non_embedding,
-        "batch_size": run.global_batch_size,
-        "seq_length": run.seq_length,
+        # batch_size, seq_length, recompute, causal, flops_per_iteration, components
+        **breakdown.to_dict(),
         "world_size": run.world_size,
-        "recompute": run.recompute.label,
-        "causal": causal,
-        "flops_per_iteration": {"model": breakdown.model_flops, "hardware": breakdown.hardware_flops},
-        "components": [{"name": c.name, "forward": c.forward, "backward": c.backward,
-                        "recompute": c.recompute} for c in breakdown],
         "peak": {"tflops": peak.tflops, "source": peak.source},
         "throughput": None,
         "training_days": None,
@@ -168,16 +170,12 @@ def estimate(model, run, iteration_seconds=None, gpu=None, peak_tflops=None, cau
             raise UsageError("--train-tokens and --tflops-per-gpu go together")
         plan = training_time(model, run, train_tokens, tflops_per_gpu, causal)
         result["training_days"] = plan.days
-    return result
+    return result, breakdown, params
 
 
-def _print_estimate(result: dict, model, run, causal: bool) -> None:
-    from .flops import flops_breakdown
-    from .params import parameter_count
+def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -> None:
     from .report import summary_lines
-    breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                run.pipeline_model_parallel_size, causal)
-    for line in summary_lines(model, run, breakdown, parameter_count(model)):
+    for line in summary_lines(model, run, breakdown, params):
         print(line)
     print(f"attention counted {'causal (half of QKᵀ and A·V)' if causal else 'dense (full s×s)'};"
           " elementwise ops (norms, softmax, activations) not counted")
@@ -216,12 +214,13 @@ def estimate_main(argv: List[str]) -> int:
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args, model, run = parse_command(parser, argv)
-    result = estimate(model, run, args.iteration_time, args.gpu, args.peak_tflops, args.causal,
-                      args.train_tokens, args.tflops_per_gpu)
+    result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
+                                          args.peak_tflops, args.causal, args.train_tokens,
+                                          args.tflops_per_gpu)
     if args.json:
         print(json.dumps(result))
     else:
-        _print_estimate(result, model, run, args.causal)
+        _print_estimate(result, model, run, breakdown, params, args.causal)
     return EXIT_OK
 
 
