@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-from ..cli import EXIT_OK, UsageError, positive
+from ..commands.common import EXIT_OK, UsageError, positive
 
 DTYPES = ("fp32", "bf16", "fp16")
 CPU_SIZES = (256, 512, 1024)
@@ -180,8 +180,8 @@ def remember(measurement: PeakMeasurement) -> float:
 # ---- the ``peak`` command ------------------------------------------------------------------
 
 def peak_main(argv: List[str]) -> int:
-    from ..cli import _Parser
-    parser = _Parser(prog="megatron-flops peak", allow_abbrev=False,
+    from ..commands.common import Parser
+    parser = Parser(prog="megatron-flops peak", allow_abbrev=False,
                      description="Measure the achievable dense matmul TFLOP/s of this device "
                                  "per dtype (warm-up, several sizes, best of repeats).")
     parser.add_argument("--device", default=None,

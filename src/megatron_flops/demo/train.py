@@ -29,7 +29,7 @@ import time
 from contextlib import nullcontext
 from typing import List, Optional
 
-from ..cli import EXIT_OK, UsageError, add_peak_arguments, command_parser, positive
+from ..commands.common import EXIT_OK, UsageError, add_peak_arguments, command_parser, positive
 
 # Sized so that the default run takes well under a minute on two CPU cores and the loss
 # visibly falls (about 4.1 -> 1.95 nats per byte on the default corpus; ln 256 = 5.5).
@@ -90,7 +90,7 @@ def argparse_suppress():
 
 def parse_demo_args(argv: List[str], world_size: int, quiet: bool = False):
     """(args, model, run) for this world size; every bad input raises with its flag named."""
-    from ..cli import parse_command
+    from ..commands.common import parse_command
     from .corpus import BYTE_VOCAB_SIZE
     parser = demo_parser()
     known, _ = parser.parse_known_args([a for a in argv if a != "\\"])
@@ -603,6 +603,6 @@ def _train(args, model, run, device: str, dist: Distributed, started: float) -> 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..cli import run_guarded
+    from ..commands.common import run_guarded
     return run_guarded(demo_main, sys.argv[1:] if argv is None else argv)
 

@@ -32,7 +32,7 @@ import sys
 from array import array
 from typing import Iterable, Iterator, List, NamedTuple, Optional, TextIO
 
-from ..cli import (EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command)
+from ..commands.common import (EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command)
 from ..hardware import resolve_peak
 from ..legacy import legacy_tflops_for_shapes
 from ..megatron.args import shapes_from_args

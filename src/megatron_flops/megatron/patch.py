@@ -30,7 +30,7 @@ import os
 import re
 from typing import List, NamedTuple, Optional
 
-from ..cli import EXIT_MISMATCH, EXIT_OK, UsageError, _Parser
+from ..commands.common import EXIT_MISMATCH, EXIT_OK, UsageError, Parser
 
 TRAINING = os.path.join("megatron", "training.py")
 UTILS = os.path.join("megatron", "utils.py")
@@ -169,7 +169,7 @@ def _write(plan: Plan) -> None:
 
 
 def patch_main(argv: List[str]) -> int:
-    parser = _Parser(prog="megatron-flops patch", allow_abbrev=False, description=(
+    parser = Parser(prog="megatron-flops patch", allow_abbrev=False, description=(
         "Route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops "
         "with one marked block appended to megatron/training.py (reversible byte for byte)."))
     parser.add_argument("checkout", metavar="CHECKOUT", help="the fork's checkout (holds megatron/)")

@@ -328,7 +328,7 @@ def _text(result: VerifyResult, model: ModelShape, recompute: Recompute) -> str:
 
 
 def verify_main(argv: List[str]) -> int:
-    from ..cli import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
+    from ..commands.common import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
     parser = command_parser("verify", "Count the matmul FLOPs of one forward+backward step of a "
                             "reference Megatron GPT of this shape with PyTorch's FlopCounterMode "
                             "and compare them, component by component, with the formulas. "

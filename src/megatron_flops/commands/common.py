@@ -1,0 +1,72 @@
+"""What every command shares: exit codes, the usage error, the parser and its flag types."""
+
+import argparse
+import sys
+from typing import List, Sequence
+
+from ..shapes import ShapeError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def fail(message: str) -> int:
+    print(f"megatron-flops: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run_guarded(function, argv: Sequence[str]) -> int:
+    """Run a sub-command; turn bad input into one clear line and exit code 2."""
+    try:
+        return function(list(argv))
+    except (ShapeError, UsageError, ValueError) as error:
+        return fail(str(error))
+
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    from ..megatron.args import add_megatron_arguments
+    parser = Parser(prog=f"megatron-flops {prog}", description=description, allow_abbrev=False)
+    add_megatron_arguments(parser)
+    return parser
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
+    """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
+    from ..megatron.args import ignored_flags, shapes_from_args
+    args, unknown = parser.parse_known_args([a for a in argv if a != "\\"])
+    ignored = ignored_flags(unknown)
+    stray = [u for u in unknown if not u.startswith("-")]
+    if ignored and not quiet:
+        print(f"megatron-flops: ignoring flags that do not change FLOPs: {' '.join(ignored)}",
+              file=sys.stderr)
+    if stray and not ignored and not quiet and not all(s.endswith(".py") for s in stray):
+        print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
+    model, run = shapes_from_args(args)
+    return args, model, run
+
+
+def positive(kind, flag):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {text}")
+        return value
+    return convert
+
+
+def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu", help="device name for the peak table (a100, h100-sxm, h200, …)")
+    parser.add_argument("--peak-tflops", type=positive(float, "--peak-tflops"),
+                        help="dense peak TFLOP/s per GPU, overrides the table")

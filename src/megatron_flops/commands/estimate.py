@@ -1,0 +1,114 @@
+"""``megatron-flops estimate``: the breakdown, parameters, throughput and MFU for Megatron flags."""
+
+import json
+from typing import List
+
+from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command, positive
+
+
+def estimate(model, run, iteration_seconds=None, gpu=None, peak_tflops=None, causal=False,
+             train_tokens=None, tflops_per_gpu=None) -> dict:
+    """Everything ``estimate`` reports, as the JSON object it prints."""
+    return _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
+                     tflops_per_gpu)[0]
+
+
+def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
+              tflops_per_gpu):
+    """(the JSON object, the breakdown, the parameter count): the table reuses the last two."""
+    from ..flops import flops_breakdown
+    from ..hardware import resolve_peak
+    from ..legacy import legacy_tflops_for_shapes
+    from ..meter import ThroughputMeter
+    from ..params import parameter_count
+    from ..planning import training_time
+
+    breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
+                                run.pipeline_model_parallel_size, causal)
+    params = parameter_count(model)
+    peak = resolve_peak(gpu, run.dtype, peak_tflops)
+    result = {
+        "parameters": params.total,
+        "parameters_without_embeddings": params.non_embedding,
+        # batch_size, seq_length, recompute, causal, flops_per_iteration, components
+        **breakdown.to_dict(),
+        "world_size": run.world_size,
+        "peak": {"tflops": peak.tflops, "source": peak.source},
+        "throughput": None,
+        "training_days": None,
+    }
+    if iteration_seconds is not None:
+        meter = ThroughputMeter.for_run(model, run, peak.tflops, causal)
+        meter.add_iteration(run.global_batch_size, run.seq_length)
+        report = meter.report(iteration_seconds)
+        legacy = legacy_tflops_for_shapes(model, run, run.global_batch_size, run.seq_length,
+                                          iteration_seconds)
+        hardware = report.hardware_tflops_per_gpu
+        result["throughput"] = {
+            "iteration_seconds": iteration_seconds,
+            "samples_per_second": report.samples_per_second,
+            "tokens_per_second": report.tokens_per_second,
+            "tokens_per_second_per_gpu": report.tokens_per_second_per_gpu,
+            "tflops_per_gpu": {"model": report.model_tflops_per_gpu, "hardware": hardware},
+            "mfu": report.mfu,
+            "hfu": report.hfu,
+            "legacy_tflops_per_gpu": legacy,
+            "legacy_error": {k: v / hardware - 1.0 for k, v in legacy.items()},
+        }
+    if train_tokens is not None or tflops_per_gpu is not None:
+        if train_tokens is None or tflops_per_gpu is None:
+            raise UsageError("--train-tokens and --tflops-per-gpu go together")
+        plan = training_time(model, run, train_tokens, tflops_per_gpu, causal)
+        result["training_days"] = plan.days
+    return result, breakdown, params
+
+
+def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -> None:
+    from ..report import summary_lines
+    for line in summary_lines(model, run, breakdown, params):
+        print(line)
+    print(f"attention counted {'causal (half of QKᵀ and A·V)' if causal else 'dense (full s×s)'};"
+          " elementwise ops (norms, softmax, activations) not counted")
+    t = result["throughput"]
+    if t is not None:
+        print()
+        print(f"at {t['iteration_seconds']:g} s per iteration on {run.world_size} GPUs:")
+        print(f"  samples per second:        {t['samples_per_second']:.3f}")
+        print(f"  tokens per second:         {t['tokens_per_second']:.1f} "
+              f"({t['tokens_per_second_per_gpu']:.1f} per GPU)")
+        print(f"  model TFLOP/s per GPU:     {t['tflops_per_gpu']['model']:.2f}")
+        print(f"  hardware TFLOP/s per GPU:  {t['tflops_per_gpu']['hardware']:.2f}")
+        mfu = "n/a" if t["mfu"] is None else f"{100 * t['mfu']:.1f}%"
+        hfu = "n/a" if t["hfu"] is None else f"{100 * t['hfu']:.1f}%"
+        print(f"  MFU / HFU:                 {mfu} / {hfu}   (peak: {result['peak']['source']})")
+        for fork, value in t["legacy_tflops_per_gpu"].items():
+            error = t["legacy_error"][fork]
+            label = f"{fork} fork would log:"
+            print(f"  {label:<27}{value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
+    if result["training_days"] is not None:
+        print()
+        print(f"training time: {result['training_days']:.2f} days")
+
+
+def estimate_main(argv: List[str]) -> int:
+    parser = command_parser("estimate", "Exact matmul FLOPs of one Megatron GPT training "
+                            "iteration, by component, with throughput when a time is given.")
+    parser.add_argument("--iteration-time", type=positive(float, "--iteration-time"),
+                        metavar="SECONDS", help="measured seconds per iteration")
+    add_peak_arguments(parser)
+    parser.add_argument("--causal", action="store_true",
+                        help="count half of the attention score and A·V products")
+    parser.add_argument("--train-tokens", type=positive(float, "--train-tokens"),
+                        help="token budget for a training-time estimate")
+    parser.add_argument("--tflops-per-gpu", type=positive(float, "--tflops-per-gpu"),
+                        help="achieved hardware TFLOP/s per GPU for the training-time estimate")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args, model, run = parse_command(parser, argv)
+    result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
+                                          args.peak_tflops, args.causal, args.train_tokens,
+                                          args.tflops_per_gpu)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_estimate(result, model, run, breakdown, params, args.causal)
+    return EXIT_OK
