@@ -24,7 +24,18 @@ and factor 4 for any recompute (selective included): :func:`microsoft_eq3_tflops
 those older dashboards.
 """
 
+import math
 from typing import Optional
+
+
+def legacy_error(logged: Optional[float], exact: float) -> Optional[float]:
+    """How far a legacy figure is off: ``logged / exact − 1`` (+0.3 is 30 % too high).
+
+    ``None`` when there is nothing to compare: no logged figure, a non-finite one (``inf``
+    printed by a run), or no exact count to divide by.  Works for FLOPs and TFLOP/s alike."""
+    if logged is None or not math.isfinite(logged) or not exact > 0:
+        return None
+    return logged / exact - 1.0
 
 
 def bigscience_flops_per_iteration(batch_size: int, seq_length: int, num_layers: int,
