@@ -19,9 +19,9 @@ the router are ignored); ``head_dim = h // n`` ignores ``--kv-channels``.  Full 
 more.  Read at microsoft/Megatron-DeepSpeed f4157bea (``utils.py`` throughput_calculator) and
 bigscience-workshop/Megatron-DeepSpeed 8387ae17 (``training.py`` training_log).
 
-Before microsoft commit b7b2d5ef (2024-08) the microsoft fork logged Eq. 3 with coefficient 24
-and factor 4 for any recompute (selective included): :func:`microsoft_eq3_tflops` reproduces
-those older dashboards.
+Before microsoft commit b7b2d5ef (2024-08-19) the microsoft fork logged Eq. 3 with coefficient
+24 whatever the MLP and factor 4 for any recompute, selective included (``utils.py`` at its
+parent cdf51944): :func:`microsoft_eq3_tflops` reproduces those older dashboards.
 """
 
 import math
