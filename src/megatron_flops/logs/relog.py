@@ -53,7 +53,13 @@ FORMULA_TOLERANCE = 0.01
 
 
 class Interval(NamedTuple):
-    """One logged interval, recomputed."""
+    """One logged interval, recomputed.
+
+    ``report`` holds the rates (samples/s, tokens/s per GPU, model and hardware TFLOP/s per
+    GPU, MFU, HFU) over the interval's ``iterations`` of ``seconds_per_iteration`` each;
+    each ``*_source`` says where the value next to it came from.  ``as_dict`` is the
+    ``--json`` object (its keys are public: docs/relog.md).
+    """
 
     record: LogRecord
     iterations: int             # iterations the batch size was averaged over
