@@ -27,7 +27,6 @@ STILL_IMPORTING_COMMANDS = {
     "demo/peak.py",
     "demo/train.py",
     "megatron/patch.py",
-    "reference/verify.py",
 }
 
 
