@@ -76,6 +76,7 @@ def tools():
     t.field = field
     t.fixture_dir = fixture_dir
     t.require_tensorboard = require_tensorboard
+    t.purge_megatron = _purge_megatron
     return t
 
 
