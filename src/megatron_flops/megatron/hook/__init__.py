@@ -28,7 +28,6 @@ The hook never crashes training: an exception inside it is reported once (rank 0
 last rank) and the hook disables itself; the framework's original behaviour continues.
 """
 
-import importlib.abc
 import os
 import sys
 from typing import Optional
@@ -36,6 +35,7 @@ from typing import Optional
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, replace_field
 from .bigscience import BigscienceFork
+from .importer import TRAINING_MODULE, TrainingImportFinder
 from .microsoft import MicrosoftFork
 from .runtime import MegatronHook
 
@@ -47,53 +47,6 @@ STRATEGIES = (MicrosoftFork, BigscienceFork)
 FORK_MICROSOFT = MicrosoftFork.name
 FORK_BIGSCIENCE = BigscienceFork.name
 ENV_DISABLE = "MEGATRON_FLOPS_DISABLE"
-TRAINING_MODULE = "megatron.training"
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    """Runs the real loader, then patches the freshly executed ``megatron.training``."""
-
-    def __init__(self, loader, hook: MegatronHook):
-        self._loader = loader
-        self._hook = hook
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        self._hook.patch(module)
-
-    def __getattr__(self, name):  # get_source, get_filename, … for tracebacks and inspect
-        return getattr(self._loader, name)
-
-
-class _TrainingImportFinder(importlib.abc.MetaPathFinder):
-    """Finds ``megatron.training`` with the other finders and wraps its loader."""
-
-    def __init__(self, hook: MegatronHook):
-        self.hook = hook
-        self._busy = False
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != TRAINING_MODULE or self._busy:
-            return None
-        self._busy = True
-        try:
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(fullname, path, target)
-                if spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy = False
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _PatchingLoader(spec.loader, self.hook)
-        return spec
 
 
 _HOOK: Optional[MegatronHook] = None
@@ -117,7 +70,7 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
     if _HOOK is None:
         settings = calc.Settings().overridden(peak_tflops, gpu, causal)
         _HOOK = MegatronHook(STRATEGIES, settings, out)
-        sys.meta_path.insert(0, _TrainingImportFinder(_HOOK))
+        sys.meta_path.insert(0, TrainingImportFinder(_HOOK))
     else:
         _HOOK.settings = _HOOK.settings.overridden(peak_tflops, gpu, causal)
         if out is not None:
@@ -133,7 +86,7 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
 def uninstall() -> None:
     """Remove the import finder and restore every patched attribute (tests, notebooks)."""
     global _HOOK
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TrainingImportFinder)]
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, TrainingImportFinder)]
     if _HOOK is not None:
         _HOOK.restore()
     _HOOK = None
