@@ -18,6 +18,7 @@ import sys
 from typing import Callable, Optional
 
 from ... import sinks
+from ...legacy import legacy_error
 from .. import calculator as calc
 
 PREFIX = "megatron-flops:"
@@ -207,7 +208,7 @@ class Strategy:
         """What the framework's own formula counts, against the exact hardware FLOPs."""
         legacy = self.legacy_flops(args, batch_size, seq_length)
         exact = breakdown.hardware_flops
-        off = legacy / exact - 1.0
+        off = legacy_error(legacy, exact)
         return (f"{self.formula_owner} counts {legacy:.4g} FLOPs per iteration for this shape, "
                 f"{100 * off:+.1f}% vs the exact hardware count {exact:.4g}: "
                 "its TFLOPs would be off by that much")

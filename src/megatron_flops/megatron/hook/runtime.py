@@ -184,13 +184,12 @@ class MegatronHook:
         rank, _ = rank_and_world()
         if rank != 0:
             return
-        from ...flops import flops_breakdown
         from ...params import parameter_count
+        from ...planning import iteration_breakdown
         from ...report import summary_lines
         strategy = self.strategy
         model, run = accounting.model, accounting.run
-        breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                    run.pipeline_model_parallel_size, accounting.causal)
+        breakdown = iteration_breakdown(model, run, accounting.causal)
         lines = [f"{PREFIX} hooked {strategy.title} ({strategy.how}; "
                  f"{'per-iteration' if self.per_iteration else 'log-time'} accounting)"]
         lines += summary_lines(model, run, breakdown, parameter_count(model))
