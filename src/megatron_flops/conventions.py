@@ -23,7 +23,7 @@ meaning over time; :func:`megatron_lm_era` maps a date or commit to the formula 
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .flops import flops_breakdown
 from .legacy import bigscience_flops_per_iteration, microsoft_flops_per_iteration
@@ -435,17 +435,18 @@ def compare_conventions(model: ModelShape, batch_size: int, seq_length: int,
     return results
 
 
-def conventions_table(results: Dict[str, ConventionResult], peak_source: str = "") -> str:
-    """The side-by-side table people read: FLOPs per iteration, TFLOP/s per GPU, MFU (HFU)."""
+def conventions_table(results: Mapping[str, dict], peak_source: str = "") -> str:
+    """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
+    FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU)."""
     from .report import format_flops, table
     rows: List[List[str]] = []
-    for r in results.values():
-        util = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
-        if r.hfu is not None and r.hfu != r.mfu:
-            util += f" (HFU {100 * r.hfu:.1f}%)"
-        rows.append([r.name, r.counts, format_flops(r.flops_per_iteration),
-                     "n/a" if r.tflops_per_gpu is None else f"{r.tflops_per_gpu:.2f}",
-                     util, f"{100 * r.vs_exact:+.1f}%"])
+    for name, r in results.items():
+        util = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        if r["hfu"] is not None and r["hfu"] != r["mfu"]:
+            util += f" (HFU {100 * r['hfu']:.1f}%)"
+        rows.append([name, r["counts"], format_flops(r["flops_per_iteration"]),
+                     "n/a" if r["tflops_per_gpu"] is None else f"{r['tflops_per_gpu']:.2f}",
+                     util, f"{100 * r['vs_exact']:+.1f}%"])
     text = table(rows, ["convention", "counts", "FLOPs/iteration", "TFLOP/s/GPU", "MFU",
                         "vs exact"], [False, False, True, True, True, True])
     return text + (f"\npeak: {peak_source}" if peak_source else "")

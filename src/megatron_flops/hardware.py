@@ -206,3 +206,31 @@ def resolve_peak(device: Optional[str] = None, dtype: str = "bf16",
     key = canonical_device(device)
     return Peak(value, f"{key} dense {dtype} datasheet peak ({value:g} TFLOP/s)",
                 PARTS_BY_KEY[key].source)
+
+
+def implausible_utilisation_warning(mfu: Optional[float], hfu: Optional[float] = None,
+                                    world_size_assumed: bool = False, dtype: Optional[str] = None,
+                                    peak_source: Optional[str] = None) -> Optional[str]:
+    """One line naming the likely cause when MFU or HFU is above 100 %, else None.
+
+    No accelerator beats its dense peak, so a figure above 100 % is a wrong denominator (the
+    peak of another part or dtype, a sparsity figure, one GPU's peak for many) or a wrong
+    numerator (world size too small, iterations counted twice, a time that is not the
+    iteration's).  Callers print it beside the figure, everywhere MFU is shown.
+    """
+    worst = max((u for u in (mfu, hfu) if u is not None), default=None)
+    if worst is None or worst <= 1.0:
+        return None
+    label = "MFU" if mfu is not None and mfu >= (hfu or 0) else "HFU"
+    causes = []
+    if world_size_assumed:
+        causes.append("the world size was assumed, not read (give --world-size)")
+    if dtype in ("fp32", "tf32"):
+        causes.append(f"the peak is the {dtype} one while the run may use bf16/fp16 or fp8 GEMMs")
+    elif dtype in ("bf16", "fp16"):
+        causes.append("the run may use FP8 GEMMs (measure against the FP8 or mixed peak)")
+    causes.append(f"the peak may be another part's ({peak_source or 'unknown source'}): "
+                  "check --gpu / --peak-tflops")
+    causes.append("the time per iteration or the batch may not be the run's")
+    return (f"warning: {label} {100 * worst:.0f}% is above 100% — impossible; likely: "
+            + "; ".join(causes))
