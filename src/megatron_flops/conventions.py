@@ -435,6 +435,21 @@ def compare_conventions(model: ModelShape, batch_size: int, seq_length: int,
     return results
 
 
+def conventions_for_run(model: ModelShape, run, seconds_per_iteration: Optional[float] = None,
+                        peak_tflops: Optional[float] = None, batch_size: Optional[int] = None,
+                        seq_length: Optional[int] = None,
+                        names: Optional[Iterable[str]] = None) -> Dict[str, dict]:
+    """The JSON ``conventions`` object for a :class:`~megatron_flops.shapes.RunShape`: name ->
+    {flops_per_iteration, tflops_per_gpu, mfu, hfu, counts, vs_exact}.  For relog and the hook
+    pass the interval's batch size, sequence length and mean seconds per iteration; render it
+    with :func:`conventions_table`."""
+    results = compare_conventions(model, batch_size or run.global_batch_size,
+                                  seq_length or run.seq_length, run.recompute,
+                                  run.pipeline_model_parallel_size, seconds_per_iteration,
+                                  run.world_size, peak_tflops, names)
+    return {name: r.to_dict() for name, r in results.items()}
+
+
 def conventions_table(results: Mapping[str, dict], peak_source: str = "") -> str:
     """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
     FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU)."""

@@ -57,15 +57,12 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
 
 def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, convention, fp8) -> None:
     """``conventions`` (always), ``headline``, ``fp8`` and ``warnings``: the core computes."""
-    from ..conventions import CONVENTIONS_BY_NAME, compare_conventions, convention as lookup
+    from ..conventions import CONVENTIONS_BY_NAME, convention as lookup, conventions_for_run
     from ..hardware import implausible_utilisation_warning
     head = lookup(convention).name if convention is not None else None
     names = list(CONVENTIONS_BY_NAME) + ([head] if head not in CONVENTIONS_BY_NAME and head else [])
-    results = compare_conventions(model, run.global_batch_size, run.seq_length, run.recompute,
-                                  run.pipeline_model_parallel_size, seconds, run.world_size,
-                                  peak.tflops, names)
-    result["conventions"] = {name: r.to_dict() for name, r in results.items()}
-    result["headline"] = head and {"convention": head, **results[head].to_dict()}
+    result["conventions"] = conventions_for_run(model, run, seconds, peak.tflops, names=names)
+    result["headline"] = head and {"convention": head, **result["conventions"][head]}
     t = result["throughput"]
     if fp8 is not None and fp8.enabled:
         from ..fp8 import fp8_report
