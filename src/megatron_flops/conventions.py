@@ -22,12 +22,12 @@ meaning over time; :func:`megatron_lm_era` maps a date or commit to the formula 
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .flops import flops_breakdown
 from .legacy import bigscience_flops_per_iteration, microsoft_flops_per_iteration
-from .params import ParameterCount, parameter_count
+from .params import ParameterCount, layer_parameters, parameter_count
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 
@@ -85,11 +85,32 @@ def params_without_position(facts: RunFacts) -> int:
     return facts.parameters.total - _position_parameters(facts.model)
 
 
-def params_without_embedding_modules(facts: RunFacts) -> int:
-    """torchtitan: all but the ``nn.Embedding`` modules (word and position embeddings); an
-    untied output layer stays in, a tied one goes out with the word embedding."""
-    h, V = facts.model.hidden_size, facts.model.vocab_size
-    return facts.parameters.total - V * h - _position_parameters(facts.model)
+def _inactive_expert_parameters(facts: RunFacts) -> int:
+    """Parameters of the experts a token does not visit: (E − k) expert MLPs per MoE layer."""
+    m = facts.model
+    if not m.is_moe:
+        return 0
+    dense = replace(m, num_experts=1)
+    inactive = 0
+    for i in range(m.num_layers):
+        experts = m.experts_in_layer(i)
+        if experts != 1:
+            one_mlp = (layer_parameters(m, i) - m.hidden_size * experts
+                       - layer_parameters(dense, i)) // (experts - 1)
+            inactive += (experts - m.moe_topk) * one_mlp
+    return inactive
+
+
+def params_torchtitan(facts: RunFacts, tied_output_counted: bool = True) -> int:
+    """torchtitan's active parameters: all but the ``nn.Embedding`` tables (position and word
+    embeddings) and the experts a token skips (routed experts × top-k/E).  Since 4ed3c536
+    (2026-05-08) a word embedding tied to the output head stays in (the output GEMM runs);
+    before, it was subtracted with the embeddings."""
+    m = facts.model
+    word = m.vocab_size * m.hidden_size
+    keep_word = m.tie_embeddings and tied_output_counted
+    return (facts.parameters.total - _position_parameters(m) - (0 if keep_word else word)
+            - _inactive_expert_parameters(facts))
 
 
 # ---- the 6N + attention family ----------------------------------------------------------
@@ -113,11 +134,14 @@ def _nanogpt(f: RunFacts) -> float:
                                            m.hidden_size // m.num_attention_heads, f.seq_length)
 
 
-def _torchtitan(f: RunFacts) -> float:
+def _torchtitan(f: RunFacts, before_tying_fix: bool = False) -> float:
+    # attention 6·n·(qk_head_dim + v_head_dim)·s per layer per token = 12·n·d·s; before the
+    # fix the head dim was dim // n_heads
     m = f.model
-    return f.tokens * six_n_plus_attention(params_without_embedding_modules(f), m.num_layers,
-                                           m.num_attention_heads,
-                                           m.hidden_size // m.num_attention_heads, f.seq_length)
+    head_dim = m.hidden_size // m.num_attention_heads if before_tying_fix else m.kv_channels
+    return f.tokens * six_n_plus_attention(params_torchtitan(f, not before_tying_fix),
+                                           m.num_layers, m.num_attention_heads, head_dim,
+                                           f.seq_length)
 
 
 def _six_n(f: RunFacts) -> float:
@@ -327,11 +351,16 @@ CONVENTIONS: Tuple[Convention, ...] = (
                "karpathy/nanoGPT model.py GPT.estimate_mfu (with get_num_params)",
                "N = all parameters minus position embeddings (the tied wte = lm_head counted)",
                "model", _nanogpt),
-    Convention("torchtitan", "T·(6N + 12·l·n·(h/n)·s)",
-               "pytorch/torchtitan models/utils.py get_dense_model_nparams_and_flops "
-               "(earlier utils.py get_num_flop_per_token)",
-               "N = all parameters minus nn.Embedding modules (untied output layer in; tied: "
-               "out)", "model", _torchtitan),
+    Convention("torchtitan", "T·(6N + 12·l·n·d·s)",
+               "pytorch/torchtitan models/utils.py get_nparams_and_active_nparams and "
+               "quadratic_attention_flops_per_token, since 4ed3c536 (2026-05-08)",
+               "N = active parameters: all minus embedding tables (a tied output head stays "
+               "in) minus skipped experts", "model", _torchtitan),
+    Convention("torchtitan@2026-04", "T·(6N + 12·l·n·(h/n)·s)",
+               "pytorch/torchtitan get_dense_model_nparams_and_flops before 4ed3c536 "
+               "(2026-05-08; earlier utils.py get_num_flop_per_token)",
+               "N = all minus nn.Embedding modules (a tied output head goes out with them)",
+               "model", lambda f: _torchtitan(f, before_tying_fix=True)),
     Convention("llm-foundry", "B·3·(2·N·s + 4·l·h·s²); HFU 4× with activation checkpointing",
                "mosaicml/llm-foundry scripts/train/benchmarking/README.md and collect_results.py",
                _NN, "model", _llm_foundry, _llm_foundry_hfu),

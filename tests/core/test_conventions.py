@@ -34,9 +34,16 @@ def test_nanogpt_gpt2_124m_is_855383040_flops_per_token():
 
 
 def test_torchtitan_palm_6n_parameter_sets_on_gpt2():
-    # torchtitan drops the nn.Embedding modules (wte 38,633,472 and wpe 786,432), the tied
-    # output layer with them: N = 85,056,000 -> 6N + 113,246,208 = 623,582,208
-    assert per_token("torchtitan", GPT2_124M, 1024) == 623_582_208
+    # torchtitan before 4ed3c536 dropped the nn.Embedding modules (wte 38,633,472 and wpe
+    # 786,432), the tied output head with them: N = 85,056,000 -> 6N + 113,246,208 = 623,582,208
+    assert per_token("torchtitan@2026-04", GPT2_124M, 1024) == 623_582_208
+    # since, the tied head stays in: N = 123,689,472, nanoGPT's figure
+    assert per_token("torchtitan", GPT2_124M, 1024) == 855_383_040
+    # untied: the output layer (38,633,472 more parameters) is in either way
+    untied = ModelShape(num_layers=12, hidden_size=768, num_attention_heads=12,
+                        vocab_size=50304, max_position_embeddings=1024, tie_embeddings=False)
+    assert per_token("torchtitan", untied, 1024) == 855_383_040
+    assert per_token("torchtitan@2026-04", untied, 1024) == 855_383_040
     # PaLM and 6N count every parameter once: N = 124,475,904
     assert per_token("palm", GPT2_124M, 1024) == 6 * 124_475_904 + 113_246_208
     assert per_token("6n", GPT2_124M, 1024) == 6 * 124_475_904
@@ -199,6 +206,21 @@ def test_megatron_lm_eras_by_hand():
     assert ERAS_BY_HAND["megatron-lm@2024-04"] == flops_breakdown(ERA_MODEL, 4).model_flops
     assert ERAS_BY_HAND["megatron-lm@2025-03"] == flops_breakdown(ERA_MODEL, 4,
                                                                   causal=True).model_flops
+
+
+def test_torchtitan_counts_active_experts_only():
+    # MoE layers 2 and 4 of 4 (interval 2), 4 experts top-1, h 8, f 32, no GLU, biases: one
+    # expert MLP = 8·32 + 32 + 32·8 + 8 = 552 parameters; a token skips 3 per MoE layer
+    moe = ModelShape(num_layers=4, hidden_size=8, num_attention_heads=2, vocab_size=16,
+                     position_embedding="rotary", num_experts=4, moe_topk=1)
+    dense = ModelShape(num_layers=4, hidden_size=8, num_attention_heads=2, vocab_size=16,
+                       position_embedding="rotary")
+    routers = 2 * 8 * 4
+    skipped = 2 * 3 * 552
+    extra = parameter_count(moe).total - parameter_count(dense).total
+    assert extra == routers + 2 * 3 * 552
+    assert per_token("torchtitan", moe, 4) - per_token("torchtitan", dense, 4) == \
+        6 * (extra - skipped)
 
 
 def test_maxtext_before_and_after_its_causal_change():
