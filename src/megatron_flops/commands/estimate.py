@@ -7,7 +7,7 @@ from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, par
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
-              tflops_per_gpu, convention=None, fp8=None):
+              tflops_per_gpu, convention=None, fp8=None, world_size_assumed=False):
     """(the JSON object, the breakdown, the parameter count): the table reuses the last two."""
     from ..hardware import resolve_peak
     from ..legacy import legacy_error, legacy_tflops_for_shapes
@@ -46,7 +46,8 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
             "legacy_tflops_per_gpu": legacy,
             "legacy_error": {k: legacy_error(v, hardware) for k, v in legacy.items()},
         }
-    _add_conventions(result, model, run, breakdown, iteration_seconds, gpu, peak, convention, fp8)
+    _add_conventions(result, model, run, breakdown, iteration_seconds, gpu, peak, convention, fp8,
+                     world_size_assumed)
     if train_tokens is not None or tflops_per_gpu is not None:
         if train_tokens is None or tflops_per_gpu is None:
             raise UsageError("--train-tokens and --tflops-per-gpu go together")
@@ -55,7 +56,8 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
     return result, breakdown, params
 
 
-def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, convention, fp8) -> None:
+def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, convention, fp8,
+                     world_size_assumed) -> None:
     """``conventions`` (always), ``headline``, ``fp8`` and ``warnings``: the core computes."""
     from ..conventions import CONVENTIONS_BY_NAME, convention as lookup, conventions_for_run
     from ..hardware import implausible_utilisation_warning
@@ -69,8 +71,8 @@ def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, conventi
         result["fp8"] = fp8_report(breakdown, model, fp8, gpu,
                                    t and t["tflops_per_gpu"]["model"],
                                    t and t["tflops_per_gpu"]["hardware"])
-    warning = t and implausible_utilisation_warning(t["mfu"], t["hfu"], False, run.dtype,
-                                                    peak.source)
+    warning = t and implausible_utilisation_warning(t["mfu"], t["hfu"], world_size_assumed,
+                                                    run.dtype, peak.source)
     result["warnings"] = [warning] if warning else []
 
 
@@ -146,7 +148,7 @@ def estimate_main(argv: List[str]) -> int:
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
                                           args.peak_tflops, args.causal, args.train_tokens,
                                           args.tflops_per_gpu, args.convention,
-                                          Fp8Recipe.from_args(args))
+                                          Fp8Recipe.from_args(args), args.world_size is None)
     if args.json:
         print(json.dumps(result))
     else:
