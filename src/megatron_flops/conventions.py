@@ -348,7 +348,8 @@ CONVENTIONS: Tuple[Convention, ...] = (
     Convention("palm", "T·(6N + 12·l·n·d·s)",
                "Chowdhery et al. 2022 (PaLM), Appendix B", _NN, "model", _palm),
     Convention("nanogpt", "T·(6N + 12·l·n·(h/n)·s)",
-               "karpathy/nanoGPT model.py GPT.estimate_mfu (with get_num_params)",
+               "karpathy/nanoGPT model.py GPT.estimate_mfu with get_num_params() (T = block_size: "
+               "here the run's sequence length)",
                "N = all parameters minus position embeddings (the tied wte = lm_head counted)",
                "model", _nanogpt),
     Convention("torchtitan", "T·(6N + 12·l·n·d·s)",
@@ -362,7 +363,8 @@ CONVENTIONS: Tuple[Convention, ...] = (
                "N = all minus nn.Embedding modules (a tied output head goes out with them)",
                "model", lambda f: _torchtitan(f, before_tying_fix=True)),
     Convention("llm-foundry", "B·3·(2·N·s + 4·l·h·s²); HFU 4× with activation checkpointing",
-               "mosaicml/llm-foundry scripts/train/benchmarking/README.md and collect_results.py",
+               "mosaicml/llm-foundry scripts/train/benchmarking/collect_results.py and README.md "
+               "(061f2c7c)",
                _NN, "model", _llm_foundry, _llm_foundry_hfu),
     Convention("maxtext", "3·Σ GEMMs, causal attention (½)",
                "AI-Hypercomputer/maxtext maxtext_utils.py calculate_tflops_training_per_device "

@@ -348,3 +348,13 @@ def test_estimate_fp8_reports_both_peaks(capsys):
     assert f["peak_tflops"]["bf16"] == 989.4 and f["peak_tflops"]["fp8"] == 1978.9
     assert 989.4 < f["peak_tflops"]["mixed"] < 1978.9
     assert f["mfu"]["vs_mixed"] < f["mfu"]["vs_bf16"]
+
+
+def test_megatron_lm_thd_packed_sequences_count_sum_of_squares():
+    # 5e4fc931 (2026-05): core attention from Σsᵢ²; one sample of 4 tokens packed as two
+    # documents of 2: Σsᵢ² = 8 instead of 16; core attention per unit of s² is
+    # 6·n·d/2·2·l = 6·16·2 = 192, so 16·192 - 8·192 = 1536 fewer FLOPs than 6144·6.25
+    from megatron_flops.conventions import RunFacts, megatron_lm_current_flops
+    facts = RunFacts(ERA_MODEL, 1, 4)
+    assert megatron_lm_current_flops(facts) == 6144 * 6.25
+    assert megatron_lm_current_flops(facts, seqlen_squared_sum=8) == 6144 * 6.25 - 8 * 192
