@@ -45,6 +45,12 @@ class Fp8Recipe:
     output_layer: bool = False             # fp8_output_proj (mxfp8 only)
     wgrad: bool = True                     # fp8_wgrad
 
+    def __post_init__(self) -> None:
+        for flag, value in (("--num-layers-at-start-in-bf16", self.bf16_layers_at_start),
+                            ("--num-layers-at-end-in-bf16", self.bf16_layers_at_end)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{flag} must be a non-negative integer, got {value!r}")
+
     @property
     def enabled(self) -> bool:
         return self.fp8_format is not None
@@ -100,6 +106,10 @@ def fp8_flops(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,
     Forward and recompute of a GEMM run in its layer's precision; of the backward (2 × forward:
     data gradient + weight gradient), the weight-gradient half stays BF16 without ``wgrad``.
     """
+    kept = recipe.bf16_layers_at_start + recipe.bf16_layers_at_end
+    if recipe.enabled and kept > model.num_layers:
+        raise ValueError(f"--num-layers-at-start-in-bf16 + --num-layers-at-end-in-bf16 ({kept}) "
+                         f"must not exceed --num-layers ({model.num_layers})")
     totals = {"fp8": 0.0, "bf16": 0.0}
     for c in breakdown:
         share = fp8_fraction(model, c.name, recipe)

@@ -290,6 +290,13 @@ def test_fp8_recipe_from_megatron_args():
     assert (recipe.bf16_layers_at_start, recipe.bf16_layers_at_end) == (2, 1)
     assert not Fp8Recipe.from_args(Namespace()).enabled
     assert Fp8Recipe.from_args(Namespace(fp8="e4m3")).bf16_layers_at_start == 0
+    with pytest.raises(ValueError, match="--num-layers-at-start-in-bf16 must be"):
+        Fp8Recipe.from_args(Namespace(fp8="e4m3", first_last_layers_bf16=True,
+                                      num_layers_at_start_in_bf16=-1))
+    with pytest.raises(ValueError, match=r"must not exceed --num-layers \(4\)"):
+        fp8_flops(flops_breakdown(FP8_MODEL, 4), FP8_MODEL, Fp8Recipe("e4m3", bf16_layers_at_start=3, bf16_layers_at_end=2))
+    with pytest.raises(ValueError, match="--fp8-format must be"):
+        Fp8Recipe.from_args(Namespace(fp8="e5m2"))
 
 
 # ---- sanity --------------------------------------------------------------------------------
