@@ -484,15 +484,15 @@ def conventions_for_run(model: ModelShape, run, seconds_per_iteration: Optional[
 def conventions_table(results: Mapping[str, dict], peak_source: str = "") -> str:
     """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
     FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU)."""
-    from .report import format_flops, table
+    from .report import format_flops, format_percent, table
     rows: List[List[str]] = []
     for name, r in results.items():
-        util = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        util = format_percent(r["mfu"])
         if r["hfu"] is not None and r["hfu"] != r["mfu"]:
-            util += f" (HFU {100 * r['hfu']:.1f}%)"
+            util += f" (HFU {format_percent(r['hfu'])})"
         rows.append([name, r["counts"], format_flops(r["flops_per_iteration"]),
                      "n/a" if r["tflops_per_gpu"] is None else f"{r['tflops_per_gpu']:.2f}",
-                     util, f"{100 * r['vs_exact']:+.1f}%"])
+                     util, format_percent(r["vs_exact"], "+.1f")])
     text = table(rows, ["convention", "counts", "FLOPs/iteration", "TFLOP/s/GPU", "MFU",
                         "vs exact"], [False, False, True, True, True, True])
     return text + (f"\npeak: {peak_source}" if peak_source else "")
