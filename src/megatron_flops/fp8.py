@@ -29,10 +29,6 @@ from .flops import Breakdown
 from .shapes import ModelShape
 
 
-# the component names of the core attention products (no weights: not Transformer Engine GEMMs)
-ATTENTION_CORE = ("attention_scores", "attention_over_values")
-
-
 @dataclass(frozen=True)
 class Fp8Recipe:
     """Which GEMMs run in FP8 (see the module docstring for the Megatron flags)."""
@@ -74,24 +70,28 @@ class Fp8Recipe:
         )
 
 
-def _layers_with(model: ModelShape, component: str):
-    """0-based layers that contain ``component`` (MLP: dense layers; experts: MoE layers)."""
-    if component.startswith("mlp_"):
-        return [i for i in range(model.num_layers) if model.experts_in_layer(i) == 1]
-    if component.startswith("expert_") or component == "moe_router":
-        return [i for i in range(model.num_layers) if model.experts_in_layer(i) != 1]
-    return list(range(model.num_layers))
+# Components that are never Transformer Engine GEMMs, whatever the recipe: the router is a
+# plain linear layer kept in higher precision.
+ALWAYS_BF16 = ("moe_router",)
 
 
 def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
-    """Share of ``component``'s forward FLOPs that run in FP8 (each of its layers does equal work)."""
-    if not recipe.enabled or component == "moe_router":
+    """Share of ``component``'s forward FLOPs that run in FP8.
+
+    Read from the component registry: where the component occurs (every layer, dense-MLP or
+    MoE layers, once per model) and whether it is the core attention; each of its layers does
+    the same work, so the share is the fraction of those layers outside the BF16 ones.  A
+    component the registry does not know is counted BF16.
+    """
+    from .components import ONCE, REGISTRY
+    spec = REGISTRY.get(component)
+    if not recipe.enabled or spec is None or component in ALWAYS_BF16:
         return 0.0
-    if component == "logits":
-        return 1.0 if recipe.output_layer else 0.0
-    if component in ATTENTION_CORE and not recipe.dot_product_attention:
+    if spec.occurs == ONCE:
+        return 1.0 if (component == "logits" and recipe.output_layer) else 0.0
+    if spec.attention_core and not recipe.dot_product_attention:
         return 0.0
-    layers = _layers_with(model, component)
+    layers = [i for i in range(model.num_layers) if spec.in_layer(model.experts_in_layer(i))]
     if not layers:
         return 0.0
     last_bf16 = model.num_layers - recipe.bf16_layers_at_end

@@ -282,6 +282,19 @@ def test_fp8_mixed_peak_by_hand():
         82944 / 43.008)
 
 
+def test_fp8_moe_layers_and_router_by_hand():
+    # the same model with 2 experts top-1 in layers 1 and 3 (0-based; interval 2), first and
+    # last layer BF16: FP8 are layer 1 (attention linears 2048 + experts 4096) and layer 2
+    # (2048 + MLP 4096) = 12288 forward, 36864 model FLOPs; routers (2·4·8·2 = 128 each),
+    # core attention, logits and layers 0 and 3 stay BF16: total 3·(4·6656 + 2·128 + 1024)
+    moe = ModelShape(num_layers=4, hidden_size=8, num_attention_heads=2, vocab_size=16,
+                     max_position_embeddings=4, num_experts=2, moe_topk=1)
+    b = flops_breakdown(moe, 4)
+    assert b.model_flops == 3 * (4 * 6656 + 2 * 128 + 1024) == 83712
+    recipe = Fp8Recipe("hybrid", bf16_layers_at_start=1, bf16_layers_at_end=1)
+    assert fp8_flops(b, moe, recipe) == {"fp8": 36864, "bf16": 83712 - 36864}
+
+
 def test_fp8_recipe_from_megatron_args():
     from argparse import Namespace
     args = Namespace(fp8="hybrid", fp8_recipe="delayed", first_last_layers_bf16=True,
