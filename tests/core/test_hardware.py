@@ -62,6 +62,7 @@ UNKNOWN_NAMES = [
     "NVIDIA GeForce RTX 4090",
     "NVIDIA RTX PRO 6000 Blackwell Server Edition",  # not the RTX 6000 Ada
     "NVIDIA RTX A5000",
+    "Quadro RTX 6000",             # Turing, not the RTX 6000 Ada
     "AMD Instinct MI210",
     "AMD Instinct MI250X/MI250",   # ROCm prints this for both parts
     "HL-288",                      # Gaudi 2 PCIe card: not the OAM figures
