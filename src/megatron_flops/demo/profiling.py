@@ -43,16 +43,20 @@ class DemoProfiler:
         self.saved = True
 
     def before_iteration(self, iteration: int) -> None:
-        self.started = time.perf_counter()
+        if self.started is None:
+            self.started = time.perf_counter()
 
     def after_iteration(self, iteration: int) -> None:
+        """End the profiler's step: a ``ProfilerStep`` span runs from one ``step()`` to the
+        next, so it holds the loop's logging between iterations too, as the wall clock
+        kept here does."""
         if self.profiler is None:
             return
         if iteration in self.iterations:
             self.session.synchronize()
-        self.profiler.step()
-        if iteration in self.iterations:
             self.wall_seconds[iteration] = time.perf_counter() - self.started
+        self.profiler.step()  # exports the trace after the last profiled iteration
+        self.started = time.perf_counter()
         if iteration >= self.iterations.stop - 1:
             self.close()
 

@@ -147,10 +147,6 @@ class ShapeRule:
             table[pair].append((label, tuple((c, w / total) for c, w in parts)))
 
         add((h, (n + 2 * g) * d), "dense", (("query", n * d), ("key_value", 2 * g * d)))
-        add((h, n * d), "dense", (("query", 1),))
-        add((h, 2 * g * d), "dense", (("key_value", 1),))
-        if g * d != n * d:
-            add((h, g * d), "dense", (("key_value", 1),))
         add((n * d, h), "dense", (("attention_output", 1),))
         experts = {model.experts_in_layer(i) for i in range(model.num_layers)}
         for prefix, present in (("mlp", 1 in experts), ("expert", any(e > 1 for e in experts))):
@@ -166,6 +162,12 @@ class ShapeRule:
         for e in sorted(e for e in experts if e > 1):
             add((h, e), "dense", (("moe_router", 1),))
         add((h, V), "dense", (("logits", 1),))
+        # separate Q, K, V projections (Megatron fuses them): only where no other matmul
+        # has their shape (with n·d = h the Q projection looks like the output projection)
+        for pair, component in (((h, n * d), "query"), ((h, 2 * g * d), "key_value"),
+                                ((h, g * d), "key_value")):
+            if pair not in table:
+                add(pair, "dense", ((component, 1),))
         self.table = dict(table)
         self.scores = (s, d, s)            # (m, k, n) of one head's Q·Kᵀ
         self.over_values = (s, s, d)       # one head's attention·V
@@ -193,10 +195,14 @@ class ShapeRule:
         pairs = [(n, k), (n, m)] if backward else [(k, n)]
         candidates = [c for pair in pairs for c in self.table.get(pair, [])]
         if len({parts for _, parts in candidates}) > 1 and not backward:
-            # dense MLP or expert: a dense layer's matmul sees every token of a micro batch
-            kind = "dense" if m == self.tokens else "expert"
-            preferred = [c for c in candidates if c[0] == kind] or candidates
-            candidates = preferred + [c for c in candidates if c not in preferred]
+            # dense MLP or expert: a dense layer's matmul sees every token of a micro batch,
+            # an expert only those routed to it (all of them, rarely: then it stays ambiguous)
+            experts = [c for c in candidates if c[0] == "expert"]
+            if m != self.tokens and experts:
+                candidates = experts
+            else:
+                dense = [c for c in candidates if c[0] == "dense"]
+                candidates = dense + [c for c in candidates if c not in dense]
         if not candidates:
             return None, []
         distinct = []

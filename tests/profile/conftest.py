@@ -1,0 +1,22 @@
+"""Profile tests: traces are made here, in tmp_path, from tiny models (one or two iterations)."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread (a shared 2-core machine); timings are not what is checked."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _private_peak_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGATRON_FLOPS_CACHE_DIR", str(tmp_path / "cache"))
