@@ -1,6 +1,11 @@
 """Profile tests: traces are made here, in tmp_path, from tiny models (one or two iterations)."""
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))  # demo_helpers
 
 
 @pytest.fixture(autouse=True)

@@ -50,5 +50,6 @@ def install_scopes(gpt) -> List[object]:
                 spans.pop().__exit__(None, None, None)
 
         handles.append(module.register_forward_pre_hook(enter))
-        handles.append(module.register_forward_hook(leave))
+        # always_call: a checkpoint's early stop ends a recomputed forward by raising
+        handles.append(module.register_forward_hook(leave, always_call=True))
     return handles
