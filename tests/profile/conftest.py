@@ -10,16 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))  # demo_he
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One intra-op thread (a shared 2-core machine); timings are not what is checked."""
-    try:
-        import torch
-    except ImportError:
+    from demo_helpers import one_intra_op_thread
+    with one_intra_op_thread():
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
