@@ -60,9 +60,7 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
     import torch
     from ..flops import flops_breakdown
     from ..meter import ThroughputMeter
-    from ..reference.model import ReferenceGPT
     from .corpus import load_corpus
-    from .train import lr_factor
 
     model, run = config.model, config.run
     cuda = device.startswith("cuda")
@@ -70,26 +68,10 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
         torch.set_num_threads(config.threads)
     elif not cuda and dist.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
-
     data = load_corpus(config.data_path)
     batches = ByteBatches(data, run.seq_length, config.seed, dist.rank, dist.world_size)
-    torch.manual_seed(config.seed)
-    gpt = ReferenceGPT(model, run.seq_length, run.recompute, run.pipeline_model_parallel_size,
-                       dropout=config.hidden_dropout, device=device)
-    if config.attention == "sdpa":
-        from .fused import use_sdpa_attention
-        use_sdpa_attention(gpt)
-    network = loss_module(gpt)
+    gpt, network, optimizer, scheduler = _model_and_optimizer(config, device)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.dtype)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr,
-                                  betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.weight_decay,
-                                  fused=True if cuda and not config.deepspeed else None)
-    min_ratio = config.min_lr / config.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, config.lr_warmup_iters, config.train_iters, min_ratio))
-
     engine = scaler = None
     if config.deepspeed:
         engine, backend = _deepspeed_engine(config, network, optimizer, scheduler)
@@ -122,6 +104,31 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
     if dist.is_last_rank:
         _open_writers(session)
     return session
+
+
+def _model_and_optimizer(config: DemoConfig, device: str):
+    """(the GPT, the GPT with its loss, AdamW, the learning-rate schedule)."""
+    import torch
+    from ..reference.model import ReferenceGPT
+    from .train import lr_factor
+    run = config.run
+    torch.manual_seed(config.seed)
+    gpt = ReferenceGPT(config.model, run.seq_length, run.recompute,
+                       run.pipeline_model_parallel_size, dropout=config.hidden_dropout,
+                       device=device)
+    if config.attention == "sdpa":
+        from .fused import use_sdpa_attention
+        use_sdpa_attention(gpt)
+    network = loss_module(gpt)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.weight_decay,
+        fused=True if device.startswith("cuda") and not config.deepspeed else None)
+    min_ratio = config.min_lr / config.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, config.lr_warmup_iters, config.train_iters, min_ratio))
+    return gpt, network, optimizer, scheduler
 
 
 def _deepspeed_engine(config: DemoConfig, network, optimizer, scheduler):
