@@ -319,7 +319,7 @@ def attribute(trace: Trace, model: ModelShape, run: RunShape, steps: Optional[Se
     calls: List[MatmulCall] = []
     for step in chosen:
         for op in flop_ops:
-            if _in_step(op, step, trace):
+            if step.ts <= op.ts < step.end:
                 seconds = kernel_seconds.get(id(op), 0.0) if gpu else op.dur * 1e-6
                 calls.append(_classify(op, seconds, forward_by_sequence, shapes))
 
@@ -340,10 +340,6 @@ def attribute(trace: Trace, model: ModelShape, run: RunShape, steps: Optional[Se
                    categories, peak_tflops, peak_source, run.world_size,
                    "gpu" if gpu else "cpu", ambiguous, unattributed,
                    breakdown.model_flops * share, breakdown.hardware_flops * share)
-
-
-def _in_step(op: Event, step: Step, trace: Trace) -> bool:
-    return step.ts <= op.ts < step.end
 
 
 def _classify(op: Event, seconds: float, forward_by_sequence, shapes: ShapeRule) -> MatmulCall:
@@ -491,8 +487,7 @@ def _device_categories(trace: Trace, steps: Sequence[Step], flop_ops) -> Dict[st
             inherited = None
             for node in reversed(chain):
                 _, inherited = _category(node, inherited)
-            category = inherited or ("elementwise and other ops" if op is not None
-                                     else "elementwise and other ops")
+            category = inherited or "elementwise and other ops"
         labelled.append((kernel, category))
     for step in steps:
         cuts = {step.ts, step.end}
