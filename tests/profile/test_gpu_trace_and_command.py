@@ -106,3 +106,14 @@ def test_bad_trace_exits_2(content, message, tmp_path, capsys):
     assert main(["profile", str(path), *FLAGS]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_pipeline_bubble_comes_out_of_idle_time(tmp_path):
+    """PP 2 with 2 micro batches per iteration: the expected bubble (p − 1)/(m + p − 1) = 1/3
+    of the 100 µs step, taken out of the 45 µs idle."""
+    run = RunShape(seq_length=24, micro_batch_size=2, global_batch_size=4,
+                   pipeline_model_parallel_size=2, world_size=2)
+    profile = attribute(load_trace(str(gpu_trace(tmp_path / "gpu.json"))), MODEL, run)
+    assert profile.categories["pipeline bubble"] == pytest.approx(100e-6 / 3)
+    assert profile.categories["idle (device)"] == pytest.approx(45e-6 - 100e-6 / 3)
+    assert profile.accounted_seconds == pytest.approx(100e-6)
