@@ -80,6 +80,7 @@ def test_profile_command_table_json_png(tmp_path, capsys):
     assert "h100-sxm dense bf16 datasheet peak (989" in out  # the trace names the GPU
     assert "communication" in out and "idle (device)" in out
 
+    pytest.importorskip("matplotlib")
     png = tmp_path / "where.png"
     assert main(["profile", str(trace), *FLAGS, "--peak-tflops", "100", "--json",
                  "--png", str(png)]) == 0
