@@ -58,7 +58,7 @@ class Session:
 
 def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session:
     import torch
-    from ..flops import flops_breakdown
+    from ..planning import iteration_breakdown
     from ..meter import ThroughputMeter
     from .corpus import load_corpus
 
@@ -99,8 +99,7 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
         peak_source=peak_source, peak_measured=peak_measured,
         meter=ThroughputMeter.for_run(model, run, peak_tflops),
         summary_meter=ThroughputMeter.for_run(model, run, peak_tflops),
-        breakdown=flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                  run.pipeline_model_parallel_size))
+        breakdown=iteration_breakdown(model, run))
     if dist.is_last_rank:
         _open_writers(session)
     return session

@@ -259,8 +259,8 @@ def write_interval(session: Session, report, iteration: int, batch_size: int,
 
 
 def print_summary(session: Session, progress: Progress, started: float) -> int:
-    from ..legacy import legacy_tflops_for_shapes
-    from ..report import format_count
+    from ..legacy import legacy_error, legacy_tflops_for_shapes
+    from ..report import format_count, format_percent
     config, say, meter = session.config, session.say, session.meter
     summary_meter = session.summary_meter
     if session.peak_measured:
@@ -291,9 +291,8 @@ def print_summary(session: Session, progress: Progress, started: float) -> int:
         f"({summary.tokens_per_second_per_gpu:.1f} {per_device})")
     say(f"  {'model TFLOP/s ' + per_device + ':':<30}{summary.model_tflops_per_gpu:.4g}")
     say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{summary.hardware_tflops_per_gpu:.4g}")
-    mfu = "n/a" if summary.mfu is None else f"{100 * summary.mfu:.1f}%"
-    hfu = "n/a" if summary.hfu is None else f"{100 * summary.hfu:.1f}%"
-    say(f"  MFU / HFU:                    {mfu} / {hfu}   ({session.peak_source})")
+    say(f"  MFU / HFU:                    {format_percent(summary.mfu)} / "
+        f"{format_percent(summary.hfu)}   ({session.peak_source})")
     if summary.hfu is not None and summary.hfu > 1:
         say("  HFU above 100 %: the peak is below what this run achieved; measure it on a quiet "
             "machine (`megatron-flops peak`) or give --peak-tflops")
@@ -301,7 +300,7 @@ def print_summary(session: Session, progress: Progress, started: float) -> int:
                                       config.run.seq_length, seconds_per_iteration)
     say("what the forks' formulas would log for this run at the same iteration time:")
     for fork, value in legacy.items():
-        error = value / summary.hardware_tflops_per_gpu - 1.0
+        error = legacy_error(value, summary.hardware_tflops_per_gpu)
         say(f"  {fork:<10} fork: {value:.4g} TFLOP/s per device ({100 * error:+.1f}% vs the "
             f"exact hardware count)")
     return EXIT_OK

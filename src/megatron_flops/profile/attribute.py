@@ -40,7 +40,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..flops import COMPONENTS, flops_breakdown
+from ..flops import COMPONENTS
+from ..planning import iteration_breakdown
 from ..shapes import ModelShape, RunShape
 from .trace import Event, Step, Trace
 
@@ -328,8 +329,7 @@ def attribute(trace: Trace, model: ModelShape, run: RunShape, steps: Optional[Se
                   else _host_categories(chosen, set(map(id, flop_ops))))
     iteration_seconds = sum(s.dur for s in chosen) * 1e-6
     _pipeline_bubble(categories, run, iteration_seconds)
-    breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                run.pipeline_model_parallel_size)
+    breakdown = iteration_breakdown(model, run)
     share = len(chosen) / run.world_size
     ambiguous = sorted({f"{c.event.name} {c.event.args.get('Input Dims')}: filed under "
                         f"{label(c.parts)}, also matches {', '.join(c.ambiguous_with)}"
@@ -378,8 +378,7 @@ def _linked_forward(span: Event, op: Event, forward_by_sequence) -> Optional[Eve
 
 
 def _rows(calls: List[MatmulCall], model: ModelShape, run: RunShape, iterations: int) -> List[Row]:
-    breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                run.pipeline_model_parallel_size)
+    breakdown = iteration_breakdown(model, run)
     share = iterations / run.world_size
     rows: Dict[Tuple[str, str], Row] = {}
     for component in breakdown:

@@ -1,12 +1,9 @@
 """A :class:`~.attribute.Profile` as table lines (for the console) and as a dict (``--json``)."""
 
-from typing import List, Optional
+from typing import List
 
+from ..report import format_percent as _percent
 from .attribute import Profile
-
-
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def table_lines(profile: Profile) -> List[str]:
