@@ -33,6 +33,7 @@ COMPONENTS = (
     "mlp_gate",
     "mlp_down",
     "moe_router",
+    "moe_coefficient",
     "expert_up",
     "expert_gate",
     "expert_down",
@@ -51,6 +52,7 @@ DESCRIPTIONS = {
     "mlp_gate": "MLP gate (GLU)  [T × h]·[h × f]",
     "mlp_down": "MLP down  [T × f]·[f × h]",
     "moe_router": "MoE router  [T × h]·[h × E]",
+    "moe_coefficient": "PR-MoE coefficient  [T × h]·[h × 2]",
     "expert_up": "experts up  k × [T × h]·[h × f]",
     "expert_gate": "experts gate (GLU)  k × [T × h]·[h × f]",
     "expert_down": "experts down  k × [T × f]·[f × h]",
@@ -105,6 +107,11 @@ def moe_router_flops(model: ModelShape, s: int, num_experts: int) -> int:
     return matmul_flops(s, model.hidden_size, num_experts)
 
 
+def moe_coefficient_flops(model: ModelShape, s: int) -> int:
+    """PR-MoE (``--mlp-type residual``): the ``h -> 2`` linear that mixes expert and dense MLP."""
+    return matmul_flops(s, model.hidden_size, 2)
+
+
 def logits_flops(model: ModelShape, s: int) -> int:
     return matmul_flops(s, model.hidden_size, model.vocab_size)
 
@@ -130,6 +137,11 @@ def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: boo
         terms["expert_up"] = k * mlp_up_flops(model, s)
         terms["expert_gate"] = k * mlp_gate_flops(model, s)
         terms["expert_down"] = k * mlp_down_flops(model, s)
+        if model.moe_residual:  # PR-MoE: a dense MLP beside the experts, on every token
+            terms["mlp_up"] = mlp_up_flops(model, s)
+            terms["mlp_gate"] = mlp_gate_flops(model, s)
+            terms["mlp_down"] = mlp_down_flops(model, s)
+            terms["moe_coefficient"] = moe_coefficient_flops(model, s)
     return terms
 
 

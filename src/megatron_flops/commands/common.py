@@ -41,13 +41,14 @@ def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
     """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
-    from ..megatron.args import ignored_flags, shapes_from_args
+    from ..megatron.args import check_flags, ignored_flags, shapes_from_args
     args, unknown = parser.parse_known_args([a for a in argv if a != "\\"])
     ignored = ignored_flags(unknown)
     stray = [u for u in unknown if not u.startswith("-")]
-    if ignored and not quiet:
-        print(f"megatron-flops: ignoring flags that do not change FLOPs: {' '.join(ignored)}",
-              file=sys.stderr)
+    report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
+    if not quiet:
+        for line in report.lines():
+            print(line, file=sys.stderr)
     if stray and not ignored and not quiet and not all(s.endswith(".py") for s in stray):
         print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
     model, run = shapes_from_args(args)

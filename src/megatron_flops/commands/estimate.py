@@ -1,6 +1,7 @@
 """``megatron-flops estimate``: the breakdown, parameters, throughput and MFU for Megatron flags."""
 
 import json
+import sys
 from typing import List
 
 from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command, positive
@@ -57,16 +58,19 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
         }
     if train_tokens is not None or tflops_per_gpu is not None:
         if train_tokens is None or tflops_per_gpu is None:
-            raise UsageError("--train-tokens and --tflops-per-gpu go together")
+            raise UsageError("--plan-tokens and --plan-tflops-per-gpu go together")
         plan = training_time(model, run, train_tokens, tflops_per_gpu, causal)
         result["training_days"] = plan.days
     return result, breakdown, params
 
 
-def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -> None:
+def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
+                    world_note: str = "") -> None:
     from ..report import summary_lines
     for line in summary_lines(model, run, breakdown, params):
         print(line)
+    if world_note:
+        print(world_note)
     print(f"attention counted {'causal (half of QKᵀ and A·V)' if causal else 'dense (full s×s)'};"
           " elementwise ops (norms, softmax, activations) not counted")
     t = result["throughput"]
@@ -81,6 +85,9 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -
         mfu = "n/a" if t["mfu"] is None else f"{100 * t['mfu']:.1f}%"
         hfu = "n/a" if t["hfu"] is None else f"{100 * t['hfu']:.1f}%"
         print(f"  MFU / HFU:                 {mfu} / {hfu}   (peak: {result['peak']['source']})")
+        warning = above_peak_warning(t["hfu"], run, result["world_size_source"])
+        if warning:
+            print(f"  WARNING: {warning}")
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
             label = f"{fork} fork would log:"
@@ -88,6 +95,19 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")
+
+
+def above_peak_warning(hfu, run, world_size_source) -> str:
+    """Why an MFU/HFU above 100 % cannot be right, naming the likely cause ("" when ≤ 100 %)."""
+    if hfu is None or hfu <= 1.0:
+        return ""
+    causes = []
+    if world_size_source is None:
+        causes.append(f"the world size was assumed ({run.world_size}): give --world-size")
+    if run.dtype in ("fp32", "tf32"):
+        causes.append(f"the peak is the {run.dtype} one: --bf16 or --fp16 missing?")
+    causes.append("or the peak (--gpu / --peak-tflops) is wrong")
+    return f"HFU {100 * hfu:.0f}% exceeds the peak: " + "; ".join(causes)
 
 
 def estimate_main(argv: List[str]) -> int:
@@ -98,17 +118,26 @@ def estimate_main(argv: List[str]) -> int:
     add_peak_arguments(parser)
     parser.add_argument("--causal", action="store_true",
                         help="count half of the attention score and A·V products")
-    parser.add_argument("--train-tokens", type=positive(float, "--train-tokens"),
-                        help="token budget for a training-time estimate")
-    parser.add_argument("--tflops-per-gpu", type=positive(float, "--tflops-per-gpu"),
+    # not --train-tokens: that is the run's own flag in both forks (read as FLOP-neutral)
+    parser.add_argument("--plan-tokens", type=positive(float, "--plan-tokens"),
+                        dest="train_tokens", help="token budget for a training-time estimate")
+    parser.add_argument("--plan-tflops-per-gpu", type=positive(float, "--plan-tflops-per-gpu"),
+                        dest="tflops_per_gpu",
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args, model, run = parse_command(parser, argv)
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
                                           args.peak_tflops, args.causal, args.train_tokens,
                                           args.tflops_per_gpu)
+    from ..megatron.args import world_size_note
+    result["world_size_source"] = getattr(args, "_world_size_source", "--world-size")  # None: assumed
     if args.json:
         print(json.dumps(result))
+        warning = above_peak_warning((result["throughput"] or {}).get("hfu"), run,
+                                     result["world_size_source"])
+        if warning:
+            print(f"megatron-flops: warning: {warning}", file=sys.stderr)
     else:
-        _print_estimate(result, model, run, breakdown, params, args.causal)
+        _print_estimate(result, model, run, breakdown, params, args.causal,
+                        world_size_note(args, run))
     return EXIT_OK
