@@ -46,12 +46,12 @@ def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool 
     ignored = ignored_flags(unknown)
     stray = [u for u in unknown if not u.startswith("-")]
     report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
+    model, run = shapes_from_args(args)  # before printing: an error stays one line
     if not quiet:
         for line in report.lines():
             print(line, file=sys.stderr)
     if stray and not ignored and not quiet and not all(s.endswith(".py") for s in stray):
         print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
-    model, run = shapes_from_args(args)
     return args, model, run
 
 

@@ -40,8 +40,7 @@ class Shell:
 
     def sub(self, text):
         text = self._arithmetic(text)
-        text = re.sub(r"\$\(([^()]*)\)|`([^`]*)`",
-                      lambda m: f"<unresolved:$({(m.group(1) or m.group(2) or '').strip()})>", text)
+        text = self._commands(text)
 
         def var(m):
             name = m.group(1) or m.group(2)
@@ -60,6 +59,22 @@ class Shell:
             return f"<unresolved:${name}>"
         return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+|[@*#?])",
                       lambda m: var(_Match(m.group(1) or m.group(3), None, m.group(2))), text)
+
+    def _commands(self, text):
+        """Replace every ``$( … )`` (nested parentheses allowed) and backtick by a marker."""
+        text = re.sub(r"`[^`]*`", "<unresolved:command>", text)
+        while True:
+            start = text.find("$(")
+            if start < 0:
+                return text
+            depth, i = 0, start + 1
+            while i < len(text):
+                depth += (text[i] == "(") - (text[i] == ")")
+                if depth == 0:
+                    break
+                i += 1
+            self.unresolved.add(text[start:i + 1])
+            text = text[:start] + "<unresolved:command>" + text[i + 1:]
 
     def _arithmetic(self, text):
         """Replace every ``$(( … ))`` (nested parentheses allowed) by its integer value."""
@@ -81,8 +96,8 @@ class Shell:
             expr = re.sub(r"\b[A-Za-z_]\w*\b",
                           lambda m: self.vars.get(m.group(0), f"<unresolved:{m.group(0)}>"), expr)
             if "<unresolved" in expr or not re.fullmatch(r"[\d\s+\-*/%()]+", expr):
-                self.unresolved.add(f"arithmetic {inner.strip()}")
-                value = f"<unresolved:arithmetic {inner.strip()}>"
+                self.unresolved.add(f"$(({inner.strip()}))")
+                value = "<unresolved:arithmetic>"
             else:
                 value = str(eval(expr.replace("/", "//")))  # integer shell arithmetic
             text = text[:start] + value + text[i + 1:]
