@@ -148,3 +148,121 @@ def test_bloom_176b_and_its_reshaped_restarts_are_accepted(outcomes):
     assert pp72 and all("72" == e["flags"][e["flags"].index("--pipeline-model-parallel-size") + 1]
                         for e in pp72)
     assert all(outcomes[e["source"], e["path"]][0] == 0 for e in pp72)
+
+
+# ---- the rules behind the corpus, each on a small shape with a hand count ---------------------
+
+SMALL = ["--num-layers", "10", "--hidden-size", "64", "--num-attention-heads", "4",
+         "--seq-length", "32", "--vocab-size", "1000"]
+S, H = 32, 64
+LAYER_FORWARD = 24 * S * H * H + 4 * S * S * H  # one default layer, one sample (dense attention)
+
+
+def estimate_json(argv, capsys):
+    code = main(["estimate", *SMALL, *argv, "--json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def recompute_flops(result):
+    return sum(c["recompute"] for c in result["components"])
+
+
+def test_megatron_pipeline_needs_divisible_layers_deepspeed_does_not(capsys):
+    code, _, err = estimate_json(["--pipeline-model-parallel-size", "4"], capsys)
+    assert code == 2 and "--pipeline-model-parallel-size (4) must divide --num-layers (10)" in err
+    # DeepSpeed's PipelineModule partitions 10 layers on 4 (or 12) stages itself
+    for pp in ("4", "12"):
+        code, result, err = estimate_json(["--pipeline-model-parallel-size", pp, "--deepspeed"], capsys)
+        assert code == 0, err
+
+
+def test_deepspeed_pipeline_ignores_block_recompute_as_the_hook_does(capsys):
+    block = ["--recompute-granularity", "full", "--recompute-method", "block",
+             "--recompute-num-layers", "1", "--pipeline-model-parallel-size", "2"]
+    code, result, _ = estimate_json(block + ["--deepspeed"], capsys)
+    assert recompute_flops(result) == 0  # the pipe model recomputes nothing with block
+    code, result, _ = estimate_json(block, capsys)  # Megatron's own pipeline: 1 layer per stage
+    assert recompute_flops(result) == 2 * LAYER_FORWARD
+    code, result, _ = estimate_json(["--checkpoint-activations", "--deepspeed"], capsys)
+    assert recompute_flops(result) == 10 * LAYER_FORWARD
+    # the hook's accounting reads the same namespace the same way
+    from megatron_flops.megatron.calculator import pipeline_model_recompute as hook_rule
+    ns, _ = parse_megatron_args(SMALL + block + ["--deepspeed"])
+    _, run = shapes_from_args(ns)
+    assert hook_rule(ns, run.recompute) == run.recompute
+
+
+def test_block_recompute_per_real_stage_with_uneven_megatron_lm_stages(capsys):
+    # 10 layers, PP 3, first stage 2 layers -> stages (2, 4, 4); block 3 recomputes
+    # min(3,2) + 3 + 3 = 8 layers
+    code, result, err = estimate_json([
+        "--pipeline-model-parallel-size", "3", "--decoder-first-pipeline-num-layers", "2",
+        "--recompute-granularity", "full", "--recompute-method", "block",
+        "--recompute-num-layers", "3"], capsys)
+    assert code == 0, err
+    assert recompute_flops(result) == 8 * LAYER_FORWARD
+    code, _, err = estimate_json(["--pipeline-model-parallel-size", "3",
+                                  "--decoder-first-pipeline-num-layers", "3"], capsys)
+    assert code == 2 and "--decoder-first/last-pipeline-num-layers" in err
+
+
+def test_pr_moe_adds_a_dense_mlp_and_a_coefficient(capsys):
+    # microsoft fork --mlp-type residual -> DeepSpeed MoE(use_residual=True): the expert MLP
+    # template kept as `mlp` (dense, every token) and `coefficient = Linear(h, 2)`
+    moe = ["--num-experts", "8", "--expert-interval", "2", "--topk", "1"]
+    code, standard, _ = estimate_json(moe, capsys)
+    code, residual, err = estimate_json(moe + ["--mlp-type", "residual"], capsys)
+    assert code == 0, err
+    moe_layers = 10 // 2
+    dense_mlp_forward = 2 * S * H * 4 * H * 2          # up and down
+    coefficient_forward = 2 * S * H * 2
+    extra = moe_layers * (dense_mlp_forward + coefficient_forward)
+    assert residual["flops_per_iteration"]["model"] - standard["flops_per_iteration"]["model"] == 3 * extra
+    dense_mlp_params = H * 4 * H + 4 * H + 4 * H * H + H
+    assert residual["parameters"] - standard["parameters"] == moe_layers * (dense_mlp_params + 2 * H + 2)
+    code, _, err = estimate_json(moe + ["--mlp-type", "pyramid"], capsys)
+    assert code == 2 and "--mlp-type" in err
+
+
+def test_per_layer_expert_lists(capsys):
+    # microsoft get_num_experts_per_layer: one value per MoE layer (layers 2, 4, …, 10)
+    code, result, err = estimate_json(["--num-experts", "2", "2", "4", "4", "8"], capsys)
+    assert code == 0, err
+    router = {c["name"]: c for c in result["components"]}["moe_router"]["forward"]
+    assert router == 2 * S * H * (2 + 2 + 4 + 4 + 8)
+    code, _, err = estimate_json(["--num-experts", "2", "4"], capsys)
+    assert code == 2 and "--num-experts" in err
+
+
+def test_ulysses_sequence_parallel_divides_the_data_parallel_size(capsys):
+    # microsoft arguments.py: data_parallel_size = world / (PP × TP × ds_sequence_parallel_size)
+    code, result, err = estimate_json(["--ds-sequence-parallel-size", "4", "--world-size", "32",
+                                       "--tensor-model-parallel-size", "2",
+                                       "--micro-batch-size", "2"], capsys)
+    assert code == 0, err
+    assert result["batch_size"] == 2 * (32 // (2 * 4))
+    code, _, err = estimate_json(["--ds-sequence-parallel-size", "3", "--world-size", "8"], capsys)
+    assert code == 2 and "--world-size (8) must be a multiple" in err
+
+
+def test_world_size_from_the_launcher_or_said_to_be_assumed(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    code, result, _ = estimate_json([], capsys)
+    assert result["world_size"] == 16 and result["world_size_source"] == "WORLD_SIZE in the environment"
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["estimate", *SMALL, "--tensor-model-parallel-size", "2",
+                 "--iteration-time", "1", "--gpu", "a100", "--bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "world size 2 ASSUMED" in out and "give --world-size" in out
+
+
+def test_an_mfu_above_100_percent_names_the_likely_cause(capsys):
+    # 1e-9 s per iteration on fp32: far above any peak
+    assert main(["estimate", *SMALL, "--iteration-time", "1e-9", "--gpu", "a100"]) == 0
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warning) == 1
+    assert "world size was assumed" in warning[0] and "fp32" in warning[0] and "--bf16" in warning[0]
+    assert main(["estimate", *SMALL, "--iteration-time", "100", "--gpu", "a100"]) == 0
+    assert "WARNING" not in capsys.readouterr().out

@@ -215,8 +215,8 @@ def megatron_stage_layers(ns, num_layers: int, pp: int) -> Optional[Tuple[int, .
     if rest < 0 or middle_stages < 0 or (middle_stages == 0 and rest) or \
             (middle_stages and rest % middle_stages):
         raise ShapeError(
-            f"--num-layers ({num_layers}) minus the first/last stage layers ({sum(fixed)}) must "
-            f"divide evenly over the other {middle_stages} pipeline stages",
+            f"--num-layers ({num_layers}) minus the --decoder-first/last-pipeline-num-layers "
+            f"({sum(fixed)}) must divide evenly over the other {middle_stages} pipeline stages",
             "--decoder-first-pipeline-num-layers")
     share = rest // middle_stages if middle_stages else 0
     stages = [share] * middle_stages
