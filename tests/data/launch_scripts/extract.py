@@ -33,6 +33,16 @@ def git(repo, *args):
                           check=True, capture_output=True, text=True).stdout
 
 
+def closing_paren(text, open_index):
+    """Index of the parenthesis that closes the one at ``open_index`` (or the end of ``text``)."""
+    depth = 0
+    for i in range(open_index, len(text)):
+        depth += (text[i] == "(") - (text[i] == ")")
+        if depth == 0:
+            return i
+    return len(text)
+
+
 class Shell:
     def __init__(self):
         self.vars = {"SLURM_JOB_ID": "<unresolved:SLURM_JOB_ID>"}
@@ -67,12 +77,7 @@ class Shell:
             start = text.find("$(")
             if start < 0:
                 return text
-            depth, i = 0, start + 1
-            while i < len(text):
-                depth += (text[i] == "(") - (text[i] == ")")
-                if depth == 0:
-                    break
-                i += 1
+            i = closing_paren(text, start + 1)
             self.unresolved.add(text[start:i + 1])
             text = text[:start] + "<unresolved:command>" + text[i + 1:]
 
@@ -82,15 +87,7 @@ class Shell:
             start = text.find("$((")
             if start < 0:
                 return text
-            depth, i = 0, start + 1
-            while i < len(text):
-                if text[i] == "(":
-                    depth += 1
-                elif text[i] == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                i += 1
+            i = closing_paren(text, start + 1)
             inner = text[start + 3:i - 1]
             expr = self.sub(inner)
             expr = re.sub(r"\b[A-Za-z_]\w*\b",
