@@ -187,10 +187,14 @@ def test_deepspeed_pipeline_ignores_block_recompute_as_the_hook_does(capsys):
     code, result, _ = estimate_json(["--checkpoint-activations", "--deepspeed"], capsys)
     assert recompute_flops(result) == 10 * LAYER_FORWARD
     # the hook's accounting reads the same namespace the same way
+    import argparse
     from megatron_flops.megatron.calculator import pipeline_model_recompute as hook_rule
-    ns, _ = parse_megatron_args(SMALL + block + ["--deepspeed"])
-    _, run = shapes_from_args(ns)
-    assert hook_rule(ns, run.recompute) == run.recompute
+    from megatron_flops.shapes import Recompute
+    ns, _ = parse_megatron_args(SMALL + block)
+    fork_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k != "_cli"},
+                                   deepspeed=True)  # what the fork's parser hands the hook
+    _, fork_run = shapes_from_args(fork_args)
+    assert fork_run.recompute == hook_rule(fork_args, Recompute("full", "block", 1)) == Recompute()
 
 
 def test_block_recompute_per_real_stage_with_uneven_megatron_lm_stages(capsys):

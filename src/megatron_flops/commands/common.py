@@ -34,7 +34,9 @@ class Parser(argparse.ArgumentParser):
 
 def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
     from ..megatron.args import add_megatron_arguments
-    parser = Parser(prog=f"megatron-flops {prog}", description=description, allow_abbrev=False)
+    # "resolve": a command may define a Megatron flag for itself (the demo's --deepspeed)
+    parser = Parser(prog=f"megatron-flops {prog}", description=description, allow_abbrev=False,
+                    conflict_handler="resolve")
     add_megatron_arguments(parser)
     return parser
 

@@ -161,7 +161,11 @@ def deepspeed_pipeline(ns) -> bool:
     layers, and DeepSpeed refuses none of it.  Megatron's "layers divisible by stages" rule
     belongs to its own pipeline only.
     """
-    return bool(getattr(ns, "deepspeed", False)) and not getattr(ns, "no_pipeline_parallel", False)
+    # a pasted command line's --deepspeed has its own destination, so that a command that
+    # defines --deepspeed for itself (the demo: DeepSpeed's engine, no pipeline model) overrides
+    # it (``conflict_handler="resolve"``) without meaning the pipeline model
+    name = "deepspeed_pipeline_model" if getattr(ns, "_cli", False) else "deepspeed"
+    return bool(getattr(ns, name, False)) and not getattr(ns, "no_pipeline_parallel", False)
 
 
 def pipeline_model_recompute(ns, recompute: Recompute) -> Recompute:
@@ -392,9 +396,6 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     num_experts, interval, from_first = _experts(ns)
     untie = bool(get("untie_embeddings_and_output_weights", False))
     max_positions = get("max_position_embeddings", seq_length)
-    if max_positions < seq_length and getattr(ns, "_cli", False):
-        raise ShapeError(f"--max-position-embeddings ({max_positions}) must be at least "
-                         f"--seq-length ({seq_length})", "--max-position-embeddings")
     model = ModelShape(
         num_layers=ns.num_layers,
         hidden_size=hidden,
@@ -513,7 +514,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--embed-layernorm", action="store_true")
     add("--fp16", action="store_true")
     add("--bf16", action="store_true")
-    add("--deepspeed", action="store_true", help="the fork builds DeepSpeed's pipeline model")
+    add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model",
+        help="the fork builds DeepSpeed's pipeline model")
     add("--no-pipeline-parallel", action="store_true")
     add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
     add("--context-parallel-size", type=int, help="Megatron-LM: context parallel")
