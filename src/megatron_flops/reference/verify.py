@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..components import component_names
 from ..flops import flops_breakdown
-from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
+from ..shapes import NO_RECOMPUTE, ModelShape, Recompute, ShapeError
 from .model import CARRIES, ReferenceGPT
 
 PHASES = ("forward", "backward", "recompute")
@@ -228,6 +228,9 @@ def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
                 meta: Optional[bool] = None, seed: int = 0):
     """Run one forward+backward of the reference GPT; return (counter, mode)."""
+    if model.moe_residual:
+        raise ShapeError("--mlp-type residual (PR-MoE) is not built by the reference GPT: "
+                         "verify counts standard MoE layers only", "--mlp-type")
     if meta is None:
         meta = choose_meta(model, seq_length, batch_size, recompute, pipeline_parallel_size)
     device = torch.device("meta") if meta else torch.device("cpu")
