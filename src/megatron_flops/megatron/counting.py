@@ -305,13 +305,10 @@ class CountResult(NamedTuple):
         raise KeyError(name)
 
     def mismatches(self, tolerance: float = 0.0) -> List[Row]:
-        """Rows with a phase off by more than ``tolerance`` × the row's formula total."""
-        out = []
-        for row in self.rows:
-            allowed = tolerance * row.analytic_total
-            if any(abs(row.counted[p] - row.analytic[p]) > allowed for p in PHASES):
-                out.append(row)
-        return out
+        """Rows with a phase off by more than ``tolerance`` × that phase's formula FLOPs."""
+        return [row for row in self.rows
+                if any(abs(row.counted[p] - row.analytic[p]) > tolerance * row.analytic[p]
+                       for p in PHASES)]
 
     def passes(self, tolerance: float = 0.0) -> bool:
         return (self.comparable is None and not self.mismatches(tolerance)
