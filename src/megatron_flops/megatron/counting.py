@@ -47,7 +47,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..flops import COMPONENTS, flops_breakdown
+from ..components import component_names
+from ..flops import flops_breakdown
 from ..shapes import ModelShape, Recompute
 from ..reference.verify import _TAG, PHASES, UNATTRIBUTED, ComponentFlopCounter, Row, _grad_fns
 
@@ -384,9 +385,10 @@ def count_step(step: Callable[[], object], shape: ModelShape, rules: Sequence[Na
     formula = {c.name: {"forward": c.forward, "backward": c.backward, "recompute": c.recompute}
                for c in breakdown}
     counted_names = {name for name, _ in counter.counted}
+    unknown = tuple(sorted(counted_names - set(component_names()) - {UNATTRIBUTED}))
     rows = tuple(Row(name, {p: counter.counted.get((name, p), 0) for p in PHASES},
                      formula.get(name, dict.fromkeys(PHASES, 0)))
-                 for name in COMPONENTS + (UNATTRIBUTED,)
+                 for name in component_names() + unknown + (UNATTRIBUTED,)
                  if name in formula or name in counted_names)
     result = CountResult(rows, counter.get_total_flops(), tuple(sorted(counter.uncountable.items())),
                          tuple(dict.fromkeys(counter.problems)), seconds, batch_size, seq_length,
