@@ -25,6 +25,8 @@ COMMANDS = {
               "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),
     "relog": ("megatron_flops.logs.relog", "relog_main",
               "true TFLOP/s, MFU and the logged TFLOPs' error for a past run's log or TensorBoard run"),
+    "compare": ("megatron_flops.commands.compare", "compare_main",
+                "steady-state throughput of two runs: exit 1 when the candidate regressed"),
 }
 
 
