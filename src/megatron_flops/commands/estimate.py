@@ -6,25 +6,16 @@ from typing import List
 from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command, positive
 
 
-def estimate(model, run, iteration_seconds=None, gpu=None, peak_tflops=None, causal=False,
-             train_tokens=None, tflops_per_gpu=None) -> dict:
-    """Everything ``estimate`` reports, as the JSON object it prints."""
-    return _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
-                     tflops_per_gpu)[0]
-
-
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
               tflops_per_gpu):
     """(the JSON object, the breakdown, the parameter count): the table reuses the last two."""
-    from ..flops import flops_breakdown
     from ..hardware import resolve_peak
-    from ..legacy import legacy_tflops_for_shapes
+    from ..legacy import legacy_error, legacy_tflops_for_shapes
     from ..meter import ThroughputMeter
     from ..params import parameter_count
-    from ..planning import training_time
+    from ..planning import iteration_breakdown, training_time
 
-    breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                run.pipeline_model_parallel_size, causal)
+    breakdown = iteration_breakdown(model, run, causal)
     params = parameter_count(model)
     peak = resolve_peak(gpu, run.dtype, peak_tflops)
     result = {
@@ -53,7 +44,7 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
             "mfu": report.mfu,
             "hfu": report.hfu,
             "legacy_tflops_per_gpu": legacy,
-            "legacy_error": {k: v / hardware - 1.0 for k, v in legacy.items()},
+            "legacy_error": {k: legacy_error(v, hardware) for k, v in legacy.items()},
         }
     if train_tokens is not None or tflops_per_gpu is not None:
         if train_tokens is None or tflops_per_gpu is None:
@@ -64,7 +55,7 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
 
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -> None:
-    from ..report import summary_lines
+    from ..report import format_percent, summary_lines
     for line in summary_lines(model, run, breakdown, params):
         print(line)
     print(f"attention counted {'causal (half of QKᵀ and A·V)' if causal else 'dense (full s×s)'};"
@@ -78,13 +69,12 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -
               f"({t['tokens_per_second_per_gpu']:.1f} per GPU)")
         print(f"  model TFLOP/s per GPU:     {t['tflops_per_gpu']['model']:.2f}")
         print(f"  hardware TFLOP/s per GPU:  {t['tflops_per_gpu']['hardware']:.2f}")
-        mfu = "n/a" if t["mfu"] is None else f"{100 * t['mfu']:.1f}%"
-        hfu = "n/a" if t["hfu"] is None else f"{100 * t['hfu']:.1f}%"
-        print(f"  MFU / HFU:                 {mfu} / {hfu}   (peak: {result['peak']['source']})")
+        print(f"  MFU / HFU:                 {format_percent(t['mfu'])} / "
+              f"{format_percent(t['hfu'])}   (peak: {result['peak']['source']})")
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
             label = f"{fork} fork would log:"
-            print(f"  {label:<27}{value:.2f} TFLOPs ({100 * error:+.1f}% vs hardware)")
+            print(f"  {label:<27}{value:.2f} TFLOPs ({format_percent(error, '+.1f')} vs hardware)")
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")
