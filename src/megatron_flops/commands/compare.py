@@ -3,6 +3,7 @@ runs (argv and printing; the work is in :mod:`megatron_flops.logs.compare`)."""
 
 import json
 import os
+import sys
 from typing import List
 
 from .common import (EXIT_MISMATCH, EXIT_OK, UsageError, add_peak_arguments, command_parser,
@@ -69,9 +70,11 @@ def compare_main(argv: List[str]) -> int:
         if work.is_json_lines(path):
             records = work.read_json_lines(path)
         else:
-            records = work.read_log_records(path, model, run, peak.tflops, args.causal,
-                                            None if args.fork == "auto" else args.fork,
-                                            args.world_size is not None)
+            records, notes = work.read_log_records(path, args, model, run, peak.tflops,
+                                                   args.causal,
+                                                   None if args.fork == "auto" else args.fork)
+            for note in notes:
+                print(f"megatron-flops: {path}: {note}", file=sys.stderr)
         return work.summarise(path, records, args.warmup)
 
     runs = [load(p) for p in (args.baseline, args.candidate) if p is not None]

@@ -264,28 +264,23 @@ def markdown_table(runs: Sequence[RunSummary], model: str = "n/a", precision: st
 
 # ---- reading a run -------------------------------------------------------------------------
 
-def read_log_records(path: str, model, run, peak_tflops: Optional[float] = None,
-                     causal: bool = False, fork: Optional[str] = None,
-                     world_size_given: bool = False) -> List[dict]:
-    """A console log or TensorBoard run recomputed through relog (model flags required):
-    relog's interval records.  The world size is ``run``'s when given on the command line,
-    else the log's arguments dump's, else ``run``'s default (one replica)."""
-    import dataclasses
+def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] = None,
+                     causal: bool = False, fork: Optional[str] = None):
+    """A console log or TensorBoard run recomputed through relog's compute (the model flags
+    in ``args``, a parsed namespace): ``(interval records, notes)``; the world size is
+    settled as relog settles it (``--world-size``, else the log's arguments dump)."""
+    from itertools import chain
     from .console import ParseStats
-    from .relog import Relogger, _records
+    from .relog import read_records, relog, settle_run
     stats = ParseStats()
-    relogger, out = None, []
-    for record in _records(path, stats, fork):
-        if relogger is None:
-            logged_world = stats.arguments.get("world_size", "")
-            if not world_size_given and logged_world.isdigit():
-                run = dataclasses.replace(run, world_size=int(logged_world))
-            relogger = Relogger(model, run, peak_tflops, causal, fork)
-        interval = relogger.add(record)
-        if interval is not None:
-            item = interval.as_dict()
-            item["world_size"] = run.world_size
-            out.append(item)
-    if not out:
+    records = read_records(path, stats, fork)
+    first = next(records, None)
+    if first is None:
         raise ValueError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
-    return out
+    model, run, notes = settle_run(args, model, run, stats, first)
+    out = []
+    for interval in relog(chain((first,), records), model, run, peak_tflops, causal, fork):
+        item = interval.as_dict()
+        item["world_size"] = run.world_size
+        out.append(item)
+    return out, notes
