@@ -1,6 +1,8 @@
 """The counting engine on the fixture forks' tiny torch GPTs: every FLOP FlopCounterMode
 counts is attributed by the forks' module names, the table is exact when the formula
-describes the model, and a deliberately wrong model shows on exactly its component."""
+describes the model, and a deliberately wrong model shows on exactly its component; then the
+hook's counting mode (install(count_flops=…), the runner's --count-flops/--strict, the env
+variables) on the fixture forks' training runs."""
 
 import os
 import sys
@@ -10,7 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from megatron_flops.megatron.args import shapes_from_args  # noqa: E402
-from megatron_flops.megatron.counting import NAME_TABLES, NameRule, count_step, one  # noqa: E402
+from megatron_flops.megatron.counting import count_step  # noqa: E402
+from megatron_flops.megatron.hook import STRATEGIES  # noqa: E402
+from megatron_flops.megatron.module_names import NameRule, one  # noqa: E402
+
+NAME_TABLES = {strategy.name: strategy.module_names for strategy in STRATEGIES}
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 # l=2, h=64, n=4 (d=16), s=32, micro-batch 2, vocab 1000 padded to 1024
@@ -183,3 +189,114 @@ def test_uncountable_kernels_listed_by_name_with_calls():
     assert not result.passes()
     text = "\n".join(result.lines())
     assert "could not count" in text and "FusedDenseFunc" in text
+
+
+# ---- the hook's counting mode on the fixture runs -------------------------------------------
+
+RUN = BASE[:-2] + ["--train-iters", "4", "--log-interval", "2",
+                   "--fake-seconds-per-iteration", "1e-6"]
+
+
+def log_lines(out):
+    return [line for line in out.splitlines() if line.startswith(" iteration ")]
+
+
+def run_fixture(runner, capsys, fork, extra=(), **install):
+    """(output, SystemExit code or None) of a fixture run with the hook installed."""
+    from megatron_flops.megatron import hook
+    try:
+        return runner.run(os.path.join(FIXTURES, f"{fork}_fork"), RUN + list(extra),
+                          **install), None
+    except SystemExit as exit_:
+        hook.uninstall()
+        return capsys.readouterr().out, exit_.code
+
+
+@pytest.mark.parametrize("fork,extra", [("bigscience", ["--glu-activation", "geglu"]),
+                                        ("microsoft", ["--num-experts", "2", "--deepspeed"])])
+def test_counting_mode_prints_an_exact_table_and_training_continues(runner, capsys, fork, extra):
+    out, code = run_fixture(runner, capsys, fork, extra, count_flops=3, strict=True)
+    assert code is None, out
+    assert out.count("counting mode: iteration 3 counted") == 1
+    assert "match: every component equals the formula" in out
+    assert "unattributed 0" in out and "operators that could not be counted: none" in out
+    assert "counting took" in out
+    assert len(log_lines(out)) == 2  # iterations 2 and 4: training went on after the count
+
+
+def test_counting_mode_is_off_by_default(runner, capsys):
+    out, code = run_fixture(runner, capsys, "bigscience")
+    assert code is None and "counting mode" not in out and len(log_lines(out)) == 2
+
+
+def test_environment_variable_turns_it_on(runner, capsys, monkeypatch):
+    monkeypatch.setenv("MEGATRON_FLOPS_COUNT_FLOPS", "1")
+    out, code = run_fixture(runner, capsys, "microsoft")
+    assert code is None and "counting mode: iteration 1 counted" in out
+
+
+@pytest.mark.parametrize("bug,component", [("extra-matmul", "mlp_up"), ("ffn-size", "mlp_down")])
+def test_strict_fails_on_a_wrong_model_with_the_table_in_the_log(runner, capsys, monkeypatch,
+                                                                bug, component):
+    monkeypatch.setenv("MEGATRON_FLOPS_FIXTURE_BUG", bug)
+    out, code = run_fixture(runner, capsys, "bigscience", count_flops=2, strict=True)
+    assert code == 1
+    assert f"MISMATCH {component}" in out and "--strict" in out
+    assert "component" in out and "formula" in out  # the table is in the log
+    assert len(log_lines(out)) == 0  # the run ended right after the counted iteration 2
+
+
+def test_without_strict_a_mismatch_is_reported_and_training_continues(runner, capsys):
+    out, code = run_fixture(runner, capsys, "microsoft", BLOCK + ["--deepspeed"], count_flops=1)
+    assert code is None
+    assert "MISMATCH query: recompute counted" in out
+    assert len(log_lines(out)) == 2
+
+
+def test_tolerance_lets_a_small_difference_pass_strict(runner, capsys, monkeypatch):
+    monkeypatch.setenv("MEGATRON_FLOPS_FIXTURE_BUG", "ffn-size")  # mlp 25 % over
+    out, code = run_fixture(runner, capsys, "bigscience", count_flops=1, strict=True,
+                            tolerance="25%")
+    assert code is None, out
+    out, code = run_fixture(runner, capsys, "bigscience", count_flops=1, strict=True,
+                            tolerance=0.2)
+    assert code == 1
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_failure_of_the_counting_steps_aside_unless_strict(runner, capsys, monkeypatch, strict):
+    from megatron_flops.megatron import counting
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("deliberately broken")
+
+    monkeypatch.setattr(counting, "count_result", broken)
+    out, code = run_fixture(runner, capsys, "bigscience", count_flops=2, strict=strict)
+    assert out.count("counting mode failed in building the table") == 1
+    assert "deliberately broken" in out
+    if strict:
+        assert code == 1
+    else:
+        assert code is None and len(log_lines(out)) == 2
+        assert "samples per second" in log_lines(out)[0]
+
+
+def test_runner_options_and_exit_status(tmp_path):
+    import subprocess
+    script = os.path.join(FIXTURES, "microsoft_fork", "pretrain_gpt.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+    def launch(*options, extra=()):
+        return subprocess.run([sys.executable, "-m", "megatron_flops.run", "--local_rank=0",
+                               *options, script, *RUN, *extra], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    good = launch("--count-flops", "--strict")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "counting mode: iteration 1 counted" in good.stdout and "match:" in good.stdout
+    bad = launch("--count-flops=2", "--strict", extra=BLOCK + ["--deepspeed"])
+    assert bad.returncode == 1
+    assert "MISMATCH mlp_up: recompute" in bad.stdout
+    wrong = launch("--count-flops=two")
+    assert wrong.returncode == 2 and "--count-flops" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1

@@ -20,6 +20,8 @@ DESCRIPTION = (
 
 def compare_main(argv: List[str]) -> int:
     from ..logs import compare as work
+    from ..logs.console import FORKS
+    from ..report import parse_fraction
     parser = command_parser("compare", DESCRIPTION)
     parser.add_argument("baseline", metavar="BASELINE", help="relog --json output, console log "
                         "or TensorBoard run of the reference run")
@@ -35,7 +37,7 @@ def compare_main(argv: List[str]) -> int:
                         help="logged intervals dropped at the start of each run (default 1)")
     parser.add_argument("--min-mfu", help="fail when a run's median MFU is below this "
                         "(e.g. 40%% or 0.4; needs the peak)")
-    parser.add_argument("--fork", choices=("auto", "bigscience", "microsoft"), default="auto",
+    parser.add_argument("--fork", choices=("auto",) + FORKS, default="auto",
                         help="which fork wrote console logs (default: from each line)")
     parser.add_argument("--causal", action="store_true",
                         help="count half of the attention products (console logs and TensorBoard)")
@@ -55,8 +57,8 @@ def compare_main(argv: List[str]) -> int:
         args, model, run = parse_command(parser, argv)
     else:
         args, model, run = parser.parse_known_args(argv)[0], None, None
-    threshold = work.parse_fraction(args.threshold, "--threshold")
-    min_mfu = None if args.min_mfu is None else work.parse_fraction(args.min_mfu, "--min-mfu")
+    threshold = parse_fraction(args.threshold, "--threshold")
+    min_mfu = None if args.min_mfu is None else parse_fraction(args.min_mfu, "--min-mfu")
     if args.warmup < 0:
         raise UsageError(f"--warmup must not be negative, got {args.warmup}")
     if args.candidate is None and min_mfu is None:

@@ -22,7 +22,6 @@ The candidate *regresses* when its median of the gated metric is more than ``thr
 """
 
 import json
-import math
 import os
 import statistics
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -33,21 +32,6 @@ LABELS = {"tokens_per_second_per_gpu": "tokens/s per GPU",
           "model_tflops_per_gpu": "model TFLOP/s per GPU",
           "hardware_tflops_per_gpu": "hardware TFLOP/s per GPU",
           "mfu": "MFU", "hfu": "HFU"}
-
-
-def parse_fraction(text: str, flag: str) -> float:
-    """``"5%"`` -> 0.05, ``"0.05"`` -> 0.05; a negative or non-numeric value names ``flag``."""
-    cleaned = str(text).strip()
-    percent = cleaned.endswith("%")
-    try:
-        value = float(cleaned[:-1] if percent else cleaned)
-    except ValueError:
-        raise ValueError(f"{flag} must be a fraction (0.05) or a percentage (5%), "
-                         f"got {text!r}") from None
-    value = value / 100.0 if percent else value
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"{flag} must not be negative, got {text!r}")
-    return value
 
 
 class Spread(NamedTuple):

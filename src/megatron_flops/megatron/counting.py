@@ -14,7 +14,7 @@ that module's forward tagged.  Differences from the reference GPT, which the rea
 
 * **names, not classes.**  A module's unit is found from its qualified name (what
   ``model.named_modules()`` calls it, with any wrapper prefix such as DeepSpeed's ``module.``)
-  by the framework's :data:`NAME_TABLES` rules — ``self_attention.query_key_value``,
+  by the framework strategy's rules (:mod:`megatron_flops.megatron.module_names`) — ``self_attention.query_key_value``,
   ``mlp.dense_h_to_4h``, ``deepspeed_moe.gate.wg``, … .  Modules are seen through global
   module hooks, so the model never has to be handed over.
 * **by operator inside a module.**  The forks compute QKᵀ (``baddbmm``) and A·V (``bmm``)
@@ -51,9 +51,7 @@ from ..components import component_names
 from ..flops import flops_breakdown
 from ..shapes import ModelShape, Recompute
 from ..reference.verify import _TAG, PHASES, UNATTRIBUTED, ComponentFlopCounter, Row, _grad_fns
-
-# A unit: ((component, output columns), ...) as in the verifier, or {operator: unit}.
-Unit = Tuple[Tuple[str, int], ...]
+from .module_names import NameRule, Unit
 
 _SEEN = "megatron_flops_seen"
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
@@ -63,66 +61,6 @@ _MATMUL_WORDS = frozenset(("mm", "bmm", "gemm", "matmul", "linear", "attn", "att
 # a custom autograd function named "...Dense..." is a fused linear (apex FusedDenseFunc); a
 # dispatched aten op with "dense" is not (_local_scalar_dense, embedding_dense_backward)
 _FUNCTION_WORDS = _MATMUL_WORDS | {"dense"}
-
-
-# ---- name tables ----------------------------------------------------------------------
-
-class NameRule(NamedTuple):
-    """Modules whose qualified name ends with ``pattern`` (dotted; ``*`` is one name segment)
-    belong to ``unit(shape)``."""
-
-    pattern: str
-    unit: Callable[[ModelShape], object]
-
-
-def one(component: str) -> Callable[[ModelShape], Unit]:
-    return lambda shape: ((component, 1),)
-
-
-def fused_qkv(shape: ModelShape) -> Unit:
-    """The fused QKV projection, split by output columns: n·d query, 2·g·d keys and values."""
-    d = shape.kv_channels
-    return (("query", shape.num_attention_heads * d), ("key_value", 2 * shape.num_query_groups * d))
-
-
-def mlp_in(prefix: str) -> Callable[[ModelShape], Unit]:
-    """``dense_h_to_4h``: h -> f, or h -> 2f for a GLU (up and gate, f columns each)."""
-    def unit(shape: ModelShape) -> Unit:
-        f = shape.ffn_hidden_size
-        return ((f"{prefix}_up", f), (f"{prefix}_gate", f)) if shape.glu else ((f"{prefix}_up", 1),)
-    return unit
-
-
-def core_attention(shape: ModelShape) -> Dict[str, Unit]:
-    """QKᵀ as ``baddbmm`` (``bmm`` in some versions' scores is not used by either fork) and
-    attention·V as ``bmm``, computed inline."""
-    return {"baddbmm": (("attention_scores", 1),), "bmm": (("attention_over_values", 1),)}
-
-
-_ATTENTION = (
-    NameRule("self_attention.query_key_value", fused_qkv),
-    NameRule("self_attention.dense", one("attention_output")),
-)
-_MLP = (
-    NameRule("mlp.dense_h_to_4h", mlp_in("mlp")),
-    NameRule("mlp.dense_4h_to_h", one("mlp_down")),
-)
-
-NAME_TABLES: Dict[str, Tuple[NameRule, ...]] = {
-    # bigscience 8387ae17 megatron/model/transformer.py: ParallelAttention computes the core
-    # inline (torch.baddbmm, torch.bmm); ParallelMLP dense_h_to_4h (2f with --glu-activation)
-    "bigscience": _ATTENTION + (NameRule("self_attention", core_attention),) + _MLP,
-    # microsoft f4157bea: CoreAttention module; DeepSpeed MoE (deepspeed.moe.layer.MoE:
-    # deepspeed_moe.gate.wg router, deepspeed_moe.experts.deepspeed_experts[i] ParallelMLPs)
-    "microsoft": (
-        NameRule("deepspeed_moe.gate.wg", one("moe_router")),
-        NameRule("deepspeed_experts.*.dense_h_to_4h", mlp_in("expert")),
-        NameRule("deepspeed_experts.*.dense_4h_to_h", one("expert_down")),
-    ) + _ATTENTION + (
-        NameRule("self_attention.core_attention", core_attention),
-        NameRule("self_attention", core_attention),
-    ) + _MLP,
-}
 
 
 def _compile(pattern: str):
@@ -363,18 +301,24 @@ class CountResult(NamedTuple):
         return out
 
 
-def count_step(step: Callable[[], object], shape: ModelShape, rules: Sequence[NameRule],
-               seq_length: int, batch_size: int, recompute: Recompute,
-               pipeline_parallel_size: int = 1, tensor_parallel_size: int = 1):
-    """Run ``step()`` once under the counter; return ``(CountResult, step's return value)``.
+def counted_step(step: Callable[[], object], shape: ModelShape, rules: Sequence[NameRule]):
+    """Run ``step()`` once under the counter: ``(counter, seconds, step's return value)``.
 
-    ``batch_size`` is the samples this rank trains in the step (micro-batch × micro-batches).
+    An exception before the step starts (building the counter) means nothing ran; one from
+    inside ``step()`` is the step's own and propagates as it would without counting.
     """
-    start = time.perf_counter()
     counter = ModelFlopCounter(shape, rules)
+    start = time.perf_counter()
     with torch.utils.checkpoint.set_checkpoint_early_stop(False), counter:
         value = step()
-    seconds = time.perf_counter() - start
+    return counter, time.perf_counter() - start, value
+
+
+def count_result(counter: ModelFlopCounter, seconds: float, shape: ModelShape, seq_length: int,
+                 batch_size: int, recompute: Recompute, pipeline_parallel_size: int = 1,
+                 tensor_parallel_size: int = 1) -> CountResult:
+    """The table of a counted step: counted vs :func:`flops_breakdown` for ``batch_size``
+    samples of ``seq_length`` (the samples this rank trained: micro-batch × micro-batches)."""
     comparable = None
     if pipeline_parallel_size * tensor_parallel_size > 1:
         comparable = (f"tensor × pipeline parallel size is {tensor_parallel_size} × "
@@ -390,7 +334,15 @@ def count_step(step: Callable[[], object], shape: ModelShape, rules: Sequence[Na
                      formula.get(name, dict.fromkeys(PHASES, 0)))
                  for name in component_names() + unknown + (UNATTRIBUTED,)
                  if name in formula or name in counted_names)
-    result = CountResult(rows, counter.get_total_flops(), tuple(sorted(counter.uncountable.items())),
-                         tuple(dict.fromkeys(counter.problems)), seconds, batch_size, seq_length,
-                         recompute, comparable)
-    return result, value
+    return CountResult(rows, counter.get_total_flops(), tuple(sorted(counter.uncountable.items())),
+                       tuple(dict.fromkeys(counter.problems)), seconds, batch_size, seq_length,
+                       recompute, comparable)
+
+
+def count_step(step: Callable[[], object], shape: ModelShape, rules: Sequence[NameRule],
+               seq_length: int, batch_size: int, recompute: Recompute,
+               pipeline_parallel_size: int = 1, tensor_parallel_size: int = 1):
+    """Run ``step()`` once under the counter; return ``(CountResult, step's return value)``."""
+    counter, seconds, value = counted_step(step, shape, rules)
+    return count_result(counter, seconds, shape, seq_length, batch_size, recompute,
+                        pipeline_parallel_size, tensor_parallel_size), value
