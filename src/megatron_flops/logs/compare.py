@@ -94,12 +94,16 @@ def _metric_values(record: dict) -> Dict[str, Optional[float]]:
 
 
 def is_json_lines(path: str) -> bool:
-    """A file whose first non-blank character opens a JSON object (relog --json output)."""
+    """A file whose first line (past blank lines and relog's ``megatron-flops:`` notes)
+    opens a JSON object: relog --json output."""
     if os.path.isdir(path):
         return False
     with open(path, "rb") as stream:
-        head = stream.read(4096).lstrip()
-    return head.startswith(b"{")
+        for line in stream:
+            line = line.strip()
+            if line and not line.startswith(b"megatron-flops:"):
+                return line.startswith(b"{")
+    return False
 
 
 def read_json_lines(path: str) -> List[dict]:
@@ -108,8 +112,8 @@ def read_json_lines(path: str) -> List[dict]:
     with open(path, encoding="utf-8", errors="replace") as stream:
         for number, line in enumerate(stream, 1):
             line = line.strip()
-            if not line:
-                continue
+            if not line or line.startswith("megatron-flops:"):
+                continue  # relog's notes on stderr, when saved with 2>&1
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
