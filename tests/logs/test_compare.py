@@ -221,3 +221,25 @@ def test_real_bloom_layouts_tp4_is_a_regression_against_tp2(tmp_path, capsys):
     # the other way round it passes, with the whole 10 % as an improvement
     code, out, _ = run(capsys, cand, base, *BLOOM_FLAGS)
     assert code == 0 and "ok: candidate model TFLOP/s per GPU +" in out
+
+
+def test_tensorboard_run_reads_like_its_console_log(tmp_path, logfmt, capsys):
+    torch_tb = pytest.importorskip("torch.utils.tensorboard")
+    seconds = [5.0] + jittered(0.5, 6, 0.01, 8)
+    writer = torch_tb.SummaryWriter(log_dir=str(tmp_path / "tb"))
+    for index, sec in enumerate(seconds, 1):  # the bigscience tags, one point per interval
+        iteration = index * LOG_INTERVAL
+        writer.add_scalar("steps-vs-samples/y=samples,x=steps", iteration * BATCH, iteration,
+                          new_style=True)
+        writer.add_scalar("iteration-time/iteration-time", sec, iteration, new_style=True)
+        writer.add_scalar("iteration-time/samples per second", BATCH / sec, iteration,
+                          new_style=True)
+    writer.close()
+    log = write_log(tmp_path / "run.log", logfmt, seconds)
+    code, out, err = run(capsys, str(tmp_path / "tb"), log, *FLAGS, "--json")
+    assert code == 0, err
+    result = json.loads(out)["comparison"]
+    assert result["baseline"]["steady_intervals"] == 6
+    assert result["baseline"]["metrics"]["model_tflops_per_gpu"]["median"] == pytest.approx(
+        expected_median_tflops(logfmt, seconds[1:]), rel=1e-3)
+    assert result["change"] == pytest.approx(0.0, abs=2e-3)  # the log's times are rounded
