@@ -63,13 +63,18 @@ _MLP = (
 # inline (torch.baddbmm, torch.bmm); ParallelMLP dense_h_to_4h (2f with --glu-activation)
 BIGSCIENCE = _ATTENTION + (NameRule("self_attention", core_attention),) + _MLP
 
-# microsoft f4157bea: a CoreAttention module (older versions: inline); DeepSpeed's MoE
+# microsoft f4157bea: a CoreAttention module (older versions: inline; with Ulysses inside
+# self_attention.dist_attn, found by the self_attention rule); DeepSpeed's MoE
 # (deepspeed.moe.layer.MoE: deepspeed_moe.gate.wg is the router,
-# deepspeed_moe.experts.deepspeed_experts[i] are ParallelMLPs)
+# deepspeed_moe.experts.deepspeed_experts[i] are ParallelMLPs) and Megatron-LM's SwitchMLP
+# (--num-experts-switch: mlp.router, mlp.experts[i])
 MICROSOFT = (
     NameRule("deepspeed_moe.gate.wg", one("moe_router")),
     NameRule("deepspeed_experts.*.dense_h_to_4h", mlp_in("expert")),
     NameRule("deepspeed_experts.*.dense_4h_to_h", one("expert_down")),
+    NameRule("mlp.router", one("moe_router")),
+    NameRule("mlp.experts.*.dense_h_to_4h", mlp_in("expert")),
+    NameRule("mlp.experts.*.dense_4h_to_h", one("expert_down")),
 ) + _ATTENTION + (
     NameRule("self_attention.core_attention", core_attention),
     NameRule("self_attention", core_attention),
