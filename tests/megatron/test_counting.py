@@ -169,6 +169,36 @@ class Kernels(torch.nn.Module):
         return FusedDenseFunc.apply(x, self.weight)
 
 
+class LinearWithGradAccumulationFunc(torch.autograd.Function):
+    """Like the microsoft fork's LinearWithGradAccumulationAndAsyncCommunication: a custom
+    function whose forward and backward are torch matmuls — counted, so not listed."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return grad @ weight, grad.t() @ x
+
+
+def test_a_custom_function_that_calls_torch_matmuls_is_counted_not_listed():
+    from megatron_flops.shapes import NO_RECOMPUTE, ModelShape
+    weight = torch.nn.Parameter(torch.randn(16, 16))
+    x = torch.randn(8, 16, requires_grad=True)
+
+    def step():
+        LinearWithGradAccumulationFunc.apply(x, weight).sum().backward()
+
+    shape = ModelShape(num_layers=1, hidden_size=16, num_attention_heads=1, vocab_size=128)
+    result, _ = count_step(step, shape, (), 8, 1, NO_RECOMPUTE)
+    assert result.uncountable == ()
+    assert result.flop_counter_total == 3 * 2 * 8 * 16 * 16  # forward + two grads, by hand
+    assert result.unattributed == result.flop_counter_total  # no rule for it here: said so
+
+
 def test_uncountable_kernels_listed_by_name_with_calls():
     from megatron_flops.shapes import NO_RECOMPUTE, ModelShape
     module = Kernels()

@@ -33,7 +33,8 @@ that module's forward tagged.  Differences from the reference GPT, which the rea
   FlopCounterMode's registry whose name looks like a matmul or attention kernel (e.g.
   ``aten._scaled_dot_product_flash_attention_for_cpu``, ``flash_attn`` / Transformer
   Engine ops), and custom autograd functions with such names that bypass the dispatcher
-  (apex ``FusedDenseFunc``, ``FlashAttnFunc``), found on the autograd graph, with call counts.
+  (apex ``FusedDenseFunc``, ``FlashAttnFunc``), found on the autograd graph, with call counts
+  — unless their backward ran counted matmuls (then they dispatch to torch and are counted).
 
 Every FLOP FlopCounterMode counts is attributed to a component or to ``unattributed``, so
 the table's sum equals FlopCounterMode's own total.
@@ -88,6 +89,8 @@ class ModelFlopCounter(ComponentFlopCounter):
         self.shape = shape
         self.rules = [(_compile(rule.pattern), rule.unit(shape)) for rule in rules]
         self.uncountable: Counter = Counter()
+        self.custom_functions: Counter = Counter()  # backward node name -> forward calls
+        self._counting_nodes = set()  # backward node names during which a matmul was counted
         self._names: Dict[torch.nn.Module, str] = {}
         self._module_units: Dict[torch.nn.Module, object] = {}
         self._modules: List[Tuple[torch.nn.Module, object]] = []  # every module running
@@ -165,8 +168,7 @@ class ModelFlopCounter(ComponentFlopCounter):
                 name = node.name()
                 if isinstance(node, torch.autograd.function.BackwardCFunction) \
                         and _looks_like_matmul(name, _FUNCTION_WORDS):
-                    self.uncountable[f"{_BACKWARD_SUFFIX.sub('', name)} (custom autograd "
-                                     "function, not dispatched)"] += 1
+                    self.custom_functions[name] += 1
             if unit is not None and _TAG not in metadata:
                 if isinstance(unit, dict):
                     resolved = unit.get(_BACKWARD_SUFFIX.sub("", node.name()).lower())
@@ -175,6 +177,19 @@ class ModelFlopCounter(ComponentFlopCounter):
                 else:
                     metadata[_TAG] = unit
             stack.extend(next_node for next_node, _ in node.next_functions)
+
+    def uncountable_kernels(self) -> Dict[str, int]:
+        """Name -> calls: dispatched matmul-like ops FlopCounterMode has no formula for, and
+        custom autograd functions with matmul-like names whose backward ran no counted matmul
+        (an extension kernel the dispatcher never sees; the microsoft fork's
+        ``LinearWithGradAccumulationAndAsyncCommunication`` calls torch matmuls, so is not
+        listed)."""
+        out = dict(self.uncountable)
+        for name, calls in self.custom_functions.items():
+            if name not in self._counting_nodes:
+                out[f"{_BACKWARD_SUFFIX.sub('', name)} (custom autograd function, not "
+                    "dispatched)"] = calls
+        return out
 
     # -- attribution
 
@@ -187,6 +202,7 @@ class ModelFlopCounter(ComponentFlopCounter):
                 unit = unit.get(getattr(func_packet, "__name__", ""))
         else:
             phase, unit = "backward", node.metadata.get(_TAG)
+            self._counting_nodes.add(node.name())
         if unit is None and any(isinstance(a, torch.Tensor) and self.shape.vocab_size in a.shape
                                 for a in args):
             unit = (("logits", 1),)
@@ -334,7 +350,8 @@ def count_result(counter: ModelFlopCounter, seconds: float, shape: ModelShape, s
                      formula.get(name, dict.fromkeys(PHASES, 0)))
                  for name in component_names() + unknown + (UNATTRIBUTED,)
                  if name in formula or name in counted_names)
-    return CountResult(rows, counter.get_total_flops(), tuple(sorted(counter.uncountable.items())),
+    return CountResult(rows, counter.get_total_flops(),
+                       tuple(sorted(counter.uncountable_kernels().items())),
                        tuple(dict.fromkeys(counter.problems)), seconds, batch_size, seq_length,
                        recompute, comparable)
 

@@ -65,11 +65,12 @@ BIGSCIENCE = _ATTENTION + (NameRule("self_attention", core_attention),) + _MLP
 
 # microsoft f4157bea: a CoreAttention module (older versions: inline; with Ulysses inside
 # self_attention.dist_attn, found by the self_attention rule); DeepSpeed's MoE
-# (deepspeed.moe.layer.MoE: deepspeed_moe.gate.wg is the router,
+# (deepspeed.moe.layer.MoE: deepspeed_moe.gate is the router — its TopKGate calls
+# F.linear on wg.weight, not the wg module —
 # deepspeed_moe.experts.deepspeed_experts[i] are ParallelMLPs) and Megatron-LM's SwitchMLP
 # (--num-experts-switch: mlp.router, mlp.experts[i])
 MICROSOFT = (
-    NameRule("deepspeed_moe.gate.wg", one("moe_router")),
+    NameRule("deepspeed_moe.gate", one("moe_router")),  # TopKGate: F.linear(x, wg.weight)
     NameRule("deepspeed_experts.*.dense_h_to_4h", mlp_in("expert")),
     NameRule("deepspeed_experts.*.dense_4h_to_h", one("expert_down")),
     NameRule("mlp.router", one("moe_router")),
