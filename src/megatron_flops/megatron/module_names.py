@@ -45,8 +45,8 @@ def mlp_in(prefix: str) -> Callable[[ModelShape], Unit]:
 
 
 def core_attention(shape: ModelShape) -> Dict[str, Unit]:
-    """QKᵀ as ``baddbmm`` (``bmm`` in some versions' scores is not used by either fork) and
-    attention·V as ``bmm``, computed inline."""
+    """The attention core both forks compute inline with torch ops: QKᵀ is ``baddbmm``,
+    attention·V is ``bmm``."""
     return {"baddbmm": (("attention_scores", 1),), "bmm": (("attention_over_values", 1),)}
 
 
