@@ -21,7 +21,7 @@ DESCRIPTION = (
 def compare_main(argv: List[str]) -> int:
     from ..logs import compare as work
     from ..logs.console import FORKS
-    from ..report import parse_fraction
+    from ..report import format_percent, parse_fraction
     parser = command_parser("compare", DESCRIPTION)
     parser.add_argument("baseline", metavar="BASELINE", help="relog --json output, console log "
                         "or TensorBoard run of the reference run")
@@ -110,6 +110,6 @@ def compare_main(argv: List[str]) -> int:
     else:
         print("\n".join(work.single_lines(runs[0])))
     for summary in low_mfu:
-        print(f"MFU below --min-mfu: {summary.path} median {100 * summary.metrics['mfu'].median:.1f}% "
-              f"< {100 * min_mfu:g}%")
+        print(f"MFU below --min-mfu: {summary.path} median "
+              f"{format_percent(summary.metrics['mfu'].median)} < {100 * min_mfu:g}%")
     return EXIT_MISMATCH if failed else EXIT_OK

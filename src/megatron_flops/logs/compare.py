@@ -209,20 +209,20 @@ def run_line(run: RunSummary) -> str:
 
 
 def comparison_lines(result: Comparison) -> List[str]:
-    from ..report import table
+    from ..report import format_percent, table
     rows = []
     for name in METRICS:
         change = result.changes[name]
         rows.append([LABELS[name], _cell(name, result.baseline.metrics[name]),
                      _cell(name, result.candidate.metrics[name]),
-                     "n/a" if change is None else f"{100 * change:+.1f}%"])
+                     format_percent(change, "+.1f")])
     out = ["baseline  " + run_line(result.baseline), "candidate " + run_line(result.candidate),
            table(rows, ["median over steady state", "baseline", "candidate", "change"],
                  [False, True, True, True])]
     change = result.change
     verdict = "REGRESSION" if result.regressed else "ok"
-    out.append(f"{verdict}: candidate {LABELS[result.metric]} {100 * change:+.1f}% vs baseline "
-               f"(fails below -{100 * result.threshold:g}%)")
+    out.append(f"{verdict}: candidate {LABELS[result.metric]} {format_percent(change, '+.1f')} "
+               f"vs baseline (fails below -{100 * result.threshold:g}%)")
     return out
 
 

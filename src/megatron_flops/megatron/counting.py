@@ -14,7 +14,8 @@ that module's forward tagged.  Differences from the reference GPT, which the rea
 
 * **names, not classes.**  A module's unit is found from its qualified name (what
   ``model.named_modules()`` calls it, with any wrapper prefix such as DeepSpeed's ``module.``)
-  by the framework strategy's rules (:mod:`megatron_flops.megatron.module_names`) — ``self_attention.query_key_value``,
+  by the framework strategy's rules (:mod:`megatron_flops.megatron.module_names`) —
+  ``self_attention.query_key_value``,
   ``mlp.dense_h_to_4h``, ``deepspeed_moe.gate.wg``, … .  Modules are seen through global
   module hooks, so the model never has to be handed over.
 * **by operator inside a module.**  The forks compute QKᵀ (``baddbmm``) and A·V (``bmm``)
@@ -274,7 +275,8 @@ class CountResult(NamedTuple):
         return {"components": [r.to_dict() for r in self.rows],
                 "counted_total": self.counted_total, "formula_total": self.formula_total,
                 "unattributed": self.unattributed, "flop_counter_total": self.flop_counter_total,
-                "uncountable": [{"operator": name, "calls": calls} for name, calls in self.uncountable],
+                "uncountable": [{"operator": name, "calls": calls}
+                                for name, calls in self.uncountable],
                 "problems": list(self.problems), "seconds": self.seconds,
                 "batch_size": self.batch_size, "seq_length": self.seq_length,
                 "comparable": self.comparable}
