@@ -14,10 +14,9 @@ that module's forward tagged.  Differences from the reference GPT, which the rea
 
 * **names, not classes.**  A module's unit is found from its qualified name (what
   ``model.named_modules()`` calls it, with any wrapper prefix such as DeepSpeed's ``module.``)
-  by the framework strategy's rules (:mod:`megatron_flops.megatron.module_names`) —
-  ``self_attention.query_key_value``,
-  ``mlp.dense_h_to_4h``, ``deepspeed_moe.gate.wg``, … .  Modules are seen through global
-  module hooks, so the model never has to be handed over.
+  by the framework strategy's rules (:mod:`megatron_flops.megatron.module_names`):
+  ``self_attention.query_key_value``, ``mlp.dense_h_to_4h``, ``deepspeed_moe.gate``, … .
+  Modules are seen through global module hooks, so the model never has to be handed over.
 * **by operator inside a module.**  The forks compute QKᵀ (``baddbmm``) and A·V (``bmm``)
   inline in the attention module's forward (bigscience) or in ``core_attention``
   (microsoft); such a rule maps operator names to components, in the backward pass through
