@@ -120,19 +120,19 @@ LAYER_COMPONENTS = ["attention_output", "attention_over_values", "attention_scor
                     "key_value", "mlp_down", "mlp_up", "query"]
 
 
-@pytest.mark.parametrize("how", ["bug", "pipeline model"])
-def test_block_recompute_ignored_caught_in_recompute(how, monkeypatch):
-    if how == "bug":
+@pytest.mark.parametrize("how,recomputed_layers", [("bug", 2), ("pipeline model", 0)])
+def test_block_recompute_ignored_caught_in_recompute(how, recomputed_layers, monkeypatch):
+    if how == "bug":  # every layer checkpointed whatever the method
         result = count_fixture("microsoft", BLOCK, bug="ignore-block-recompute",
                                monkeypatch=monkeypatch)
-    else:  # what the fork's DeepSpeed pipeline model really does
+    else:  # what the fork's DeepSpeed pipeline model does at f4157bea: no recompute at all
         result = count_fixture("microsoft", BLOCK + ["--deepspeed"])
     assert names(result.mismatches()) == LAYER_COMPONENTS
     for row in result.mismatches():
         assert row.counted["forward"] == row.analytic["forward"]
         assert row.counted["backward"] == row.analytic["backward"]
-        # block recomputes layer 1 of 2; the model recomputed both
-        assert row.counted["recompute"] == 2 * row.analytic["recompute"]
+        # block recomputes layer 1 of 2 (the formula); the model recomputed 2 or 0 layers
+        assert row.counted["recompute"] == recomputed_layers * row.analytic["recompute"]
     assert result["logits"].counted == result["logits"].analytic
 
 
@@ -276,11 +276,22 @@ def test_strict_fails_on_a_wrong_model_with_the_table_in_the_log(runner, capsys,
     assert len(log_lines(out)) == 0  # the run ended right after the counted iteration 2
 
 
-def test_without_strict_a_mismatch_is_reported_and_training_continues(runner, capsys):
-    out, code = run_fixture(runner, capsys, "microsoft", BLOCK + ["--deepspeed"], count_flops=1)
+def test_without_strict_a_mismatch_is_reported_and_training_continues(runner, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("MEGATRON_FLOPS_FIXTURE_BUG", "ignore-block-recompute")
+    out, code = run_fixture(runner, capsys, "microsoft", BLOCK, count_flops=1)
     assert code is None
-    assert "MISMATCH query: recompute counted" in out
+    assert "MISMATCH query: recompute counted 1,048,576 formula 524,288" in out
     assert len(log_lines(out)) == 2
+
+
+def test_the_hooks_pipeline_model_accounting_is_what_the_pipeline_model_executes(runner, capsys):
+    # the hook counts no recompute for block in the DeepSpeed pipeline model
+    # (calculator.pipeline_model_recompute); the counted model agrees, component by component
+    out, code = run_fixture(runner, capsys, "microsoft", BLOCK + ["--deepspeed"], count_flops=1,
+                            strict=True)
+    assert code is None, out
+    assert "recompute none" in out and "match: every component" in out
 
 
 def test_tolerance_lets_a_small_difference_pass_strict(runner, capsys, monkeypatch):
@@ -324,7 +335,8 @@ def test_runner_options_and_exit_status(tmp_path):
     good = launch("--count-flops", "--strict")
     assert good.returncode == 0, good.stdout + good.stderr
     assert "counting mode: iteration 1 counted" in good.stdout and "match:" in good.stdout
-    bad = launch("--count-flops=2", "--strict", extra=BLOCK + ["--deepspeed"])
+    env["MEGATRON_FLOPS_FIXTURE_BUG"] = "ignore-block-recompute"
+    bad = launch("--count-flops=2", "--strict", extra=BLOCK)
     assert bad.returncode == 1
     assert "MISMATCH mlp_up: recompute" in bad.stdout
     wrong = launch("--count-flops=two")
