@@ -72,9 +72,11 @@ class ComponentFlopCounter(FlopCounterMode):
     ``counter.phase = "backward"`` before calling ``backward()``.
     """
 
-    def __init__(self, gpt: ReferenceGPT):
+    def __init__(self, gpt: Optional[ReferenceGPT] = None,
+                 units: Optional[Dict[nn.Module, Tuple[Tuple[str, int], ...]]] = None):
+        # ``units`` instead of ``gpt``: another model's leaf modules (the counting mode)
         super().__init__(display=False)
-        self.units = component_units(gpt)
+        self.units = component_units(gpt) if units is None else units
         self.phase = "forward"
         self.counted: Dict[Tuple[str, str], int] = defaultdict(int)
         self.problems: List[str] = []

@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Type
 
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
+from .count_mode import CountingMode, CountSettings
 
 UNKNOWN = "unknown"
 FORK_MARKER = "_megatron_flops_fork"  # on a patched training module: the strategy's name
@@ -35,6 +36,8 @@ class MegatronHook:
         self.out = out  # a stream for messages (None: sys.stdout at print time)
         self.accounts = calc.AccountingCache(settings)
         self.interval: Optional[Interval] = None
+        self.counting = CountSettings()          # the counting mode's settings (off)
+        self.counting_mode: Optional[CountingMode] = None
         self._summary_done = False
         self._originals = {}
 
@@ -98,6 +101,9 @@ class MegatronHook:
             self.strategy = strategy = found(self, training)
             self.fork = strategy.name
             strategy.install()
+            if self.counting.iteration is not None:
+                self.counting_mode = CountingMode(self, self.counting)
+                self.counting_mode.install(training)
             self._wrap_print(training)
             self._wrap_training_log(training)
             setattr(training, FORK_MARKER, strategy.name)
