@@ -6,7 +6,9 @@ heads (query groups), ``f`` FFN size (one branch for a GLU), ``V`` padded vocabu
 ``E`` experts and ``k`` experts per token in an MoE layer.
 
 A matmul of an ``(m × K)`` by a ``(K × N)`` matrix costs ``2·m·K·N`` FLOPs (one multiply,
-one add).  Every component below is written as the matmul it comes from.  The backward pass
+one add).  The components and their formulas are declared once, in
+:mod:`megatron_flops.components` (its docstring decomposes a layer's 24·s·h² + 4·s²·h into
+them); this module sums them over layers, samples and passes.  The backward pass
 of a matmul computes two matmuls of the same size (gradient w.r.t. input and w.r.t. weight),
 so backward = 2 × forward for every component.  Elementwise work (norms, softmax,
 activations, rotary, dropout, residual adds) is not counted, as in every peer formula.
@@ -17,119 +19,32 @@ never the logits layer) or the attention scores and attention·V of every layer 
 """
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Tuple
 
+from . import components
+from .components import ONCE, REGISTRY
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
-# The components in the order they appear in a layer; a reader of a breakdown table sees the
-# forward pass top to bottom.
-COMPONENTS = (
-    "query",
-    "key_value",
-    "attention_scores",
-    "attention_over_values",
-    "attention_output",
-    "mlp_up",
-    "mlp_gate",
-    "mlp_down",
-    "moe_router",
-    "expert_up",
-    "expert_gate",
-    "expert_down",
-    "logits",
-)
 
-ATTENTION_CORE = ("attention_scores", "attention_over_values")
-
-DESCRIPTIONS = {
-    "query": "Q projection  [T × h]·[h × n·d]",
-    "key_value": "K and V projections  [T × h]·[h × 2·g·d]",
-    "attention_scores": "scores Q·Kᵀ  B·n × [s × d]·[d × s]",
-    "attention_over_values": "attention·V  B·n × [s × s]·[s × d]",
-    "attention_output": "output projection  [T × n·d]·[n·d × h]",
-    "mlp_up": "MLP up  [T × h]·[h × f]",
-    "mlp_gate": "MLP gate (GLU)  [T × h]·[h × f]",
-    "mlp_down": "MLP down  [T × f]·[f × h]",
-    "moe_router": "MoE router  [T × h]·[h × E]",
-    "expert_up": "experts up  k × [T × h]·[h × f]",
-    "expert_gate": "experts gate (GLU)  k × [T × h]·[h × f]",
-    "expert_down": "experts down  k × [T × f]·[f × h]",
-    "logits": "logits  [T × h]·[h × V]",
-}
-
-
-def matmul_flops(m: int, k: int, n: int) -> int:
-    """FLOPs of an ``(m × k)·(k × n)`` matrix product."""
-    return 2 * m * k * n
-
-
-# ---- one small formula per component, per sample (B = 1), forward only -------------------
-# Every component is linear in B, so a batch is the per-sample count times B, exactly.
-
-
-def query_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.hidden_size, model.query_projection_size)
-
-
-def key_value_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.hidden_size, 2 * model.kv_projection_size)
-
-
-def attention_scores_flops(model: ModelShape, s: int, causal: bool = False) -> int:
-    full = model.num_attention_heads * matmul_flops(s, model.kv_channels, s)
-    return full // 2 if causal else full
-
-
-def attention_over_values_flops(model: ModelShape, s: int, causal: bool = False) -> int:
-    full = model.num_attention_heads * matmul_flops(s, s, model.kv_channels)
-    return full // 2 if causal else full
-
-
-def attention_output_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.query_projection_size, model.hidden_size)
-
-
-def mlp_up_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.hidden_size, model.ffn_hidden_size)
-
-
-def mlp_gate_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.hidden_size, model.ffn_hidden_size) if model.glu else 0
-
-
-def mlp_down_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.ffn_hidden_size, model.hidden_size)
-
-
-def moe_router_flops(model: ModelShape, s: int, num_experts: int) -> int:
-    return matmul_flops(s, model.hidden_size, num_experts)
-
-
-def logits_flops(model: ModelShape, s: int) -> int:
-    return matmul_flops(s, model.hidden_size, model.vocab_size)
+def __getattr__(attribute: str):
+    # COMPONENTS (names in table order) and DESCRIPTIONS, derived live from the registry
+    if attribute in ("COMPONENTS", "DESCRIPTIONS"):
+        return getattr(components, attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: bool = False) -> Dict[str, int]:
-    """Forward FLOPs of one transformer layer for one sample, by component."""
-    terms = {
-        "query": query_flops(model, s),
-        "key_value": key_value_flops(model, s),
-        "attention_scores": attention_scores_flops(model, s, causal),
-        "attention_over_values": attention_over_values_flops(model, s, causal),
-        "attention_output": attention_output_flops(model, s),
-    }
+    """Forward FLOPs of one transformer layer for one sample, by component.
+
+    Every registered component that occurs in this layer (dense or MoE) has an entry, zero
+    included (``mlp_gate`` without a GLU).  ``causal`` halves the attention core.
+    """
     experts = model.experts_in_layer(layer_index)
-    if experts == 1:
-        terms["mlp_up"] = mlp_up_flops(model, s)
-        terms["mlp_gate"] = mlp_gate_flops(model, s)
-        terms["mlp_down"] = mlp_down_flops(model, s)
-    else:
-        # every token visits top-k experts, each a full MLP (no capacity dropping counted)
-        k = model.moe_topk
-        terms["moe_router"] = moe_router_flops(model, s, experts)
-        terms["expert_up"] = k * mlp_up_flops(model, s)
-        terms["expert_gate"] = k * mlp_gate_flops(model, s)
-        terms["expert_down"] = k * mlp_down_flops(model, s)
+    terms = {}
+    for name, spec in REGISTRY.items():
+        if spec.in_layer(experts):
+            flops = spec.formula(model, s, experts)
+            terms[name] = flops // 2 if causal and spec.attention_core else flops
     return terms
 
 
@@ -152,7 +67,7 @@ class Component:
 
     @property
     def description(self) -> str:
-        return DESCRIPTIONS[self.name]
+        return REGISTRY[self.name].description
 
 
 @dataclass(frozen=True)
@@ -233,23 +148,23 @@ def flops_breakdown(
         raise ValueError(f"--seq-length must be a positive integer, got {seq_length}")
     if batch_size <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch_size}")
-    forward: Dict[str, int] = dict.fromkeys(COMPONENTS, 0)
-    recomputed: Dict[str, int] = dict.fromkeys(COMPONENTS, 0)
+    names = tuple(REGISTRY)
+    forward: Dict[str, int] = dict.fromkeys(names, 0)
+    recomputed: Dict[str, int] = dict.fromkeys(names, 0)
     full_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size)
     for layer in range(model.num_layers):
         terms = layer_forward_flops(model, seq_length, layer, causal)
         for name, flops in terms.items():
             forward[name] += flops
-        if layer in full_layers:
-            for name, flops in terms.items():
+            if layer in full_layers or (recompute.granularity == "selective"
+                                        and REGISTRY[name].attention_core):
                 recomputed[name] += flops
-        elif recompute.granularity == "selective":
-            for name in ATTENTION_CORE:
-                recomputed[name] += terms[name]
-    forward["logits"] = logits_flops(model, seq_length)
+    for name, spec in REGISTRY.items():
+        if spec.occurs == ONCE:  # outside the layers: never recomputed
+            forward[name] = spec.formula(model, seq_length, 1)
 
     components: List[Component] = []
-    for name in COMPONENTS:
+    for name in names:
         fwd = forward[name] * batch_size
         if fwd == 0:
             continue
@@ -291,7 +206,3 @@ class FlopsPerSample:
             cached = self._cache[seq_length] = (b.model_flops, b.hardware_flops)
         return cached
 
-
-def model_flops_per_token(model: ModelShape, seq_length: int, causal: bool = False) -> float:
-    """Model FLOPs (forward + backward) per trained token at ``seq_length``."""
-    return flops_breakdown(model, seq_length, 1, causal=causal).model_flops / seq_length

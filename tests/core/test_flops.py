@@ -241,9 +241,20 @@ def test_gqa_with_g_equal_n_is_mha(l, n, d, V, s, B, recompute):
     gqa = ModelShape(num_layers=l, hidden_size=n * d, num_attention_heads=n, vocab_size=V,
                      num_query_groups=n)
     assert flops_breakdown(mha, s, B, recompute) == flops_breakdown(gqa, s, B, recompute)
+    # by hand, MHA: K and V are each [T × h]·[h × n·d], as wide as Q -> key_value = 2 × query
+    b = flops_breakdown(gqa, s, B, recompute)
+    h = n * d
+    assert b["query"].forward == l * 2 * B * s * h * n * d
+    assert b["key_value"].forward == l * 2 * B * s * h * 2 * n * d
 
 
 def test_untied_embeddings_do_not_change_flops():
     # the logits matmul is the same whether its weight is the embedding table or its own
     assert (flops_breakdown(tiny(), 8, 2).hardware_flops
             == flops_breakdown(tiny(tie_embeddings=False), 8, 2).hardware_flops)
+    # by hand: B=2, s=8 -> T=16; logits [16 × 8]·[8 × 16] once, 3 passes, never recomputed;
+    # layers as in test_tiny_model_by_hand at T=16 (4/3 of its T=12 counts; attention at s=8)
+    untied = flops_breakdown(tiny(tie_embeddings=False), 8, 2, FULL)
+    assert untied["logits"].forward == 2 * 16 * 8 * 16
+    layer = 2 * 16 * 8 * (8 + 16 + 8 + 32 + 32) + 2 * 2 * (2 * 8 * 4 * 8) * 2
+    assert untied.hardware_flops == 4 * 2 * layer + 3 * untied["logits"].forward

@@ -1,5 +1,6 @@
 """verify fails where the formula is wrong, the CLI speaks JSON and exit codes, BLOOM verifies."""
 
+import dataclasses
 import json
 import time
 from fractions import Fraction
@@ -8,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-import megatron_flops.flops as flops
 from megatron_flops.cli import main
+from megatron_flops.components import REGISTRY
 from megatron_flops.shapes import ModelShape, Recompute
 from megatron_flops.reference.verify import choose_meta, verify
 
@@ -18,15 +19,17 @@ TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4"
         "--make-vocab-size-divisible-by", "64"]
 
 
-@pytest.mark.parametrize("formula,component", [
-    ("mlp_down_flops", "mlp_down"),
-    ("key_value_flops", "key_value"),
-    ("attention_scores_flops", "attention_scores"),
-    ("logits_flops", "logits"),
-])
-def test_a_perturbed_formula_fails_on_exactly_that_component(monkeypatch, formula, component):
-    original = getattr(flops, formula)
-    monkeypatch.setattr(flops, formula, lambda *args, **kw: original(*args, **kw) + 2)
+def perturb(monkeypatch, component, extra):
+    """Replace ``component``'s registered formula by one that counts ``extra`` more FLOPs."""
+    spec = REGISTRY[component]
+    original = spec.formula
+    monkeypatch.setitem(REGISTRY, component, dataclasses.replace(
+        spec, formula=lambda *args: original(*args) + extra))
+
+
+@pytest.mark.parametrize("component", ["mlp_down", "key_value", "attention_scores", "logits"])
+def test_a_perturbed_formula_fails_on_exactly_that_component(monkeypatch, component):
+    perturb(monkeypatch, component, 2)
     model = ModelShape(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=64)
     result = verify(model, seq_length=8, batch_size=2, recompute=Recompute("full"), meta=False)
     assert not result.exact
@@ -34,8 +37,7 @@ def test_a_perturbed_formula_fails_on_exactly_that_component(monkeypatch, formul
 
 
 def test_cli_reports_the_differing_row_and_exits_1(monkeypatch, capsys):
-    original = flops.mlp_up_flops
-    monkeypatch.setattr(flops, "mlp_up_flops", lambda m, s: original(m, s) + 1)
+    perturb(monkeypatch, "mlp_up", 1)
     assert main(["verify", *TINY]) == 1
     out = capsys.readouterr().out
     assert "MISMATCH mlp_up" in out

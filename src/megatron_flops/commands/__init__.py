@@ -19,7 +19,7 @@ COMMANDS = {
              "train the reference GPT on text with live TFLOP/s, MFU and HFU (needs torch)"),
     "peak": ("megatron_flops.demo.peak", "peak_main",
              "measure this device's achievable dense matmul TFLOP/s per dtype (needs torch)"),
-    "verify": ("megatron_flops.reference.verify", "verify_main",
+    "verify": ("megatron_flops.commands.verify", "verify_main",
                "count one training step of a reference GPT with PyTorch and check the formulas"),
     "patch": ("megatron_flops.megatron.patch", "patch_main",
               "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),

@@ -11,8 +11,10 @@ that trains.  Read it top to bottom:
            -> final norm -> logits (tied to the word embeddings, or a separate output layer)
 
 Every matmul lives in a small leaf module (``query_key_value``, ``query_key``,
-``probs_value``, ``dense``, ``up``, ``down``, ``router``, ``output_layer``) so the verifier
-can attribute counted FLOPs by module.  The attention core is written with explicit matmuls:
+``probs_value``, ``dense``, ``up``, ``down``, ``router``, ``output_layer``), and where it is
+built :func:`carries` declares which registered components (:mod:`megatron_flops.components`)
+its output columns belong to; the verifier attributes counted FLOPs by reading those
+declarations.  The attention core is written with explicit matmuls:
 PyTorch's CPU flash SDPA kernel is not counted by ``FlopCounterMode``.
 
 Recompute mirrors Megatron: ``full`` runs each recomputed layer under
@@ -51,6 +53,20 @@ def make_norm(model: ModelShape, factory: dict) -> nn.Module:
     if model.normalization == "rmsnorm":
         return RMSNorm(model.hidden_size, eps=1e-5, **factory)
     return nn.LayerNorm(model.hidden_size, eps=1e-5, **factory)
+
+
+# the attribute a leaf module's component declaration lives in
+CARRIES = "flop_components"
+
+
+def carries(module: nn.Module, *components) -> nn.Module:
+    """Declare the components ``module``'s matmul computes; return ``module``.
+
+    Each is a component name, or ``(name, output_columns)`` for a fused matmul whose
+    output columns are split between components (e.g. QKV: ``n·d`` query, ``2·g·d`` K and V).
+    """
+    setattr(module, CARRIES, tuple((c, 1) if isinstance(c, str) else tuple(c) for c in components))
+    return module
 
 
 class BatchedMatmul(nn.Module):
@@ -104,8 +120,8 @@ class CoreAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_groups = model.num_attention_heads, model.num_query_groups
         self.scale = 1.0 / math.sqrt(model.kv_channels)
-        self.query_key = BatchedMatmul()    # attention_scores: B·n × [s × d]·[d × s]
-        self.probs_value = BatchedMatmul()  # attention_over_values: B·n × [s × s]·[s × d]
+        self.query_key = carries(BatchedMatmul(), "attention_scores")         # B·n × [s × d]·[d × s]
+        self.probs_value = carries(BatchedMatmul(), "attention_over_values")  # B·n × [s × s]·[s × d]
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, q, k, v, bias: Optional[torch.Tensor]):
@@ -131,9 +147,10 @@ class SelfAttention(nn.Module):
         n, g, d, h = model.num_attention_heads, model.num_query_groups, model.kv_channels, model.hidden_size
         self.n, self.g, self.d = n, g, d
         bias = model.add_bias_linear
-        self.query_key_value = nn.Linear(h, (n + 2 * g) * d, bias=bias, **factory)
+        self.query_key_value = carries(nn.Linear(h, (n + 2 * g) * d, bias=bias, **factory),
+                                       ("query", n * d), ("key_value", 2 * g * d))
         self.core = CoreAttention(model, dropout)
-        self.dense = nn.Linear(n * d, h, bias=bias, **factory)
+        self.dense = carries(nn.Linear(n * d, h, bias=bias, **factory), "attention_output")
         self.recompute_core = False  # selective recompute: checkpoint only the core
 
     def forward(self, x, rotary=None, bias=None):
@@ -159,15 +176,20 @@ GLU_GATES = {"geglu": F.gelu, "liglu": lambda x: x, "reglu": F.relu, "swiglu": F
 
 
 class MLP(nn.Module):
-    """``h -> f -> h`` with GeLU, or a GLU: ``h -> 2f``, split, ``act(gate) * up``, ``f -> h``."""
+    """``h -> f -> h`` with GeLU, or a GLU: ``h -> 2f``, split, ``act(gate) * up``, ``f -> h``.
 
-    def __init__(self, model: ModelShape, factory: dict):
+    ``kind`` names its components: ``mlp`` (``mlp_up``, …) or ``expert`` inside an MoE.
+    """
+
+    def __init__(self, model: ModelShape, factory: dict, kind: str = "mlp"):
         super().__init__()
         h, f = model.hidden_size, model.ffn_hidden_size
         self.glu = model.glu_activation
         # the GLU's first dense holds the up branch (first f columns) and the gate (last f)
-        self.up = nn.Linear(h, 2 * f if self.glu else f, bias=model.add_bias_linear, **factory)
-        self.down = nn.Linear(f, h, bias=model.add_bias_linear, **factory)
+        up = ((f"{kind}_up", f), (f"{kind}_gate", f)) if self.glu else (f"{kind}_up",)
+        self.up = carries(nn.Linear(h, 2 * f if self.glu else f, bias=model.add_bias_linear,
+                                    **factory), *up)
+        self.down = carries(nn.Linear(f, h, bias=model.add_bias_linear, **factory), f"{kind}_down")
 
     def forward(self, x):
         x = self.up(x)
@@ -192,8 +214,9 @@ class MoE(nn.Module):
     def __init__(self, model: ModelShape, num_experts: int, factory: dict):
         super().__init__()
         self.num_experts, self.topk = num_experts, model.moe_topk
-        self.router = nn.Linear(model.hidden_size, num_experts, bias=False, **factory)
-        self.experts = nn.ModuleList(MLP(model, factory) for _ in range(num_experts))
+        self.router = carries(nn.Linear(model.hidden_size, num_experts, bias=False, **factory),
+                              "moe_router")
+        self.experts = nn.ModuleList(MLP(model, factory, "expert") for _ in range(num_experts))
 
     def forward(self, x):
         shape = x.shape
@@ -281,7 +304,7 @@ class ReferenceGPT(nn.Module):
         self.layers = nn.ModuleList(
             TransformerLayer(model, i, dropout, factory) for i in range(model.num_layers))
         self.final_norm = make_norm(model, factory)
-        self.output_layer = OutputLayer(model, self.word_embeddings, factory)
+        self.output_layer = carries(OutputLayer(model, self.word_embeddings, factory), "logits")
 
         self.recomputed_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size)
         self.recompute_chunk = (recompute.num_layers or 1) if recompute.method == "uniform" else 1

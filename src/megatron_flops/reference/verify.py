@@ -10,7 +10,9 @@ attributes every counted FLOP to a core component and a phase, and compares each
 How a counted FLOP finds its component and phase:
 
 * every matmul of the model lives in one *leaf module* (``query_key_value``, ``query_key``,
-  ``probs_value``, ``dense``, ``up``, ``down``, ``router``, ``output_layer``); forward hooks
+  ``probs_value``, ``dense``, ``up``, ``down``, ``router``, ``output_layer``) that declares,
+  where the model builds it (:func:`megatron_flops.reference.model.carries`), the components
+  its output columns belong to; the verifier only reads those declarations, and forward hooks
   keep the module running now;
 * an op run inside a leaf module while the forward pass runs is **forward**; one run inside a
   leaf module while the backward pass runs is **recompute** (checkpointing calls the module's
@@ -26,9 +28,6 @@ The sum of the attributed FLOPs must also equal FlopCounterMode's own total: a m
 every leaf module would show as ``unattributed`` and fail the check.
 """
 
-import argparse
-import json
-import sys
 import time
 from collections import defaultdict
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -37,9 +36,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..flops import COMPONENTS, flops_breakdown
+from ..components import component_names
+from ..flops import flops_breakdown
 from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
-from .model import MLP, MoE, OutputLayer, ReferenceGPT, SelfAttention
+from .model import CARRIES, ReferenceGPT
 
 PHASES = ("forward", "backward", "recompute")
 UNATTRIBUTED = "unattributed"
@@ -50,36 +50,13 @@ REAL_MAX_HARDWARE_FLOPS = 2e10
 REAL_MAX_PARAMETERS = 50_000_000
 
 
-def component_units(gpt: ReferenceGPT) -> Dict[nn.Module, Tuple[Tuple[str, int], ...]]:
+def component_units(gpt: nn.Module) -> Dict[nn.Module, Tuple[Tuple[str, int], ...]]:
     """Each leaf module that runs matmuls -> the components its output columns belong to.
 
-    ``((component, columns), ...)``: one entry for a plain layer, two for a fused one.
+    ``((component, columns), ...)``: one entry for a plain layer, two for a fused one, as the
+    module declared it when the model was built.
     """
-    shape = gpt.shape
-    n, g, d, f = shape.num_attention_heads, shape.num_query_groups, shape.kv_channels, shape.ffn_hidden_size
-    units: Dict[nn.Module, Tuple[Tuple[str, int], ...]] = {}
-
-    def mlp_units(mlp: MLP, prefix: str):
-        up = ((f"{prefix}_up", f), (f"{prefix}_gate", f)) if mlp.glu else ((f"{prefix}_up", f),)
-        units[mlp.up] = up
-        units[mlp.down] = ((f"{prefix}_down", 1),)
-
-    for module in gpt.modules():
-        if isinstance(module, SelfAttention):
-            units[module.query_key_value] = (("query", n * d), ("key_value", 2 * g * d))
-            units[module.core.query_key] = (("attention_scores", 1),)
-            units[module.core.probs_value] = (("attention_over_values", 1),)
-            units[module.dense] = (("attention_output", 1),)
-        elif isinstance(module, MoE):
-            units[module.router] = (("moe_router", 1),)
-            for expert in module.experts:
-                mlp_units(expert, "expert")
-        elif isinstance(module, OutputLayer):
-            units[module] = (("logits", 1),)
-    for module in gpt.modules():
-        if isinstance(module, MLP) and module.up not in units:
-            mlp_units(module, "mlp")
-    return units
+    return {module: getattr(module, CARRIES) for module in gpt.modules() if hasattr(module, CARRIES)}
 
 
 def _grad_fns(tensors):
@@ -284,8 +261,10 @@ def verify(model: ModelShape, seq_length: int, batch_size: int = 1,
     analytic = {c.name: {"forward": c.forward, "backward": c.backward, "recompute": c.recompute}
                 for c in breakdown}
     counted_names = {name for name, _ in counter.counted}
+    # registered components in table order, then any a leaf declared that is not registered
+    unknown = sorted(counted_names - set(component_names()) - {UNATTRIBUTED})
     rows = []
-    for name in COMPONENTS + (UNATTRIBUTED,):
+    for name in component_names() + tuple(unknown) + (UNATTRIBUTED,):
         if name not in analytic and name not in counted_names:
             continue
         rows.append(Row(name,
@@ -293,65 +272,3 @@ def verify(model: ModelShape, seq_length: int, batch_size: int = 1,
                         analytic.get(name, dict.fromkeys(PHASES, 0))))
     return VerifyResult(tuple(rows), counter.get_total_flops(), mode, batch_size, seq_length,
                         time.perf_counter() - start, tuple(dict.fromkeys(counter.problems)))
-
-
-# ---- command line -------------------------------------------------------------------------
-
-def _text(result: VerifyResult, model: ModelShape, recompute: Recompute) -> str:
-    from ..report import describe_model, table
-    rows = []
-    for r in result.rows:
-        rows.append([r.name] + [f"{r.counted[p]:,}" for p in PHASES]
-                    + [f"{r.counted_total:,}", f"{r.analytic_total:,}",
-                       f"{r.counted_total - r.analytic_total:+,}", "ok" if r.exact else "MISMATCH"])
-    header = ["component", "forward", "backward", "recompute", "counted", "analytic", "difference", ""]
-    lines = [describe_model(model),
-             f"one step: batch {result.batch_size} × seq {result.seq_length}, recompute "
-             f"{recompute.label}, {result.mode} tensors, dense attention (full s×s), "
-             f"{result.seconds:.2f} s",
-             table(rows, header, [False] + [True] * 6 + [False]),
-             f"total counted {result.counted_total:,}  analytic {result.analytic_total:,}  "
-             f"(FlopCounterMode total {result.flop_counter_total:,})"]
-    for problem in result.problems:
-        lines.append(f"problem: {problem}")
-    if result.exact:
-        lines.append("exact: every component matches in forward, backward and recompute")
-    else:
-        for r in result.mismatches:
-            differing = ", ".join(f"{p} counted {r.counted[p]:,} analytic {r.analytic[p]:,}"
-                                  for p in PHASES if r.counted[p] != r.analytic[p])
-            lines.append(f"MISMATCH {r.name}: {differing}")
-        if result.flop_counter_total != result.counted_total:
-            lines.append(f"MISMATCH: FlopCounterMode counted {result.flop_counter_total:,} in all, "
-                         f"{result.counted_total:,} attributed")
-    return "\n".join(lines)
-
-
-def verify_main(argv: List[str]) -> int:
-    from ..commands.common import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
-    parser = command_parser("verify", "Count the matmul FLOPs of one forward+backward step of a "
-                            "reference Megatron GPT of this shape with PyTorch's FlopCounterMode "
-                            "and compare them, component by component, with the formulas. "
-                            "Exit 0 when every component matches exactly, 1 otherwise.")
-    tensors = parser.add_mutually_exclusive_group()
-    tensors.add_argument("--meta", dest="meta", action="store_const", const=True, default=None,
-                         help="build the model on meta tensors (no memory; default for large shapes)")
-    tensors.add_argument("--real", dest="meta", action="store_const", const=False,
-                         help="build the model with real tensors and run the arithmetic")
-    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--causal", action="store_true", help=argparse.SUPPRESS)
-    args, model, run = parse_command(parser, argv)
-    if args.causal:
-        raise UsageError("--causal does not apply to verify: the reference model runs dense "
-                         "attention matmuls (full s×s), compared with the dense formulas")
-    if args.meta is False and choose_meta(model, run.seq_length, run.micro_batch_size,
-                                          run.recompute, run.pipeline_model_parallel_size):
-        print("megatron-flops: warning: --real at this size needs much memory and time",
-              file=sys.stderr)
-    result = verify(model, run.seq_length, run.micro_batch_size, run.recompute,
-                    run.pipeline_model_parallel_size, args.meta)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(_text(result, model, run.recompute))
-    return EXIT_OK if result.exact else EXIT_MISMATCH
