@@ -45,9 +45,27 @@ def _stand_in_rng_state(*args, **kwargs):
 
 
 @contextlib.contextmanager
+def _redirect_cuda_device():
+    """``torch.ones(..., device="cuda")`` inside the block allocates on the scratch device."""
+    original = torch.ones
+
+    def ones(*args, device=None, **kwargs):
+        if device == "cuda":
+            device = _scratch_device[0]
+        return original(*args, device=device, **kwargs)
+
+    torch.ones = ones
+    try:
+        yield
+    finally:
+        torch.ones = original
+
+
+@contextlib.contextmanager
 def cpu_stand_ins():
     """Redirect Megatron-Core's CUDA-only calls to CPU (or meta) while the block runs."""
     from megatron.core.tensor_parallel import random as megatron_random
+    from megatron.core.transformer.moe import moe_utils
 
     replaced = [
         (torch.cuda, "current_device", lambda: _scratch_device[0]),
@@ -56,14 +74,36 @@ def cpu_stand_ins():
         (megatron_random, "_get_cuda_rng_state", _stand_in_rng_state),
         (megatron_random, "_set_cuda_rng_state", lambda *args, **kwargs: None),
     ]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in replaced]
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils as transformer_utils
+
+    def sliding_window_mask(sq, skv, window_size):
+        # Megatron-Core's own mask, built where the scores are instead of on "cuda"
+        with _redirect_cuda_device():
+            return transformer_utils.get_sliding_window_causal_mask(sq, skv, window_size)
+
+    replaced.append((fused_softmax, "get_sliding_window_causal_mask", sliding_window_mask))
+    if not hasattr(moe_utils, "te_general_gemm"):
+        # 0.16.1 tests this name without defining it when Transformer Engine is absent
+        replaced.append((moe_utils, "te_general_gemm", None))
+    from megatron.core.extensions import transformer_engine
+    from megatron.core.transformer import multi_latent_attention
+    if not transformer_engine.HAVE_TE:
+        # without Transformer Engine 0.16.1's MLA still believes it has it (its TELinear is
+        # then a mock, and isinstance(..., mock) raises)
+        replaced.append((multi_latent_attention, "HAVE_TE", False))
+    missing = object()
+    saved = [(owner, name, getattr(owner, name, missing)) for owner, name, _ in replaced]
     for owner, name, stand_in in replaced:
         setattr(owner, name, stand_in)
     try:
         yield
     finally:
         for owner, name, original in saved:
-            setattr(owner, name, original)
+            if original is missing:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 @contextlib.contextmanager
@@ -226,8 +266,14 @@ def _grad_fns(args, kwargs):
     return found
 
 
-def count_training_step(model, input_ids, position_ids, attention_mask, labels=None) -> ModuleFlopCounter:
-    """Forward + backward of one step (recompute included), attributed per module."""
+def count_training_step(model, input_ids, position_ids, attention_mask, labels) -> ModuleFlopCounter:
+    """Forward + backward of one step (recompute included), attributed per module.
+
+    With ``labels`` GPTModel returns the per-token loss (multi-token prediction needs them).
+    """
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+    MTPLossLoggingHelper.tracker.clear()  # sized by the first model's MTP depth, process-wide
     with torch.utils.checkpoint.set_checkpoint_early_stop(False):
         with ModuleFlopCounter(model) as counted:
             output = model(input_ids, position_ids, attention_mask, labels=labels)
@@ -272,45 +318,99 @@ def transformer_config_kwargs(model, recompute) -> dict:
     if recompute.granularity == "full":
         config.update(recompute_method=recompute.method,
                       recompute_num_layers=recompute.num_layers or 1)
+    if model.is_moe:
+        # the CPU-capable MoE path (DESIGN.md §4): all-gather dispatcher, dropless, and top-1
+        # routing normalised before the top-k (else its single probability is constant 1)
+        if len(set(model.num_experts)) != 1:
+            raise ValueError("Megatron-Core builds one expert count for every MoE layer")
+        config.update(num_moe_experts=model.num_experts[0], moe_router_topk=model.moe_topk,
+                      # an int goes to Megatron-Core as an int: its own rule places the layers
+                      moe_layer_freq=model.moe_layer_freq if isinstance(model.moe_layer_freq, int)
+                      else list(model.moe_layer_pattern),
+                      moe_ffn_hidden_size=model.expert_ffn_hidden_size,
+                      moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
+                      moe_token_dispatcher_type="allgather", moe_expert_capacity_factor=None,
+                      moe_router_pre_softmax=model.moe_topk == 1, moe_aux_loss_coeff=0.0)
+    if model.multi_latent_attention:
+        config.update(q_lora_rank=model.q_lora_rank, kv_lora_rank=model.kv_lora_rank,
+                      qk_head_dim=model.qk_head_dim, qk_pos_emb_head_dim=model.qk_pos_emb_head_dim,
+                      v_head_dim=model.v_head_dim, rope_type="rope")
+    if model.mtp_num_layers:
+        config.update(mtp_num_layers=model.mtp_num_layers)
+    if model.window_size is not None:
+        skip = model.window_attn_skip_freq
+        config.update(window_size=(model.window_size, 0),
+                      window_attn_skip_freq=list(skip) if isinstance(skip, tuple) else skip)
     return config
 
 
-def build_gpt(model, recompute, max_sequence_length, device="cpu", config_class=None,
-              layer_spec=None, gpt_kwargs=None, **config_overrides):
-    """Megatron-Core's GPTModel with the local (no Transformer Engine) layer spec."""
+def _mla_core_attention():
+    """Megatron-Core's DotProductAttention, accepting MLA's separate key and value widths.
+
+    0.16.1's MLA passes ``k_channels``/``v_channels`` to its core attention, which only
+    Transformer Engine's accepts; the local one's forward already handles a value head
+    narrower than the key head except for the width it reshapes its output to.  This
+    subclass only sets that width: every FLOP is still Megatron-Core's own forward.
+    """
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    class MLADotProductAttention(DotProductAttention):
+        def __init__(self, *args, k_channels=None, v_channels=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if v_channels is not None:
+                self.hidden_size_per_partition = self.num_attention_heads_per_partition * v_channels
+
+    return MLADotProductAttention
+
+
+def build_gpt(model, recompute, max_sequence_length, device="cpu", **config_overrides):
+    """Megatron-Core's GPTModel built as pretrain_gpt.py builds it without Transformer Engine
+    (``get_gpt_decoder_block_spec`` / ``get_gpt_mtp_block_spec`` with ``use_transformer_engine
+    = False``: the local layer spec per layer, MoE layers where the pattern says)."""
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_decoder_block_spec,
+                                                          get_gpt_mtp_block_spec)
+    from megatron.core.transformer.transformer_config import (MLATransformerConfig,
+                                                              TransformerConfig)
 
     config_kwargs = transformer_config_kwargs(model, recompute)
     config_kwargs.update(config_overrides)
     if device == "meta":
         config_kwargs.update(perform_initialization=False)
-    config = (config_class or TransformerConfig)(**config_kwargs)
-    if layer_spec is None:
-        layer_spec = get_gpt_layer_local_spec(
-            normalization=config_kwargs["normalization"])
+    config_class = MLATransformerConfig if model.multi_latent_attention else TransformerConfig
+    config = config_class(**config_kwargs)
+    block_spec = get_gpt_decoder_block_spec(config, use_transformer_engine=False,
+                                            normalization=config_kwargs["normalization"])
+    if model.multi_latent_attention:
+        for layer_spec in block_spec.layer_specs:
+            layer_spec.submodules.self_attention.submodules.core_attention = _mla_core_attention()
+    mtp_spec = None
+    if model.mtp_num_layers:
+        mtp_spec = get_gpt_mtp_block_spec(config, block_spec, use_transformer_engine=False)
     position = {"learned": "learned_absolute", "rotary": "rope", "none": "none"}[model.position_embedding]
     with torch.device(device):
         return GPTModel(
             config=config,
-            transformer_layer_spec=layer_spec,
+            transformer_layer_spec=block_spec,
             vocab_size=model.vocab_size,
             max_sequence_length=max_sequence_length,
             share_embeddings_and_output_weights=model.tie_embeddings,
             position_embedding_type=position,
-            **(gpt_kwargs or {}),
+            mtp_block_spec=mtp_spec,
         )
 
 
 def training_inputs(batch_size, seq_length, vocab_size, device="cpu"):
-    """Token ids, positions and Megatron's causal mask (True = masked out)."""
+    """Token ids, positions, Megatron's causal mask (True = masked out) and labels."""
+    def tokens():
+        if device == "meta":
+            return torch.empty((batch_size, seq_length), dtype=torch.long)
+        return torch.randint(0, vocab_size, (batch_size, seq_length))
+
     with torch.device(device):
-        input_ids = torch.randint(0, vocab_size, (batch_size, seq_length)) if device != "meta" \
-            else torch.empty((batch_size, seq_length), dtype=torch.long)
         position_ids = torch.arange(seq_length).unsqueeze(0).expand(batch_size, seq_length)
         attention_mask = torch.triu(torch.ones(1, 1, seq_length, seq_length, dtype=torch.bool), diagonal=1)
-    return input_ids, position_ids, attention_mask
+        return tokens(), position_ids, attention_mask, tokens()
 
 
 # ---- Megatron-Core module names -> our components ------------------------------------------
@@ -319,6 +419,11 @@ def training_inputs(batch_size, seq_length, vocab_size, device="cpu"):
 
 MODULE_COMPONENTS = (
     (r"self_attention\.linear_qkv", ("query", "key_value")),
+    (r"self_attention\.linear_q_proj", ("mla_q",)),
+    (r"self_attention\.linear_q_down_proj", ("mla_q_down",)),
+    (r"self_attention\.linear_q_up_proj", ("mla_q_up",)),
+    (r"self_attention\.linear_kv_down_proj", ("mla_kv_down",)),
+    (r"self_attention\.linear_kv_up_proj", ("mla_kv_up",)),
     (r"self_attention\.core_attention", ("attention_scores", "attention_over_values")),
     (r"self_attention\.linear_proj", ("attention_output",)),
     (r"mlp\.linear_fc1", ("mlp_up", "mlp_gate")),
@@ -326,7 +431,11 @@ MODULE_COMPONENTS = (
     (r"mlp\.router", ("moe_router",)),
     (r"mlp\.experts\.local_experts\.\d+\.linear_fc1", ("expert_up", "expert_gate")),
     (r"mlp\.experts\.local_experts\.\d+\.linear_fc2", ("expert_down",)),
-    (r"output_layer", ("logits",)),
+    (r"mlp\.shared_experts\.linear_fc1", ("shared_expert_up", "shared_expert_gate")),
+    (r"mlp\.shared_experts\.linear_fc2", ("shared_expert_down",)),
+    (r"mtp\.layers\.\d+\.eh_proj", ("mtp_projection",)),
+    # the same output layer computes the logits and, once per MTP layer, the MTP logits
+    (r"output_layer", ("logits", "mtp_logits")),
 )
 
 

@@ -5,8 +5,11 @@ Works on the ``argparse.Namespace`` that either Megatron-DeepSpeed fork builds (
 ``embed_layernorm``, ``checkpoint_activations``; microsoft/deepspeedai: ``swiglu``,
 ``num_key_value_heads``, ``num_experts`` list, ``topk``, ``expert_interval``,
 ``recompute_granularity``, ``untie_embeddings_and_output_weights``, ``normalization``,
-``add_bias_linear``) and on a command line parsed by :func:`megatron_argument_parser`, which
-uses the same flag names and destinations.  Standard library only.
+``add_bias_linear``), on NVIDIA Megatron-LM's (``num_experts`` int, ``moe_layer_freq``,
+``moe_router_topk``, ``moe_ffn_hidden_size``, ``moe_shared_expert_intermediate_size``,
+``multi_latent_attention`` and its ranks/head dims, ``mtp_num_layers``, ``window_size``,
+``window_attn_skip_freq``, ``context_parallel_size``) and on a command line parsed by
+:func:`megatron_argument_parser`, which uses the same flag names and destinations.  Standard library only.
 """
 
 import argparse
@@ -182,6 +185,49 @@ def _ffn(ns, hidden: int, glu: Optional[str]) -> Optional[int]:
     return None  # 4h
 
 
+def _window(ns) -> Optional[int]:
+    """Megatron-LM's ``--window-size`` (``(w, 0)`` or ``"w,0"``): the keys behind each query."""
+    window = getattr(ns, "window_size", None)
+    if window is None:
+        return None
+    if isinstance(window, str):
+        try:
+            window = tuple(int(part) for part in window.strip("()").split(","))
+        except ValueError:
+            raise ShapeError(f"--window-size must be two integers such as 4096,0, got {window!r}",
+                             "--window-size") from None
+    window = tuple(window)
+    if len(window) != 2 or window[1] != 0:
+        raise ShapeError(f"--window-size must be (w, 0) for a causal GPT, got {window}",
+                         "--window-size")
+    return None if window[0] < 0 else window[0]  # -1: unlimited, i.e. no window
+
+
+def _megatron_core_model_fields(ns) -> dict:
+    """ModelShape fields of NVIDIA Megatron-LM's (Megatron-Core's) flags; the forks have none."""
+    def get(name, default=None):
+        value = getattr(ns, name, None)
+        return default if value is None else value
+
+    fields = dict(
+        moe_layer_freq=get("moe_layer_freq"),
+        moe_ffn_hidden_size=get("moe_ffn_hidden_size"),
+        moe_shared_expert_intermediate_size=get("moe_shared_expert_intermediate_size"),
+        mtp_num_layers=get("mtp_num_layers", 0),
+        window_size=_window(ns),
+        window_attn_skip_freq=get("window_attn_skip_freq"),
+    )
+    if isinstance(fields["moe_layer_freq"], list):
+        fields["moe_layer_freq"] = tuple(fields["moe_layer_freq"])
+    if isinstance(fields["window_attn_skip_freq"], list):
+        fields["window_attn_skip_freq"] = tuple(fields["window_attn_skip_freq"])
+    if getattr(ns, "multi_latent_attention", False):
+        fields.update(multi_latent_attention=True, q_lora_rank=get("q_lora_rank"),
+                      kv_lora_rank=get("kv_lora_rank"), qk_head_dim=get("qk_head_dim"),
+                      qk_pos_emb_head_dim=get("qk_pos_emb_head_dim"), v_head_dim=get("v_head_dim"))
+    return fields
+
+
 def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     """ModelShape and RunShape from a Megatron ``args`` namespace (either fork) or our CLI."""
     def get(name, default=None):
@@ -214,11 +260,12 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         position_embedding=_position_embedding(ns),
         max_position_embeddings=get("max_position_embeddings", ns.seq_length),
         num_experts=num_experts if num_experts is not None else 1,
-        moe_topk=get("topk", 1),
+        moe_topk=get("moe_router_topk") or get("topk", 1),
         expert_interval=get("expert_interval", 2),
         add_bias_linear=bool(get("add_bias_linear", True)),
         normalization=str(get("normalization", "layernorm")).lower(),
         embedding_layernorm=bool(get("embed_layernorm", False)),
+        **_megatron_core_model_fields(ns),
     )
     rampup = get("rampup_batch_size")
     run = RunShape(
@@ -231,6 +278,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         recompute=_recompute(ns),
         rampup_batch_size=_int_list(rampup),
         dtype=_dtype(ns),
+        context_parallel_size=get("context_parallel_size", 1),
     )
     if model.num_layers % pp:
         raise ShapeError(
@@ -289,7 +337,23 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--embed-layernorm", action="store_true")
     add("--fp16", action="store_true")
     add("--bf16", action="store_true")
-    add("--world-size", type=int, help="number of GPUs (default: TP × PP, one replica)")
+    add("--world-size", type=int, help="number of GPUs (default: TP × PP × CP, one replica)")
+    # NVIDIA Megatron-LM (Megatron-Core) flags
+    add("--context-parallel-size", type=int, default=1)
+    add("--moe-router-topk", type=int)
+    add("--moe-layer-freq", type=str, help="an int N (layer i is MoE when i %% N == 0) or a "
+        "pattern such as ([0]*3+[1]*29)")
+    add("--moe-ffn-hidden-size", type=int)
+    add("--moe-shared-expert-intermediate-size", type=int)
+    add("--multi-latent-attention", action="store_true")
+    add("--q-lora-rank", type=int)
+    add("--kv-lora-rank", type=int)
+    add("--qk-head-dim", type=int)
+    add("--qk-pos-emb-head-dim", type=int)
+    add("--v-head-dim", type=int)
+    add("--mtp-num-layers", type=int)
+    add("--window-size", type=str, help="w,0: sliding-window attention over w keys")
+    add("--window-attn-skip-freq", type=str, help="every N-th layer full attention, or a pattern")
     parser.set_defaults(_cli=True)
     return parser
 
