@@ -117,3 +117,21 @@ def test_full_size_mla_on_meta_tensors(megatron_core, case):
     breakdown = flops_breakdown(model, seq_length, 1, recompute)
     assert mcore_counting.counted_by_component(counted) == \
         mcore_counting.expected_by_component(breakdown)
+
+
+PARAMETER_CASES = ("mla with q-lora", "mla without q-lora, full uniform recompute",
+                   "mla + moe with shared experts (DeepSeek-V2-like)", "mtp 2 layers, untied, swiglu",
+                   "mtp after an moe last layer",
+                   "moe top-2, swiglu, shared experts, first layer dense ([0]*1+[1]*2)")
+
+
+@pytest.mark.parametrize("case", PARAMETER_CASES)
+def test_parameter_count_is_megatron_cores(megatron_core, case):
+    """Our parameter count = the numel of Megatron-Core's model (bias-free cases: Megatron-Core's
+    router has a bias with --add-bias-linear, the microsoft fork's, which we count, has none)."""
+    from megatron_flops.params import parameter_count
+
+    fields, _ = CASES[case]
+    model = ModelShape(**{**BASE, **fields, "max_position_embeddings": SEQ})
+    gpt = mcore_counting.build_gpt(model, Recompute(), max_sequence_length=SEQ)
+    assert parameter_count(model).total == sum(p.numel() for p in gpt.parameters())
