@@ -15,22 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 @pytest.fixture(scope="package")
 def megatron_core():
-    """Megatron-Core's parallel state for one CPU process, torn down after the package."""
+    """Megatron-Core's parallel state for one CPU process, torn down after the package; one
+    intra-op thread meanwhile (2 shared cores: two OpenMP threads spin-wait on each other)."""
     import mcore_counting
+    import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with mcore_counting.single_process_model_parallel():
         yield
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (2 shared cores: two OpenMP threads spin-wait on each other)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """Regenerate this folder's Megatron-LM console logs from the training-loop fixture.
 
-    python tests/data/megatron_lm/generate.py
+    python tests/data/megatron_lm/generate.py [OUT_DIR]
 
 Each log is what one job's merged stdout looks like: rank 0 prints the argument dump and the
 padded-vocabulary line, the last rank prints the iteration lines (Megatron-LM's
@@ -45,32 +45,34 @@ RUNS = {
 }
 
 
-def run_rank(argv, rank, world, save_dir):
+def run_rank(argv, rank, world, workdir, save=False):
+    """One rank's stdout; checkpoints (progress.txt) go to ``workdir/checkpoints``."""
     env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), PYTHONPATH=str(FIXTURE))
-    if save_dir:
-        argv = argv + f" --save {save_dir}"
+    if save:
+        argv = argv + " --save checkpoints"  # relative: the dump shows the same path every time
     code = "import sys; from megatron.training import pretrain; pretrain(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *argv.split()], env=env, check=True,
-                          capture_output=True, text=True, cwd=FIXTURE).stdout
+                          capture_output=True, text=True, cwd=workdir).stdout
 
 
-def main():
+def main(out=HERE):
+    out = Path(out)
     for name, run in RUNS.items():
-        with tempfile.TemporaryDirectory() as save_dir:
-            save = save_dir if run.get("save") else None
-            first = run_rank(run["argv"], 0, run["world"], save).splitlines()
-            last = run_rank(run["argv"], run["world"] - 1, run["world"], None).splitlines()
+        with tempfile.TemporaryDirectory() as workdir:
+            save = run.get("save", False)
+            first = run_rank(run["argv"], 0, run["world"], workdir, save).splitlines()
+            last = run_rank(run["argv"], run["world"] - 1, run["world"], workdir, save).splitlines()
             # rank 0's closing line comes after the last rank's iteration lines
             ranked = [(0, line) for line in first[:-1]] + [(run["world"] - 1, line) for line in last]
             ranked.append((0, first[-1]))
-            (HERE / name).write_text("".join(f"{line}\n" for _, line in ranked))
+            (out / name).write_text("".join(f"{line}\n" for _, line in ranked))
             if name == "megatron_lm_2026.log":
                 # srun -l style: every line prefixed with its rank
-                (HERE / "megatron_lm_2026_rank_prefix.log").write_text(
+                (out / "megatron_lm_2026_rank_prefix.log").write_text(
                     "".join(f"{rank}: {line}\n" for rank, line in ranked))
             if save:
-                shutil.copy(Path(save_dir) / "progress.txt", HERE / "progress.txt")
+                shutil.copy(Path(workdir) / "checkpoints" / "progress.txt", out / "progress.txt")
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:])
