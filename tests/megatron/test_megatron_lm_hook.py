@@ -89,3 +89,35 @@ def test_iteration_one_keeps_megatron_lms_number(run_megatron_lm):
     assert throughput_fields(hooked)[1] == throughput_fields(plain)[1]
     # without the hook the first interval's number uses the log-time batch (6) for all 4
     assert throughput_fields(plain)[4] > throughput_fields(hooked)[4]
+
+
+def test_patch_a_megatron_lm_checkout(tmp_path, capsys, monkeypatch):
+    """``megatron-flops patch`` appends its block to megatron/training/training.py; the
+    patched checkout then reports exact numbers with no install() call; --revert restores
+    the file byte for byte."""
+    import shutil
+    from megatron_flops.commands.patch import patch_main
+
+    checkout = tmp_path / "Megatron-LM"
+    shutil.copytree(FIXTURE, checkout, ignore=shutil.ignore_patterns("__pycache__"))
+    target = checkout / "megatron" / "training" / "training.py"
+    original = target.read_bytes()
+    assert patch_main([str(checkout)]) == 0
+    assert "patched (megatron-lm fork)" in capsys.readouterr().out
+    assert target.read_bytes().startswith(original) and target.read_bytes() != original
+    assert patch_main([str(checkout), "--check"]) == 0
+    monkeypatch.chdir(tmp_path)
+    purge()
+    sys.path.insert(0, str(checkout))
+    try:
+        import megatron.training
+        megatron.training.pretrain(list(ARGV))
+    finally:
+        hook_module.uninstall()
+        sys.path.remove(str(checkout))
+        purge()
+    out = capsys.readouterr().out
+    per_sample = flops_breakdown(MODEL, 32).model_flops
+    assert throughput_fields(out)[8] == pytest.approx(32 * per_sample / (4 * SECONDS * 1e12), abs=0.05)
+    assert patch_main([str(checkout), "--revert"]) == 0
+    assert target.read_bytes() == original
