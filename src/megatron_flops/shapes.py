@@ -159,7 +159,6 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        self._check_megatron_core_fields()
         _require_positive(self.num_layers, "--num-layers")
         _require_positive(self.hidden_size, "--hidden-size")
         _require_positive(self.num_attention_heads, "--num-attention-heads")
@@ -170,6 +169,7 @@ class ModelShape:
         _require_positive(self.max_position_embeddings, "--max-position-embeddings", allow_none=True)
         _require_positive(self.moe_topk, "--topk")
         _require_positive(self.expert_interval, "--expert-interval")
+        self._check_megatron_core_fields()
 
         if self.kv_channels is None:
             if self.hidden_size % self.num_attention_heads:
