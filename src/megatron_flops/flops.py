@@ -18,6 +18,7 @@ activation recomputation re-runs: the forward of every recomputed layer (full re
 never the logits layer) or the attention scores and attention·V of every layer (selective).
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Tuple
 
@@ -39,13 +40,43 @@ def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: boo
     Every registered component that occurs in this layer (dense or MoE) has an entry, zero
     included (``mlp_gate`` without a GLU).  ``causal`` halves the attention core.
     """
-    experts = model.experts_in_layer(layer_index)
+    return _layer_forward_flops(model, s, model.experts_in_layer(layer_index), causal)
+
+
+def _layer_forward_flops(model: ModelShape, s: int, experts: int, causal: bool) -> Dict[str, int]:
+    """:func:`layer_forward_flops` of a layer with ``experts`` experts (1: dense)."""
     terms = {}
     for name, spec in REGISTRY.items():
         if spec.in_layer(experts):
             flops = spec.formula(model, s, experts)
             terms[name] = flops // 2 if causal and spec.attention_core else flops
     return terms
+
+
+def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
+                pipeline_parallel_size: int = 1) -> Dict[Tuple[int, bool], int]:
+    """How many layers there are of each kind: ``(experts, fully recomputed) -> layers``.
+
+    ``experts`` is 1 for a dense layer.  Layers of one kind have the same FLOPs, so the
+    breakdown evaluates each kind once: its cost does not grow with ``--num-layers``
+    (``--num-layers 100000000`` returns at once).  Kinds with no layer are left out.
+    """
+    layers = Counter({1: model.num_layers - len(model.num_experts)})
+    layers.update(model.num_experts)  # expert count -> MoE layers with it
+    if recompute.recomputes_every_layer:
+        recomputed = layers
+    elif recompute.granularity == "full":
+        full_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size)
+        recomputed = Counter(model.experts_in_layer(i) for i in full_layers)
+    else:
+        recomputed = Counter()
+    kinds = {}
+    for experts, count in layers.items():
+        for is_recomputed, kind_count in ((False, count - recomputed[experts]),
+                                          (True, recomputed[experts])):
+            if kind_count:
+                kinds[(experts, is_recomputed)] = kind_count
+    return kinds
 
 
 @dataclass(frozen=True)
@@ -151,14 +182,14 @@ def flops_breakdown(
     names = tuple(REGISTRY)
     forward: Dict[str, int] = dict.fromkeys(names, 0)
     recomputed: Dict[str, int] = dict.fromkeys(names, 0)
-    full_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size)
-    for layer in range(model.num_layers):
-        terms = layer_forward_flops(model, seq_length, layer, causal)
+    selective = recompute.granularity == "selective"
+    for (experts, is_recomputed), layers in layer_kinds(model, recompute,
+                                                        pipeline_parallel_size).items():
+        terms = _layer_forward_flops(model, seq_length, experts, causal)
         for name, flops in terms.items():
-            forward[name] += flops
-            if layer in full_layers or (recompute.granularity == "selective"
-                                        and REGISTRY[name].attention_core):
-                recomputed[name] += flops
+            forward[name] += layers * flops
+            if is_recomputed or (selective and REGISTRY[name].attention_core):
+                recomputed[name] += layers * flops
     for name, spec in REGISTRY.items():
         if spec.occurs == ONCE:  # outside the layers: never recomputed
             forward[name] = spec.formula(model, seq_length, 1)

@@ -10,6 +10,7 @@ biases unless ``add_bias_linear`` is off, the final norm, and an untied output l
 
 from dataclasses import dataclass
 
+from .flops import layer_kinds
 from .shapes import ModelShape
 
 
@@ -43,11 +44,15 @@ def _mlp(model: ModelShape) -> int:
 
 def layer_parameters(model: ModelShape, layer_index: int) -> int:
     """Parameters of one transformer layer (0-based index; MoE layers differ)."""
+    return _layer_parameters(model, model.experts_in_layer(layer_index))
+
+
+def _layer_parameters(model: ModelShape, experts: int) -> int:
+    """Parameters of a transformer layer with ``experts`` experts (1: dense)."""
     h, bias = model.hidden_size, model.add_bias_linear
     qkv_width = model.query_projection_size + 2 * model.kv_projection_size
     attention = h * qkv_width + (qkv_width if bias else 0)
     attention += model.query_projection_size * h + (h if bias else 0)
-    experts = model.experts_in_layer(layer_index)
     mlp = _mlp(model) if experts == 1 else h * experts + experts * _mlp(model)
     return 2 * _norm(model) + attention + mlp
 
@@ -66,6 +71,8 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     total = word + position + output
     if model.embedding_layernorm:
         total += _norm(model)
-    total += sum(layer_parameters(model, i) for i in range(model.num_layers))
+    # layers of one kind have the same parameters: one evaluation per kind, whatever --num-layers
+    total += sum(layers * _layer_parameters(model, experts)
+                 for (experts, _), layers in layer_kinds(model).items())
     total += _norm(model)  # final norm
     return ParameterCount(total=total, embedding=word + position + output)

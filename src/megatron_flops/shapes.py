@@ -128,10 +128,10 @@ class ModelShape:
             experts = (experts,) * num_moe_layers if experts != 1 else ()
         else:
             experts = tuple(experts)
-            if len(experts) == 1:
-                experts = experts * num_moe_layers
-            if all(e == 1 for e in experts):
+            if all(e == 1 for e in experts):  # dense: never build a tuple per layer
                 experts = ()
+            elif len(experts) == 1:
+                experts = experts * num_moe_layers
         for e in experts:
             _require_positive(e, "--num-experts")
         if experts and len(experts) != num_moe_layers:
@@ -220,11 +220,16 @@ class Recompute:
             return f"full (block, {self.num_layers} layers per stage)"
         return "full"
 
+    @property
+    def recomputes_every_layer(self) -> bool:
+        """Full recompute of every layer (``uniform``, or ``block`` without a layer count)."""
+        return self.granularity == "full" and (self.method == "uniform" or self.num_layers is None)
+
     def recomputed_layers(self, num_layers: int, pipeline_parallel_size: int = 1) -> FrozenSet[int]:
         """0-based indices of the layers whose whole forward is re-run (full recompute only)."""
         if self.granularity != "full":
             return frozenset()
-        if self.method == "uniform" or self.num_layers is None:
+        if self.recomputes_every_layer:
             return frozenset(range(num_layers))
         per_stage = num_layers // pipeline_parallel_size
         return frozenset(
