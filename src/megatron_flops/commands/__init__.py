@@ -8,12 +8,9 @@ Commands sit on top of every other layer: nothing outside this package imports i
 import importlib
 import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .common import EXIT_OK, EXIT_USAGE, fail, run_guarded
-
-# what a shell reports for a program stopped by a closed pipe (128 + SIGPIPE), e.g. `| head -1`
-EXIT_BROKEN_PIPE = 141
 
 # name -> (module, function, one-line help)
 COMMANDS = {
@@ -34,6 +31,17 @@ COMMANDS = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:  # the reader stopped early (`| head -1`): what it wanted, it has
+        _discard_stdout()
+        return EXIT_OK
+
+
+def _dispatch(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print("usage: megatron-flops COMMAND [flags]\n\ncommands:")
         for name, (_, _, text) in COMMANDS.items():
@@ -47,13 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         return fail(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
-    try:
-        status = _run(name, argv[1:])
-        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
-    except BrokenPipeError:
-        _discard_stdout()
-        return EXIT_BROKEN_PIPE
-    return status
+    return _run(name, argv[1:])
 
 
 # the optional dependency a command needs -> the extra that installs it

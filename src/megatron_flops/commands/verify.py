@@ -59,13 +59,14 @@ def verify_main(argv: List[str]) -> int:
     if args.causal:
         raise UsageError("--causal does not apply to verify: the reference model runs dense "
                          "attention matmuls (full s×s), compared with the dense formulas")
-    from ..reference.verify import choose_meta, verify
-    if args.meta is False and choose_meta(model, run.seq_length, run.micro_batch_size,
-                                          run.recompute, run.pipeline_model_parallel_size):
+    from ..reference.verify import check_real_fits, choose_meta, verify
+    shape = (model, run.seq_length, run.micro_batch_size, run.recompute,
+             run.pipeline_model_parallel_size)
+    if args.meta is False and choose_meta(*shape):
+        check_real_fits(*shape)  # what cannot fit is refused, not warned about
         print("megatron-flops: warning: --real at this size needs much memory and time",
               file=sys.stderr)
-    result = verify(model, run.seq_length, run.micro_batch_size, run.recompute,
-                    run.pipeline_model_parallel_size, args.meta)
+    result = verify(*shape, args.meta)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
