@@ -184,32 +184,35 @@ def hook_parts(fork, calls, repeat):
     from megatron_flops.megatron import hook as hook_module
     time_calls(fork, 1, True, 10, 1)  # install, build shapes, print the start summary
     hook = hook_module.installed()
-    accounting = hook._accounting
+    strategy = hook.strategy
+    accounting = hook.accounts.for_args(hook.training_module.get_args())
+    interval = hook_module.Interval(100, accounting)
     writer = hook.training_module.get_tensorboard_writer()
     line = (" iteration      100/  100000 | consumed samples:         6400 | elapsed time per "
             "iteration (s): 0.50 | learning rate: 1.000E-04 | global batch size:    64 | lm "
             "loss: 1.000000E+00 | number of skipped iterations:   0 | number of nan "
             "iterations:   0 | samples per second: 128.000 | TFLOPs: 123.45 |")
-    edit = hook._rewrite_bigscience_line if fork == "bigscience" else hook._append_fields
-    fork_tags = tuple(hook_module._BIGSCIENCE_TAGS) if fork == "bigscience" else ()
+    fork_tags = tuple(hook_module.bigscience.FORK_TAGS) if fork == "bigscience" else ()
 
     def accounting_step():
         accounting.meter.add_iteration(64, 2048)
-        hook._report = accounting.close_interval(0.5, 1, hook._num_microbatches)
+        interval.close(0.5, 1, strategy.num_microbatches)
 
     def output_step():
-        edit(line)
-        hook._after_training_log(100)
+        hook.interval = interval  # as inside training_log: the fork tags get exact values
+        strategy.edit_line(interval, line)
+        strategy.write_outputs(interval)
         for tag in fork_tags:
             writer.add_scalar(tag, 1.0, 100)
+        hook.interval = None
 
     def observe_step():
         accounting.meter.add_iteration(64, 2048)
 
     observe = best_of(observe_step, calls, repeat)
     interval_accounting = best_of(accounting_step, calls, repeat) - observe
-    hook._report = accounting.close_interval(0.5, 1, hook._num_microbatches) \
-        if accounting.meter.pending_iterations == 1 else hook._report
+    if accounting.meter.pending_iterations == 1:
+        interval.close(0.5, 1, strategy.num_microbatches)
     output = best_of(output_step, calls, repeat)
     bare = NullWriter().add_scalar
     null_calls = best_of(lambda: [bare("t", 1.0, 1) for _ in range(21)], calls, repeat)

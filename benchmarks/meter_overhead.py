@@ -1,4 +1,5 @@
-"""Cost of the throughput meter: per iteration (add_iteration) and per reported interval (report).
+"""Cost of the throughput meter: per iteration (add_iteration), per reported interval (report),
+and per interval of several iterations added at once (add_iterations, what relog does).
 
 Target (issue 2): <= 10 µs per reported interval on a 2-core CPU.  Timings are medians of
 repeated batches so a noisy shared machine shows its typical cost, not its worst.
@@ -41,6 +42,11 @@ def main():
     print(f"add_iteration:          {per_iteration * 1e6:.2f} µs")
     print(f"report (per interval):  {per_interval * 1e6:.2f} µs   (target <= 10 µs)")
     print(f"interval of 1 iteration, add + report: {(per_iteration + per_interval) * 1e6:.2f} µs")
+    if hasattr(meter, "add_iterations"):
+        def several_iterations():
+            meter.add_iterations(100, 204800, 2048)
+
+        print(f"add_iterations (100 at once): {median_seconds(several_iterations) * 1e6:.2f} µs")
 
 
 if __name__ == "__main__":

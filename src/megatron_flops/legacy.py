@@ -21,12 +21,23 @@ the router are ignored); ``head_dim = h // n`` ignores ``--kv-channels``.  Full 
 more.  Read at microsoft/Megatron-DeepSpeed f4157bea (``utils.py`` throughput_calculator) and
 bigscience-workshop/Megatron-DeepSpeed 8387ae17 (``training.py`` training_log).
 
-Before microsoft commit b7b2d5ef (2024-08) the microsoft fork logged Eq. 3 with coefficient 24
-and factor 4 for any recompute (selective included): :func:`microsoft_eq3_tflops` reproduces
-those older dashboards.
+Before microsoft commit b7b2d5ef (2024-08-19) the microsoft fork logged Eq. 3 with coefficient
+24 whatever the MLP and factor 4 for any recompute, selective included (``utils.py`` at its
+parent cdf51944): :func:`microsoft_eq3_tflops` reproduces those older dashboards.
 """
 
+import math
 from typing import Optional
+
+
+def legacy_error(logged: Optional[float], exact: float) -> Optional[float]:
+    """How far a legacy figure is off: ``logged / exact − 1`` (+0.3 is 30 % too high).
+
+    ``None`` when there is nothing to compare: no logged figure, a non-finite one (``inf``
+    printed by a run), or no exact count to divide by.  Works for FLOPs and TFLOP/s alike."""
+    if logged is None or not math.isfinite(logged) or not exact > 0:
+        return None
+    return logged / exact - 1.0
 
 
 def bigscience_flops_per_iteration(batch_size: int, seq_length: int, num_layers: int,

@@ -42,15 +42,15 @@ class ThroughputReport(NamedTuple):
     mfu: Optional[float]
     hfu: Optional[float]
 
-    def as_dict(self) -> dict:
-        return self._asdict()
-
 
 class ThroughputMeter:
     """Accumulates iterations; :meth:`report` turns an interval into a :class:`ThroughputReport`.
 
     ``add_iteration(batch_size, seq_length)`` is called once per training iteration with that
     iteration's *global* batch size (samples over all data-parallel ranks) and sequence length.
+    ``add_iterations(count, samples, seq_length)`` adds ``count`` iterations at once that
+    together consumed ``samples`` samples of ``seq_length`` tokens (what a log line tells:
+    ``relog`` knows an interval's iterations and samples, not each iteration's batch).
     ``report(elapsed_seconds)`` closes the interval and starts a new one.  The meter does no
     I/O, no collective and no device synchronisation; FLOPs per sample are computed once per
     distinct sequence length.
@@ -99,6 +99,14 @@ class ThroughputMeter:
         self._hardware_flops += batch_size * hardware_flops
         self.consumed_samples += batch_size
         self.consumed_tokens += tokens
+
+    def add_iterations(self, count: int, samples: int, seq_length: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"an interval has at least one iteration, got {count!r}")
+        # FLOPs are linear in the samples: one "iteration" of all the samples counts them
+        # exactly; then the interval's other iterations are added to the count
+        self.add_iteration(samples, seq_length)
+        self._iterations += count - 1
 
     @property
     def pending_iterations(self) -> int:

@@ -4,12 +4,22 @@ Eq. 4 estimates end-to-end time as ``8·T·P / (n·X)``: tokens ``T``, parameter
 ``n``, achieved TFLOP/s per GPU ``X`` (with full recompute, 8 = 2 forward + 4 backward + 2
 recompute FLOPs per parameter per token).  We replace ``8·P`` by the exact hardware FLOPs per
 token of this shape and recompute setting, so attention and logits are counted too.
+
+:func:`iteration_breakdown` is the breakdown of one whole iteration of a run (its global
+batch, sequence length, recompute and pipeline size): what every command and adapter that
+plans or summarises a run starts from.
 """
 
 from dataclasses import dataclass
 
-from .flops import flops_breakdown
+from .flops import Breakdown, flops_breakdown
 from .shapes import ModelShape, RunShape
+
+
+def iteration_breakdown(model: ModelShape, run: RunShape, causal: bool = False) -> Breakdown:
+    """The breakdown of one iteration of ``run``: its global batch at its sequence length."""
+    return flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
+                           run.pipeline_model_parallel_size, causal)
 
 
 @dataclass(frozen=True)
@@ -33,8 +43,7 @@ def training_time(model: ModelShape, run: RunShape, train_tokens: int, tflops_pe
         raise ValueError(f"--train-tokens must be positive, got {train_tokens}")
     if tflops_per_gpu <= 0:
         raise ValueError(f"--tflops-per-gpu must be positive, got {tflops_per_gpu}")
-    breakdown = flops_breakdown(model, run.seq_length, run.global_batch_size, run.recompute,
-                                run.pipeline_model_parallel_size, causal)
+    breakdown = iteration_breakdown(model, run, causal)
     iterations = train_tokens / breakdown.tokens
     hardware_flops = iterations * breakdown.hardware_flops
     seconds = hardware_flops / (run.world_size * tflops_per_gpu * 1e12)

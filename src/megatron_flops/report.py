@@ -1,6 +1,6 @@
 """Text rendering of a breakdown for people (tables with aligned columns, no dependencies)."""
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from .flops import Breakdown
 from .params import ParameterCount
@@ -20,6 +20,13 @@ def flops_unit(value: float):
 def format_flops(value: float) -> str:
     scale, name = flops_unit(value)
     return f"{value / scale:.3f} {name}"
+
+
+def format_percent(fraction: Optional[float], spec: str = ".1f", unit: str = "%") -> str:
+    """``0.4517`` -> ``"45.2%"``; ``"n/a"`` when there is no value (no peak, nothing logged).
+
+    ``spec`` formats the percentage (``"+.1f"`` for a signed error), ``unit`` follows it."""
+    return "n/a" if fraction is None else f"{100.0 * fraction:{spec}}{unit}"
 
 
 def format_count(value: int) -> str:

@@ -8,6 +8,7 @@ module imports nothing outside the standard library.
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .meter import ThroughputReport
+from .report import format_percent
 
 # report field -> TensorBoard / W&B tag
 TAGS: Tuple[Tuple[str, str], ...] = (
@@ -58,10 +59,6 @@ def write_wandb(log: Callable[..., None], report: ThroughputReport, iteration: i
     log(scalars(report), step=iteration)
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100.0 * value:.1f}%"
-
-
 def _tflops(value: float) -> str:
     """Two decimals like Megatron's ``TFLOPs: 123.45``; three significant digits below 1
     (a CPU's 0.0123 would otherwise print as 0.01)."""
@@ -76,8 +73,8 @@ def console_fields(report: ThroughputReport) -> List[Tuple[str, str]]:
         ("tokens per gpu per second", f"{report.tokens_per_second_per_gpu:.1f}"),
         ("model TFLOP/s per gpu", _tflops(report.model_tflops_per_gpu)),
         ("hardware TFLOP/s per gpu", _tflops(report.hardware_tflops_per_gpu)),
-        ("MFU", _percent(report.mfu)),
-        ("HFU", _percent(report.hfu)),
+        ("MFU", format_percent(report.mfu)),
+        ("HFU", format_percent(report.hfu)),
     ]
 
 

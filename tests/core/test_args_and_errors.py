@@ -85,6 +85,30 @@ def test_rampup_follows_megatron():
     assert [run.batch_size_at(c) for c in (0, 39, 40, 80, 120, 121)] == [4, 4, 8, 12, 16, 16]
 
 
+def test_rampup_rounds_down_to_whole_micro_batches():
+    """Megatron's RampupBatchsizeNumMicroBatches (microsoft/Megatron-DeepSpeed f4157bea,
+    megatron/microbatches.py), restated: the batch at ``consumed`` samples is
+    ``start + int(consumed / (ramp_samples / steps)) · increment`` with
+    ``steps = (global − start) / increment``, and an iteration runs
+    ``batch // (micro × DP)`` micro-batches, i.e. ``(batch // (micro × DP)) · micro × DP``
+    samples.  Micro 2 × DP 2 = 4; ramp 6 +6 over 120 samples to 24: +6 every 40 samples.
+
+        consumed   0..40 → 6 → 1 micro-batch round  → 4   (int(39/40) = 0; 40 is step 1)
+        consumed  40..80 → 12 → 3 rounds           → 12
+        consumed 80..120 → 18 → 4 rounds           → 16
+        consumed   > 120 → 24                      → 24
+    """
+    run = RunShape(seq_length=8, micro_batch_size=2, global_batch_size=24, world_size=2,
+                   rampup_batch_size=(6, 6, 120))
+    assert run.data_parallel_size == 2
+    consumed = (0, 39, 40, 79, 80, 119, 120, 121, 10 ** 6)
+    assert [run.batch_size_at(c) for c in consumed] == [4, 4, 12, 12, 16, 16, 24, 24, 24]
+    # micro 4 × DP 1 = 4 on one GPU: the same rounding, the same batches
+    single = RunShape(seq_length=8, micro_batch_size=4, global_batch_size=24, world_size=1,
+                      rampup_batch_size=(6, 6, 120))
+    assert [single.batch_size_at(c) for c in consumed] == [4, 4, 12, 12, 16, 16, 24, 24, 24]
+
+
 @pytest.mark.parametrize("flags,flag,words", [
     (["--num-layers", "2", "--hidden-size", "60", "--num-attention-heads", "8",
       "--seq-length", "8"], "--num-attention-heads", "must divide --hidden-size (60)"),

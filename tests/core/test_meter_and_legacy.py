@@ -7,7 +7,8 @@ import pytest
 from megatron_flops.cli import main
 from megatron_flops.flops import flops_breakdown
 from megatron_flops.hardware import canonical_device, peak_tflops, resolve_peak
-from megatron_flops.legacy import bigscience_tflops, microsoft_tflops
+from megatron_flops.legacy import (bigscience_tflops, legacy_error, microsoft_eq3_tflops,
+                                   microsoft_tflops)
 from megatron_flops.meter import ThroughputMeter
 from megatron_flops.shapes import ModelShape, Recompute
 
@@ -151,3 +152,110 @@ def test_estimate_human_output(capsys):
     for needle in ("mlp_gate", "total", "model FLOPs per iteration", "bigscience fork would log",
                    "MFU / HFU:                 n/a"):
         assert needle in text
+
+
+def test_meter_interval_of_several_iterations():
+    """add_iterations(count, samples, seq): ``count`` iterations that together consumed
+    ``samples`` samples, as a log line tells them; FLOPs are per sample, so 3 iterations
+    of 4 + 4 + 8 samples at s = 8 are 16 samples' worth."""
+    meter = ThroughputMeter(MODEL, world_size=2)
+    meter.add_iterations(3, 16, 8)
+    report = meter.report(3.0)
+    assert report.iterations == 3
+    assert report.samples == 16 and report.tokens == 16 * 8
+    assert report.model_flops == 3 * forward_by_hand(16, 8)
+    assert report.samples_per_second == pytest.approx(16 / 3.0)
+    assert report.model_tflops_per_gpu == pytest.approx(3 * forward_by_hand(16, 8) / (3.0 * 2e12))
+    assert meter.consumed_samples == 16 and meter.consumed_tokens == 128
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="at least one iteration"):
+            meter.add_iterations(bad, 16, 8)
+
+
+def test_legacy_error_is_logged_over_exact_minus_one():
+    assert legacy_error(130.0, 100.0) == pytest.approx(0.3)
+    assert legacy_error(75.0, 100.0) == pytest.approx(-0.25)
+    for logged, exact in ((None, 100.0), (float("inf"), 100.0), (float("nan"), 100.0),
+                          (50.0, 0.0)):
+        assert legacy_error(logged, exact) is None
+
+
+def test_microsoft_eq3_form_before_b7b2d5ef():
+    """The microsoft fork's throughput_calculator before commit b7b2d5ef (2024-08-19;
+    megatron/utils.py at its parent cdf51944), restated: Narayanan et al. 2021 Eq. 3 with
+    coefficient 24 whatever the MLP, factor 4 when --checkpoint-activations is set or
+    --recompute-granularity is 'selective' or 'full', else 3:
+
+        F = 24 · factor · B · s · l · h² · (1 + s / (6h) + V / (16 l h))
+
+    With factor 4 that is Eq. 3 itself, 96·B·s·l·h²·(1 + s/6h + V/16lh); expanded by hand
+    for B 8, s 1024, l 4, h 256, V 1000: 96·B·s·l·h² + 16·B·s²·l·h + 6·B·s·h·V."""
+    B, s, l, h, V, seconds, world = 8, 1024, 4, 256, 1000, 2.0, 4
+    eq3 = 96 * B * s * l * h * h + 16 * B * s * s * l * h + 6 * B * s * h * V
+    assert microsoft_eq3_tflops(B, s, l, h, V, True, seconds, world) == pytest.approx(
+        eq3 / (seconds * world * 1e12), rel=1e-12)
+    assert microsoft_eq3_tflops(B, s, l, h, V, False, seconds, world) == pytest.approx(
+        0.75 * eq3 / (seconds * world * 1e12), rel=1e-12)
+
+    def fork(checkpoint_activations, recompute_granularity):
+        factor = 3
+        if checkpoint_activations or recompute_granularity in ("selective", "full"):
+            factor = 4
+        flops = (24 * factor * B * s * l * h ** 2) * (1.0 + s / (6.0 * h) + V / (16.0 * l * h))
+        return flops / (seconds * world * 1e12)
+
+    for checkpoint, granularity in ((False, None), (True, None), (False, "selective"),
+                                    (False, "full")):
+        recompute = checkpoint or granularity is not None
+        assert microsoft_eq3_tflops(B, s, l, h, V, recompute, seconds, world) == pytest.approx(
+            fork(checkpoint, granularity), rel=1e-12)
+
+
+def test_estimate_legacy_error_by_hand(capsys):
+    """estimate's legacy_error = each fork's figure / exact hardware − 1, derived by hand.
+
+    l 2, h 64, n 8 heads, 2 KV heads (d 8, GQA 4:1), ffn 4h, s 32, V 256, no recompute.
+    Exact forward per sample: per layer Q 2sh² + KV 2·s·h·(2·2·8) = sh² + O 2sh² +
+    MLP 16sh² + scores and A·V 4s²h, i.e. 21sh² + 4s²h; plus logits 2shV.
+    bigscience counts 72·s·l·h²·(1 + s/6h + V/16lh) = 3 × (24slh² + 4s²lh + 1.5shV).
+    microsoft counts 2 × 3 × MACs with (1 + 2//4 + 1)·h²·s = 2sh² for Q, K, V, O: its
+    forward is l·(4sh² + 16sh² + 4s²h) + 2shV (K and V dropped).
+    B, the time and the world size cancel in the ratio.  bigscience is over by 3slh² − 0.5shV
+    = 256sh (it assumes full K and V heads, undercounts the logits), microsoft under by slh²."""
+    l, h, s, V = 2, 64, 32, 256
+    exact = l * (21 * s * h * h + 4 * s * s * h) + 2 * s * h * V
+    bigscience = 24 * s * l * h * h + 4 * s * s * l * h + 1.5 * s * h * V
+    microsoft = l * (20 * s * h * h + 4 * s * s * h) + 2 * s * h * V
+    assert main(["estimate", "--num-layers", str(l), "--hidden-size", str(h),
+                 "--num-attention-heads", "8", "--num-key-value-heads", "2", "--seq-length",
+                 str(s), "--padded-vocab-size", str(V), "--global-batch-size", "4",
+                 "--world-size", "2", "--iteration-time", "0.25", "--json"]) == 0
+    errors = json.loads(capsys.readouterr().out)["throughput"]["legacy_error"]
+    assert errors["bigscience"] == pytest.approx(bigscience / exact - 1, rel=1e-12)
+    assert errors["microsoft"] == pytest.approx(microsoft / exact - 1, rel=1e-12)
+    assert errors["bigscience"] == pytest.approx(256 * s * h / exact, rel=1e-12)
+    assert errors["microsoft"] == pytest.approx(-l * s * h * h / exact, rel=1e-12)
+    # and as printed
+    assert main(["estimate", "--num-layers", str(l), "--hidden-size", str(h),
+                 "--num-attention-heads", "8", "--num-key-value-heads", "2", "--seq-length",
+                 str(s), "--padded-vocab-size", str(V), "--iteration-time", "0.25"]) == 0
+    text = capsys.readouterr().out
+    assert f"({100 * (microsoft / exact - 1):+.1f}% vs hardware)" in text
+
+
+@pytest.mark.parametrize("dtype_flags, dtype, tflops", [
+    ([], "fp32", 19.5),                 # no --fp16/--bf16: fp32 (A100 datasheet 19.5)
+    (["--fp16"], "fp16", 312.0),        # A100 datasheet dense FP16 Tensor Core
+    (["--bf16"], "bf16", 312.0),
+])
+def test_estimate_peak_follows_the_run_dtype(capsys, dtype_flags, dtype, tflops):
+    """The peak estimate divides by is the dense peak of the run's own dtype (A100 datasheet:
+    19.5 TFLOP/s fp32, 312 bf16/fp16), and MFU = model TFLOP/s per GPU / that peak."""
+    assert main(["estimate", "--num-layers", "2", "--hidden-size", "64",
+                 "--num-attention-heads", "8", "--seq-length", "32", "--gpu", "a100",
+                 "--iteration-time", "1", *dtype_flags, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["peak"]["tflops"] == tflops
+    assert f"dense {dtype}" in out["peak"]["source"]
+    t = out["throughput"]
+    assert t["mfu"] == pytest.approx(t["tflops_per_gpu"]["model"] / tflops, rel=1e-12)

@@ -291,3 +291,145 @@ def test_human_table_and_summary(tmp_path, logfmt, capsys):
     assert "mean logged TFLOPs" in result.out
     assert "MFU" in result.out and "312" in result.out
     assert "0 unparsed" in result.out and "2 other" in result.out
+
+
+def test_summary_statistics_by_hand(tmp_path, logfmt, capsys):
+    """Every summary statistic of a messy bigscience log, derived by hand.
+
+    Full recompute (``--checkpoint-activations``), so model and hardware differ; peak 100.
+    Lines (iteration, consumed samples, logged batch, seconds, printed TFLOPs):
+
+        A  10   640   64  4.0  1.005 × the formula: 0.24 TFLOPs     first line: batch 64, 1 it
+                               off but within 1 %: no mismatch
+        B  20  1280   64  2.0  1.2 × the formula (a mismatch)       Δ 640 / 10 → 64, 10 its
+        B  20  1280   (the same line twice more: two duplicates, skipped)
+        C  30  2560  128  8.0  inf (no error: not a number)         Δ 1280 / 10 → 128, 10 its
+        D  40  3840  128  5.0  the fork's formula                   Δ 1280 / 10 → 128, 10 its
+        E  35  3200  128  2.5  0.9 × the formula (a mismatch)       restart: batch 128, 1 it
+        F  45  8200  128  4.0  the fork's formula                   Δ 5000 / 10 = 500 is not
+                                                                    in [128, 128]: logged 128
+        G  50  8520   64  640  0.30 where the formula says 0.3044   Δ 320 / 5 → 64, 5 its
+                               (1.5 % off, but within the printed 2 decimals: no mismatch)
+
+    Per interval, TFLOP/s per GPU = batch × FLOPs per sample / (seconds × world × 1e12);
+    the mean is over the 6 intervals, "over the whole time" is Σ FLOPs / Σ time with an
+    interval's FLOPs and time counted over its iterations (1 or 10).  The logged statistics
+    are over A, B, D, E, F, G (C's inf is not a number).
+    """
+    world, s, peak = 8, 2048, 100.0
+    _, hardware_per_sample = logfmt.hand_flops_per_sample(s, L, H, N, V, full_recompute=True)
+    model_per_sample, _ = logfmt.hand_flops_per_sample(s, L, H, N, V)
+
+    def formula(batch, seconds):
+        return logfmt.bigscience_logged_tflops(batch, s, L, H, V, seconds, world, checkpoint=True)
+
+    rows = [  # iteration, consumed, batch, seconds, printed, (batch used, iterations)
+        (10, 640, 64, 4.0, 1.005 * formula(64, 4.0), (64, 1)),
+        (20, 1280, 64, 2.0, 1.2 * formula(64, 2.0), (64, 10)),
+        (30, 2560, 128, 8.0, float("inf"), (128, 10)),
+        (40, 3840, 128, 5.0, formula(128, 5.0), (128, 10)),
+        (35, 3200, 128, 2.5, 0.9 * formula(128, 2.5), (128, 1)),
+        (45, 8200, 128, 4.0, formula(128, 4.0), (128, 1)),
+        (50, 8520, 64, 640.0, 0.30, (64, 5)),
+    ]
+    lines = [logfmt.bigscience_line(i, c, c * s, t, b, b / t, printed)
+             for i, c, b, t, printed, _ in rows]
+    lines[2:2] = [lines[1], lines[1]]
+    path = write(tmp_path, lines)
+    flags = [*MODEL_FLAGS, "--seq-length", s, "--world-size", world, "--checkpoint-activations",
+             "--peak-tflops", peak]
+    result = logfmt.run_cli(capsys, path, *flags, "--json")
+    assert result.code == 0, result.err
+    summary = logfmt.json_summary(result)
+
+    model = [b * model_per_sample / (t * world * 1e12) for _, _, _, t, _, (b, _) in rows]
+    hardware = [b * hardware_per_sample / (t * world * 1e12) for _, _, _, t, _, (b, _) in rows]
+    seconds = sum(t * its for _, _, _, t, _, (_, its) in rows)
+    samples = sum(b * its for _, _, _, _, _, (b, its) in rows)
+    logged_rows = [k for k in range(7) if k != 2]
+    printed = [float(f"{rows[k][4]:.2f}") for k in logged_rows]
+    errors = [p / hardware[k] - 1 for p, k in zip(printed, logged_rows)]
+    deviations = [abs(p - formula(rows[k][2], rows[k][3])) / formula(rows[k][2], rows[k][3])
+                  for p, k in zip(printed, logged_rows)]
+
+    assert abs(0.30 - formula(64, 640.0)) / formula(64, 640.0) > 0.01   # G: see above
+    assert abs(printed[0] - formula(64, 4.0)) > 0.2                      # A
+    assert summary["intervals"] == 7
+    assert (summary["first_iteration"], summary["last_iteration"]) == (10, 50)
+    assert summary["forks"] == ["bigscience"] and summary["world_size"] == world
+    assert summary["mean_tflops_per_gpu"]["model"] == pytest.approx(sum(model) / 7, rel=1e-9)
+    assert summary["mean_tflops_per_gpu"]["hardware"] == pytest.approx(sum(hardware) / 7,
+                                                                        rel=1e-9)
+    assert summary["overall_tflops_per_gpu"]["model"] == pytest.approx(
+        samples * model_per_sample / (seconds * world * 1e12), rel=1e-9)
+    assert summary["overall_tflops_per_gpu"]["hardware"] == pytest.approx(
+        samples * hardware_per_sample / (seconds * world * 1e12), rel=1e-9)
+    assert summary["mean_mfu"] == pytest.approx(sum(model) / 7 / peak, rel=1e-9)
+    assert summary["mean_hfu"] == pytest.approx(sum(hardware) / 7 / peak, rel=1e-9)
+    assert summary["intervals_with_logged_tflops"] == 6
+    assert summary["mean_logged_tflops"] == pytest.approx(sum(printed) / 6, rel=1e-9)
+    assert summary["mean_hardware_tflops_where_logged"] == pytest.approx(
+        sum(hardware[k] for k in logged_rows) / 6, rel=1e-9)
+    assert summary["mean_error"] == pytest.approx(sum(errors) / 6, rel=1e-9)
+    assert summary["min_error"] == pytest.approx(min(errors), rel=1e-9)
+    assert summary["max_error"] == pytest.approx(max(errors), rel=1e-9)
+    assert summary["fork_formula_checked"] == 6
+    assert summary["fork_formula_mismatches"] == 2            # B and E, not G
+    assert summary["worst_fork_formula_deviation"] == pytest.approx(max(deviations), rel=1e-6)
+    assert summary["worst_fork_formula_deviation"] == pytest.approx(0.2, abs=1e-3)
+    assert summary["duplicate_lines"] == 2 and summary["restarts"] == 1
+    assert summary["inconsistent_consumed_samples"] == 1
+
+    text = logfmt.run_cli(capsys, path, *flags).out
+    assert (f"mean model / hardware TFLOP/s per GPU: {sum(model) / 7:.2f} / "
+            f"{sum(hardware) / 7:.2f}") in text
+    assert (f"mean MFU / HFU: {100 * sum(model) / 7 / peak:.1f}% / "
+            f"{100 * sum(hardware) / 7 / peak:.1f}%") in text
+    assert (f"mean logged TFLOPs: {sum(printed) / 6:.2f} vs true (hardware) "
+            f"{sum(hardware[k] for k in logged_rows) / 6:.2f} over 6 intervals: mean error "
+            f"{100 * sum(errors) / 6:+.1f}% (from {100 * min(errors):+.1f}% to "
+            f"{100 * max(errors):+.1f}%)") in text
+    assert "in 2 of 6 intervals the fork's own formula" in text
+    assert "2 duplicates skipped, 1 restarts" in text
+    assert "1 intervals whose consumed samples disagree" in text
+
+
+def test_summary_without_peak_or_logged_tflops(tmp_path, logfmt, capsys):
+    """No peak: no MFU/HFU (n/a, the reason shown); inf logged everywhere: nothing to compare."""
+    world, batch, s, seconds = 8, 64, 2048, 4.0
+    lines = [logfmt.bigscience_line(i, i * batch, i * batch * s, seconds, batch,
+                                    batch / seconds, float("inf")) for i in (10, 20)]
+    path = write(tmp_path, lines)
+    flags = [*MODEL_FLAGS, "--seq-length", s, "--world-size", world]
+    summary = logfmt.json_summary(logfmt.run_cli(capsys, path, *flags, "--json"))
+    assert summary["mean_mfu"] is None and summary["mean_hfu"] is None
+    assert summary["intervals_with_logged_tflops"] == 0
+    for key in ("mean_logged_tflops", "mean_hardware_tflops_where_logged", "mean_error",
+                "min_error", "max_error"):
+        assert summary[key] is None
+    assert summary["fork_formula_checked"] == 0
+    text = logfmt.run_cli(capsys, path, *flags).out
+    assert "MFU / HFU: n/a (unknown device" in text
+    assert "no logged TFLOPs to compare" in text
+
+
+def test_library_summary_counts_formula_checks_only_with_a_fork():
+    """The compute API without the command: a record of unknown fork (a TensorBoard run
+    whose tags name no fork) has a logged figure and an error but no fork formula to check."""
+    from megatron_flops.hardware import resolve_peak
+    from megatron_flops.logs.console import LogRecord, ParseStats
+    from megatron_flops.logs.relog import Relogger, Summary
+    from megatron_flops.shapes import ModelShape, RunShape
+    model = ModelShape(num_layers=L, hidden_size=H, num_attention_heads=N, vocab_size=V)
+    run = RunShape(seq_length=2048, world_size=8, global_batch_size=64)
+    relogger, summary = Relogger(model, run), Summary()
+    for fork, iteration in ((None, 10), ("bigscience", 20)):
+        record = LogRecord(line_number=0, fork=fork, iteration=iteration, train_iters=None,
+                           seconds_per_iteration=4.0, global_batch_size=64, tflops=40.0)
+        summary.add(relogger.add(record))
+    result = summary.as_dict(8, ParseStats(), relogger, resolve_peak())
+    assert result["intervals_with_logged_tflops"] == 2
+    assert result["fork_formula_checked"] == 1
+    assert result["forks"] == ["bigscience"]
+    with pytest.raises(ValueError, match="at least one interval"):
+        Summary().as_dict(8, ParseStats(), relogger, resolve_peak())

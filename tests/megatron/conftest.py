@@ -75,7 +75,17 @@ def tools():
     t.log_lines = log_lines
     t.field = field
     t.fixture_dir = fixture_dir
+    t.require_tensorboard = require_tensorboard
+    t.purge_megatron = _purge_megatron
     return t
+
+
+def require_tensorboard():
+    """Skip (not fail) without torch or tensorboard: the fixture forks' writer is torch's
+    SummaryWriter, and the event files are read back with tensorboard."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torch.utils.tensorboard")
+    pytest.importorskip("tensorboard")
 
 
 def read_scalars(log_dir: str) -> dict:

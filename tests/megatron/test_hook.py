@@ -57,6 +57,7 @@ def bigscience_formula_tflops(batch, s, seconds_per_iteration):
 
 @pytest.mark.parametrize("fork", FORKS)
 def test_console_and_tensorboard_carry_exact_values(fork, runner, tools, tmp_path):
+    tools.require_tensorboard()
     tb = str(tmp_path / "tb")
     argv = args_for(extra=["--tensorboard-dir", tb, "--log-timers-to-tensorboard"]
                     + (["--wandb-project", "p"] if fork == "microsoft" else []))
@@ -142,6 +143,7 @@ def test_rampup_counted_per_iteration(fork, runner, tools):
 
 @pytest.mark.parametrize("fork", FORKS)
 def test_curriculum_sequence_length_counted_per_iteration(fork, runner, tools, tmp_path):
+    tools.require_tensorboard()
     tb = str(tmp_path / "tb")
     argv = args_for(seq=64, extra=["--curriculum-seqlens", "16,32,64,64,64,64",
                                    "--tensorboard-dir", tb])
@@ -275,6 +277,7 @@ def test_run_module_bad_input_exits_2(argv, message, tmp_path):
 def test_torchrun_two_processes(tools, tmp_path):
     """`torchrun --nproc_per_node=2 -m megatron_flops.run pretrain_gpt.py ARGS`: rank 0 prints
     the summary, the last rank the exact line (world 2, DP 2, batch 4)."""
+    pytest.importorskip("torch")
     checkout = tools.fixture_dir("bigscience")
     src = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src"))
     result = subprocess.run(
@@ -332,3 +335,128 @@ def test_unexpected_training_log_signature_falls_back_to_log_time(runner, tools,
         log_time = int(tools.field(line, "global batch size")) * 3 * per_sample \
             / (3 * SECONDS_PER_ITERATION * 1e12)
         assert tools.field(line, "TFLOPs") == f"{log_time:.2f}"
+
+
+def summary_line(out: str, start: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(start))
+
+
+@pytest.mark.parametrize("fork, extra", [
+    ("bigscience", []),
+    ("bigscience", ["--glu-activation", "swiglu"]),
+    ("microsoft", ["--checkpoint-activations"]),
+])
+def test_start_summary_says_how_far_the_forks_formula_is_off(fork, extra, runner, tools):
+    """The 'fork formula off by X %' line against a hand count of both sides, per iteration
+    (batch 2, s 32): the forks' formulas as DESIGN.md §3 describes them, the exact count from
+    the table in DESIGN.md §2."""
+    out = runner.run(tools.fixture_dir(fork), args_for(extra=extra))
+    s, l, h, V, batch = 32, LAYERS, HIDDEN, VOCAB_PADDED, 2
+    recompute, glu = "--checkpoint-activations" in extra, "--glu-activation" in extra
+    exact = batch * hand_hardware_flops(s, full_recompute=recompute, glu=glu)
+    if fork == "bigscience":  # Eq. 3 with coefficient 32 for GLU, else 24; factor 3
+        legacy = (32 if glu else 24) * 3 * batch * s * l * h * h * (
+            1 + s / (6 * h) + V / (16 * l * h))
+    else:  # exact for dense MHA, but recompute adds a whole forward, logits included
+        layers, logits = hand_forward_flops(s)
+        legacy = batch * 4 * (layers + logits)
+    off = 100 * (legacy / exact - 1)
+    assert abs(off) > 1  # a sign or factor change shows
+    line = summary_line(out, f"the {fork} fork's own formula counts")
+    assert line == (f"the {fork} fork's own formula counts {legacy:.4g} FLOPs per iteration for "
+                    f"this shape, {off:+.1f}% vs the exact hardware count {exact:.4g}: its TFLOPs "
+                    "would be off by that much")
+
+
+# dense datasheet peaks (TFLOP/s): NVIDIA A100 datasheet (fp32 19.5, bf16/fp16 tensor 312),
+# NVIDIA V100 SXM2 datasheet (fp32 15.7, fp16 tensor 125; no bf16)
+@pytest.mark.parametrize("fork, gpu, flags, dtype, peak", [
+    ("bigscience", "a100", [], "fp32", 19.5),
+    ("microsoft", "a100", [], "fp32", 19.5),
+    ("bigscience", "a100", ["--bf16"], "bf16", 312.0),
+    ("microsoft", "v100-sxm", ["--fp16"], "fp16", 125.0),
+    ("bigscience", "v100-sxm", [], "fp32", 15.7),
+    ("microsoft", "v100-sxm", ["--bf16"], "bf16", None),
+])
+def test_peak_is_the_datasheet_one_for_the_runs_dtype(fork, gpu, flags, dtype, peak, runner, tools,
+                                                      monkeypatch):
+    monkeypatch.setenv("MEGATRON_FLOPS_GPU", gpu)
+    monkeypatch.delenv("MEGATRON_FLOPS_PEAK_TFLOPS", raising=False)
+    out = runner.run(tools.fixture_dir(fork), args_for(extra=flags))
+    line = tools.log_lines(out)[0]
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    peak_line = summary_line(out, "peak for MFU/HFU: ")
+    if peak is None:
+        assert tools.field(line, "MFU") == "n/a"
+        assert peak_line.startswith(f"peak for MFU/HFU: no {dtype} peak known for {gpu}")
+    else:
+        assert tools.field(line, "MFU") == f"{100 * exact / peak:.1f}%"
+        assert peak_line == f"peak for MFU/HFU: {gpu} dense {dtype} datasheet peak ({peak:g} TFLOP/s)"
+
+
+def test_bigscience_per_replica_tags_divide_by_the_data_parallel_size(runner, tools, tmp_path,
+                                                                     monkeypatch):
+    # world 2 = DP 2, this process the last rank (it owns the writer); global batch 4
+    tools.require_tensorboard()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    tb = str(tmp_path / "tb")
+    runner.run(tools.fixture_dir("bigscience"),
+               args_for(micro=2, extra=["--tensorboard-dir", tb, "--log-timers-to-tensorboard"]))
+    scalars = tools.read_scalars(tb)
+    samples = 4 / SECONDS_PER_ITERATION  # 4 samples per iteration, 1 µs each
+    expected = {
+        "iteration-time/samples per second": samples,
+        "iteration-time/samples per second per replica": samples / 2,
+        "iteration-time/tokens per second": samples * 32,
+        "iteration-time/tokens per second per replica": samples * 32 / 2,
+        "iteration-time/TFLOPs per gpu (estimated)":
+            4 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 2 * 1e12),
+    }
+    for tag, value in expected.items():
+        assert [step for step, _ in scalars[tag]] == [3, 6], tag
+        assert [v for _, v in scalars[tag]] == [pytest.approx(value, rel=1e-6)] * 2, tag
+
+
+def test_install_settings_belong_to_the_hook(runner, tools, monkeypatch):
+    """install(peak_tflops=…) sets this hook's peak; a second install() keeps what it does not
+    give; the drop-in calculator (not the hook's) never sees them."""
+    from megatron_flops.megatron import calculator, hook
+    monkeypatch.delenv("MEGATRON_FLOPS_PEAK_TFLOPS", raising=False)
+    monkeypatch.delenv("MEGATRON_FLOPS_GPU", raising=False)
+    hook.install(peak_tflops=400)
+    out = runner.run(tools.fixture_dir("microsoft"), args_for(), causal=False)  # installs again
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    assert tools.field(tools.log_lines(out)[0], "MFU") == f"{100 * exact / 400:.1f}%"
+    assert hook.installed() is None  # the runner uninstalled it
+    import argparse
+    args = argparse.Namespace(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32,
+                              padded_vocab_size=1024, micro_batch_size=1, world_size=1)
+    try:
+        assert calculator.accounting_for(args).peak.tflops is None
+    finally:
+        calculator.forget()
+
+
+def test_install_rejects_a_non_positive_peak():
+    from megatron_flops.megatron import hook
+    with pytest.raises(ValueError, match="peak_tflops must be positive, got 0"):
+        hook.install(peak_tflops=0)
+    assert hook.installed() is None
+
+
+def test_every_strategy_recognises_only_its_own_fork(tools):
+    """detect() by features: each fixture fork is recognised by its strategy, which the hook
+    asks first."""
+    from megatron_flops.megatron import hook
+    for fork in FORKS:
+        tools.purge_megatron()
+        sys.path.insert(0, tools.fixture_dir(fork))
+        try:
+            import megatron.training
+            found = [s.name for s in hook.STRATEGIES if s.detect(megatron.training)]
+        finally:
+            sys.path.remove(tools.fixture_dir(fork))
+            tools.purge_megatron()
+        # the microsoft fork's line also has an inline TFLOPs field: asked first, it wins
+        assert found == ([fork, "bigscience"] if fork == "microsoft" else [fork])

@@ -22,9 +22,9 @@ COMMANDS = {
              "measure this device's achievable dense matmul TFLOP/s per dtype (needs torch)"),
     "verify": ("megatron_flops.commands.verify", "verify_main",
                "count one training step of a reference GPT with PyTorch and check the formulas"),
-    "patch": ("megatron_flops.megatron.patch", "patch_main",
+    "patch": ("megatron_flops.commands.patch", "patch_main",
               "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),
-    "relog": ("megatron_flops.logs.relog", "relog_main",
+    "relog": ("megatron_flops.commands.relog", "relog_main",
               "true TFLOP/s, MFU and the logged TFLOPs' error for a past run's log or TensorBoard run"),
 }
 

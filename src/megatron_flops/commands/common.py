@@ -27,7 +27,6 @@ def run_guarded(function, argv: Sequence[str]) -> int:
         return fail(str(error))
 
 
-
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
@@ -42,8 +41,8 @@ def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
     """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
-    from ..megatron.args import ignored_flags, shapes_from_args
-    args, unknown = parser.parse_known_args([a for a in argv if a != "\\"])
+    from ..megatron.args import ignored_flags, parse_megatron_args, shapes_from_args
+    args, unknown = parse_megatron_args(argv, parser)
     ignored = ignored_flags(unknown)
     stray = [u for u in unknown if not u.startswith("-")]
     if ignored and not quiet:

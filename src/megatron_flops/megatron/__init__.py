@@ -1,14 +1,17 @@
-"""Megatron-DeepSpeed adapters: argument reading (standard library only), the runtime hook,
-the drop-in ``throughput_calculator`` and the source patcher.
+"""Megatron adapters: argument reading (standard library only), the runtime hook (one
+strategy per training framework), the drop-in ``throughput_calculator``, the source patcher
+and the runner.
 
 Public entry points:
 
 - :func:`install` — ``megatron_flops.megatron.install()`` in a training script (before or
-  after ``megatron.training`` is imported) routes the fork's throughput reporting through
+  after ``megatron.training`` is imported) routes the framework's throughput reporting through
   megatron-flops; see :mod:`megatron_flops.megatron.hook`.
 - :func:`megatron_flops.megatron.calculator.throughput_calculator` — drop-in for the
   microsoft fork's ``megatron.utils.throughput_calculator``.
-- ``python -m megatron_flops.run SCRIPT ARGS`` and ``megatron-flops patch CHECKOUT``.
+- ``python -m megatron_flops.run SCRIPT ARGS`` (:mod:`megatron_flops.megatron.run`) and
+  ``megatron-flops patch CHECKOUT`` (:mod:`megatron_flops.megatron.patch`, command in
+  :mod:`megatron_flops.commands.patch`).
 """
 
 
@@ -17,3 +20,9 @@ def install(peak_tflops=None, gpu=None, causal=None, training_module=None, out=N
     from .hook import install as _install
     return _install(peak_tflops=peak_tflops, gpu=gpu, causal=causal,
                     training_module=training_module, out=out)
+
+
+def uninstall() -> None:
+    """Remove the runtime hook; see :func:`megatron_flops.megatron.hook.uninstall`."""
+    from .hook import uninstall as _uninstall
+    _uninstall()

@@ -28,8 +28,8 @@ synchronisation.  torch is imported (lazily) once, to read the device name for t
 
 import os
 import sys
-from dataclasses import replace
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Tuple
 
 from ..hardware import Peak, resolve_peak
 from ..meter import ThroughputMeter, ThroughputReport
@@ -42,15 +42,40 @@ ENV_GPU = "MEGATRON_FLOPS_GPU"
 ENV_CAUSAL = "MEGATRON_FLOPS_CAUSAL"
 
 
+@dataclass(frozen=True)
 class Settings:
-    """Overrides given to :func:`megatron_flops.megatron.install` (or read from the env)."""
+    """Overrides of one hook (the arguments of :func:`megatron_flops.megatron.install`).
+
+    ``None`` leaves the choice to the environment (``MEGATRON_FLOPS_PEAK_TFLOPS``,
+    ``MEGATRON_FLOPS_GPU``, ``MEGATRON_FLOPS_CAUSAL``, read when a run's shapes are first
+    built), then to the device torch reports.
+    """
 
     peak_tflops: Optional[float] = None
     gpu: Optional[str] = None
     causal: Optional[bool] = None
 
+    def overridden(self, peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
+                   causal: Optional[bool] = None) -> "Settings":
+        """These settings with the values given (not None) replacing theirs."""
+        if peak_tflops is not None and not peak_tflops > 0:
+            raise ValueError(f"peak_tflops must be positive, got {peak_tflops}")
+        return Settings(self.peak_tflops if peak_tflops is None else float(peak_tflops),
+                        self.gpu if gpu is None else gpu,
+                        self.causal if causal is None else bool(causal))
 
-SETTINGS = Settings()
+    def causal_counting(self) -> bool:
+        """Count causal attention (half of QKᵀ and A·V)?  Off unless asked (flash kernels)."""
+        if self.causal is not None:
+            return self.causal
+        return os.environ.get(ENV_CAUSAL, "").strip().lower() in ("1", "true", "yes", "on")
+
+    def peak(self, run: RunShape) -> Peak:
+        """Peak for MFU/HFU: the override, else env var, else the device table, for the
+        run's dtype."""
+        override = self.peak_tflops if self.peak_tflops is not None else _env_float(ENV_PEAK_TFLOPS)
+        gpu = self.gpu or os.environ.get(ENV_GPU, "").strip() or device_name()
+        return resolve_peak(gpu, run.dtype, override)
 
 
 def _env_float(name: str) -> Optional[float]:
@@ -66,13 +91,6 @@ def _env_float(name: str) -> Optional[float]:
     return value
 
 
-def causal_counting() -> bool:
-    """Count causal attention (half of QKᵀ and A·V)?  Off unless asked (flash kernels)."""
-    if SETTINGS.causal is not None:
-        return SETTINGS.causal
-    return os.environ.get(ENV_CAUSAL, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def device_name() -> Optional[str]:
     """The accelerator's name from torch, when torch is already imported and has a GPU."""
     torch = sys.modules.get("torch")
@@ -84,13 +102,6 @@ def device_name() -> Optional[str]:
     except Exception:  # a broken or emulated CUDA: no device name, no MFU
         return None
     return None
-
-
-def resolve_run_peak(run: RunShape) -> Peak:
-    """Peak for MFU/HFU: install() argument, else env var, else the device table."""
-    override = SETTINGS.peak_tflops if SETTINGS.peak_tflops is not None else _env_float(ENV_PEAK_TFLOPS)
-    gpu = SETTINGS.gpu or os.environ.get(ENV_GPU, "").strip() or device_name()
-    return resolve_peak(gpu, run.dtype, override)
 
 
 def pipeline_model_recompute(args, recompute: Recompute) -> Recompute:
@@ -136,20 +147,20 @@ def iteration_batch_size(args, num_microbatches: Callable[[], int] = _fork_num_m
 class RunAccounting:
     """Shapes, parameter count, peak and the per-iteration meter of one run (one ``args``).
 
-    Built once from ``args`` (the shapes are validated then) and cached by
-    :func:`accounting_for`.
+    Built once from ``args`` (the shapes are validated then, and ``settings`` and the
+    environment read) and kept by an :class:`AccountingCache`.
     """
 
     __slots__ = ("args", "model", "run", "peak", "params_billions", "meter", "causal")
 
-    def __init__(self, args):
+    def __init__(self, args, settings: Settings = Settings()):
         self.args = args
         model, run = shapes_from_args(args)
         run = replace(run, recompute=pipeline_model_recompute(args, run.recompute))
         self.model: ModelShape = model
         self.run: RunShape = run
-        self.causal = causal_counting()
-        self.peak = resolve_run_peak(run)
+        self.causal = settings.causal_counting()
+        self.peak = settings.peak(run)
         self.params_billions = parameter_count(model).total / 1e9
         self.meter = ThroughputMeter.for_run(model, run, self.peak.tflops, self.causal)
 
@@ -177,23 +188,40 @@ class RunAccounting:
         return meter.report(elapsed_seconds)
 
 
-_CACHE: Dict[int, RunAccounting] = {}
+class AccountingCache:
+    """The :class:`RunAccounting` of the run's ``args`` (one slot: a process trains one run;
+    a new ``args`` object replaces it).  The runtime hook owns one, with its settings; the
+    drop-in :func:`throughput_calculator` uses the module's own (settings from the env)."""
+
+    __slots__ = ("settings", "_accounting")
+
+    def __init__(self, settings: Settings = Settings()):
+        self.settings = settings  # used for the next build
+        self._accounting: Optional[RunAccounting] = None
+
+    def for_args(self, args) -> RunAccounting:
+        accounting = self._accounting
+        if accounting is None or accounting.args is not args:
+            accounting = self._accounting = RunAccounting(args, self.settings)
+        return accounting
+
+    def forget(self, args=None) -> None:
+        """Drop the accounting (whichever it is, or only that of ``args``)."""
+        if args is None or (self._accounting is not None and self._accounting.args is args):
+            self._accounting = None
+
+
+_STANDALONE = AccountingCache()
 
 
 def accounting_for(args) -> RunAccounting:
-    """The cached :class:`RunAccounting` of this ``args`` object (built on first use)."""
-    accounting = _CACHE.get(id(args))
-    if accounting is None or accounting.args is not args:
-        accounting = _CACHE[id(args)] = RunAccounting(args)
-    return accounting
+    """The drop-in calculator's :class:`RunAccounting` of this ``args`` (built on first use)."""
+    return _STANDALONE.for_args(args)
 
 
 def forget(args=None) -> None:
-    """Drop cached accounting (all of it, or that of one ``args``)."""
-    if args is None:
-        _CACHE.clear()
-    else:
-        _CACHE.pop(id(args), None)
+    """Drop the drop-in calculator's cached accounting (all of it, or that of one ``args``)."""
+    _STANDALONE.forget(args)
 
 
 def throughput_calculator(model, args, iteration_time: float, total_iterations: int

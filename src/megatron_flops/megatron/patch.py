@@ -1,5 +1,5 @@
-"""``megatron-flops patch CHECKOUT [--dry-run] [--check | --revert]``: a reversible one-block
-edit of a Megatron-DeepSpeed checkout that routes its throughput reporting through
+"""The work of ``megatron-flops patch CHECKOUT [--dry-run] [--check | --revert]``
+(:mod:`megatron_flops.commands.patch`): a reversible one-block edit of a Megatron-DeepSpeed checkout that routes its throughput reporting through
 megatron-flops, for teams that launch ``pretrain_gpt.py`` in ways a wrapper cannot reach.
 
 The edit appends one marked block to ``megatron/training.py``::
@@ -28,9 +28,7 @@ layout is refused before anything is written.  Applying twice changes nothing;
 import difflib
 import os
 import re
-from typing import List, NamedTuple, Optional
-
-from ..commands.common import EXIT_MISMATCH, EXIT_OK, UsageError, Parser
+from typing import NamedTuple, Optional
 
 TRAINING = os.path.join("megatron", "training.py")
 UTILS = os.path.join("megatron", "utils.py")
@@ -47,6 +45,13 @@ _BODY = (
 _HEADER = (" (added by `megatron-flops patch`: exact throughput reporting; "
            "`megatron-flops patch --revert` removes this block)")
 _HEADER_NO_EOL = _HEADER[:-1] + "; the file had no final newline)"
+
+
+
+class PatchError(ValueError):
+    """Bad input or a checkout that cannot be patched as asked; nothing was written.  (A
+    ValueError: the command prints its message as one line, exit code 2.)"""
+
 
 _MICROSOFT_CALCULATOR = re.compile(
     rb"def\s+throughput_calculator\s*\(\s*model\s*,\s*args\s*,\s*iteration_time\s*,"
@@ -75,14 +80,18 @@ def _newline(data: bytes) -> bytes:
     return b"\r\n" if b"\r\n" in data else b"\n"
 
 
+def _training_path(checkout: str) -> str:
+    path = os.path.join(checkout, TRAINING)
+    if not os.path.isfile(path):
+        raise PatchError(f"CHECKOUT {checkout!r} has no {TRAINING}: not a Megatron-DeepSpeed checkout")
+    return path
+
+
 def detect_fork(checkout: str) -> str:
-    """``"microsoft"`` or ``"bigscience"`` from the sources; UsageError otherwise."""
+    """``"microsoft"`` or ``"bigscience"`` from the sources; PatchError otherwise."""
     if not os.path.isdir(checkout):
-        raise UsageError(f"CHECKOUT must be a directory (a Megatron-DeepSpeed checkout), got {checkout!r}")
-    training_path = os.path.join(checkout, TRAINING)
-    if not os.path.isfile(training_path):
-        raise UsageError(f"CHECKOUT {checkout!r} has no {TRAINING}: not a Megatron-DeepSpeed checkout")
-    with open(training_path, "rb") as f:
+        raise PatchError(f"CHECKOUT must be a directory (a Megatron-DeepSpeed checkout), got {checkout!r}")
+    with open(_training_path(checkout), "rb") as f:
         training = f.read()
     utils = b""
     utils_path = os.path.join(checkout, UTILS)
@@ -95,7 +104,7 @@ def detect_fork(checkout: str) -> str:
     if b"def training_log(" in training and b"TFLOPs:" in training \
             and b"print_rank_last(" in training and b"throughput_calculator" not in training:
         return "bigscience"
-    raise UsageError(
+    raise PatchError(
         f"CHECKOUT {checkout!r}: unknown layout, nothing written (expected the microsoft fork's "
         "megatron/utils.py throughput_calculator(model, args, iteration_time, total_iterations) "
         "imported by megatron/training.py, or the bigscience fork's inline 'TFLOPs:' field in "
@@ -131,7 +140,7 @@ def plan_apply(checkout: str) -> Optional[Plan]:
     if state == "patched":
         return None
     if state == "modified":
-        raise UsageError(f"{path} holds a '{BEGIN}' marker but not the block this version writes: "
+        raise PatchError(f"{path} holds a '{BEGIN}' marker but not the block this version writes: "
                          "edit it out by hand (nothing written)")
     newline = _newline(original)
     ends = original.endswith(b"\n") or not original
@@ -140,15 +149,13 @@ def plan_apply(checkout: str) -> Optional[Plan]:
 
 def plan_revert(checkout: str) -> Optional[Plan]:
     """What reverting would write (None when not patched)."""
-    path = os.path.join(checkout, TRAINING)
-    if not os.path.isfile(path):
-        raise UsageError(f"CHECKOUT {checkout!r} has no {TRAINING}: not a Megatron-DeepSpeed checkout")
+    path = _training_path(checkout)
     with open(path, "rb") as f:
         current = f.read()
     suffix = patched_suffix(current)
     if suffix is None:
         if BEGIN.encode() in current:
-            raise UsageError(f"{path}: the megatron-flops block was edited; cannot restore the "
+            raise PatchError(f"{path}: the megatron-flops block was edited; cannot restore the "
                              "original byte for byte (nothing written)")
         return None
     return Plan(path, "", current, current[:-len(suffix)])
@@ -161,7 +168,8 @@ def unified_diff(plan: Plan, checkout: str) -> str:
     return "".join(difflib.unified_diff(before, after, f"a/{relative}", f"b/{relative}"))
 
 
-def _write(plan: Plan) -> None:
+def write(plan: Plan) -> None:
+    """Write the planned bytes (through a temporary file: never half-written)."""
     temporary = plan.path + ".megatron-flops.tmp"
     with open(temporary, "wb") as f:
         f.write(plan.patched)
@@ -173,38 +181,3 @@ def _write(plan: Plan) -> None:
             pass
     os.chmod(temporary, original.st_mode & 0o7777)
     os.replace(temporary, plan.path)
-
-
-def patch_main(argv: List[str]) -> int:
-    parser = Parser(prog="megatron-flops patch", allow_abbrev=False, description=(
-        "Route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops "
-        "with one marked block appended to megatron/training.py (reversible byte for byte)."))
-    parser.add_argument("checkout", metavar="CHECKOUT", help="the fork's checkout (holds megatron/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the unified diff, write nothing")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true",
-                      help="say whether the checkout is patched (exit 0 patched, 1 not)")
-    mode.add_argument("--revert", action="store_true", help="remove the block, restoring the file")
-    args = parser.parse_args(argv)
-    if args.check and args.dry_run:
-        raise UsageError("--check and --dry-run go separately")
-    if args.check:
-        fork = detect_fork(args.checkout)  # unknown layout: exit 2
-        state = status(args.checkout)
-        print(f"{os.path.join(args.checkout, TRAINING)}: {state} ({fork} fork)")
-        return EXIT_OK if state == "patched" else EXIT_MISMATCH
-    plan = plan_revert(args.checkout) if args.revert else plan_apply(args.checkout)
-    if plan is None:
-        state = "not patched: nothing to revert" if args.revert else "already patched"
-        print(f"{os.path.join(args.checkout, TRAINING)}: {state}")
-        return EXIT_OK
-    if args.dry_run:
-        print(unified_diff(plan, args.checkout), end="")
-        return EXIT_OK
-    _write(plan)
-    if args.revert:
-        print(f"{plan.path}: restored (megatron-flops block removed)")
-    else:
-        print(f"{plan.path}: patched ({plan.fork} fork); `megatron-flops patch --revert "
-              f"{args.checkout}` restores it")
-    return EXIT_OK

@@ -1,0 +1,275 @@
+"""Where ``relog``'s intervals go: each output is a sink with ``add(interval)`` and ``close()``.
+
+- :class:`TableOutput`: one aligned text row per interval (the header before the first);
+- :class:`JsonOutput`: one JSON object per interval (:meth:`.relog.Interval.as_dict`);
+- :class:`CsvOutput`: one CSV row per interval (:data:`CSV_COLUMNS`);
+- :class:`TensorBoardOutput`: the hook's tags (through ``sinks.write_tensorboard``) plus the
+  logged figure and its error, as a new TensorBoard run;
+- :class:`PlotOutput`: logged vs true TFLOP/s (and MFU/HFU with a peak), drawn on ``close``.
+
+:func:`summary_lines` renders :meth:`.relog.Summary.as_dict` for people.  Optional
+dependencies (tensorboard, matplotlib) are imported by the output that needs them.
+"""
+
+import csv
+import json
+import math
+from array import array
+from typing import List, Optional, TextIO
+
+from ..report import format_percent
+from .relog import Interval
+
+
+def _number(value: Optional[float], spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+TABLE_HEADER = ("iteration", "batch", "seq", "s/iter", "logged TFLOPs", "model TFLOP/s",
+                "hardware TFLOP/s", "MFU", "HFU", "error")
+_TABLE_FORMAT = "{:>10} {:>8} {:>6} {:>9} {:>13} {:>13} {:>16} {:>6} {:>6} {:>8}"
+
+
+def table_row(interval: Interval) -> str:
+    rep = interval.report
+    batch = interval.batch_size
+    batch_text = f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}"
+    return _TABLE_FORMAT.format(
+        interval.iteration, batch_text, interval.seq_length,
+        f"{interval.seconds_per_iteration:.4g}", _number(interval.logged_tflops, ".2f"),
+        f"{rep.model_tflops_per_gpu:.2f}", f"{rep.hardware_tflops_per_gpu:.2f}",
+        format_percent(rep.mfu, unit=""), format_percent(rep.hfu, unit=""),
+        format_percent(interval.error, "+.1f"))
+
+
+class TableOutput:
+    """The human table on ``stream``: the header before the first row."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self._header_written = False
+
+    def add(self, interval: Interval) -> None:
+        if not self._header_written:
+            self._stream.write(_TABLE_FORMAT.format(*TABLE_HEADER) + "\n")
+            self._header_written = True
+        self._stream.write(table_row(interval) + "\n")
+
+    def close(self) -> None:
+        pass
+
+
+class JsonOutput:
+    """One JSON object per interval on ``stream``, a line each."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def add(self, interval: Interval) -> None:
+        self._stream.write(json.dumps(interval.as_dict()) + "\n")
+
+    def close(self) -> None:
+        pass
+
+
+CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
+               "logged_global_batch_size", "batch_size", "seq_length", "seconds_per_iteration",
+               "logged_tflops", "fork_formula_tflops", "model_tflops_per_gpu",
+               "hardware_tflops_per_gpu", "mfu", "hfu", "error")
+
+
+def csv_row(interval: Interval) -> list:
+    r, rep = interval.record, interval.report
+    return [r.iteration, r.fork or "", r.consumed_samples, r.consumed_tokens,
+            r.global_batch_size, interval.batch_size, interval.seq_length,
+            interval.seconds_per_iteration, r.tflops, interval.fork_formula_tflops,
+            rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
+            interval.error]
+
+
+class CsvOutput:
+    """A CSV file, the header written when opened; empty cells mean unknown."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(CSV_COLUMNS)
+
+    def add(self, interval: Interval) -> None:
+        self._writer.writerow(csv_row(interval))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+LOGGED_TFLOPS_TAG = "relog/logged_tflops_per_gpu"
+LOGGED_ERROR_TAG = "relog/logged_tflops_error"
+
+
+def write_interval_tensorboard(writer, interval: Interval) -> None:
+    """The hook's tags (through sinks.write_tensorboard), plus the logged figure and error."""
+    from ..sinks import write_tensorboard
+    r = interval.record
+    write_tensorboard(writer, interval.report, r.iteration, r.consumed_samples,
+                      r.consumed_tokens)
+    if r.tflops is not None:
+        writer.add_scalar(LOGGED_TFLOPS_TAG, r.tflops, r.iteration)
+    if interval.error is not None:
+        writer.add_scalar(LOGGED_ERROR_TAG, interval.error, r.iteration)
+
+
+class TensorBoardOutput:
+    """A new TensorBoard run in ``directory`` (needs the ``tensorboard`` extra)."""
+
+    def __init__(self, directory: str):
+        from .tensorboard import EventWriter
+        self._writer = EventWriter(directory)
+
+    def add(self, interval: Interval) -> None:
+        write_interval_tensorboard(self._writer, interval)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class PlotSeries:
+    """Compact per-interval columns for the plot (8 bytes a value)."""
+
+    def __init__(self):
+        self.iteration = array("d")
+        self.logged = array("d")
+        self.model = array("d")
+        self.hardware = array("d")
+        self.mfu = array("d")
+        self.hfu = array("d")
+        self.forks = set()
+
+    def add(self, interval: Interval) -> None:
+        rep = interval.report
+        nan = math.nan
+        self.iteration.append(interval.iteration)
+        self.logged.append(nan if interval.logged_tflops is None else interval.logged_tflops)
+        self.model.append(rep.model_tflops_per_gpu)
+        self.hardware.append(rep.hardware_tflops_per_gpu)
+        self.mfu.append(nan if rep.mfu is None else rep.mfu)
+        self.hfu.append(nan if rep.hfu is None else rep.hfu)
+        if interval.record.fork:
+            self.forks.add(interval.record.fork)
+
+
+class PlotOutput:
+    """The plot, drawn to ``path`` (format from its extension) when closed; needs matplotlib."""
+
+    def __init__(self, path: str, title: str, peak_tflops: Optional[float]):
+        self.path, self.title, self.peak_tflops = path, title, peak_tflops
+        self._series = PlotSeries()
+
+    def add(self, interval: Interval) -> None:
+        self._series.add(interval)
+
+    def close(self) -> None:
+        series = self._series
+        draw_plot(series, self.path, self.title, self.peak_tflops, series.forks)
+
+
+def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[float],
+              forks) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fork_label = "/".join(sorted(forks)) or "fork"
+    has_peak = peak_tflops is not None
+    rows = 2 if has_peak else 1
+    figure, axes = plt.subplots(rows, 1, sharex=True, figsize=(10, 3.6 * rows + 0.6),
+                                squeeze=False)
+    top = axes[0][0]
+    x = series.iteration
+    if any(not math.isnan(v) for v in series.logged):
+        top.plot(x, series.logged, color="tab:red", linestyle="--", marker=".",
+                 label=f"logged TFLOPs ({fork_label} formula)")
+    # without recompute the two counts are the same: one line, said so
+    same = all(m == hw for m, hw in zip(series.model, series.hardware))
+    if same:
+        top.plot(x, series.model, color="tab:green", marker=".",
+                 label="true TFLOP/s per GPU (model = hardware: no recompute)")
+    else:
+        top.plot(x, series.hardware, color="tab:blue", marker=".",
+                 label="true hardware TFLOP/s per GPU")
+        top.plot(x, series.model, color="tab:green", marker=".", label="true model TFLOP/s per GPU")
+    top.set_ylabel("TFLOP/s per GPU")
+    top.set_ylim(bottom=0)
+    top.grid(True, alpha=0.3)
+    top.legend(loc="lower right")
+    top.set_title(title, fontsize=9)
+    if has_peak:
+        bottom = axes[1][0]
+        if same:
+            bottom.plot(x, [100 * v for v in series.mfu], color="tab:green", marker=".",
+                        label="MFU = HFU")
+        else:
+            bottom.plot(x, [100 * v for v in series.hfu], color="tab:blue", marker=".",
+                        label="HFU")
+            bottom.plot(x, [100 * v for v in series.mfu], color="tab:green", marker=".",
+                        label="MFU")
+        if any(not math.isnan(v) for v in series.logged):
+            bottom.plot(x, [100 * v / peak_tflops for v in series.logged], color="tab:red",
+                        linestyle="--", marker=".", label="logged TFLOPs / peak")
+        bottom.set_ylabel(f"% of {peak_tflops:g} TFLOP/s peak")
+        bottom.set_ylim(bottom=0)
+        bottom.grid(True, alpha=0.3)
+        bottom.legend(loc="lower right")
+    axes[-1][0].set_xlabel("iteration")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def summary_lines(summary: dict) -> List[str]:
+    """The summary for people, from :meth:`.relog.Summary.as_dict`."""
+    def pct(value):
+        return format_percent(value, "+.1f")
+
+    parse = summary["parse"]
+    lines = [
+        f"intervals: {summary['intervals']} (iterations {summary['first_iteration']}"
+        f"–{summary['last_iteration']}; fork {', '.join(summary['forks']) or 'unknown'}; "
+        f"world size {summary['world_size']})",
+        f"mean model / hardware TFLOP/s per GPU: "
+        f"{_number(summary['mean_tflops_per_gpu']['model'], '.2f')} / "
+        f"{_number(summary['mean_tflops_per_gpu']['hardware'], '.2f')} "
+        f"(over the whole time: {_number(summary['overall_tflops_per_gpu']['model'], '.2f')} / "
+        f"{_number(summary['overall_tflops_per_gpu']['hardware'], '.2f')})",
+    ]
+    if summary["mean_mfu"] is not None:
+        lines.append(f"mean MFU / HFU: {format_percent(summary['mean_mfu'])} / "
+                     f"{format_percent(summary['mean_hfu'])} (peak: {summary['peak']['source']})")
+    else:
+        lines.append(f"MFU / HFU: n/a ({summary['peak']['source']})")
+    if summary["intervals_with_logged_tflops"]:
+        lines.append(
+            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true (hardware) "
+            f"{summary['mean_hardware_tflops_where_logged']:.2f} over "
+            f"{summary['intervals_with_logged_tflops']} intervals: mean error "
+            f"{pct(summary['mean_error'])} (from {pct(summary['min_error'])} to "
+            f"{pct(summary['max_error'])})")
+    else:
+        lines.append("no logged TFLOPs to compare")
+    if summary["fork_formula_mismatches"]:
+        lines.append(
+            f"warning: in {summary['fork_formula_mismatches']} of "
+            f"{summary['fork_formula_checked']} intervals the fork's own formula with these "
+            f"flags does not reproduce the logged TFLOPs (worst "
+            f"{summary['worst_fork_formula_deviation']:.1%} off): the model flags or "
+            "--world-size probably do not describe this run")
+    lines.append(
+        f"lines: {parse['lines']} read, {parse['records']} iteration lines, "
+        f"{parse['malformed']} unparsed"
+        + (f" (first at line {', '.join(map(str, parse['malformed_line_numbers']))})"
+           if parse["malformed_line_numbers"] else "")
+        + f", {parse['truncated']} truncated (used), {parse['other']} other; "
+        f"{summary['duplicate_lines']} duplicates skipped, {summary['restarts']} restarts")
+    if summary["inconsistent_consumed_samples"]:
+        lines.append(f"{summary['inconsistent_consumed_samples']} intervals whose consumed "
+                     "samples disagree with the logged batch sizes used the logged batch size")
+    return lines

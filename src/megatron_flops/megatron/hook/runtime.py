@@ -1,0 +1,202 @@
+"""The installed hook: picks the framework's strategy, wraps ``training_log`` and
+``print_rank_last``, holds the settings, the accounting cache and the current interval, and
+steps aside for good at the first error."""
+
+import functools
+import sys
+from typing import Optional, Sequence, Type
+
+from .. import calculator as calc
+from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
+
+UNKNOWN = "unknown"
+FORK_MARKER = "_megatron_flops_fork"  # on a patched training module: the strategy's name
+
+
+class MegatronHook:
+    """The installed hook (one per process); see :mod:`megatron_flops.megatron.hook`.
+
+    ``fork`` is the strategy's name (``"microsoft"``, ``"bigscience"``), ``None`` (not patched
+    yet) or ``"unknown"``; ``enabled`` turns False after the first failure.  ``settings``
+    (:class:`~megatron_flops.megatron.calculator.Settings`) are this hook's; ``accounts`` its
+    one cache of the run's accounting; ``interval`` the :class:`~.base.Interval` of the
+    ``training_log`` call in progress (None outside one).
+    """
+
+    def __init__(self, strategies: Sequence[Type[Strategy]], settings: calc.Settings = calc.Settings(),
+                 out=None):
+        self.strategies = tuple(strategies)
+        self.strategy: Optional[Strategy] = None
+        self.fork: Optional[str] = None
+        self.enabled = True
+        self.failure: Optional[str] = None
+        self.training_module = None
+        self.per_iteration = False
+        self.out = out  # a stream for messages (None: sys.stdout at print time)
+        self.accounts = calc.AccountingCache(settings)
+        self.interval: Optional[Interval] = None
+        self._summary_done = False
+        self._originals = {}
+
+    @property
+    def settings(self) -> calc.Settings:
+        return self.accounts.settings
+
+    @settings.setter
+    def settings(self, settings: calc.Settings) -> None:
+        self.accounts.settings = settings  # for the accounting built from now on
+
+    # ---- messages ---------------------------------------------------------------------
+
+    def print(self, text: str, ranks=("first", "last")) -> None:
+        rank, world = rank_and_world()
+        if ("first" in ranks and rank == 0) or ("last" in ranks and rank == world - 1):
+            print(text, file=self.out or sys.stdout, flush=True)
+
+    def fail(self, where: str, error: BaseException) -> None:
+        """Report the first failure once, then step aside for good."""
+        if not self.enabled:
+            return
+        self.enabled = False
+        self.failure = f"{type(error).__name__}: {error}"
+        self.interval = None
+        self.print(f"{PREFIX} disabled after an error in {where} ({self.failure}); "
+                   "training continues with the fork's own throughput numbers")
+
+    # ---- patching ---------------------------------------------------------------------
+
+    def replace(self, module, name: str, value) -> None:
+        """Set ``module.name`` to ``value``, remembering the original for :meth:`restore`."""
+        self._originals[(module.__name__, name)] = getattr(module, name)
+        setattr(module, name, value)
+
+    def restore(self) -> None:
+        self.enabled = False  # wrappers left on timer/writer instances pass straight through
+        for (module_name, name), value in self._originals.items():
+            module = sys.modules.get(module_name)
+            if module is not None:
+                setattr(module, name, value)
+                if hasattr(module, FORK_MARKER):
+                    delattr(module, FORK_MARKER)
+
+    def patch(self, training) -> Optional[str]:
+        """Patch a loaded ``megatron.training`` module; return the fork detected."""
+        if getattr(training, FORK_MARKER, None):
+            return getattr(training, FORK_MARKER)  # already patched (hook and patch both on)
+        try:
+            found = next((s for s in self.strategies if s.detect(training)), None)
+            if found is None:
+                self.fork = UNKNOWN
+                self.enabled = False
+                setattr(training, FORK_MARKER, UNKNOWN)
+                features = [s.feature for s in self.strategies]
+                self.print(f"{PREFIX} this Megatron version is not one the hook knows (neither "
+                           f"{', '.join(features[:-1])} nor {features[-1]}); "
+                           "the run is left untouched")
+                return None
+            self.training_module = training
+            self.strategy = strategy = found(self, training)
+            self.fork = strategy.name
+            strategy.install()
+            self._wrap_print(training)
+            self._wrap_training_log(training)
+            setattr(training, FORK_MARKER, strategy.name)
+            return strategy.name
+        except Exception as error:  # never break the import of the training module
+            self.fail("patching megatron.training", error)
+            return None
+
+    def _wrap_print(self, training) -> None:
+        """print_rank_last: the strategy edits the throughput line of the current interval."""
+        hook, strategy = self, self.strategy
+        original_print, marker = training.print_rank_last, strategy.line_marker
+
+        @functools.wraps(original_print)
+        def print_rank_last(message, *rest, **kwargs):
+            interval = hook.interval
+            if interval is not None and interval.report is not None and hook.enabled \
+                    and isinstance(message, str) and marker in message:
+                try:
+                    message = strategy.edit_line(interval, message)
+                except Exception as error:
+                    hook.fail("print_rank_last", error)
+            return original_print(message, *rest, **kwargs)
+
+        self.replace(training, "print_rank_last", print_rank_last)
+
+    def _wrap_training_log(self, training) -> None:
+        """training_log: one Interval per call (the iteration counted), current while the
+        framework's training_log runs; then the new tags."""
+        hook, strategy = self, self.strategy
+        original_log = training.training_log
+        names = parameter_names(original_log)
+        position = strategy.iteration_position
+        self.per_iteration = (len(names) > position and names[position] == "iteration"
+                              and callable(getattr(training, "get_args", None))
+                              and callable(getattr(training, "get_num_microbatches", None)))
+        if not self.per_iteration:
+            self.print(f"{PREFIX} training_log has an unexpected signature {names}: "
+                       "throughput counted at log time (batch-size ramp-up not per iteration)")
+            if not strategy.log_time_fallback:
+                raise RuntimeError(f"{strategy.name} training_log without (…, iteration, …)")
+            return
+
+        @functools.wraps(original_log)
+        def training_log(*args, **kwargs):
+            interval = None
+            if hook.enabled:
+                try:
+                    interval = hook._begin(
+                        args[position] if len(args) > position else kwargs["iteration"],
+                        args[1] if len(args) > 1 else kwargs.get("total_loss_dict"))
+                except Exception as error:
+                    hook.fail("training_log (before)", error)
+            hook.interval = interval
+            try:
+                result = original_log(*args, **kwargs)
+            finally:
+                hook.interval = None
+            if interval is not None and interval.report is not None and hook.enabled:
+                try:
+                    strategy.write_outputs(interval)
+                except Exception as error:
+                    hook.fail("training_log (after)", error)
+            return result
+
+        self.replace(training, "training_log", training_log)
+
+    def _begin(self, iteration: int, loss_counts) -> Interval:
+        """Count the iteration just trained; the Interval of this training_log call."""
+        args = self.training_module.get_args()
+        accounting = self.accounts.for_args(args)
+        if not self._summary_done:
+            self._summary_done = True
+            self._start_summary(args, accounting)
+        self.strategy.observe(args, accounting)
+        interval = Interval(iteration, accounting, loss_counts)
+        if iteration % args.log_interval == 0:
+            self.strategy.on_log_iteration(interval)
+        return interval
+
+    # ---- start ------------------------------------------------------------------------
+
+    def _start_summary(self, args, accounting: calc.RunAccounting) -> None:
+        rank, _ = rank_and_world()
+        if rank != 0:
+            return
+        from ...params import parameter_count
+        from ...planning import iteration_breakdown
+        from ...report import summary_lines
+        strategy = self.strategy
+        model, run = accounting.model, accounting.run
+        breakdown = iteration_breakdown(model, run, accounting.causal)
+        lines = [f"{PREFIX} hooked {strategy.title} ({strategy.how}; "
+                 f"{'per-iteration' if self.per_iteration else 'log-time'} accounting)"]
+        lines += summary_lines(model, run, breakdown, parameter_count(model))
+        lines.append(f"attention counted {'causal' if accounting.causal else 'dense (full s×s)'}; "
+                     "elementwise ops not counted")
+        hint = "" if accounting.peak.known else (
+            f" [set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS}]")
+        lines.append(f"peak for MFU/HFU: {accounting.peak.source}{hint}")
+        lines.append(strategy.formula_line(args, breakdown, run.global_batch_size, run.seq_length))
+        self.print("\n".join(lines), ranks=("first",))
