@@ -44,10 +44,10 @@ def _mlp(model: ModelShape) -> int:
 
 def layer_parameters(model: ModelShape, layer_index: int) -> int:
     """Parameters of one transformer layer (0-based index; MoE layers differ)."""
-    return _layer_parameters(model, model.experts_in_layer(layer_index))
+    return layer_kind_parameters(model, model.experts_in_layer(layer_index))
 
 
-def _layer_parameters(model: ModelShape, experts: int) -> int:
+def layer_kind_parameters(model: ModelShape, experts: int) -> int:
     """Parameters of a transformer layer with ``experts`` experts (1: dense)."""
     h, bias = model.hidden_size, model.add_bias_linear
     qkv_width = model.query_projection_size + 2 * model.kv_projection_size
@@ -72,7 +72,7 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     if model.embedding_layernorm:
         total += _norm(model)
     # layers of one kind have the same parameters: one evaluation per kind, whatever --num-layers
-    total += sum(layers * _layer_parameters(model, experts)
+    total += sum(layers * layer_kind_parameters(model, experts)
                  for (experts, _), layers in layer_kinds(model).items())
     total += _norm(model)  # final norm
     return ParameterCount(total=total, embedding=word + position + output)

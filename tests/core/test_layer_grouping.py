@@ -140,3 +140,28 @@ def test_huge_layer_counts_are_exact_multiples():
     layer = params.layer_parameters(ModelShape(num_layers=1, **BASE), 0)
     assert (parameter_count(ModelShape(num_layers=10 ** 30, **BASE)).total
             - parameter_count(ModelShape(num_layers=1, **BASE)).total) == (10 ** 30 - 1) * layer
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("start,end", [(0, 0), (1, 0), (0, 1), (1, 1), (2, 3), (3, 2)])
+def test_fp8_layer_shares_equal_the_layer_by_layer_count(model_name, start, end):
+    """fp8_fraction counts the layers in FP8 without enumerating them; the list it replaced:"""
+    from megatron_flops.fp8 import ALWAYS_BF16, Fp8Recipe, fp8_fraction
+    model = MODELS[model_name]
+    recipe = Fp8Recipe(fp8_format="hybrid", bf16_layers_at_start=start, bf16_layers_at_end=end)
+    for name, spec in components.REGISTRY.items():
+        if spec.occurs == components.ONCE or spec.attention_core or name in ALWAYS_BF16:
+            continue  # not decided per layer
+        layers = [i for i in range(model.num_layers) if spec.in_layer(model.experts_in_layer(i))]
+        in_fp8 = [i for i in layers if start <= i < model.num_layers - end]
+        expected = len(in_fp8) / len(layers) if layers else 0.0
+        assert fp8_fraction(model, name, recipe) == expected, name
+
+
+def test_fp8_estimate_of_a_hundred_million_layers_returns_at_once(capsys):
+    start = time.perf_counter()
+    assert main(["estimate", "--hidden-size", "64", "--num-attention-heads", "8", "--seq-length",
+                 "32", "--num-layers", "100000000", "--fp8-format", "hybrid", "--bf16",
+                 "--iteration-time", "1", "--gpu", "h100", "--json"]) == 0
+    assert time.perf_counter() - start < 10  # enumerating the layers took ~4 minutes
+    capsys.readouterr()
