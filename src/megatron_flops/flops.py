@@ -53,6 +53,20 @@ def _layer_forward_flops(model: ModelShape, s: int, experts: int, causal: bool) 
     return terms
 
 
+# the last MoE layout counted, by identity: one model is asked many times per estimate
+_LAST_MOE_LAYOUT: Tuple[Tuple[int, ...], Counter] = ((), Counter())
+
+
+def _moe_layer_counts(num_experts: Tuple[int, ...]) -> Counter:
+    """Expert count -> MoE layers with it (counted once per layout, not once per call)."""
+    global _LAST_MOE_LAYOUT
+    layout, counts = _LAST_MOE_LAYOUT
+    if layout is not num_experts:
+        counts = Counter(num_experts)
+        _LAST_MOE_LAYOUT = (num_experts, counts)
+    return counts
+
+
 def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
                 pipeline_parallel_size: int = 1) -> Dict[Tuple[int, bool], int]:
     """How many layers there are of each kind: ``(experts, fully recomputed) -> layers``.
@@ -62,7 +76,7 @@ def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
     (``--num-layers 100000000`` returns at once).  Kinds with no layer are left out.
     """
     layers = Counter({1: model.num_layers - len(model.num_experts)})
-    layers.update(model.num_experts)  # expert count -> MoE layers with it
+    layers.update(_moe_layer_counts(model.num_experts))
     if recompute.recomputes_every_layer:
         recomputed = layers
     elif recompute.granularity == "full":

@@ -132,7 +132,7 @@ class ModelShape:
                 experts = ()
             elif len(experts) == 1:
                 experts = experts * num_moe_layers
-        for e in experts:
+        for e in dict.fromkeys(experts):  # each distinct value once, in order
             _require_positive(e, "--num-experts")
         if experts and len(experts) != num_moe_layers:
             raise ShapeError(
