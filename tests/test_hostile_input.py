@@ -300,3 +300,10 @@ def test_patch_and_revert_keep_the_mode_and_owner(tmp_path, capsys):
     assert training.read_bytes() == original
     assert mode_and_owner() == (0o640, owner)
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("layers", [str(10 ** 8), str(10 ** 30)])
+def test_verify_refuses_layer_counts_it_cannot_build(capsys, layers):
+    start = time.perf_counter()
+    line = one_error_line(capsys, ["verify", *SMALL, "--num-layers", layers])
+    assert time.perf_counter() - start < 10 and "--num-layers" in line and "at most 2048" in line

@@ -43,6 +43,10 @@ def _text(result, model, recompute) -> str:
     return "\n".join(lines)
 
 
+# verify builds every layer as a module: 2048 of them take about a minute on two CPU cores
+MAX_LAYERS = 2048
+
+
 def verify_main(argv: List[str]) -> int:
     parser = command_parser("verify", "Count the matmul FLOPs of one forward+backward step of a "
                             "reference Megatron GPT of this shape with PyTorch's FlopCounterMode "
@@ -59,6 +63,10 @@ def verify_main(argv: List[str]) -> int:
     if args.causal:
         raise UsageError("--causal does not apply to verify: the reference model runs dense "
                          "attention matmuls (full s×s), compared with the dense formulas")
+    if model.num_layers > MAX_LAYERS:
+        raise UsageError(f"--num-layers ({model.num_layers}) must be at most {MAX_LAYERS} for verify, "
+                         "which builds and runs every layer (~30 ms each, meta tensors, on a CPU); "
+                         "layers of one kind count alike: verify fewer of them, estimate any number")
     from ..reference.verify import check_real_fits, choose_meta, verify
     shape = (model, run.seq_length, run.micro_batch_size, run.recompute,
              run.pipeline_model_parallel_size)
