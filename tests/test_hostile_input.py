@@ -307,3 +307,12 @@ def test_verify_refuses_layer_counts_it_cannot_build(capsys, layers):
     start = time.perf_counter()
     line = one_error_line(capsys, ["verify", *SMALL, "--num-layers", layers])
     assert time.perf_counter() - start < 10 and "--num-layers" in line and "at most 2048" in line
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["--version"], ["estimate", *SMALL], ["estimate", *SMALL, "--json"]])
+def test_a_full_disk_on_stdout_is_one_line(argv):
+    with open("/dev/full", "w") as full:
+        result = run_module(*argv, stdout=full)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("megatron-flops: error: ") and "No space left" in result.stderr

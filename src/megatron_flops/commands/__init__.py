@@ -39,6 +39,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the reader stopped early (`| head -1`): what it wanted, it has
         _discard_stdout()
         return EXIT_OK
+    except OSError as error:  # stdout itself cannot take the output (`> /dev/full`)
+        _discard_stdout()
+        return fail(f"cannot write the output: {error.strerror or error}")
 
 
 def _dispatch(argv: List[str]) -> int:
