@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .flops import flops_breakdown, layer_kinds
-from .legacy import bigscience_flops_per_iteration, microsoft_flops_per_iteration
+from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
 from .params import ParameterCount, layer_kind_parameters, parameter_count
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
@@ -460,7 +460,7 @@ def compare_conventions(model: ModelShape, batch_size: int, seq_length: int,
                 mfu = tflops / peak_tflops
                 hfu = hfu_tflops / peak_tflops if hfu_tflops is not None else None
         results[conv.name] = ConventionResult(conv.name, conv.counts, flops, tflops, mfu, hfu,
-                                              flops / exact - 1.0)
+                                              legacy_error(flops, exact))
     return results
 
 
@@ -482,14 +482,14 @@ def conventions_for_run(model: ModelShape, run, seconds_per_iteration: Optional[
 def conventions_table(results: Mapping[str, dict], peak_source: str = "") -> str:
     """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
     FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU)."""
-    from .report import format_flops, format_percent, table
+    from .report import format_flops, format_optional, format_percent, table
     rows: List[List[str]] = []
     for name, r in results.items():
         util = format_percent(r["mfu"])
         if r["hfu"] is not None and r["hfu"] != r["mfu"]:
             util += f" (HFU {format_percent(r['hfu'])})"
         rows.append([name, r["counts"], format_flops(r["flops_per_iteration"]),
-                     "n/a" if r["tflops_per_gpu"] is None else f"{r['tflops_per_gpu']:.2f}",
+                     format_optional(r["tflops_per_gpu"], ".2f"),
                      util, format_percent(r["vs_exact"], "+.1f")])
     text = table(rows, ["convention", "counts", "FLOPs/iteration", "TFLOP/s/GPU", "MFU",
                         "vs exact"], [False, False, True, True, True, True])

@@ -78,12 +78,12 @@ def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, conventi
 
 def _print_conventions(result: dict, show_table: bool) -> None:
     from ..conventions import conventions_table
-    from ..report import format_percent
+    from ..report import format_optional, format_percent
     peak = result["peak"]["source"]
     head = result.get("headline")
     if head is not None:
         util = format_percent(head["mfu"])
-        tflops = "n/a" if head["tflops_per_gpu"] is None else f"{head['tflops_per_gpu']:.2f}"
+        tflops = format_optional(head["tflops_per_gpu"], ".2f")
         print(f"\n{head['convention']} would report: {tflops} TFLOP/s per GPU, MFU {util} "
               f"({100 * head['vs_exact']:+.1f}% vs exact; peak: {peak})")
     if show_table:
@@ -92,7 +92,7 @@ def _print_conventions(result: dict, show_table: bool) -> None:
     f = result.get("fp8")
     if f is not None:
         peaks, mfu = f["peak_tflops"], f["mfu"]
-        mixed = "n/a" if peaks["mixed"] is None else f"{peaks['mixed']:.1f}"
+        mixed = format_optional(peaks["mixed"], ".1f")
         print(f"\nFP8 ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model FLOPs "
               f"in FP8 GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
               f"TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed peak ({mixed} TFLOP/s)")
