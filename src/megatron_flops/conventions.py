@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .flops import flops_breakdown
+from .flops import flops_breakdown, layer_kinds
 from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
-from .params import ParameterCount, layer_parameters, parameter_count
+from .params import ParameterCount, layer_kind_parameters, parameter_count
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 
@@ -51,7 +51,8 @@ class RunFacts:
 
     @property
     def moe_layers(self) -> int:
-        return sum(1 for i in range(self.model.num_layers) if self.model.experts_in_layer(i) != 1)
+        return sum(n for (experts, mtp, _, _), n in layer_kinds(self.model).items()
+                   if experts != 1 and not mtp)
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,11 @@ def _inactive_expert_parameters(facts: RunFacts) -> int:
         return 0
     dense = replace(m, num_experts=1)
     inactive = 0
-    for i in range(m.num_layers):
-        experts = m.experts_in_layer(i)
-        if experts != 1:
-            one_mlp = (layer_parameters(m, i) - m.hidden_size * experts
-                       - layer_parameters(dense, i)) // (experts - 1)
-            inactive += (experts - m.moe_topk) * one_mlp
+    for (experts, mtp, _, _), layers in layer_kinds(m).items():  # one evaluation per kind
+        if experts != 1 and not mtp:  # decoder layers (conventions leave MTP layers out)
+            one_mlp = (layer_kind_parameters(m, experts) - m.hidden_size * experts
+                       - layer_kind_parameters(dense, 1)) // (experts - 1)
+            inactive += layers * (experts - m.moe_topk) * one_mlp
     return inactive
 
 
@@ -191,10 +191,11 @@ def _maxtext(f: RunFacts, causal: bool = True) -> float:
     per_layer_attention = 2 * T * h * (n + 2 * g) * d + attention + 2 * T * h * n * d
     ffn = 2 * T * m.ffn_hidden_size * h * ((2 if m.glu else 1) + 1)
     total = 0.0
-    for layer in range(m.num_layers):
-        experts = m.experts_in_layer(layer)
+    for (experts, mtp, _, _), layers in layer_kinds(m).items():  # one evaluation per kind
+        if mtp:  # decoder layers only (this era counts no MTP layer)
+            continue
         mlp = ffn if experts == 1 else 2 * T * h * experts + ffn * m.moe_topk
-        total += per_layer_attention + mlp
+        total += layers * (per_layer_attention + mlp)
     return 3 * (total + 2 * T * h * m.vocab_size)
 
 

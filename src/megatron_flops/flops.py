@@ -18,6 +18,7 @@ activation recomputation re-runs: the forward of every recomputed layer (full re
 never the logits layer) or the attention scores and attention·V of every layer (selective).
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -42,9 +43,17 @@ def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: boo
     multi-token-prediction layers.  ``causal`` and ``document_lengths`` change only the
     attention core: see :func:`attention_core_flops`.
     """
-    experts = model.experts_in_layer(layer_index)
-    mtp_layer = layer_index >= model.num_layers
-    window = model.window_size if model.windowed_layer(layer_index) else None
+    return _layer_forward_flops(model, s, model.experts_in_layer(layer_index),
+                                layer_index >= model.num_layers, model.windowed_layer(layer_index),
+                                causal, document_lengths)
+
+
+def _layer_forward_flops(model: ModelShape, s: int, experts: int, mtp_layer: bool,
+                         windowed: bool, causal: bool = False,
+                         document_lengths: Optional[Sequence[int]] = None) -> Dict[str, int]:
+    """:func:`layer_forward_flops` of a layer of one kind: ``experts`` (1: dense), an MTP
+    layer or not, windowed attention or not."""
+    window = model.window_size if windowed else None
     terms = {}
     for name, spec in REGISTRY.items():
         if spec.in_layer(model, experts, mtp_layer):
@@ -94,6 +103,60 @@ def _check_document_lengths(document_lengths, seq_length: int, batch_size: int):
         if sum(sample) > seq_length:
             raise ValueError(f"document lengths {list(sample)} add up to {sum(sample)}, more than "
                              f"--seq-length ({seq_length})")
+
+
+# the last MoE layout counted, by identity: one model is asked many times per estimate
+_LAST_MOE_LAYOUT: Tuple[Tuple[int, ...], Counter] = ((), Counter())
+
+
+def _moe_layer_counts(num_experts: Tuple[int, ...]) -> Counter:
+    """Expert count -> MoE layers with it (counted once per layout, not once per call)."""
+    global _LAST_MOE_LAYOUT
+    layout, counts = _LAST_MOE_LAYOUT
+    if layout is not num_experts:
+        counts = Counter(num_experts)
+        _LAST_MOE_LAYOUT = (num_experts, counts)
+    return counts
+
+
+LayerKind = Tuple[int, bool, bool, bool]  # (experts, MTP layer, windowed, fully recomputed)
+
+
+def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
+                pipeline_parallel_size: int = 1) -> Dict[LayerKind, int]:
+    """How many layers there are of each kind: ``(experts, mtp, windowed, recomputed) -> layers``.
+
+    ``experts`` is 1 for a dense layer; ``mtp`` marks the multi-token-prediction layers,
+    ``windowed`` sliding-window attention, ``recomputed`` a layer whose whole forward is re-run.
+    Layers of one kind have the same FLOPs, so the breakdown evaluates each kind once: for
+    repeated layers its cost does not grow with ``--num-layers`` (``--num-layers 100000000``
+    returns at once); only a per-layer window pattern or block recompute visits layers.
+    Kinds with no layer are left out.
+    """
+    every = recompute.recomputes_every_layer
+    layers, mtp = model.num_layers, model.mtp_num_layers
+    partial = (recompute.recomputed_layers(layers, pipeline_parallel_size, mtp)
+               if recompute.granularity == "full" and not every else frozenset())
+    kinds: Counter = Counter()
+    if model.window_attn_skip_freq is None:  # every decoder layer alike but for its experts
+        windowed = model.window_size is not None
+        by_experts = Counter({1: layers - len(model.num_experts)})
+        by_experts.update(_moe_layer_counts(model.num_experts))
+        for experts, count in by_experts.items():
+            kinds[(experts, False, windowed, every)] += count
+        for index in partial:
+            if index < layers:
+                experts = model.experts_in_layer(index)
+                kinds[(experts, False, windowed, False)] -= 1
+                kinds[(experts, False, windowed, True)] += 1
+    else:
+        for index in range(layers):
+            kinds[(model.experts_in_layer(index), False, model.windowed_layer(index),
+                   every or index in partial)] += 1
+    for index in range(layers, layers + mtp):
+        kinds[(model.experts_in_layer(index), True, model.windowed_layer(index),
+               every or index in partial)] += 1
+    return {kind: count for kind, count in kinds.items() if count}
 
 
 @dataclass(frozen=True)
@@ -208,20 +271,19 @@ def flops_breakdown(
     names = tuple(REGISTRY)
     forward: Dict[str, int] = dict.fromkeys(names, 0)
     recomputed: Dict[str, int] = dict.fromkeys(names, 0)
-    full_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size,
-                                              model.mtp_num_layers)
-    for layer in range(model.num_layers + model.mtp_num_layers):
+    selective = recompute.granularity == "selective"
+    for (experts, mtp_layer, windowed, is_recomputed), layers in layer_kinds(
+            model, recompute, pipeline_parallel_size).items():
         # per sample, times B; with documents, the attention core is already the whole
         # batch's (every document attends only to itself, so the batch's documents are summed)
         terms = {name: flops if documents is not None and REGISTRY[name].attention_core
                  else flops * batch_size
-                 for name, flops in layer_forward_flops(model, seq_length, layer, causal,
-                                                        documents).items()}
+                 for name, flops in _layer_forward_flops(model, seq_length, experts, mtp_layer,
+                                                         windowed, causal, documents).items()}
         for name, flops in terms.items():
-            forward[name] += flops
-            if layer in full_layers or (recompute.granularity == "selective"
-                                        and REGISTRY[name].attention_core):
-                recomputed[name] += flops
+            forward[name] += layers * flops
+            if is_recomputed or (selective and REGISTRY[name].attention_core):
+                recomputed[name] += layers * flops
     for name, spec in REGISTRY.items():
         if spec.occurs == ONCE:  # outside the layers: never recomputed
             forward[name] = spec.formula(model, seq_length, 1) * batch_size

@@ -91,12 +91,27 @@ def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
         return 1.0 if (component == "logits" and recipe.output_layer) else 0.0
     if spec.attention_core and not recipe.dot_product_attention:
         return 0.0
-    layers = [i for i in range(model.num_layers) if spec.in_layer(model, model.experts_in_layer(i))]
+    layers = _layers_carrying(model, spec, 0, model.num_layers)
     if not layers:
         return 0.0
     last_bf16 = model.num_layers - recipe.bf16_layers_at_end
-    in_fp8 = [i for i in layers if recipe.bf16_layers_at_start <= i < last_bf16]
-    return len(in_fp8) / len(layers)
+    return _layers_carrying(model, spec, recipe.bf16_layers_at_start, last_bf16) / layers
+
+
+def _layers_carrying(model: ModelShape, spec, start: int, stop: int) -> int:
+    """How many of the layers ``start <= i < stop`` carry the component: counted, not
+    enumerated, so that ``--num-layers 100000000`` costs what 10 layers do."""
+    start, stop = max(start, 0), min(stop, model.num_layers)
+    if stop <= start:
+        return 0
+    if model.moe_layer_freq is None:
+        # layer i is an MoE slot when (i + 1) % expert_interval == 0: slots start//I .. stop//I - 1
+        slots = model.num_experts[start // model.expert_interval:stop // model.expert_interval]
+        moe = len(slots) - slots.count(1)  # a slot of 1 expert is a dense layer
+    else:  # Megatron-LM's --moe-layer-freq: an explicit pattern, as long as the model is
+        moe = sum(model.experts_in_layer(i) > 1 for i in range(start, stop))
+    return (((stop - start - moe) if spec.in_layer(model, 1) else 0)
+            + (moe if spec.in_layer(model, 2) else 0))
 
 
 def fp8_flops(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,

@@ -6,7 +6,9 @@ Neither is used for anything else in this package.
 bigscience-workshop/Megatron-DeepSpeed (``megatron/training.py::training_log``): Narayanan et
 al. 2021 Eq. 3 with the whole expression scaled by 32/24 when ``--glu-activation`` is set
 (exact only when ffn = 4h, which GLU models rarely use), and factor 4 instead of 3 with
-``--checkpoint-activations`` (full recompute of everything, logits included).
+``--checkpoint-activations`` (full recompute of every layer).  Its vocabulary term is
+24·f·B·s·l·h²·V/(16·l·h) = 1.5·f·B·s·h·V: with f = 4 exactly three passes of the logits
+(forward and backward, not recomputed); with f = 3 it under-counts them by 25 %.
 
 microsoft (deepspeedai)/Megatron-DeepSpeed (``megatron/utils.py::throughput_calculator``):
 counts multiply-accumulates per GEMM group; the Q, K, V and output projections are

@@ -13,6 +13,7 @@ biases unless ``add_bias_linear`` is off, the final norm, and an untied output l
 
 from dataclasses import dataclass
 
+from .flops import layer_kinds
 from .shapes import ModelShape
 
 
@@ -46,7 +47,14 @@ def _mlp(model: ModelShape, f: int = None) -> int:
 
 
 def layer_parameters(model: ModelShape, layer_index: int) -> int:
-    """Parameters of one transformer layer (0-based index; MoE layers differ)."""
+    """Parameters of one transformer layer (0-based index; MoE and MTP layers differ)."""
+    return layer_kind_parameters(model, model.experts_in_layer(layer_index),
+                                 layer_index >= model.num_layers)
+
+
+def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = False) -> int:
+    """Parameters of a transformer layer with ``experts`` experts (1: dense); ``mtp_layer``:
+    a multi-token-prediction layer."""
     h, bias = model.hidden_size, model.add_bias_linear
     if model.multi_latent_attention:
         attention = _mla_attention(model)
@@ -54,7 +62,6 @@ def layer_parameters(model: ModelShape, layer_index: int) -> int:
         qkv_width = model.query_projection_size + 2 * model.kv_projection_size
         attention = h * qkv_width + (qkv_width if bias else 0)
         attention += model.query_projection_size * h + (h if bias else 0)
-    experts = model.experts_in_layer(layer_index)
     if experts == 1:
         mlp = _mlp(model)
     else:
@@ -64,7 +71,7 @@ def layer_parameters(model: ModelShape, layer_index: int) -> int:
         if model.moe_residual:
             mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
     layer = 2 * _norm(model) + attention + mlp
-    if layer_index >= model.num_layers:
+    if mtp_layer:
         # an MTP layer: its two input norms, the 2h -> h projection (no bias), a final norm
         layer += 3 * _norm(model) + 2 * h * h
     return layer
@@ -100,6 +107,8 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     total = word + position + output
     if model.embedding_layernorm:
         total += _norm(model)
-    total += sum(layer_parameters(model, i) for i in range(model.num_layers + model.mtp_num_layers))
+    # layers of one kind have the same parameters: one evaluation per kind, whatever --num-layers
+    total += sum(layers * layer_kind_parameters(model, experts, mtp_layer)
+                 for (experts, mtp_layer, _, _), layers in layer_kinds(model).items())
     total += _norm(model)  # final norm
     return ParameterCount(total=total, embedding=word + position + output)

@@ -68,7 +68,7 @@ def describe_model(model: ModelShape) -> str:
         if model.moe_layer_freq is None:
             where = f"every {model.expert_interval} layers"
         else:
-            where = f"in {sum(model.moe_layer_pattern)} of {model.num_layers} layers"
+            where = f"in {model.num_moe_layers} of {model.num_layers} layers"
         parts.append(f"MoE {'/'.join(map(str, experts))} experts top-{model.moe_topk} {where}")
         if model.moe_ffn_hidden_size:
             parts.append(f"expert ffn {model.moe_ffn_hidden_size}")

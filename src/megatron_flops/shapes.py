@@ -214,18 +214,18 @@ class ModelShape:
                 "--normalization",
             )
 
-        num_moe_layers = sum(self.moe_layer_pattern)
+        num_moe_layers = self.num_moe_layers
         interval_flag = "--expert-interval" if self.moe_layer_freq is None else "--moe-layer-freq"
         experts = self.num_experts
         if isinstance(experts, int) and not isinstance(experts, bool):
             experts = (experts,) * num_moe_layers if experts != 1 else ()
         else:
             experts = tuple(experts)
-            if len(experts) == 1:
-                experts = experts * num_moe_layers
-            if all(e == 1 for e in experts):
+            if all(e == 1 for e in experts):  # dense: never build a tuple per layer
                 experts = ()
-        for e in experts:
+            elif len(experts) == 1:
+                experts = experts * num_moe_layers
+        for e in dict.fromkeys(experts):  # each distinct value once, in order
             _require_positive(e, "--num-experts")
         if experts and len(experts) != num_moe_layers:
             raise ShapeError(
@@ -270,12 +270,30 @@ class ModelShape:
         if not self.num_experts:
             return 1
         layer_index = min(layer_index, self.num_layers - 1)
-        pattern = self.moe_layer_pattern
-        if not pattern[layer_index]:
+        freq = self.moe_layer_freq
+        if freq is None:  # the microsoft fork's rule, without building the pattern
+            number = layer_index + 1
+            if number % self.expert_interval:
+                return 1
+            return self.num_experts[number // self.expert_interval - 1]
+        if isinstance(freq, int):
+            return 1 if layer_index % freq else self.num_experts[layer_index // freq]
+        if not freq[layer_index]:
             return 1
-        return self.num_experts[sum(pattern[:layer_index])]
+        return self.num_experts[sum(freq[:layer_index])]
 
     # ---- Megatron-Core features ----------------------------------------------------------
+    @property
+    def num_moe_layers(self) -> int:
+        """How many decoder layers :attr:`moe_layer_pattern` makes MoE layers, counted without
+        building the pattern (``--num-layers 10**30`` stays cheap)."""
+        freq = self.moe_layer_freq
+        if freq is None:
+            return self.num_layers // self.expert_interval
+        if isinstance(freq, int):
+            return -(-self.num_layers // freq)  # layers 0, N, 2N, …
+        return sum(freq)
+
     @property
     def moe_layer_pattern(self) -> Tuple[int, ...]:
         """1 for each MoE layer, 0 for each dense layer (decoder layers only).
@@ -407,6 +425,11 @@ class Recompute:
             return f"full (block, {self.num_layers} layers per stage)"
         return "full"
 
+    @property
+    def recomputes_every_layer(self) -> bool:
+        """Full recompute of every layer (``uniform``, or ``block`` without a layer count)."""
+        return self.granularity == "full" and (self.method == "uniform" or self.num_layers is None)
+
     def recomputed_layers(self, num_layers: int, pipeline_parallel_size: int = 1,
                           mtp_num_layers: int = 0) -> FrozenSet[int]:
         """0-based indices of the layers whose whole forward is re-run (full recompute only).
@@ -416,7 +439,7 @@ class Recompute:
         """
         if self.granularity != "full":
             return frozenset()
-        if self.method == "uniform" or self.num_layers is None:
+        if self.recomputes_every_layer:
             return frozenset(range(num_layers + mtp_num_layers))
         stages = self.stage_layers
         if stages is None:

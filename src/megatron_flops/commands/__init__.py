@@ -6,8 +6,9 @@ Commands sit on top of every other layer: nothing outside this package imports i
 """
 
 import importlib
+import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .common import EXIT_OK, EXIT_USAGE, fail, run_guarded
 
@@ -34,6 +35,20 @@ COMMANDS = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:  # the reader stopped early (`| head -1`): what it wanted, it has
+        _discard_stdout()
+        return EXIT_OK
+    except OSError as error:  # stdout itself cannot take the output (`> /dev/full`)
+        _discard_stdout()
+        return fail(f"cannot write the output: {error.strerror or error}")
+
+
+def _dispatch(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print("usage: megatron-flops COMMAND [flags]\n\ncommands:")
         for name, (_, _, text) in COMMANDS.items():
@@ -47,5 +62,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         return fail(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+    return _run(name, argv[1:])
+
+
+# the optional dependency a command needs -> the extra that installs it
+NEEDS = {"demo": "torch", "peak": "torch", "verify": "torch"}
+EXTRAS = {"torch": "torch", "tensorboard": "tensorboard", "wandb": "wandb",
+          "matplotlib": "plot", "deepspeed": "deepspeed"}
+
+
+def _run(name: str, argv: Sequence[str]) -> int:
+    """Run command ``name``; what the machine refuses becomes one line on stderr, exit 2."""
     module, function, _ = COMMANDS[name]
-    return run_guarded(getattr(importlib.import_module(module), function), argv[1:])
+    try:
+        return run_guarded(getattr(importlib.import_module(module), function), argv)
+    except ImportError as error:
+        if (error.name or "").startswith("megatron_flops"):
+            raise  # our own import is broken: a bug, keep its traceback
+        return fail(missing_dependency(name, error))
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # a path that cannot be read or written
+        where = f"{error.filename}: " if error.filename else ""
+        return fail(f"{name}: {where}{error.strerror or error}")
+    except (OverflowError, MemoryError) as error:
+        return fail(f"{name}: a value is too large to compute with ({error or 'out of memory'})")
+
+
+def missing_dependency(command: str, error: ImportError) -> str:
+    """The line for a command whose optional dependency cannot be imported."""
+    module = (error.name or NEEDS.get(command) or "an optional dependency").split(".")[0]
+    extra = EXTRAS.get(module)
+    hint = f"; install it: pip install -e '.[{extra}]' in a megatron-flops clone" if extra else ""
+    return f"{command} needs {module}, which cannot be imported ({error}){hint}"
+
+
+def _discard_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so that exiting flushes nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (an in-process caller's stream)
+        pass

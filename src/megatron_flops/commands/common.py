@@ -1,6 +1,7 @@
 """What every command shares: exit codes, the usage error, the parser and its flag types."""
 
 import argparse
+import math
 import sys
 from typing import List, Sequence
 
@@ -62,8 +63,8 @@ def positive(kind, flag):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {text}")
+        if not value > 0 or not math.isfinite(value):  # nan, inf: no count divides by them
+            raise argparse.ArgumentTypeError(f"{flag} must be positive and finite, got {text}")
         return value
     return convert
 

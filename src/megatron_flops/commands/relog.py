@@ -67,15 +67,8 @@ def relog_main(argv: List[str]) -> int:
     if args.path != "-" and not os.path.exists(args.path):
         raise UsageError(f"PATH {args.path!r} does not exist")
     _check_outputs(args)
-    try:
-        return _relog_command(args, model, run, sys.stdout, sys.stderr)
-    except BrokenPipeError:  # `relog log | head`: stop quietly
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return EXIT_OK
+    # `relog log | head`: the dispatcher ends a closed pipe quietly, for every command
+    return _relog_command(args, model, run, sys.stdout, sys.stderr)
 
 
 def _relog_command(args, model, run, out: TextIO, err: TextIO) -> int:

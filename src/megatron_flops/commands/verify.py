@@ -43,6 +43,10 @@ def _text(result, model, recompute) -> str:
     return "\n".join(lines)
 
 
+# verify builds every layer as a module: 2048 of them take about a minute on two CPU cores
+MAX_LAYERS = 2048
+
+
 def verify_main(argv: List[str]) -> int:
     parser = command_parser("verify", "Count the matmul FLOPs of one forward+backward step of a "
                             "reference Megatron GPT of this shape with PyTorch's FlopCounterMode "
@@ -59,13 +63,18 @@ def verify_main(argv: List[str]) -> int:
     if args.causal:
         raise UsageError("--causal does not apply to verify: the reference model runs dense "
                          "attention matmuls (full s×s), compared with the dense formulas")
-    from ..reference.verify import choose_meta, verify
-    if args.meta is False and choose_meta(model, run.seq_length, run.micro_batch_size,
-                                          run.recompute, run.pipeline_model_parallel_size):
+    if model.num_layers > MAX_LAYERS:
+        raise UsageError(f"--num-layers ({model.num_layers}) must be at most {MAX_LAYERS} for verify, "
+                         "which builds and runs every layer (~30 ms each, meta tensors, on a CPU); "
+                         "layers of one kind count alike: verify fewer of them, estimate any number")
+    from ..reference.verify import check_real_fits, choose_meta, verify
+    shape = (model, run.seq_length, run.micro_batch_size, run.recompute,
+             run.pipeline_model_parallel_size)
+    if args.meta is False and choose_meta(*shape):
+        check_real_fits(*shape)  # what cannot fit is refused, not warned about
         print("megatron-flops: warning: --real at this size needs much memory and time",
               file=sys.stderr)
-    result = verify(model, run.seq_length, run.micro_batch_size, run.recompute,
-                    run.pipeline_model_parallel_size, args.meta)
+    result = verify(*shape, args.meta)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

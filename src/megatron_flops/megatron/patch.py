@@ -185,4 +185,11 @@ def write(plan: Plan) -> None:
     temporary = plan.path + ".megatron-flops.tmp"
     with open(temporary, "wb") as f:
         f.write(plan.patched)
+    original, created = os.stat(plan.path), os.stat(temporary)  # keep the mode and owner
+    if hasattr(os, "chown") and (original.st_uid, original.st_gid) != (created.st_uid, created.st_gid):
+        try:
+            os.chown(temporary, original.st_uid, original.st_gid)
+        except OSError:  # only root may give a file away; the mode is kept all the same
+            pass
+    os.chmod(temporary, original.st_mode & 0o7777)
     os.replace(temporary, plan.path)

@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..components import component_names
 from ..flops import flops_breakdown
+from ..memory import check_training_step_fits
 from ..shapes import NO_RECOMPUTE, ModelShape, Recompute, ShapeError
 from .model import CARRIES, ReferenceGPT
 
@@ -246,6 +247,15 @@ def check_buildable(model: ModelShape) -> None:
                              "Megatron-Core itself in tests/megatron_core)", flag)
 
 
+def check_real_fits(model: ModelShape, seq_length: int, batch_size: int = 1,
+                    recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1) -> None:
+    """ValueError, before anything is allocated, when a real-tensor step cannot fit in memory
+    (a 176B ``--real`` would otherwise be killed by the kernel, not refused)."""
+    check_training_step_fits(model, seq_length, batch_size, "verify --real",
+                             "use --meta, which counts the same FLOPs without memory",
+                             recompute, pipeline_parallel_size)
+
+
 def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
                 meta: Optional[bool] = None, seed: int = 0):
@@ -253,6 +263,8 @@ def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
     check_buildable(model)
     if meta is None:
         meta = choose_meta(model, seq_length, batch_size, recompute, pipeline_parallel_size)
+    if not meta:
+        check_real_fits(model, seq_length, batch_size, recompute, pipeline_parallel_size)
     device = torch.device("meta") if meta else torch.device("cpu")
     torch.manual_seed(seed)
     gpt = ReferenceGPT(model, seq_length, recompute, pipeline_parallel_size, dropout=0.0,
