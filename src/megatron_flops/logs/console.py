@@ -116,7 +116,7 @@ class ParseStats:
 
     __slots__ = ("lines", "records", "malformed", "truncated", "other", "malformed_lines",
                  "arguments", "argument_dumps", "arguments_line", "padded_vocab",
-                 "padded_vocab_line")
+                 "padded_vocab_line", "path")
 
     def __init__(self):
         self.lines = 0
@@ -130,6 +130,7 @@ class ParseStats:
         self.arguments_line: Optional[int] = None
         self.padded_vocab: Optional[int] = None
         self.padded_vocab_line: Optional[int] = None
+        self.path: Optional[str] = None        # the file being read (several: one run's)
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "records": self.records, "malformed": self.malformed,
@@ -300,7 +301,7 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
             if padded is not None:
                 stats.padded_vocab, stats.padded_vocab_line = padded, number
         stats.other += 1
-    stats.lines = number
+    stats.lines += number
 
 
 def open_log(path: str):
