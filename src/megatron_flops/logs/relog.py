@@ -50,6 +50,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..megatron.args import shapes_from_args
 from ..meter import ThroughputMeter, ThroughputReport
+from ..report import utilization_warning
 from ..shapes import ModelShape, RunShape
 from . import arguments as dump_arguments
 from .console import LogRecord, ParseStats, open_log, parse_console_log
@@ -238,7 +239,9 @@ class Relogger:
                 self.inconsistent_samples += 1
         iterations = length or 1
         run = self.run
-        if run.rampup_batch_size is not None and record.consumed_samples is not None:
+        # over one iteration the schedule can only agree with the logged batch: that decides
+        if (iterations > 1 and run.rampup_batch_size is not None
+                and record.consumed_samples is not None):
             samples = schedule_batch(run, record.consumed_samples, iterations)
             # the schedule's last batch must be the logged one (the batch at log time)
             if samples is not None and (not logged or schedule_batch(
@@ -358,6 +361,11 @@ class Summary:
             raise ValueError("a summary needs at least one interval")
         overall = self.gpu_seconds * 1e12
         first = self.segments[0] if self.segments else {}
+        warning = utilization_warning(
+            self.max_mfu if peak.tflops else None, self.max_hfu if peak.tflops else None,
+            world_size=world_size,
+            world_size_assumed=any(s["world_size_source"] == ASSUMED for s in self.segments),
+            dtype=first.get("dtype"), peak_source=peak.source)
         logged = self.logged
         return {
             "intervals": n,
@@ -392,6 +400,7 @@ class Summary:
             "gaps": relogger.gaps,
             "inconsistent_consumed_samples": relogger.inconsistent_samples,
             "parse": stats.as_dict(),
+            "warnings": [warning] if warning else [],
         }
 
 
@@ -453,6 +462,13 @@ class Segment(NamedTuple):
     def world_size_assumed(self) -> bool:
         return self.world_size_source == ASSUMED
 
+    def world_size_line(self) -> str:
+        """``world size 64 (log arguments); TP 4, PP 8, DP 2``."""
+        run = self.run
+        return (f"world size {run.world_size} ({self.world_size_source}); TP "
+                f"{run.tensor_model_parallel_size}, PP {run.pipeline_model_parallel_size}, "
+                f"DP {run.data_parallel_size}")
+
     def provenance_lines(self) -> List[str]:
         """The short block that says which values came from where."""
         return dump_arguments.sources_lines(self.namespace, self.sources)
@@ -463,7 +479,8 @@ class Segment(NamedTuple):
                 "world_size": run.world_size, "world_size_source": self.world_size_source,
                 "tensor_model_parallel_size": run.tensor_model_parallel_size,
                 "pipeline_model_parallel_size": run.pipeline_model_parallel_size,
-                "global_batch_size": run.global_batch_size, "log_interval": self.log_interval,
+                "global_batch_size": run.global_batch_size, "dtype": run.dtype,
+                "log_interval": self.log_interval,
                 "fork": self.fork, "sources": dict(self.sources)}
 
 
@@ -585,7 +602,8 @@ def console_logs(paths: Iterable[str]) -> List[str]:
                            if name.endswith(CONSOLE_LOG_SUFFIXES)
                            and os.path.isfile(os.path.join(path, name)))
             if not found:
-                raise ValueError(f"PATH {path!r}: no *.log, *.txt or *.out files in it")
+                raise ValueError(f"PATH {path!r}: no TensorBoard event files and no console "
+                                 f"logs (*.log, *.txt, *.out) in it")
             files += found
         else:
             files.append(path)
