@@ -232,7 +232,8 @@ def summary_lines(summary: dict) -> List[str]:
 
     parse = summary["parse"]
     source = summary.get("world_size_source")
-    world_source = "" if source in (None, "command line") else f", {source}"
+    # the provenance block says it for the command line and the log; here what neither said
+    world_source = "" if source in (None, "command line", "log arguments") else f", {source}"
     lines = [
         f"intervals: {summary['intervals']} (iterations {summary['first_iteration']}"
         f"–{summary['last_iteration']}; fork {', '.join(summary['forks']) or 'unknown'}; "
