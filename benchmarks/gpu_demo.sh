@@ -4,9 +4,12 @@
 # Prints the card's measured bf16 matmul peak (megatron-flops peak, beside the datasheet's),
 # then two demo runs with MFU/HFU against the datasheet peak of the card
 # (torch.cuda.get_device_name): 1. no recompute (MFU = HFU), 2. --checkpoint-activations
-# (full recompute: HFU > MFU).  About 1-2 minutes and ~40 GB of GPU memory on an H100/H200.
+# (full recompute: HFU > MFU), 3. fused attention (--attention sdpa) with two iterations
+# profiled (--profile: the trace, the per-component table and its picture in $PROFILE_DIR).
+# About 2-3 minutes and ~40 GB of GPU memory on an H100/H200.
 #
-#   bash benchmarks/gpu_demo.sh              run it (PYTHON=python3, MICRO=4, ITERS=100)
+#   bash benchmarks/gpu_demo.sh              run it (PYTHON=python3, MICRO=4, ITERS=100,
+#                                            PROFILE_DIR=gpu_profile)
 #   SMOKE=1 bash benchmarks/gpu_demo.sh      the same commands at a tiny shape on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +22,10 @@ SHAPE=(--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 
        --max-position-embeddings 1024 --vocab-size 50257 --micro-batch-size "$MICRO")
 PEAK_SIZES=(--size 4096 --size 8192)
 RECOMPUTE_ITERS=40
+SDPA_ITERS=30
+PROFILE_DIR=${PROFILE_DIR:-gpu_profile}
 if [[ "${SMOKE:-0}" == 1 ]]; then
-    DEVICE=cpu ITERS=4 RECOMPUTE_ITERS=4
+    DEVICE=cpu ITERS=4 RECOMPUTE_ITERS=4 SDPA_ITERS=4
     SHAPE=(--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64
            --max-position-embeddings 64 --vocab-size 50257 --micro-batch-size 2)
     PEAK_SIZES=(--size 128)
@@ -41,3 +46,8 @@ echo "== demo, bf16 autocast, no recompute =="
 echo "== demo, bf16 autocast, --checkpoint-activations (full recompute) =="
 "$PYTHON" -m megatron_flops demo "${COMMON[@]}" --train-iters "$RECOMPUTE_ITERS" \
     --checkpoint-activations
+
+echo "== demo, bf16 autocast, fused attention (sdpa), iterations 11-12 profiled =="
+"$PYTHON" -m megatron_flops demo "${COMMON[@]}" --train-iters "$SDPA_ITERS" --attention sdpa \
+    --profile --profile-start "$((SDPA_ITERS > 12 ? 11 : 2))" --profile-iters 2 \
+    --profile-dir "$PROFILE_DIR"

@@ -22,6 +22,11 @@ def format_flops(value: float) -> str:
     return f"{value / scale:.3f} {name}"
 
 
+def format_optional(value: Optional[float], spec: str) -> str:
+    """``value`` formatted with ``spec``; ``"n/a"`` when there is none (no time, no peak)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_percent(fraction: Optional[float], spec: str = ".1f", unit: str = "%") -> str:
     """``0.4517`` -> ``"45.2%"``; ``"n/a"`` when there is no value (no peak, nothing logged).
 

@@ -16,15 +16,6 @@ def _private_peak_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One intra-op thread in this process: on a shared 2-core machine two OpenMP threads
-    spin-wait on each other and run several times slower than one.  Timings are not what
-    these tests check."""
-    try:
-        import torch
-    except ImportError:
+    from demo_helpers import one_intra_op_thread
+    with one_intra_op_thread():
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

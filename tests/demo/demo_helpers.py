@@ -1,5 +1,6 @@
 """Helpers for the demo tests: run the demo, read its log lines back."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -69,3 +70,21 @@ def counted_flops_per_iteration(model_shape, seq_length, global_batch_size, reco
     with set_checkpoint_early_stop(False), FlopCounterMode(display=False) as counter:
         gpt.loss(ids, ids).backward()
     return counter.get_total_flops()
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """One intra-op torch thread inside: on a shared 2-core machine two OpenMP threads
+    spin-wait on each other and run several times slower than one.  Timings are not what
+    these tests check.  Without torch, nothing."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -15,14 +15,16 @@ from .common import EXIT_OK, EXIT_USAGE, fail, run_guarded
 COMMANDS = {
     "estimate": ("megatron_flops.commands.estimate", "estimate_main",
                  "FLOPs breakdown, parameters, throughput and MFU for Megatron flags"),
-    "demo": ("megatron_flops.demo.train", "demo_main",
+    "demo": ("megatron_flops.commands.demo", "demo_main",
              "train the reference GPT on text with live TFLOP/s, MFU and HFU (needs torch)"),
-    "peak": ("megatron_flops.demo.peak", "peak_main",
+    "peak": ("megatron_flops.commands.peak", "peak_main",
              "measure this device's achievable dense matmul TFLOP/s per dtype (needs torch)"),
     "verify": ("megatron_flops.commands.verify", "verify_main",
                "count one training step of a reference GPT with PyTorch and check the formulas"),
     "patch": ("megatron_flops.commands.patch", "patch_main",
               "route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops"),
+    "profile": ("megatron_flops.commands.profile", "profile_main",
+                "where the time went: per-component TFLOP/s from a PyTorch profiler trace"),
     "relog": ("megatron_flops.commands.relog", "relog_main",
               "true TFLOP/s, MFU and the logged TFLOPs' error for a past run's log or TensorBoard run"),
 }

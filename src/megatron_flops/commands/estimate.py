@@ -7,7 +7,7 @@ from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, par
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
-              tflops_per_gpu):
+              tflops_per_gpu, convention=None, fp8=None, world_size_assumed=False):
     """(the JSON object, the breakdown, the parameter count): the table reuses the last two."""
     from ..hardware import resolve_peak
     from ..legacy import legacy_error, legacy_tflops_for_shapes
@@ -46,12 +46,58 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
             "legacy_tflops_per_gpu": legacy,
             "legacy_error": {k: legacy_error(v, hardware) for k, v in legacy.items()},
         }
+    _add_conventions(result, model, run, breakdown, iteration_seconds, gpu, peak, convention, fp8,
+                     world_size_assumed)
     if train_tokens is not None or tflops_per_gpu is not None:
         if train_tokens is None or tflops_per_gpu is None:
             raise UsageError("--train-tokens and --tflops-per-gpu go together")
         plan = training_time(model, run, train_tokens, tflops_per_gpu, causal)
         result["training_days"] = plan.days
     return result, breakdown, params
+
+
+def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, convention, fp8,
+                     world_size_assumed) -> None:
+    """``conventions`` (always), ``headline``, ``fp8`` and ``warnings``: the core computes."""
+    from ..conventions import CONVENTIONS_BY_NAME, convention as lookup, conventions_for_run
+    from ..hardware import implausible_utilisation_warning
+    head = lookup(convention).name if convention is not None else None
+    names = list(CONVENTIONS_BY_NAME) + ([head] if head not in CONVENTIONS_BY_NAME and head else [])
+    result["conventions"] = conventions_for_run(model, run, seconds, peak.tflops, names=names)
+    result["headline"] = head and {"convention": head, **result["conventions"][head]}
+    t = result["throughput"]
+    if fp8 is not None and fp8.enabled:
+        from ..fp8 import fp8_report
+        result["fp8"] = fp8_report(breakdown, model, fp8, gpu,
+                                   t and t["tflops_per_gpu"]["model"],
+                                   t and t["tflops_per_gpu"]["hardware"])
+    warning = t and implausible_utilisation_warning(t["mfu"], t["hfu"], world_size_assumed,
+                                                    run.dtype, peak.source)
+    result["warnings"] = [warning] if warning else []
+
+
+def _print_conventions(result: dict, show_table: bool) -> None:
+    from ..conventions import conventions_table
+    from ..report import format_optional, format_percent
+    peak = result["peak"]["source"]
+    head = result.get("headline")
+    if head is not None:
+        util = format_percent(head["mfu"])
+        tflops = format_optional(head["tflops_per_gpu"], ".2f")
+        print(f"\n{head['convention']} would report: {tflops} TFLOP/s per GPU, MFU {util} "
+              f"({100 * head['vs_exact']:+.1f}% vs exact; peak: {peak})")
+    if show_table:
+        print("\nwhat each convention reports for this run (vs exact = vs our model FLOPs):")
+        print(conventions_table(result["conventions"], peak))
+    f = result.get("fp8")
+    if f is not None:
+        peaks, mfu = f["peak_tflops"], f["mfu"]
+        mixed = format_optional(peaks["mixed"], ".1f")
+        print(f"\nFP8 ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model FLOPs "
+              f"in FP8 GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
+              f"TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed peak ({mixed} TFLOP/s)")
+    for warning in result["warnings"]:
+        print(warning)
 
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -> None:
@@ -93,12 +139,33 @@ def estimate_main(argv: List[str]) -> int:
     parser.add_argument("--tflops-per-gpu", type=positive(float, "--tflops-per-gpu"),
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _add_convention_arguments(parser)
     args, model, run = parse_command(parser, argv)
+    from ..fp8 import Fp8Recipe
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
                                           args.peak_tflops, args.causal, args.train_tokens,
-                                          args.tflops_per_gpu)
+                                          args.tflops_per_gpu, args.convention,
+                                          Fp8Recipe.from_args(args), args.world_size is None)
     if args.json:
         print(json.dumps(result))
     else:
         _print_estimate(result, model, run, breakdown, params, args.causal)
+        _print_conventions(result, args.conventions)
     return EXIT_OK
+
+
+def _add_convention_arguments(parser) -> None:
+    """--conventions / --convention, and Megatron-LM's FP8 flags (which GEMMs run in FP8)."""
+    parser.add_argument("--conventions", action="store_true",
+                        help="table of what each framework's formula reports for this run")
+    parser.add_argument("--convention", metavar="NAME",
+                        help="make one convention the headline (palm, megatron-lm@2024-04, …)")
+    parser.add_argument("--fp8-format", dest="fp8", choices=("e4m3", "hybrid"))
+    parser.add_argument("--fp8-recipe", choices=("tensorwise", "delayed", "mxfp8", "blockwise",
+                                                 "custom"))
+    parser.add_argument("--first-last-layers-bf16", action="store_true")
+    parser.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
+    parser.add_argument("--num-layers-at-end-in-bf16", type=int, default=1)
+    parser.add_argument("--fp8-dot-product-attention", action="store_true")
+    parser.add_argument("--fp8-output-proj", action="store_true")
+    parser.add_argument("--no-fp8-wgrad", dest="fp8_wgrad", action="store_false")

@@ -1,9 +1,9 @@
 """Measured peak: the dense matmul TFLOP/s this device actually reaches, per dtype.
 
 Datasheets give a GPU's peak; a CPU (or a GPU missing from the table) has none we can trust.
-``megatron-flops peak`` multiplies square matrices of a few sizes, after a warm-up, several
-times each, and keeps the best rate: an *achievable* peak, the ceiling MFU is measured
-against when no datasheet figure applies.  One ``n×n`` by ``n×n`` product is ``2·n³`` FLOPs.
+``megatron-flops peak`` (:mod:`megatron_flops.commands.peak`) multiplies square matrices of
+a few sizes, after a warm-up, several times each, and keeps the best rate: an *achievable*
+peak, the ceiling MFU is measured against when no datasheet figure applies.  One ``n×n`` by ``n×n`` product is ``2·n³`` FLOPs.
 
 On CUDA the clock is read after ``torch.cuda.synchronize()``; on CPU the product is
 synchronous.  Needs the ``torch`` extra.
@@ -13,9 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
-
-from ..commands.common import EXIT_OK, UsageError, positive
+from typing import Dict, NamedTuple, Optional, Sequence
 
 DTYPES = ("fp32", "bf16", "fp16")
 CPU_SIZES = (256, 512, 1024)
@@ -63,9 +61,9 @@ def device_name(device: str) -> str:
 def check_device(device: str) -> None:
     import torch
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be cpu or cuda, got {device!r}")
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda needs a CUDA GPU, and none is available to torch")
+        raise ValueError("--device cuda needs a CUDA GPU, and none is available to torch")
 
 
 def _matmul_seconds(a, b, out, repeats: int, synchronize) -> float:
@@ -94,7 +92,7 @@ def measure_matmul_tflops(device: str = "cpu", dtype: str = "fp32",
     """
     import torch
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     check_device(device)
     if sizes is None:
         sizes = CUDA_SIZES if device.startswith("cuda") else CPU_SIZES
@@ -175,55 +173,3 @@ def remember(measurement: PeakMeasurement) -> float:
     except OSError:
         pass
     return measurement.tflops
-
-
-# ---- the ``peak`` command ------------------------------------------------------------------
-
-def peak_main(argv: List[str]) -> int:
-    from ..commands.common import Parser
-    parser = Parser(prog="megatron-flops peak", allow_abbrev=False,
-                     description="Measure the achievable dense matmul TFLOP/s of this device "
-                                 "per dtype (warm-up, several sizes, best of repeats).")
-    parser.add_argument("--device", default=None,
-                        help="cpu or cuda (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, action="append",
-                        help="dtype to measure (repeatable; default: all of fp32, bf16, fp16)")
-    parser.add_argument("--size", type=positive(int, "--size"), action="append", metavar="N",
-                        help="matrix size n of the n×n products (repeatable; default: "
-                             f"{', '.join(map(str, CPU_SIZES))} on CPU, "
-                             f"{', '.join(map(str, CUDA_SIZES))} on CUDA)")
-    parser.add_argument("--repeats", type=positive(int, "--repeats"), default=5,
-                        help="timed products per size; the best counts (default 5)")
-    parser.add_argument("--threads", type=positive(int, "--threads"),
-                        help="torch intra-op threads on CPU (default: torch's choice)")
-    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    args = parser.parse_args(argv)
-    import torch
-    from ..hardware import peak_tflops
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = []
-    for dtype in args.dtype or DTYPES:
-        measured = measure_matmul_tflops(device, dtype, args.size, args.repeats)
-        remember(measured)
-        datasheet = peak_tflops(measured.device_name, dtype) if device.startswith("cuda") else None
-        results.append((measured, datasheet))
-    if args.json:
-        print(json.dumps({"measurements": [
-            dict(m.as_dict(), datasheet_tflops=d,
-                 fraction_of_datasheet=(m.tflops / d if d else None)) for m, d in results]}))
-        return EXIT_OK
-    first = results[0][0]
-    where = f"{first.threads} threads" if first.device == "cpu" else first.device
-    print(f"measured dense matmul peak of {first.device_name} ({where}):")
-    for m, datasheet in results:
-        sizes = ", ".join(f"{n}: {t:.3f}" for n, t in m.per_size_tflops.items())
-        line = f"  {m.dtype:<5} {m.tflops:10.3f} TFLOP/s   (best at n={m.best_size}; per size {sizes})"
-        if datasheet:
-            line += f"   datasheet {datasheet:g}, {100 * m.tflops / datasheet:.0f}% of it"
-        print(line)
-    print(f"the best rate per dtype is remembered in {cache_file()}; the demo measures again "
-          "at start and uses the best known (or give --peak-tflops)")
-    return EXIT_OK

@@ -17,12 +17,9 @@ import math
 from array import array
 from typing import List, Optional, TextIO
 
+from ..report import format_optional as _number
 from ..report import format_percent
 from .relog import Interval
-
-
-def _number(value: Optional[float], spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 TABLE_HEADER = ("iteration", "batch", "seq", "s/iter", "logged TFLOPs", "model TFLOP/s",

@@ -1,0 +1,503 @@
+"""What each framework's MFU formula reports for the same run, side by side with the exact count.
+
+Frameworks disagree on what they count ("it's dangerous to compare these values without
+knowing how they were calculated", stas00/ml-engineering#47): attention dense or causal,
+which parameters ``N`` in ``6N``, the logits in or out, recomputation in or out, GLU and GQA
+approximated or not.  Each convention below is one small named formula with its source (the
+repository, file and commit or the paper it was read from; no code was copied) and, in its
+``parameters`` line, the parameter set it uses.  All return FLOPs of one training iteration
+(``B`` samples of ``s`` tokens) for one of our :class:`~megatron_flops.shapes.ModelShape` s.
+
+Notation as in :mod:`megatron_flops.flops`: ``T = B·s`` tokens, ``l`` layers, ``h`` hidden,
+``n`` heads, ``d`` head dim, ``g`` KV heads, ``f`` FFN size, ``V`` padded vocabulary.  ``N`` is
+a parameter count from :func:`megatron_flops.params.parameter_count` with the embeddings
+included or left out as each convention defines it.
+
+*counts*: ``model`` conventions count forward + backward (the MFU numerator); ``hardware``
+ones (the two Megatron-DeepSpeed forks) add recomputation, so their number is an HFU
+numerator even though the forks print it as their only TFLOP/s.
+
+Megatron-LM's ``num_floating_point_operations`` (``megatron/training/training.py``) changed
+meaning over time; :func:`megatron_lm_era` maps a date or commit to the formula then in use.
+"""
+
+import re
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from .flops import flops_breakdown
+from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
+from .params import ParameterCount, layer_parameters, parameter_count
+from .shapes import NO_RECOMPUTE, ModelShape, Recompute
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a convention may read about a run: the model, one iteration's size, recompute."""
+
+    model: ModelShape
+    batch_size: int
+    seq_length: int
+    recompute: Recompute = NO_RECOMPUTE
+    pipeline_parallel_size: int = 1
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_length
+
+    @property
+    def parameters(self) -> ParameterCount:
+        return parameter_count(self.model)
+
+    @property
+    def moe_layers(self) -> int:
+        return sum(1 for i in range(self.model.num_layers) if self.model.experts_in_layer(i) != 1)
+
+
+@dataclass(frozen=True)
+class Convention:
+    """One framework's formula: its name, what it computes, where it was read, what N it uses."""
+
+    name: str
+    formula: str
+    source: str
+    parameters: str
+    counts: str                                   # "model" or "hardware"
+    flops: Callable[[RunFacts], float]            # FLOPs of one iteration
+    hfu_flops: Optional[Callable[[RunFacts], float]] = None  # its own HFU numerator, if any
+
+
+# ---- parameter sets --------------------------------------------------------------------
+
+def _position_parameters(model: ModelShape) -> int:
+    if model.position_embedding != "learned" or model.max_position_embeddings is None:
+        return 0
+    return model.max_position_embeddings * model.hidden_size
+
+
+def params_all(facts: RunFacts) -> int:
+    """Every parameter once (a tied embedding/output matrix once, an untied output layer too)."""
+    return facts.parameters.total
+
+
+def params_without_position(facts: RunFacts) -> int:
+    """nanoGPT's ``get_num_params(non_embedding=True)``: all but the position embeddings."""
+    return facts.parameters.total - _position_parameters(facts.model)
+
+
+def _inactive_expert_parameters(facts: RunFacts) -> int:
+    """Parameters of the experts a token does not visit: (E − k) expert MLPs per MoE layer."""
+    m = facts.model
+    if not m.is_moe:
+        return 0
+    dense = replace(m, num_experts=1)
+    inactive = 0
+    for i in range(m.num_layers):
+        experts = m.experts_in_layer(i)
+        if experts != 1:
+            one_mlp = (layer_parameters(m, i) - m.hidden_size * experts
+                       - layer_parameters(dense, i)) // (experts - 1)
+            inactive += (experts - m.moe_topk) * one_mlp
+    return inactive
+
+
+def params_torchtitan(facts: RunFacts, tied_output_counted: bool = True) -> int:
+    """torchtitan's active parameters: all but the ``nn.Embedding`` tables (position and word
+    embeddings) and the experts a token skips (routed experts × top-k/E).  Since 4ed3c536
+    (2026-05-08) a word embedding tied to the output head stays in (the output GEMM runs);
+    before, it was subtracted with the embeddings."""
+    m = facts.model
+    word = m.vocab_size * m.hidden_size
+    keep_word = m.tie_embeddings and tied_output_counted
+    return (facts.parameters.total - _position_parameters(m) - (0 if keep_word else word)
+            - _inactive_expert_parameters(facts))
+
+
+# ---- the 6N + attention family ----------------------------------------------------------
+
+def six_n_plus_attention(n_params: float, num_layers: int, num_heads: int, head_dim: int,
+                         seq_length: int) -> float:
+    """PaLM's per-token training FLOPs ``6N + 12·L·H·Q·T`` (dense attention, no recompute)."""
+    return 6 * n_params + 12 * num_layers * num_heads * head_dim * seq_length
+
+
+def _palm(f: RunFacts) -> float:
+    m = f.model
+    return f.tokens * six_n_plus_attention(params_all(f), m.num_layers, m.num_attention_heads,
+                                           m.kv_channels, f.seq_length)
+
+
+def _nanogpt(f: RunFacts) -> float:
+    m = f.model
+    return f.tokens * six_n_plus_attention(params_without_position(f), m.num_layers,
+                                           m.num_attention_heads,
+                                           m.hidden_size // m.num_attention_heads, f.seq_length)
+
+
+def _torchtitan(f: RunFacts, before_tying_fix: bool = False) -> float:
+    # attention 6·n·(qk_head_dim + v_head_dim)·s per layer per token = 12·n·d·s; before the
+    # fix the head dim was dim // n_heads
+    m = f.model
+    head_dim = m.hidden_size // m.num_attention_heads if before_tying_fix else m.kv_channels
+    return f.tokens * six_n_plus_attention(params_torchtitan(f, not before_tying_fix),
+                                           m.num_layers, m.num_attention_heads, head_dim,
+                                           f.seq_length)
+
+
+def _six_n(f: RunFacts) -> float:
+    return 6 * params_all(f) * f.tokens
+
+
+def llm_foundry_flops_per_sequence(n_params: float, num_layers: int, d_model: int,
+                                   seq_length: int, passes: int = 3) -> float:
+    """llm-foundry's numerator for one sequence: ``passes·(2·N·s + 4·l·d·s²)``; MFU uses 3
+    passes (forward, backward, weight gradient), HFU 4 with activation checkpointing."""
+    flops_per_seq = 2 * n_params * seq_length
+    attention_flops_per_seq = num_layers * 2 * 2 * d_model * seq_length ** 2
+    return passes * (flops_per_seq + attention_flops_per_seq)
+
+
+def _llm_foundry(f: RunFacts, passes: int = 3) -> float:
+    m = f.model
+    return f.batch_size * llm_foundry_flops_per_sequence(params_all(f), m.num_layers,
+                                                         m.hidden_size, f.seq_length, passes)
+
+
+def _llm_foundry_hfu(f: RunFacts) -> float:
+    return _llm_foundry(f, 4 if f.recompute.granularity == "full" else 3)
+
+
+# ---- per-matmul conventions ------------------------------------------------------------
+
+def _exact(f: RunFacts, causal: bool = False) -> float:
+    return flops_breakdown(f.model, f.seq_length, f.batch_size, f.recompute,
+                           f.pipeline_parallel_size, causal).model_flops
+
+
+def _exact_hardware(f: RunFacts, causal: bool = False) -> float:
+    return flops_breakdown(f.model, f.seq_length, f.batch_size, f.recompute,
+                           f.pipeline_parallel_size, causal).hardware_flops
+
+
+def _maxtext(f: RunFacts, causal: bool = True) -> float:
+    """MaxText ``calculate_tflops_training_per_device``: per layer, QKV ``2·T·h·(n+2g)·d``,
+    attention ``4·B·s²·n·d`` (halved when causal), output ``2·T·h·n·d``, FFN ``2·T·f·h`` per
+    activation branch plus ``2·T·f·h`` down (MoE: router ``2·T·h·E`` plus top-k FFNs), and the
+    output layer ``2·T·h·V`` once; all × 3."""
+    m = f.model
+    B, s, T, h, n, g, d = (f.batch_size, f.seq_length, f.tokens, m.hidden_size,
+                           m.num_attention_heads, m.num_query_groups, m.kv_channels)
+    attention = 4 * B * s ** 2 * n * d / (2 if causal else 1)
+    per_layer_attention = 2 * T * h * (n + 2 * g) * d + attention + 2 * T * h * n * d
+    ffn = 2 * T * m.ffn_hidden_size * h * ((2 if m.glu else 1) + 1)
+    total = 0.0
+    for layer in range(m.num_layers):
+        experts = m.experts_in_layer(layer)
+        mlp = ffn if experts == 1 else 2 * T * h * experts + ffn * m.moe_topk
+        total += per_layer_attention + mlp
+    return 3 * (total + 2 * T * h * m.vocab_size)
+
+
+def _bigscience(f: RunFacts) -> float:
+    m = f.model
+    return bigscience_flops_per_iteration(f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
+                                          m.vocab_size, m.glu, f.recompute.granularity == "full")
+
+
+def _microsoft(f: RunFacts) -> float:
+    m = f.model
+    return microsoft_flops_per_iteration(f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
+                                         m.num_attention_heads, m.num_query_groups,
+                                         m.ffn_hidden_size, m.vocab_size, m.glu,
+                                         f.recompute.granularity,
+                                         m.moe_topk if m.is_moe else 1)
+
+
+# ---- NVIDIA Megatron-LM, by era -------------------------------------------------------
+# Read from NVIDIA/Megatron-LM megatron/training/training.py (megatron/training.py before
+# 2024-04) ``num_floating_point_operations(args, batch_size)`` at each commit below, with
+# ``git log -L`` on the function.  Megatron's ``--swiglu`` is our GLU; its MoE layers are
+# counted from our shape (its --moe-layer-freq pattern gives the same count for the same
+# model).  All are model FLOPs: none counts recomputation.
+
+def _megatron_2023_11(f: RunFacts) -> float:
+    # ffn = 4h, no GLU, d = h/n: 60·B·s·l·h²·(1 + g/(5n) + s/(5h) + V/(10·l·h))
+    m = f.model
+    B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
+                           m.num_attention_heads, m.num_query_groups, m.vocab_size)
+    return 60 * B * s * l * h * h * (1 + g / (5 * n) + s / (5 * h) + V / (10 * l * h))
+
+
+def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool) -> float:
+    # 12·B·s·l·h²·((1 + g/n + s/h)·(n·d/h) + (f/h)·k·(3/2 if GLU) + V/(2·l·h)); every layer's
+    # MLP times top-k when the model has experts; n·d/h = 1 before kv_channels was counted
+    m = f.model
+    B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
+                           m.num_attention_heads, m.num_query_groups, m.vocab_size)
+    routed = m.moe_topk if m.is_moe else 1
+    glu = 3 / 2 if (glu_counted and m.glu) else 1
+    query_ratio = m.query_projection_size / h if kv_channels_counted else 1
+    return 12 * B * s * l * h * h * ((1 + g / n + s / h) * query_ratio
+                                     + (m.ffn_hidden_size / h) * routed * glu
+                                     + V / (2 * l * h))
+
+
+def megatron_lm_current_flops(facts: RunFacts, seqlen_squared_sum: Optional[float] = None,
+                              real_tokens: Optional[float] = None) -> float:
+    """Megatron-LM's formula since 8873b55d (2025-03-06), in its 2026-05 form (5e4fc931):
+    token-linear terms ``6·T·(h·(n·d + 2·g·d) + n·d·h)·l + 6·T·h·f·(3 if GLU else 2)`` per dense
+    layer (MoE layer: ``f·k``) ``+ 6·T·h·V``, and core attention ``6·n·d·l·Σsᵢ²`` — half of
+    the dense ``2·2·n·d·s²``·3 (causal).  ``seqlen_squared_sum`` (Σsᵢ² over packed THD
+    sequences) and ``real_tokens`` default to ``B·s²`` and ``B·s`` (BSHD)."""
+    m = facts.model
+    h, n, g, d, V = (m.hidden_size, m.num_attention_heads, m.num_query_groups, m.kv_channels,
+                     m.vocab_size)
+    tokens = facts.tokens if real_tokens is None else real_tokens
+    squares = facts.batch_size * facts.seq_length ** 2 if seqlen_squared_sum is None \
+        else seqlen_squared_sum
+    moe_layers = facts.moe_layers
+    dense_layers = m.num_layers - moe_layers
+    ffn_gemms = 3 if m.glu else 2
+    mlp = 6 * h * m.ffn_hidden_size * ffn_gemms * (dense_layers + m.moe_topk * moe_layers)
+    attention = 6 * (h * (n * d + 2 * g * d) + n * d * h) * m.num_layers
+    logits = 6 * h * V
+    core = 6 * n * d / 2 * 2 * m.num_layers
+    return tokens * (mlp + attention + logits) + squares * core
+
+
+@dataclass(frozen=True)
+class MegatronLMEra:
+    """One state of Megatron-LM's ``num_floating_point_operations``."""
+
+    name: str          # convention name, megatron-lm@YYYY-MM[-DD]
+    since: str         # commit date (ISO)
+    commit: str        # the commit that introduced it
+    change: str
+    flops: Callable[[RunFacts], float]
+
+
+MEGATRON_LM_ERAS: Tuple[MegatronLMEra, ...] = (
+    MegatronLMEra("megatron-lm@2023-11", "2023-11-26", "2748e7c7d4",
+                  "added with --log-throughput: ffn = 4h, no GLU, d = h/n, dense attention",
+                  _megatron_2023_11),
+    MegatronLMEra("megatron-lm@2024-03", "2024-03-13", "fbf600bb5e",
+                  "ffn_hidden_size; MoE: every layer's MLP × top-k, no router",
+                  lambda f: _megatron_2024(f, glu_counted=False, kv_channels_counted=False)),
+    MegatronLMEra("megatron-lm@2024-03-25", "2024-03-25", "e116d81ed7",
+                  "SwiGLU counted: MLP × 3/2",
+                  lambda f: _megatron_2024(f, glu_counted=True, kv_channels_counted=False)),
+    MegatronLMEra("megatron-lm@2024-04", "2024-04-03", "2bfe9beaae",
+                  "kv_channels: attention terms × n·d/h",
+                  lambda f: _megatron_2024(f, glu_counted=True, kv_channels_counted=True)),
+    MegatronLMEra("megatron-lm@2025-03", "2025-03-06", "8873b55d6a",
+                  "causal: half of the core attention; MoE dense/MoE-layer split, shared experts",
+                  megatron_lm_current_flops),
+    MegatronLMEra("megatron-lm@2025-04", "2025-04-03", "d4f9a6f7b4",
+                  "MLA terms (our shapes have no MLA: same count as 2025-03)",
+                  megatron_lm_current_flops),
+    MegatronLMEra("megatron-lm@2026-05", "2026-05-21", "5e4fc931ba",
+                  "THD packed sequences: core attention from Σsᵢ², linear terms from real tokens",
+                  megatron_lm_current_flops),
+)
+
+# Eras whose count differs for the shapes we describe (the rest equal their predecessor).
+MEGATRON_LM_DISTINCT_ERAS = ("megatron-lm@2023-11", "megatron-lm@2024-03",
+                             "megatron-lm@2024-03-25", "megatron-lm@2024-04",
+                             "megatron-lm@2025-03")
+
+
+def megatron_lm_era(when: str) -> MegatronLMEra:
+    """The era of Megatron-LM's formula at ``when``: a date (``2024-06-01``; a month
+    ``2024-03`` means its last day) or one of the era commits (7+ hex digits)."""
+    text = when.strip().lower()
+    if re.fullmatch(r"[0-9a-f]{7,40}", text):
+        for era in MEGATRON_LM_ERAS:
+            if era.commit.startswith(text) or text.startswith(era.commit):
+                return era
+        raise ValueError(f"--megatron-lm-commit {when!r} is not one of the commits that changed "
+                         "num_floating_point_operations; give its date instead "
+                         "(git log -1 --format=%cs COMMIT)")
+    month = re.fullmatch(r"(\d{4})-(\d{2})", text)
+    if month:
+        text = f"{text}-31"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ValueError(f"Megatron-LM era {when!r} must be a date YYYY-MM[-DD] or a commit")
+    chosen = None
+    for era in MEGATRON_LM_ERAS:
+        if era.since <= text:
+            chosen = era
+    if chosen is None:
+        raise ValueError(f"Megatron-LM logged no throughput before {MEGATRON_LM_ERAS[0].commit} "
+                         f"({MEGATRON_LM_ERAS[0].since}); {when!r} is earlier")
+    return chosen
+
+
+# ---- the registry ----------------------------------------------------------------------
+
+_NN = "N = all parameters (tied embedding once, untied output layer in, positions in)"
+
+CONVENTIONS: Tuple[Convention, ...] = (
+    Convention("exact", "every matmul, dense attention (megatron_flops.flops)",
+               "this package: megatron_flops.flops.flops_breakdown model FLOPs",
+               "no N: each GEMM from the shapes (logits in, embedding lookups out)", "model",
+               _exact, _exact_hardware),
+    Convention("exact-causal", "every matmul, half of QKᵀ and A·V",
+               "this package: flops_breakdown(causal=True)",
+               "no N: each GEMM from the shapes (logits in)", "model",
+               lambda f: _exact(f, True), lambda f: _exact_hardware(f, True)),
+    Convention("palm", "T·(6N + 12·l·n·d·s)",
+               "Chowdhery et al. 2022 (PaLM), Appendix B", _NN, "model", _palm),
+    Convention("nanogpt", "T·(6N + 12·l·n·(h/n)·s)",
+               "karpathy/nanoGPT model.py GPT.estimate_mfu with get_num_params() (T = block_size: "
+               "here the run's sequence length)",
+               "N = all parameters minus position embeddings (the tied wte = lm_head counted)",
+               "model", _nanogpt),
+    Convention("torchtitan", "T·(6N + 12·l·n·d·s)",
+               "pytorch/torchtitan models/utils.py get_nparams_and_active_nparams and "
+               "quadratic_attention_flops_per_token, since 4ed3c536 (2026-05-08)",
+               "N = active parameters: all minus embedding tables (a tied output head stays "
+               "in) minus skipped experts", "model", _torchtitan),
+    Convention("torchtitan@2026-04", "T·(6N + 12·l·n·(h/n)·s)",
+               "pytorch/torchtitan get_dense_model_nparams_and_flops before 4ed3c536 "
+               "(2026-05-08; earlier utils.py get_num_flop_per_token)",
+               "N = all minus nn.Embedding modules (a tied output head goes out with them)",
+               "model", lambda f: _torchtitan(f, before_tying_fix=True)),
+    Convention("llm-foundry", "B·3·(2·N·s + 4·l·h·s²); HFU 4× with activation checkpointing",
+               "mosaicml/llm-foundry scripts/train/benchmarking/collect_results.py and README.md "
+               "(061f2c7c)",
+               _NN, "model", _llm_foundry, _llm_foundry_hfu),
+    Convention("maxtext", "3·Σ GEMMs, causal attention (½)",
+               "AI-Hypercomputer/maxtext maxtext_utils.py calculate_tflops_training_per_device "
+               "since a4c01726 (2025-07-18)",
+               "no N: each GEMM from the config (output layer in, router 2·T·h·E)", "model",
+               _maxtext),
+    Convention("maxtext@2025-06", "3·Σ GEMMs, dense attention",
+               "AI-Hypercomputer/maxtext maxtext_utils.py before a4c01726 (2025-07-18)",
+               "no N: each GEMM from the config (output layer in, router 2·T·h·E)", "model",
+               lambda f: _maxtext(f, causal=False)),
+    Convention("megatron-lm", "Megatron-LM today (= 2025-03 formula, BSHD)",
+               "NVIDIA/Megatron-LM megatron/training/training.py num_floating_point_operations "
+               "at d98e8a64",
+               "no N: GEMMs from args (logits in, router out, recompute never)", "model",
+               megatron_lm_current_flops),
+) + tuple(
+    Convention(era.name, era.change, f"NVIDIA/Megatron-LM {era.commit} ({era.since}) "
+               "num_floating_point_operations",
+               "no N: GEMMs from args (logits in, router out, recompute never)", "model",
+               era.flops)
+    for era in MEGATRON_LM_ERAS if era.name in MEGATRON_LM_DISTINCT_ERAS
+) + (
+    Convention("bigscience", "Narayanan et al. Eq. 3 × 32/24 with GLU, factor 4 with "
+               "--checkpoint-activations",
+               "bigscience-workshop/Megatron-DeepSpeed 8387ae17 training.py training_log "
+               "(megatron_flops.legacy)", "no N: Eq. 3 in l, h, s, V", "hardware", _bigscience),
+    Convention("microsoft", "MACs per GEMM group, + recompute",
+               "microsoft/Megatron-DeepSpeed f4157bea utils.py throughput_calculator "
+               "(megatron_flops.legacy)", "no N: GEMM groups in l, h, s, f, V", "hardware",
+               _microsoft),
+    Convention("6n", "6·N·T", "the C ≈ 6·N·D rule (Kaplan et al. 2020; Hoffmann et al. 2022)",
+               _NN, "model", _six_n),
+)
+
+CONVENTIONS_BY_NAME: Dict[str, Convention] = {c.name: c for c in CONVENTIONS}
+
+
+def convention(name: str) -> Convention:
+    """The convention called ``name``; ``megatron-lm@DATE`` or ``megatron-lm@COMMIT`` picks
+    the era then in force."""
+    if name in CONVENTIONS_BY_NAME:
+        return CONVENTIONS_BY_NAME[name]
+    if name.startswith("megatron-lm@"):
+        era = megatron_lm_era(name.split("@", 1)[1])
+        return Convention(era.name, era.change, f"NVIDIA/Megatron-LM {era.commit} ({era.since})",
+                          "no N: GEMMs from args", "model", era.flops)
+    raise ValueError(f"--convention must be one of {', '.join(CONVENTIONS_BY_NAME)} "
+                     f"(or megatron-lm@YYYY-MM[-DD] / megatron-lm@COMMIT), got {name!r}")
+
+
+@dataclass(frozen=True)
+class ConventionResult:
+    """What one convention reports for a run: FLOPs per iteration, and with a time TFLOP/s per
+    GPU and utilisation against ``peak_tflops`` (None without a time or a peak)."""
+
+    name: str
+    counts: str
+    flops_per_iteration: float
+    tflops_per_gpu: Optional[float]
+    mfu: Optional[float]
+    hfu: Optional[float]
+    vs_exact: float              # flops_per_iteration / exact model FLOPs − 1
+
+    def to_dict(self) -> dict:
+        return {"flops_per_iteration": self.flops_per_iteration,
+                "tflops_per_gpu": self.tflops_per_gpu, "mfu": self.mfu, "hfu": self.hfu,
+                "counts": self.counts, "vs_exact": self.vs_exact}
+
+
+def compare_conventions(model: ModelShape, batch_size: int, seq_length: int,
+                        recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
+                        seconds_per_iteration: Optional[float] = None, world_size: int = 1,
+                        peak_tflops: Optional[float] = None,
+                        names: Optional[Iterable[str]] = None) -> Dict[str, ConventionResult]:
+    """Every convention (or ``names``) for one iteration of ``batch_size`` × ``seq_length``.
+
+    TFLOP/s per GPU = FLOPs / (seconds × world_size × 1e12); ``mfu`` = that / ``peak_tflops``
+    (for a ``hardware`` convention it is what the framework's number claims against the peak);
+    ``hfu`` only where the convention defines its own HFU numerator.  The one function relog,
+    the hook's start summary and ``estimate`` call.
+    """
+    facts = RunFacts(model, batch_size, seq_length, recompute, pipeline_parallel_size)
+    exact = _exact(facts)
+    chosen = [convention(n) for n in names] if names is not None else list(CONVENTIONS)
+    results: Dict[str, ConventionResult] = {}
+    for conv in chosen:
+        flops = float(conv.flops(facts))
+        hfu_flops = float(conv.hfu_flops(facts)) if conv.hfu_flops is not None else None
+        tflops = hfu_tflops = mfu = hfu = None
+        if seconds_per_iteration is not None:
+            per_gpu = seconds_per_iteration * world_size * 1e12
+            tflops = flops / per_gpu
+            hfu_tflops = hfu_flops / per_gpu if hfu_flops is not None else None
+            if peak_tflops:
+                mfu = tflops / peak_tflops
+                hfu = hfu_tflops / peak_tflops if hfu_tflops is not None else None
+        results[conv.name] = ConventionResult(conv.name, conv.counts, flops, tflops, mfu, hfu,
+                                              legacy_error(flops, exact))
+    return results
+
+
+def conventions_for_run(model: ModelShape, run, seconds_per_iteration: Optional[float] = None,
+                        peak_tflops: Optional[float] = None, batch_size: Optional[int] = None,
+                        seq_length: Optional[int] = None,
+                        names: Optional[Iterable[str]] = None) -> Dict[str, dict]:
+    """The JSON ``conventions`` object for a :class:`~megatron_flops.shapes.RunShape`: name ->
+    {flops_per_iteration, tflops_per_gpu, mfu, hfu, counts, vs_exact}.  For relog and the hook
+    pass the interval's batch size, sequence length and mean seconds per iteration; render it
+    with :func:`conventions_table`."""
+    results = compare_conventions(model, batch_size or run.global_batch_size,
+                                  seq_length or run.seq_length, run.recompute,
+                                  run.pipeline_model_parallel_size, seconds_per_iteration,
+                                  run.world_size, peak_tflops, names)
+    return {name: r.to_dict() for name, r in results.items()}
+
+
+def conventions_table(results: Mapping[str, dict], peak_source: str = "") -> str:
+    """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
+    FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU)."""
+    from .report import format_flops, format_optional, format_percent, table
+    rows: List[List[str]] = []
+    for name, r in results.items():
+        util = format_percent(r["mfu"])
+        if r["hfu"] is not None and r["hfu"] != r["mfu"]:
+            util += f" (HFU {format_percent(r['hfu'])})"
+        rows.append([name, r["counts"], format_flops(r["flops_per_iteration"]),
+                     format_optional(r["tflops_per_gpu"], ".2f"),
+                     util, format_percent(r["vs_exact"], "+.1f")])
+    text = table(rows, ["convention", "counts", "FLOPs/iteration", "TFLOP/s/GPU", "MFU",
+                        "vs exact"], [False, False, True, True, True, True])
+    return text + (f"\npeak: {peak_source}" if peak_source else "")
+
+
+def describe_conventions() -> List[str]:
+    """One line per convention: name, formula, parameter set, source (for docs and --help)."""
+    return [f"{c.name}: {c.formula} [{c.parameters}] — {c.source}" for c in CONVENTIONS]
