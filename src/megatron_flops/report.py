@@ -39,35 +39,6 @@ def gpus(count: int) -> str:
     return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
-def utilization_warning(mfu: Optional[float], hfu: Optional[float], *,
-                        world_size: Optional[int] = None, world_size_assumed: bool = False,
-                        dtype: Optional[str] = None, peak_source: Optional[str] = None
-                        ) -> Optional[str]:
-    """A warning for an MFU or HFU above 100 % (no GPU runs above its peak), naming the
-    likely causes, the likeliest first: an assumed world size, an fp32 peak (a missing
-    ``--bf16``/``--fp16``), the peak itself.  None when both are at most 100 % or unknown.
-    (A small core helper; the conventions work may replace it with a shared one.)"""
-    known = [(value, name) for value, name in ((hfu, "HFU"), (mfu, "MFU")) if value is not None]
-    if not known:
-        return None
-    worst, name = max(known, key=lambda pair: pair[0])  # HFU on a tie: it is the larger
-    if not worst > 1.0:
-        return None
-    causes = []
-    world = "" if world_size is None else f" ({world_size})"
-    if world_size_assumed:
-        causes.append(f"the world size ({world_size} was assumed: give --world-size)")
-    if dtype == "fp32":
-        causes.append("the dtype (the fp32 peak is used: was the run --bf16 or --fp16?)")
-    if not world_size_assumed:
-        causes.append(f"the world size{world}")
-    if dtype not in (None, "fp32"):
-        causes.append(f"the dtype ({dtype})")
-    causes.append(f"the peak ({peak_source})" if peak_source else "the peak")
-    return (f"warning: {name} {100.0 * worst:.1f}% is above 100%, which no GPU does: check "
-            + ", ".join(causes))
-
-
 def format_count(value: int) -> str:
     for scale, name in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if value >= scale:

@@ -300,9 +300,11 @@ def test_an_assumed_world_size_and_an_impossible_mfu_are_said_with_the_result(
     assert result.code == 0
     assert "world size 1, assumed (tensor × pipeline parallel size, one replica))" in result.out
     (warning,) = [l for l in result.out.splitlines() if "above 100%" in l]
-    assert warning.startswith("warning: HFU ")
-    assert "check the world size (1 was assumed: give --world-size), the dtype" in warning
-    assert "the peak (given (1 TFLOP/s))" in warning
+    assert warning.startswith("warning: ")
+    # the likely causes, the assumed world size first, then the fp32 peak, then the peak
+    assert "likely: the world size was assumed, not read (give --world-size); the peak is " \
+           "the fp32 one" in warning
+    assert "given (1 TFLOP/s)" in warning
     # from the launcher's environment: said so, no warning about the world size
     monkeypatch.setenv("WORLD_SIZE", "4096")
     result = logfmt.run_cli(capsys, path, *flags, "--json")

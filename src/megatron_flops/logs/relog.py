@@ -47,10 +47,10 @@ import math
 import os
 from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
+from ..hardware import implausible_utilisation_warning
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..megatron.args import shapes_from_args
 from ..meter import ThroughputMeter, ThroughputReport
-from ..report import utilization_warning
 from ..shapes import ModelShape, RunShape
 from . import arguments as dump_arguments
 from .console import LogRecord, ParseStats, open_log, parse_console_log
@@ -361,9 +361,8 @@ class Summary:
             raise ValueError("a summary needs at least one interval")
         overall = self.gpu_seconds * 1e12
         first = self.segments[0] if self.segments else {}
-        warning = utilization_warning(
+        warning = implausible_utilisation_warning(
             self.max_mfu if peak.tflops else None, self.max_hfu if peak.tflops else None,
-            world_size=world_size,
             world_size_assumed=any(s["world_size_source"] == ASSUMED for s in self.segments),
             dtype=first.get("dtype"), peak_source=peak.source)
         logged = self.logged

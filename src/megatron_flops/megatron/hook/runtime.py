@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Optional, Sequence, Type
 
-from ...report import utilization_warning
+from ...hardware import implausible_utilisation_warning
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
 
@@ -227,9 +227,10 @@ class MegatronHook:
         if self._utilization_warned:
             return
         report, accounting = interval.report, interval.accounting
-        warning = utilization_warning(report.mfu, report.hfu, world_size=report.world_size,
-                                      dtype=accounting.run.dtype,
-                                      peak_source=peak_text(accounting.peak))
+        warning = implausible_utilisation_warning(
+            report.mfu, report.hfu, dtype=accounting.run.dtype,
+            peak_source=accounting.peak.source,
+            peak_settings=f"{calc.ENV_GPU} / {calc.ENV_PEAK_TFLOPS}")
         if warning is not None:
             self._utilization_warned = True
             self.print(f"{PREFIX} {warning}", ranks=("last",))
