@@ -209,6 +209,7 @@ def test_after_a_gap_the_ramp_up_schedule_decides(tmp_path, logfmt, capsys):
     assert intervals[1]["tflops_per_gpu"]["model"] == pytest.approx(
         40 * model / (0.5 * 16 * 1e12), rel=1e-9)
     assert logfmt.json_summary(result)["gaps"] == 1
+    assert "no padded vocab line" not in result.err  # the dump has padded_vocab_size
     # without the schedule in the dump: the line's logged batch
     text = text.replace("['16', '16', '96']", "None")
     path.write_text(text)
@@ -232,8 +233,11 @@ def test_the_fork_is_read_from_the_lines_fields_not_its_time_unit(tmp_path, logf
     assert interval["fork"] is None and interval["seconds_per_iteration"] == 18.7061
     path = write(tmp_path / "old.log", dump_lines("", {"deepspeed": True,
                                                         "embed_layernorm": False}) + [line])
-    (interval,) = logfmt.json_intervals(logfmt.run_cli(capsys, path, *flags))
+    result = logfmt.run_cli(capsys, path, *flags)
+    (interval,) = logfmt.json_intervals(result)
     assert interval["fork"] == "bigscience"
+    # the vocabulary is neither in this log nor typed: the assumption is said
+    assert "no padded vocab line in the log" in result.err and "50304" in result.err
     microsoft = logfmt.microsoft_line(10, 640, 640 * 1024, 2.0, 64, 32.0, 50.0,
                                       actual_seqlen=1024, world_size=256)
     path = write(tmp_path / "new.log", [microsoft])
@@ -327,3 +331,13 @@ def test_old_and_new_hook_fields_are_read(tmp_path, logfmt, capsys):
         assert record.hook_model_tflops == 12.5 and record.hook_hardware_tflops == 13.75
         assert record.hook_mfu == pytest.approx(0.452) and record.hook_hfu is None
         assert record.fork == "bigscience"
+
+
+def test_without_flags_or_dump_the_missing_flag_is_named(tmp_path, logfmt, capsys):
+    path = write(tmp_path / "run.log", [logfmt.bigscience_line(10, 640, 640 * 128, 0.5, 64,
+                                                               128.0, 1.0)])
+    result = logfmt.run_cli(capsys, path)
+    assert result.code == 2 and result.out == ""
+    (line,) = result.err.splitlines()
+    assert line == ("megatron-flops: error: --num-layers is required (the log has no "
+                    "arguments dump to read it from)")

@@ -549,6 +549,10 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
     elif source == FROM_ENVIRONMENT:
         notes.append(f"world size {run.world_size} from the {FROM_ENVIRONMENT}")
     notes += [f"warning: {warning}" for warning in argument_warnings(args, arguments, given)]
+    if (arguments and sources["padded_vocab_size"] == dump_arguments.FROM_DEFAULT
+            and getattr(namespace, "vocab_size", None) is None):
+        notes.append(f"warning: no padded vocab line in the log and no --padded-vocab-size or "
+                     f"--vocab-size: assuming GPT-2's vocabulary, padded to {model.vocab_size}")
     tgs = first.tokens_per_gpu_per_second
     if tgs and first.samples_per_second and first.seq_length:
         implied = first.samples_per_second * first.seq_length / tgs
