@@ -77,7 +77,7 @@ CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
 
 def csv_row(interval: Interval) -> list:
     r, rep = interval.record, interval.report
-    return [r.iteration, r.fork or "", r.consumed_samples, r.consumed_tokens,
+    return [r.iteration, interval.fork or "", r.consumed_samples, r.consumed_tokens,
             r.global_batch_size, interval.batch_size, interval.seq_length,
             interval.seconds_per_iteration, r.tflops, interval.fork_formula_tflops,
             rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
@@ -150,8 +150,8 @@ class PlotSeries:
         self.hardware.append(rep.hardware_tflops_per_gpu)
         self.mfu.append(nan if rep.mfu is None else rep.mfu)
         self.hfu.append(nan if rep.hfu is None else rep.hfu)
-        if interval.record.fork:
-            self.forks.add(interval.record.fork)
+        if interval.fork:
+            self.forks.add(interval.fork)
 
 
 class PlotOutput:
@@ -228,10 +228,13 @@ def summary_lines(summary: dict) -> List[str]:
         return format_percent(value, "+.1f")
 
     parse = summary["parse"]
+    source = summary.get("world_size_source")
+    # the provenance block says it for the command line and the log; here what neither said
+    world_source = "" if source in (None, "command line", "log arguments") else f", {source}"
     lines = [
         f"intervals: {summary['intervals']} (iterations {summary['first_iteration']}"
         f"–{summary['last_iteration']}; fork {', '.join(summary['forks']) or 'unknown'}; "
-        f"world size {summary['world_size']})",
+        f"world size {summary['world_size']}{world_source})",
         f"mean model / hardware TFLOP/s per GPU: "
         f"{_number(summary['mean_tflops_per_gpu']['model'], '.2f')} / "
         f"{_number(summary['mean_tflops_per_gpu']['hardware'], '.2f')} "
@@ -265,8 +268,12 @@ def summary_lines(summary: dict) -> List[str]:
         + (f" (first at line {', '.join(map(str, parse['malformed_line_numbers']))})"
            if parse["malformed_line_numbers"] else "")
         + f", {parse['truncated']} truncated (used), {parse['other']} other; "
-        f"{summary['duplicate_lines']} duplicates skipped, {summary['restarts']} restarts")
+        f"{summary['duplicate_lines']} duplicates skipped, {summary['restarts']} restarts"
+        + (f", {summary['gaps']} gaps" if summary.get("gaps") else "")
+        + (f", {len(summary['segments'])} run shapes (arguments dumps)"
+           if len(summary.get("segments", ())) > 1 else ""))
     if summary["inconsistent_consumed_samples"]:
         lines.append(f"{summary['inconsistent_consumed_samples']} intervals whose consumed "
                      "samples disagree with the logged batch sizes used the logged batch size")
+    lines += summary.get("warnings", [])
     return lines
