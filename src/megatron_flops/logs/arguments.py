@@ -166,10 +166,16 @@ _FORK_ARGUMENTS = (
 )
 
 
+# NVIDIA Megatron-LM's parser (megatron/training/arguments.py): names neither fork has
+_MEGATRON_LM_ARGUMENTS = ("log_throughput", "num_query_groups", "moe_router_topk",
+                          "context_parallel_size")
+
+
 def fork_from_arguments(arguments: Dict[str, str]) -> Optional[str]:
-    """The Megatron-DeepSpeed fork whose parser has these arguments (None: neither or both,
-    or no ``deepspeed`` argument at all: not a Megatron-DeepSpeed fork)."""
+    """The framework whose parser has these arguments: a Megatron-DeepSpeed fork (by the
+    names only one of them has; None: neither or both) or, without a ``deepspeed``
+    argument, NVIDIA Megatron-LM (``megatron-lm``: a name only its parser has; else None)."""
     if "deepspeed" not in arguments:
-        return None
+        return "megatron-lm" if any(n in arguments for n in _MEGATRON_LM_ARGUMENTS) else None
     found = [fork for fork, names in _FORK_ARGUMENTS if any(n in arguments for n in names)]
     return found[0] if len(found) == 1 else None

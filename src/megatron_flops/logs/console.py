@@ -28,6 +28,15 @@ microsoft fork, ``elapsed time per iteration (s)`` the bigscience fork; any othe
 without those) is left unknown here, and the caller may settle it from the run's arguments
 dump (:func:`.arguments.fork_from_arguments`).
 
+NVIDIA Megatron-LM (``megatron/training/training.py`` ``training_log``, read at d98e8a64)
+prints the same `` key: value |`` line, times in ms, no ``consumed tokens``, and with
+``--log-throughput`` the field ``throughput per GPU (TFLOP/s/GPU)`` (read as the logged TFLOPs:
+Megatron-LM's own *model*-FLOPs estimate, ``num_floating_point_operations``, never counting
+recompute).  Since 2024 the line starts with `` [%Y-%m-%d %H:%M:%S]``, since 2026-01 with
+`` [%Y-%m-%d %H:%M:%S.%f]`` (kept as ``timestamp``).  Either the timestamp or the throughput
+field names the line Megatron-LM's (``megatron-lm``); without both (a 2023 log without
+``--log-throughput``) its arguments dump settles it.
+
 The fields the megatron-flops hook appends are read too, in both their forms: ``MFU (%):
 45.2`` (since issue 10) and the older ``MFU: 45.2%`` / ``MFU: n/a``.
 
@@ -52,6 +61,7 @@ Robustness (``parse_console_log`` never raises on input text):
   file is read line by line, so memory does not grow with its size.
 """
 
+import datetime
 import io
 import math
 import re
@@ -60,9 +70,13 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from .arguments import ARGUMENT_LINE, DUMP_END, padded_vocab_size
 
-FORKS = ("bigscience", "microsoft")
+FORKS = ("bigscience", "microsoft", "megatron-lm")
+MEGATRON_LM = "megatron-lm"
 
 _ANCHOR = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)\s*\|")
+# NVIDIA Megatron-LM's prefix of the iteration line (since 2024): " [%Y-%m-%d %H:%M:%S]",
+# since 2026-01 with ".%f"; after any launcher prefix, right before the anchor
+_TIMESTAMP = re.compile(r"\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(\.\d{1,6})?\]\s*$")
 _DUMP_START_MARK = "- arguments -"
 _DUMP_END_MARK = DUMP_END.strip("- ")
 
@@ -100,6 +114,7 @@ class LogRecord(NamedTuple):
     hook_hardware_tflops: Optional[float] = None
     hook_mfu: Optional[float] = None              # fractions (45.2 % -> 0.452)
     hook_hfu: Optional[float] = None
+    timestamp: Optional[float] = None         # Megatron-LM's line prefix, POSIX seconds (as UTC)
     time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
     truncated: bool = False
 
@@ -165,6 +180,8 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "samples per second": ("samples_per_second", float),
     "TFLOPs": ("tflops", float),
     "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", float),
+    # NVIDIA Megatron-LM (--log-throughput): its num_floating_point_operations, model FLOPs
+    "throughput per GPU (TFLOP/s/GPU)": ("tflops", float),
     # the megatron-flops hook's fields, new form and old form
     "model TFLOP/s per gpu": ("hook_model_tflops", float),
     "hardware TFLOP/s per gpu": ("hook_hardware_tflops", float),
@@ -174,6 +191,19 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "HFU": ("hook_hfu", _percent),
 }
 _TGS_INDEX = LogRecord._fields.index("tokens_per_gpu_per_second")
+_TIMESTAMP_INDEX = LogRecord._fields.index("timestamp")
+_MEGATRON_LM_THROUGHPUT = "| throughput per GPU (TFLOP/s/GPU): "
+
+
+def megatron_lm_timestamp(seconds_text: str, fraction: Optional[str] = None) -> Optional[float]:
+    """POSIX seconds of Megatron-LM's ``%Y-%m-%d %H:%M:%S`` (``fraction``: ``.%f``), read as
+    UTC (the log does not say its zone: only differences are used); None if not a date."""
+    try:
+        stamp = datetime.datetime.strptime(seconds_text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    seconds = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return seconds + float(fraction) if fraction else seconds
 _ACTUAL_SEQLEN_INDEX = LogRecord._fields.index("actual_seqlen")
 _ELAPSED_SECONDS = "elapsed time per iteration (s)"
 _ELAPSED_MS = "elapsed time per iteration (ms)"
@@ -241,11 +271,19 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
         raise Malformed(f"line {line_number}: no elapsed time per iteration")
     if not 0 < seconds < math.inf:
         raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
+    stamped = False
+    if "[" in line[:match.start()]:
+        stamp = _TIMESTAMP.search(line, 0, match.start())
+        if stamp is not None:
+            fields[_TIMESTAMP_INDEX] = megatron_lm_timestamp(stamp.group(1), stamp.group(2))
+            stamped = fields[_TIMESTAMP_INDEX] is not None
     if fork is None:
         if fields[_TGS_INDEX] is not None or fields[_ACTUAL_SEQLEN_INDEX] is not None:
             fork = "microsoft"
         elif in_seconds:
             fork = "bigscience"
+        elif stamped or _MEGATRON_LM_THROUGHPUT in line:
+            fork = MEGATRON_LM
     fields[1] = fork
     fields[-1] = not line.rstrip().endswith("|")
     return _new_record(LogRecord, fields)

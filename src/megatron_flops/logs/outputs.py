@@ -222,6 +222,14 @@ def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[f
     plt.close(figure)
 
 
+MEGATRON_LM_NOTE = (
+    "the logged figure (throughput per GPU) is Megatron-LM's model-FLOPs estimate: its "
+    "num_floating_point_operations (forward + backward, never recompute, causal attention "
+    "since 2025-03) with the batch at log time; compared with the exact model count, and "
+    "checked against Megatron-LM's current formula (conventions: megatron-lm; older eras "
+    "differ: see `megatron-flops estimate --convention megatron-lm@YYYY-MM`)")
+
+
 def summary_lines(summary: dict) -> List[str]:
     """The summary for people, from :meth:`.relog.Summary.as_dict`."""
     def pct(value):
@@ -247,14 +255,23 @@ def summary_lines(summary: dict) -> List[str]:
     else:
         lines.append(f"MFU / HFU: n/a ({summary['peak']['source']})")
     if summary["intervals_with_logged_tflops"]:
+        counts = summary.get("logged_counts") or ["hardware"]
         lines.append(
-            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true (hardware) "
-            f"{summary['mean_hardware_tflops_where_logged']:.2f} over "
+            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true "
+            f"({' / '.join(counts)}) {summary['mean_true_tflops_where_logged']:.2f} over "
             f"{summary['intervals_with_logged_tflops']} intervals: mean error "
             f"{pct(summary['mean_error'])} (from {pct(summary['min_error'])} to "
             f"{pct(summary['max_error'])})")
     else:
         lines.append("no logged TFLOPs to compare")
+    if "megatron-lm" in summary["forks"]:
+        lines.append(MEGATRON_LM_NOTE)
+    startup = summary.get("startup_intervals")
+    if startup:
+        spans = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in startup)
+        lines.append(f"left out of the statistics: iterations {spans} (Megatron-LM logs its "
+                     "first iteration with the start-up time, and does not reset that line's "
+                     "timer, so the next line includes it too)")
     if summary["fork_formula_mismatches"]:
         lines.append(
             f"warning: in {summary['fork_formula_mismatches']} of "

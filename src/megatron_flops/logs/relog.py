@@ -53,7 +53,13 @@ from ..megatron.args import shapes_from_args
 from ..meter import ThroughputMeter, ThroughputReport
 from ..shapes import ModelShape, RunShape
 from . import arguments as dump_arguments
-from .console import LogRecord, ParseStats, open_log, parse_console_log
+from .console import MEGATRON_LM, LogRecord, ParseStats, open_log, parse_console_log
+
+# what each framework's logged TFLOPs figure counts: the forks add recomputation (their
+# number is an HFU numerator), Megatron-LM's num_floating_point_operations never does
+LOGGED_COUNTS = {"bigscience": "hardware", "microsoft": "hardware", MEGATRON_LM: "model"}
+# the convention (megatron_flops.conventions) Megatron-LM lines are checked against
+MEGATRON_LM_CONVENTION = "megatron-lm"
 
 # the logged TFLOPs are printed with 2 decimals; beyond this the fork's formula with the
 # given flags does not reproduce them
@@ -79,8 +85,9 @@ class Interval(NamedTuple):
     time_source: str
     report: ThroughputReport    # over ``iterations`` iterations of ``seconds_per_iteration``
     fork_formula_tflops: Optional[float]
-    error: Optional[float]      # logged TFLOPs / hardware TFLOP/s − 1
+    error: Optional[float]      # logged TFLOPs / true TFLOP/s − 1 (what the fork counts)
     fork: Optional[str] = None  # the line's fork, else the segment's (its arguments dump)
+    startup: bool = False       # Megatron-LM: its time includes start-up (not in statistics)
 
     @property
     def iteration(self) -> int:
@@ -116,6 +123,8 @@ class Interval(NamedTuple):
             "mfu": rep.mfu,
             "hfu": rep.hfu,
             "error": self.error,
+            "logged_counts": LOGGED_COUNTS.get(self.fork or r.fork),
+            "startup": self.startup,
         }
 
 
@@ -180,6 +189,7 @@ class Relogger:
                  log_interval: Optional[int] = None, default_fork: Optional[str] = None):
         self.fork = fork
         self.peak_tflops, self.causal = peak_tflops, causal
+        self.megatron_lm_convention = MEGATRON_LM_CONVENTION
         self.duplicates = 0
         self.restarts = 0
         self.inconsistent_samples = 0
@@ -196,6 +206,7 @@ class Relogger:
         self._meter = ThroughputMeter.for_run(model, run, self.peak_tflops, self.causal)
         self._formula_at_one_second = {}
         self._previous: Optional[LogRecord] = None
+        self._unreset: Optional[Tuple[LogRecord, int]] = None  # Megatron-LM's iteration 1
         self._step = 0            # gcd of the segment's logged iterations
         self._lines = 0
         self.segments += 1
@@ -208,8 +219,15 @@ class Relogger:
         if at_one_second is None:
             if len(self._formula_at_one_second) > 4096:
                 self._formula_at_one_second.clear()
-            at_one_second = legacy_tflops_for_shapes(self.model, self.run, batch, seq_length,
-                                                     1.0)[fork]
+            if fork == MEGATRON_LM:
+                from ..conventions import RunFacts, convention
+                facts = RunFacts(self.model, batch, seq_length, self.run.recompute,
+                                 self.run.pipeline_model_parallel_size)
+                at_one_second = (convention(self.megatron_lm_convention).flops(facts)
+                                 / (self.run.world_size * 1e12))
+            else:
+                at_one_second = legacy_tflops_for_shapes(self.model, self.run, batch,
+                                                         seq_length, 1.0)[fork]
             self._formula_at_one_second[key] = at_one_second
         return at_one_second / seconds
 
@@ -260,10 +278,21 @@ class Relogger:
             if record.iteration < previous.iteration:
                 self.restarts += 1            # a resumed run: start over
                 previous = self._previous = None
-        if record.iteration > 0:
-            self._step = math.gcd(self._step, record.iteration)
-            self._lines += 1
-        iterations, samples, batch_source = self._batch(record)
+        fork = self.fork or record.fork or self.default_fork
+        unreset, self._unreset = self._unreset, None
+        startup = True
+        if unreset is not None and previous is unreset[0]:
+            iterations, samples, batch_source = self._after_first_iteration(record, *unreset)
+        elif fork == MEGATRON_LM and previous is None and self._first_iteration_line(record):
+            iterations, batch_source = 1, "logged batch size"
+            samples = record.global_batch_size or self.run.batch_size_at(0)
+            self._unreset = (record, samples)
+        else:
+            startup = False
+            if record.iteration > 0:
+                self._step = math.gcd(self._step, record.iteration)
+                self._lines += 1
+            iterations, samples, batch_source = self._batch(record)
         self._previous = record
         seq_length = record.seq_length
         seq_source = "actual seqlen" if record.actual_seqlen is not None else "curriculum seqlen"
@@ -272,14 +301,38 @@ class Relogger:
         seconds, time_source = interval_seconds(record)
         self._meter.add_iterations(iterations, samples, seq_length)
         report = self._meter.report(seconds * iterations)
-        fork = self.fork or record.fork or self.default_fork
         formula = None
         if fork is not None:
             formula = self._fork_formula(fork, record.global_batch_size or samples / iterations,
                                          seq_length, seconds)
-        error = legacy_error(record.tflops, report.hardware_tflops_per_gpu)
+        true_tflops = (report.model_tflops_per_gpu if LOGGED_COUNTS.get(fork) == "model"
+                       else report.hardware_tflops_per_gpu)
+        error = legacy_error(record.tflops, true_tflops)
         return Interval(record, iterations, samples / iterations, batch_source, seq_length,
-                        seq_source, seconds, time_source, report, formula, error, fork)
+                        seq_source, seconds, time_source, report, formula, error, fork, startup)
+
+    def _first_iteration_line(self, record: LogRecord) -> bool:
+        """Is this segment's first Megatron-LM line the one ``training_log`` prints after the
+        first iteration (``is_first_iteration``, since 2026-01) whatever the log interval?
+        Its interval timer and iteration counts are not reset, so the next line covers this
+        iteration again.  Known when the iteration is not a multiple of the log interval
+        (from the dump), else assumed for iteration 1 (a log interval of 1 is not told
+        apart: that line is then read as an ordinary one)."""
+        if self.log_interval:
+            return record.iteration % self.log_interval != 0
+        return record.iteration == 1
+
+    def _after_first_iteration(self, record: LogRecord, first: LogRecord, first_samples: int
+                               ) -> Tuple[int, int, str]:
+        """The line after Megatron-LM's first-iteration line: its time and counts run from
+        the segment's start, the first iteration included."""
+        iterations = record.iteration - first.iteration + 1
+        if (record.consumed_samples is not None and first.consumed_samples is not None
+                and record.consumed_samples > first.consumed_samples):
+            return (iterations, record.consumed_samples - first.consumed_samples + first_samples,
+                    "consumed samples")
+        batch = record.global_batch_size or self.run.global_batch_size
+        return iterations, batch * iterations, "logged batch size"
 
 
 class Summary:
@@ -310,12 +363,20 @@ class Summary:
         self.gpu_seconds = 0.0
         self.forks = set()
         self.segments: List[dict] = []
+        self.startup_iterations: List[Tuple[int, int]] = []  # (first, last) left out
+        self.sum_true_where_logged = 0.0
+        self.logged_counts = set()
 
     def add_segment(self, segment: "Segment") -> None:
         """A run segment's shape and sources (the first, and one per re-shaped restart)."""
         self.segments.append(segment.as_dict())
 
     def add(self, interval: Interval) -> None:
+        if interval.startup:  # Megatron-LM's first-iteration line and the next: start-up
+            if len(self.startup_iterations) < 100:
+                self.startup_iterations.append(
+                    (interval.iteration - interval.iterations + 1, interval.iteration))
+            return
         rep = interval.report
         self.intervals += 1
         if self.first_iteration is None:
@@ -341,6 +402,10 @@ class Summary:
         self.logged += 1
         self.sum_logged += logged
         self.sum_hardware_where_logged += rep.hardware_tflops_per_gpu
+        counts = LOGGED_COUNTS.get(interval.fork, "hardware")
+        self.logged_counts.add(counts)
+        self.sum_true_where_logged += (rep.model_tflops_per_gpu if counts == "model"
+                                       else rep.hardware_tflops_per_gpu)
         self.sum_error += interval.error
         self.min_error = min(self.min_error, interval.error)
         self.max_error = max(self.max_error, interval.error)
@@ -388,6 +453,10 @@ class Summary:
             "mean_logged_tflops": self.sum_logged / logged if logged else None,
             "mean_hardware_tflops_where_logged": (self.sum_hardware_where_logged / logged
                                                   if logged else None),
+            "mean_true_tflops_where_logged": (self.sum_true_where_logged / logged
+                                              if logged else None),
+            "logged_counts": sorted(self.logged_counts),
+            "startup_intervals": [list(pair) for pair in self.startup_iterations],
             "mean_error": self.sum_error / logged if logged else None,
             "min_error": self.min_error if logged else None,
             "max_error": self.max_error if logged else None,
