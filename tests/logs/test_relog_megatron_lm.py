@@ -165,7 +165,8 @@ def test_iteration_one_line_and_the_next_are_start_up_and_left_out(tmp_path, cap
     assert summary["mean_tflops_per_gpu"]["model"] == pytest.approx(
         B * per_sample / (SECONDS * WORLD * 1e12), rel=1e-12)
     table = logfmt.run_cli(capsys, path)
-    assert "left out of the statistics: iterations 1, 1–4" in table.out
+    assert "left out of the statistics, their time including start-up: iterations 1, 1–4" \
+        in table.out
     assert "Megatron-LM's model-FLOPs estimate" in table.out
 
 
@@ -190,3 +191,53 @@ def test_with_full_recompute_the_logged_figure_is_compared_with_the_model_count(
         assert interval["tflops_per_gpu"]["hardware"] == pytest.approx(hardware, rel=1e-12)
         assert interval["error"] == pytest.approx(logged / model - 1, rel=1e-12)
     assert logfmt.json_summary(result)["fork_formula_mismatches"] == 0
+
+
+def progress_line(seconds, event, gpus=WORLD, job="4242"):
+    """Megatron-LM's append_to_progress_log line (d98e8a64 megatron/training/utils/log_utils.py)."""
+    when = STAMP0 + datetime.timedelta(seconds=seconds)
+    return f"{when.strftime('%Y-%m-%d %H:%M:%S')}\tJob ID: {job}\t# GPUs: {gpus}\t{event}"
+
+
+def checkpoint_event(iteration, job_tflops, flops):
+    return (f"Saved checkpoint\tIteration: {iteration}\tJob throughput: {job_tflops:.1f} "
+            f"TFLOP/s/GPU\tCumulative throughput: {job_tflops:.1f} TFLOP/s/GPU\t"
+            f"Floating-point operations: {flops:.2e}\tTokens (in billions): 0.00")
+
+
+def test_progress_txt_is_relogged_per_checkpoint(tmp_path, capsys, logfmt):
+    """Two jobs: the first saves at iterations 4 and 8, the second resumes from 8 and saves at
+    12.  Each checkpoint line is an interval since the job's previous one (the job's first:
+    since its start, from the checkpoint it resumed from); the job's first checkpoint keeps
+    its Job throughput as the logged figure and is left out of the statistics (start-up)."""
+    per_iteration = megatron_lm_flops_per_iteration(B)
+    lines = [progress_line(0, "Starting job"),
+             progress_line(42, checkpoint_event(4, 4 * per_iteration / (42 * WORLD * 1e12),
+                                                4 * per_iteration)),
+             progress_line(44, checkpoint_event(8, 8 * per_iteration / (44 * WORLD * 1e12),
+                                                8 * per_iteration)),
+             progress_line(44, "Saved async checkpoint\tIteration: 8"),
+             progress_line(100, "Starting job"),
+             progress_line(130, checkpoint_event(12, 4 * per_iteration / (30 * WORLD * 1e12),
+                                                 12 * per_iteration))]
+    path = tmp_path / "progress.txt"
+    path.write_text("\n".join(lines) + "\n")
+    flags = ["--num-layers", L, "--hidden-size", H, "--num-attention-heads", N, "--seq-length",
+             S, "--global-batch-size", B, "--micro-batch-size", 2, "--padded-vocab-size", V]
+    result = logfmt.run_cli(capsys, path, *flags, "--json")
+    assert result.code == 0, result.err
+    intervals = {i["iteration"]: i for i in logfmt.json_intervals(result)}
+    assert sorted(intervals) == [4, 8, 12]
+    per_sample = hand_model_flops_per_sample()
+    for iteration, seconds, startup in ((4, 42, True), (8, 2, False), (12, 30, True)):
+        interval = intervals[iteration]
+        assert interval["fork"] == MEGATRON_LM and interval["startup"] is startup
+        assert interval["seconds_per_iteration"] == pytest.approx(seconds / 4)
+        assert interval["tflops_per_gpu"]["model"] == pytest.approx(
+            4 * B * per_sample / (seconds * WORLD * 1e12), rel=1e-12)
+    # the Job throughput is kept only where it covers the same span (a job's first save)
+    assert intervals[4]["logged_tflops"] == round(4 * per_iteration / (42 * WORLD * 1e12), 1)
+    assert intervals[8]["logged_tflops"] is None
+    summary = logfmt.json_summary(result)
+    assert summary["world_size"] == WORLD  # from the lines' "# GPUs"
+    assert summary["intervals"] == 1 and summary["startup_intervals"] == [[1, 4], [9, 12]]

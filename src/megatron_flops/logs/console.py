@@ -115,6 +115,8 @@ class LogRecord(NamedTuple):
     hook_mfu: Optional[float] = None              # fractions (45.2 % -> 0.452)
     hook_hfu: Optional[float] = None
     timestamp: Optional[float] = None         # Megatron-LM's line prefix, POSIX seconds (as UTC)
+    iterations: Optional[int] = None          # iterations the time covers, when the source
+    job_start: bool = False                   # says (progress.txt); the span has a job start
     time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
     truncated: bool = False
 

@@ -269,9 +269,10 @@ def summary_lines(summary: dict) -> List[str]:
     startup = summary.get("startup_intervals")
     if startup:
         spans = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in startup)
-        lines.append(f"left out of the statistics: iterations {spans} (Megatron-LM logs its "
-                     "first iteration with the start-up time, and does not reset that line's "
-                     "timer, so the next line includes it too)")
+        lines.append(f"left out of the statistics, their time including start-up: "
+                     f"iterations {spans} (Megatron-LM logs its first iteration with the "
+                     "start-up time and does not reset that line's timer, so the next line "
+                     "includes it too; in progress.txt, a job's first checkpoint)")
     if summary["fork_formula_mismatches"]:
         lines.append(
             f"warning: in {summary['fork_formula_mismatches']} of "

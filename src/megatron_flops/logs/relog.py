@@ -43,6 +43,7 @@ line is :mod:`megatron_flops.commands.relog`.
 """
 
 import argparse
+import itertools
 import math
 import os
 from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
@@ -281,7 +282,11 @@ class Relogger:
         fork = self.fork or record.fork or self.default_fork
         unreset, self._unreset = self._unreset, None
         startup = True
-        if unreset is not None and previous is unreset[0]:
+        if record.iterations is not None:  # progress.txt: the record says its span
+            startup = record.job_start
+            iterations = record.iterations
+            samples, batch_source = self._samples_by_iteration(record.iteration, iterations)
+        elif unreset is not None and previous is unreset[0]:
             iterations, samples, batch_source = self._after_first_iteration(record, *unreset)
         elif fork == MEGATRON_LM and previous is None and self._first_iteration_line(record):
             iterations, batch_source = 1, "logged batch size"
@@ -310,6 +315,22 @@ class Relogger:
         error = legacy_error(record.tflops, true_tflops)
         return Interval(record, iterations, samples / iterations, batch_source, seq_length,
                         seq_source, seconds, time_source, report, formula, error, fork, startup)
+
+    def _samples_by_iteration(self, iteration: int, iterations: int) -> Tuple[int, str]:
+        """Samples of the ``iterations`` iterations ending at ``iteration`` when only
+        iteration numbers are known (progress.txt): the ramp-up schedule walked from
+        iteration 0, else ``--global-batch-size`` each."""
+        run = self.run
+        if run.rampup_batch_size is None:
+            return run.global_batch_size * iterations, "--global-batch-size"
+        if iteration > MAX_SCHEDULE_STEPS:
+            raise ValueError(f"iteration {iteration}: too far to walk the ramp-up schedule")
+        consumed = before = 0
+        for index in range(iteration):
+            if index == iteration - iterations:
+                before = consumed
+            consumed += run.batch_size_at(consumed)
+        return consumed - before, "ramp-up schedule from iteration 0"
 
     def _first_iteration_line(self, record: LogRecord) -> bool:
         """Is this segment's first Megatron-LM line the one ``training_log`` prints after the
@@ -485,7 +506,18 @@ def read_records(path: str, stats: ParseStats, fork: Optional[str] = None
             raise ValueError(str(error)) from None
         return
     with open_log(path) as stream:
-        yield from parse_console_log(stream, stats, fork)
+        yield from _console_or_progress(stream, stats, fork)
+
+
+def _console_or_progress(stream, stats: ParseStats, fork: Optional[str]) -> Iterator[LogRecord]:
+    """A console log, or Megatron-LM's progress.txt (told by its first line)."""
+    from .progress import is_progress_line, parse_progress
+    first = stream.readline()
+    lines = itertools.chain((first,) if first else (), stream)
+    if is_progress_line(first):
+        yield from parse_progress(lines, stats)
+    else:
+        yield from parse_console_log(lines, stats, fork)
 
 
 def relog(records: Iterable[LogRecord], model: ModelShape, run: RunShape,
@@ -713,4 +745,4 @@ def read_run(paths: Iterable[str], stats: ParseStats, fork: Optional[str] = None
     for path in console_logs(paths):
         stats.path = path
         with open_log(path) as stream:
-            yield from parse_console_log(stream, stats, fork)
+            yield from _console_or_progress(stream, stats, fork)
