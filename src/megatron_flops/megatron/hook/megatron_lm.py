@@ -23,6 +23,7 @@ it: the hook leaves that interval open too, so the line keeps Megatron-LM's own 
 import functools
 
 from ...flops import FlopsPerSample
+from ...legacy import legacy_error
 from .base import Interval, Strategy, parameter_names
 
 WATCHED = "_megatron_flops"  # marks the timer already wrapped
@@ -105,4 +106,16 @@ class MegatronLM(Strategy):
         return self.append_fields(interval, message)
 
     def legacy_flops(self, args, batch_size: int, seq_length: int) -> float:
+        """The run's own ``num_floating_point_operations`` (the original, not our
+        replacement): whatever era the checkout is, its formula is the one compared."""
         return self._original(args, batch_size)
+
+    def formula_line(self, args, breakdown, batch_size: int, seq_length: int) -> str:
+        """Megatron-LM's number means model FLOPs (no recompute): compared with ours."""
+        legacy = self.legacy_flops(args, batch_size, seq_length)
+        exact = breakdown.model_flops
+        off = legacy_error(legacy, exact)
+        return (f"{self.formula_owner} (num_floating_point_operations, model FLOPs) counts "
+                f"{legacy:.4g} FLOPs per iteration for this shape, {100 * off:+.1f}% vs the "
+                f"exact model count {exact:.4g}: its throughput per GPU would be off by that "
+                "much")
