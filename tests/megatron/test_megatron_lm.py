@@ -132,3 +132,66 @@ def test_log_interval_one_iteration_one_is_not_reset_and_the_next_line_covers_it
     model = fields(out, "model TFLOP/s per gpu")
     assert model[2] == f"{tflops(2 + 4, STARTUP + 2 * SECONDS):.2f}"
     assert model[3] == f"{tflops(8, SECONDS):.2f}"
+
+
+# ---- megatron-flops patch on a Megatron-LM checkout -----------------------------------
+
+LM_TRAINING = os.path.join("megatron", "training", "training.py")
+
+
+@pytest.fixture
+def lm_checkout(tmp_path):
+    import shutil
+    target = tmp_path / "Megatron-LM"
+    shutil.copytree(CHECKOUT, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return str(target)
+
+
+def test_patch_dry_run_check_and_revert_on_a_megatron_lm_checkout(lm_checkout, capsys):
+    from megatron_flops.cli import main as cli_main
+    path = os.path.join(lm_checkout, LM_TRAINING)
+    with open(path, "rb") as f:
+        original = f.read()
+    assert cli_main(["patch", lm_checkout, "--check"]) == 1
+    assert "unpatched (megatron-lm fork)" in capsys.readouterr().out
+    assert cli_main(["patch", lm_checkout, "--dry-run"]) == 0
+    diff = capsys.readouterr().out
+    assert diff.startswith(f"--- a/{LM_TRAINING}\n+++ b/{LM_TRAINING}\n")
+    assert "+    _megatron_flops.install(training_module=__name__)" in diff.splitlines()
+    with open(path, "rb") as f:
+        assert f.read() == original  # a dry run writes nothing
+    assert cli_main(["patch", lm_checkout]) == 0
+    assert cli_main(["patch", lm_checkout]) == 0  # twice: unchanged
+    assert "already patched" in capsys.readouterr().out
+    with open(path, "rb") as f:
+        patched = f.read()
+    assert patched.startswith(original) and patched.count(b"# megatron-flops: begin") == 1
+    compile(patched, LM_TRAINING, "exec")
+    assert cli_main(["patch", lm_checkout, "--check"]) == 0
+    assert cli_main(["patch", lm_checkout, "--revert"]) == 0
+    with open(path, "rb") as f:
+        assert f.read() == original
+
+
+def test_patch_refuses_a_megatron_lm_training_module_without_the_formula(lm_checkout, capsys):
+    from megatron_flops.cli import main as cli_main
+    path = os.path.join(lm_checkout, LM_TRAINING)
+    with open(path, "rb") as f:
+        text = f.read().replace(b"def num_floating_point_operations(", b"def flops(")
+    with open(path, "wb") as f:
+        f.write(text)
+    assert cli_main(["patch", lm_checkout]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layout, nothing written" in err and "Traceback" not in err
+    with open(path, "rb") as f:
+        assert f.read() == text
+
+
+def test_patched_megatron_lm_checkout_reports_exact_numbers_without_install(
+        lm_checkout, runner, tmp_path, monkeypatch, capsys):
+    from megatron_flops.cli import main as cli_main
+    assert cli_main(["patch", lm_checkout]) == 0
+    monkeypatch.chdir(tmp_path)
+    out = runner.run(lm_checkout, ARGV, hook=False)  # the appended block installs the hook
+    assert out.count("megatron-flops: hooked NVIDIA Megatron-LM") == 1
+    assert fields(out, "throughput per GPU (TFLOP/s/GPU)")[8] == f"{EXPECTED[8]:.1f}"
