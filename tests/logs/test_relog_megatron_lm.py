@@ -11,6 +11,7 @@ in closed form.
 """
 
 import datetime
+import os
 
 import pytest
 
@@ -241,3 +242,33 @@ def test_progress_txt_is_relogged_per_checkpoint(tmp_path, capsys, logfmt):
     summary = logfmt.json_summary(result)
     assert summary["world_size"] == WORLD  # from the lines' "# GPUs"
     assert summary["intervals"] == 1 and summary["startup_intervals"] == [[1, 4], [9, 12]]
+
+
+REAL_LOG = os.path.join(os.path.dirname(__file__), os.pardir, "data", "megatron_lm", "real",
+                        "d98e8a64_cpu.log")
+
+
+def test_the_real_megatron_lm_output_relogs_flag_free(capsys, logfmt):
+    """Megatron-LM d98e8a64's own dump and training_log lines (tests/data/megatron_lm/README.md,
+    real/):
+    read flag-free, the logged figure is Megatron-LM's formula (checked by hand here), the
+    error is against the model count written out by hand."""
+    s, l, h, V, B = 1024, 4, 1024, 128, 8
+    result = logfmt.run_cli(capsys, REAL_LOG, "--json")
+    assert result.code == 0, result.err
+    summary = logfmt.json_summary(result)
+    assert summary["forks"] == ["megatron-lm"] and summary["world_size"] == 1
+    assert summary["startup_intervals"] == [[1, 1], [1, 4]] and summary["intervals"] == 1
+    # (the two start-up intervals are not in the statistics: one interval checked there)
+    assert summary["fork_formula_checked"] == 1 and summary["fork_formula_mismatches"] == 0
+    theirs = megatron_lm_flops_per_iteration(B, s, l, h, V)
+    ours = B * hand_model_flops_per_sample(s, l, h, V)
+    for interval in logfmt.json_intervals(result):
+        seconds = interval["seconds_per_iteration"]
+        # printed: ms with 1 decimal, TFLOP/s with 1 decimal
+        assert abs(interval["logged_tflops"] - theirs / (seconds * 1e12)) <= \
+            theirs / 1e12 * 0.05e-3 / (seconds - 0.05e-3) ** 2 + 0.05
+        assert interval["tflops_per_gpu"]["model"] == pytest.approx(ours / (seconds * 1e12),
+                                                                    rel=1e-12)
+        assert interval["fork_formula_tflops"] == pytest.approx(theirs / (seconds * 1e12),
+                                                                rel=1e-12)
