@@ -38,11 +38,12 @@ from .shapes import ModelShape
 
 # where a component occurs
 EVERY_LAYER = "every layer"
-DENSE_LAYERS = "dense-MLP layers"
+DENSE_LAYERS = "dense-MLP layers"  # dense layers, and the residual MLP of PR-MoE layers
 MOE_LAYERS = "MoE layers"
+RESIDUAL_MOE_LAYERS = "PR-MoE layers"  # MoE layers with --mlp-type residual
 MTP_LAYERS = "MTP layers"
 ONCE = "once per model"
-OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, MTP_LAYERS, ONCE)
+OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, RESIDUAL_MOE_LAYERS, MTP_LAYERS, ONCE)
 
 Formula = Callable[[ModelShape, int, int], int]
 
@@ -67,14 +68,18 @@ class ComponentSpec:
     def description(self) -> str:
         return f"{self.title}  {self.matmul}"
 
-    def in_layer(self, experts: int, mtp_layer: bool = False) -> bool:
-        """Whether this component occurs in a layer with ``experts`` experts (1: dense).
+    def in_layer(self, model: ModelShape, experts: int, mtp_layer: bool = False) -> bool:
+        """Whether this component occurs in a layer of ``model`` with ``experts`` experts (1: dense).
 
-        A multi-token-prediction layer (``mtp_layer``) is a whole transformer layer plus its
-        own projection, so it has every layer component too.
+        A PR-MoE layer (``--mlp-type residual``) runs a dense MLP beside its experts.  A
+        multi-token-prediction layer (``mtp_layer``) is a whole transformer layer plus its own
+        projection, so it has every layer component too.
         """
-        return (self.occurs == EVERY_LAYER or (self.occurs == DENSE_LAYERS and experts == 1)
-                or (self.occurs == MOE_LAYERS and experts > 1)
+        moe = experts > 1
+        return (self.occurs == EVERY_LAYER
+                or (self.occurs == DENSE_LAYERS and (not moe or model.moe_residual))
+                or (self.occurs == MOE_LAYERS and moe)
+                or (self.occurs == RESIDUAL_MOE_LAYERS and moe and model.moe_residual)
                 or (self.occurs == MTP_LAYERS and mtp_layer))
 
 
@@ -225,6 +230,13 @@ def mlp_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 @register_component("moe_router", MOE_LAYERS, "MoE router", "[T × h]·[h × E]", "2·T·h·E")
 def moe_router_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return matmul_flops(s, model.hidden_size, experts)
+
+
+@register_component("moe_coefficient", RESIDUAL_MOE_LAYERS, "PR-MoE coefficient",
+                    "[T × h]·[h × 2]", "2·T·h·2")
+def moe_coefficient_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    """The ``h -> 2`` linear that mixes a PR-MoE layer's expert and residual MLP outputs."""
+    return matmul_flops(s, model.hidden_size, 2)
 
 
 # every token visits its top-k experts, each a full MLP of fe = --moe-ffn-hidden-size (default

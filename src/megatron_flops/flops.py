@@ -47,7 +47,7 @@ def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: boo
     window = model.window_size if model.windowed_layer(layer_index) else None
     terms = {}
     for name, spec in REGISTRY.items():
-        if spec.in_layer(experts, mtp_layer):
+        if spec.in_layer(model, experts, mtp_layer):
             if spec.attention_core:
                 terms[name] = attention_core_flops(spec.formula, model, s, experts, causal, window,
                                                    document_lengths)

@@ -4,7 +4,8 @@ Counted: word embeddings (shared with the output layer when tied, so counted onc
 absolute position embeddings (``max_position_embeddings × h``), the optional embedding
 LayerNorm (BLOOM's ``--embed-layernorm``), per layer two norms, fused QKV, output projection,
 MLP (GLU: first dense ``h -> 2f``) or MoE (bias-free router ``h -> E`` plus ``E`` expert MLPs
-of ``--moe-ffn-hidden-size`` and the shared experts' MLP), MLA's projections in place of QKV,
+of ``--moe-ffn-hidden-size`` and the shared experts' MLP; with PR-MoE also a dense MLP and a
+``h -> 2`` coefficient linear with bias), MLA's projections in place of QKV,
 multi-token-prediction layers (a layer plus three norms and a ``2h -> h`` projection),
 biases unless ``add_bias_linear`` is off, the final norm, and an untied output layer
 (``V × h``, no bias).  A LayerNorm has a weight and a bias, an RMSNorm a weight only.
@@ -60,6 +61,8 @@ def layer_parameters(model: ModelShape, layer_index: int) -> int:
         mlp = h * experts + experts * _mlp(model, model.expert_ffn_hidden_size)
         if model.shared_expert_ffn_hidden_size:
             mlp += _mlp(model, model.shared_expert_ffn_hidden_size)
+        if model.moe_residual:
+            mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
     layer = 2 * _norm(model) + attention + mlp
     if layer_index >= model.num_layers:
         # an MTP layer: its two input norms, the 2h -> h projection (no bias), a final norm

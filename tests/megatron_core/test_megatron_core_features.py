@@ -154,3 +154,4 @@ def test_parameter_count_is_megatron_cores(megatron_core, case):
     model = ModelShape(**{**BASE, **fields, "max_position_embeddings": SEQ})
     gpt = mcore_counting.build_gpt(model, Recompute(), max_sequence_length=SEQ)
     assert parameter_count(model).total == sum(p.numel() for p in gpt.parameters())
+

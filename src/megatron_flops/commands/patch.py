@@ -1,7 +1,6 @@
 """``megatron-flops patch CHECKOUT [--dry-run] [--check | --revert]``: argv and printing; the
 work (detection, plans, byte-exact writes) is :mod:`megatron_flops.megatron.patch`."""
 
-import os
 from typing import List
 
 from ..megatron import patch

@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..components import component_names
 from ..flops import flops_breakdown
-from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
+from ..shapes import NO_RECOMPUTE, ModelShape, Recompute, ShapeError
 from .model import CARRIES, ReferenceGPT
 
 PHASES = ("forward", "backward", "recompute")
@@ -72,9 +72,11 @@ class ComponentFlopCounter(FlopCounterMode):
     ``counter.phase = "backward"`` before calling ``backward()``.
     """
 
-    def __init__(self, gpt: ReferenceGPT):
+    def __init__(self, gpt: Optional[ReferenceGPT] = None,
+                 units: Optional[Dict[nn.Module, Tuple[Tuple[str, int], ...]]] = None):
+        # ``units`` instead of ``gpt``: another model's leaf modules (the counting mode)
         super().__init__(display=False)
-        self.units = component_units(gpt)
+        self.units = component_units(gpt) if units is None else units
         self.phase = "forward"
         self.counted: Dict[Tuple[str, str], int] = defaultdict(int)
         self.problems: List[str] = []
@@ -224,10 +226,31 @@ def choose_meta(model: ModelShape, seq_length: int, batch_size: int = 1,
     return hardware > REAL_MAX_HARDWARE_FLOPS or parameter_count(model).total > REAL_MAX_PARAMETERS
 
 
+# Megatron-Core features the reference GPT does not build (tests/megatron_core counts them on
+# Megatron-Core's own model): flag -> whether the model uses it
+_NOT_BUILT = (
+    ("--mlp-type", lambda m: m.moe_residual),  # PR-MoE, the microsoft fork's
+    ("--multi-latent-attention", lambda m: m.multi_latent_attention),
+    ("--mtp-num-layers", lambda m: m.mtp_num_layers > 0),
+    ("--moe-shared-expert-intermediate-size", lambda m: m.shared_expert_ffn_hidden_size > 0),
+    ("--moe-ffn-hidden-size", lambda m: m.is_moe and m.expert_ffn_hidden_size != m.ffn_hidden_size),
+)
+
+
+def check_buildable(model: ModelShape) -> None:
+    """ShapeError naming the first flag whose feature the reference GPT does not build."""
+    for flag, used in _NOT_BUILT:
+        if used(model):
+            raise ShapeError(f"{flag}: the reference GPT does not build this feature, so verify "
+                             "cannot count it (Megatron-Core's own features are checked against "
+                             "Megatron-Core itself in tests/megatron_core)", flag)
+
+
 def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
                 meta: Optional[bool] = None, seed: int = 0):
     """Run one forward+backward of the reference GPT; return (counter, mode)."""
+    check_buildable(model)
     if meta is None:
         meta = choose_meta(model, seq_length, batch_size, recompute, pipeline_parallel_size)
     device = torch.device("meta") if meta else torch.device("cpu")

@@ -24,9 +24,7 @@ import functools
 
 from ...flops import FlopsPerSample
 from ...legacy import legacy_error
-from .base import Interval, Strategy, parameter_names
-
-WATCHED = "_megatron_flops"  # marks the timer already wrapped
+from .base import Interval, Strategy, parameter_names, watch_interval_timer
 
 
 class MegatronLM(Strategy):
@@ -81,25 +79,9 @@ class MegatronLM(Strategy):
         return batch_size * per_sample(args.seq_length)[0]
 
     def on_log_iteration(self, interval: Interval) -> None:
-        timer = self.training.get_timers()("interval-time")
-        if getattr(timer, WATCHED, False):
-            return
-        original_elapsed, hook = timer.elapsed, self.hook
-
-        @functools.wraps(original_elapsed)
-        def elapsed(*args, **kwargs):
-            seconds = original_elapsed(*args, **kwargs)
-            interval = hook.interval
-            resets = kwargs.get("reset", args[0] if args else True)
-            if interval is not None and interval.report is None and hook.enabled and resets:
-                try:
-                    interval.close(seconds, interval.framework_iterations(), self.num_microbatches)
-                except Exception as error:
-                    hook.fail("the interval timer", error)
-            return seconds
-
-        timer.elapsed = elapsed
-        setattr(timer, WATCHED, True)
+        # elapsed(reset=False) is iteration 1's read (is_first_iteration): not an interval end
+        watch_interval_timer(self, self.training.get_timers()("interval-time"),
+                             lambda args, kwargs: kwargs.get("reset", args[0] if args else True))
 
     def edit_line(self, interval: Interval, message: str) -> str:
         """The throughput field is already exact (computed from the replacement)."""
