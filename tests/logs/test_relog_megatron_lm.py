@@ -272,3 +272,15 @@ def test_the_real_megatron_lm_output_relogs_flag_free(capsys, logfmt):
                                                                     rel=1e-12)
         assert interval["fork_formula_tflops"] == pytest.approx(theirs / (seconds * 1e12),
                                                                 rel=1e-12)
+
+
+def test_a_dump_with_a_feature_not_counted_yet_is_refused(tmp_path, capsys, logfmt):
+    lines = megatron_lm_dump(logfmt)
+    lines[1:1] = ["  attention_output_gate ........................... True"]
+    lines += [megatron_lm_line(i, i * B, SECONDS * 1000) for i in (4, 8)]
+    path = tmp_path / "gate.log"
+    path.write_text("\n".join(lines) + "\n")
+    result = logfmt.run_cli(capsys, path)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "--attention-output-gate: the attention output gate projection is not counted yet" \
+        in result.err

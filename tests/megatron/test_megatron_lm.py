@@ -100,8 +100,8 @@ def test_a_feature_not_counted_yet_makes_the_hook_step_aside_once(runner, tmp_pa
     plain = runner.run(CHECKOUT, argv, hook=False)
     messages = [line for line in out.splitlines() if line.startswith("megatron-flops:")]
     assert len(messages) == 1, messages
-    assert "--attention-output-gate (a gate projection in every attention layer) is not " \
-           "counted yet" in messages[0]
+    assert "--attention-output-gate: the attention output gate projection is not counted " \
+           "yet" in messages[0]
     assert "training continues" in messages[0]
     # Megatron-LM's own numbers stay, nothing of ours is added
     assert fields(out, "throughput per GPU (TFLOP/s/GPU)") == \

@@ -73,16 +73,18 @@ def relog_main(argv: List[str]) -> int:
     from ..logs.console import FORKS
     parser = command_parser(
         "relog", "Recompute the true TFLOP/s per GPU, MFU and HFU of every interval a "
-        "Megatron-DeepSpeed run logged (console logs or a TensorBoard run directory), and the "
+        "Megatron-DeepSpeed or NVIDIA Megatron-LM run logged (console logs, Megatron-LM's "
+        "progress.txt, or a TensorBoard run directory), and the "
         "logged TFLOPs' error.  Model flags are read from the log's arguments dump; flags "
         "given here override it.")
     parser.add_argument("paths", metavar="PATH", nargs="+",
-                        help="console log of either fork ('-' reads stdin), several of one "
+                        help="console log of either fork or of Megatron-LM ('-' reads stdin), "
+                             "Megatron-LM's progress.txt, several of one "
                              "run's logs or a folder of them (*.log, *.txt, *.out; read in "
                              "iteration order), or a TensorBoard run directory / event file")
     add_peak_arguments(parser)
     parser.add_argument("--fork", choices=("auto",) + FORKS, default="auto",
-                        help="which fork wrote the log (default: from each line's fields, "
+                        help="which framework wrote the log (default: from each line's fields, "
                              "else the arguments dump)")
     parser.add_argument("--causal", action="store_true",
                         help="count half of the attention score and A·V products")

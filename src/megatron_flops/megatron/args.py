@@ -397,28 +397,23 @@ def _megatron_core_model_fields(ns) -> dict:
     return fields
 
 
-# NVIDIA Megatron-LM features (args destinations at d98e8a64) that change the FLOPs and that
-# the shapes do not describe yet: a run using one is refused, never miscounted
-UNSUPPORTED_MEGATRON_LM = (
-    ("attention_output_gate", "--attention-output-gate",
-     "a gate projection in every attention layer"),
-    ("experimental_attention_variant", "--experimental-attention-variant",
-     "linear or sparse attention layers"),
-    ("hybrid_layer_pattern", "--hybrid-layer-pattern", "Mamba (hybrid) layers"),
-    ("hybrid_override_pattern", "--hybrid-override-pattern", "Mamba (hybrid) layers"),
-    ("heterogeneous_layers_config_path", "--heterogeneous-layers-config-path",
-     "layers of different shapes"),
-    ("moe_latent_size", "--moe-latent-size", "latent MoE projections"),
+# The flag catalogue's unsupported NVIDIA Megatron-LM features (:data:`.flags.UNSUPPORTED`), as
+# a run's ``args`` carries them (destinations at d98e8a64; off: None / False / 0 / ""): a run
+# using one is refused, never miscounted (the runtime hook then steps aside)
+UNSUPPORTED_MEGATRON_LM_ARGS = (
+    "--attention-output-gate", "--experimental-attention-variant", "--dsa-indexer-topk",
+    "--hybrid-layer-pattern", "--hybrid-override-pattern", "--is-hybrid-model",
+    "--linear-attention-freq", "--heterogeneous-layers-config-path",
+    "--heterogeneous-layers-config-encoded-json", "--moe-latent-size", "--quick-geglu",
 )
 
 
 def refuse_unsupported(ns) -> None:
     """ShapeError naming the first Megatron-LM feature in ``ns`` that is not counted yet."""
-    for name, flag, what in UNSUPPORTED_MEGATRON_LM:
-        value = getattr(ns, name, None)
+    for flag in UNSUPPORTED_MEGATRON_LM_ARGS:
+        value = getattr(ns, flag[2:].replace("-", "_"), None)
         if value not in (None, False, 0, ""):
-            raise ShapeError(f"{flag} ({what}) is not counted yet; megatron-flops cannot "
-                             "give this run's FLOPs", flag)
+            raise ShapeError(f"{flag}: {catalogue.UNSUPPORTED[flag]}", flag)
     shards = getattr(ns, "gtp_weight_remat_size", None)
     if isinstance(shards, int) and shards > 1:
         raise ShapeError("--tensor-parallel-num-weight-shards > 1 (GTP weight remat: each peer "
