@@ -23,7 +23,6 @@ it: the hook leaves that interval open too, so the line keeps Megatron-LM's own 
 import functools
 
 from ...flops import FlopsPerSample
-from ...legacy import legacy_error
 from .base import Interval, Strategy, parameter_names, watch_interval_timer
 
 
@@ -31,7 +30,9 @@ class MegatronLM(Strategy):
     name = "megatron-lm"
     title = "NVIDIA Megatron-LM"
     how = "num_floating_point_operations replaced: throughput per GPU and its scalar exact"
-    formula_owner = "Megatron-LM's own formula"
+    formula_owner = "Megatron-LM's own formula (num_floating_point_operations, model FLOPs)"
+    formula_counts = "model"  # Megatron-LM never counts recomputation
+    logged_name = "throughput per GPU"
     feature = "megatron.training.training.num_floating_point_operations(args, batch_size)"
     line_marker = " throughput per GPU (TFLOP/s/GPU): "
 
@@ -91,13 +92,3 @@ class MegatronLM(Strategy):
         """The run's own ``num_floating_point_operations`` (the original, not our
         replacement): whatever era the checkout is, its formula is the one compared."""
         return self._original(args, batch_size)
-
-    def formula_line(self, args, breakdown, batch_size: int, seq_length: int) -> str:
-        """Megatron-LM's number means model FLOPs (no recompute): compared with ours."""
-        legacy = self.legacy_flops(args, batch_size, seq_length)
-        exact = breakdown.model_flops
-        off = legacy_error(legacy, exact)
-        return (f"{self.formula_owner} (num_floating_point_operations, model FLOPs) counts "
-                f"{legacy:.4g} FLOPs per iteration for this shape, {100 * off:+.1f}% vs the "
-                f"exact model count {exact:.4g}: its throughput per GPU would be off by that "
-                "much")
