@@ -284,3 +284,28 @@ def test_a_dump_with_a_feature_not_counted_yet_is_refused(tmp_path, capsys, logf
     assert result.code == 2 and "Traceback" not in result.err
     assert "--attention-output-gate: the attention output gate projection is not counted yet" \
         in result.err
+
+
+def test_the_eras_of_megatron_lms_formula_that_reproduce_a_log_are_named(tmp_path, capsys,
+                                                                         logfmt):
+    """A 2024 log (before 8873b55d, 2025-03) counted attention dense: for this shape (MHA,
+    ffn 4h, no GLU, d = h/n) the 2023-11 formula 60·B·s·l·h²·(1 + g/(5n) + s/(5h) + V/(10lh))
+    and the 2024 ones are exactly our dense model count; the current formula is lower."""
+    dense_logged = B * hand_model_flops_per_sample() / (SECONDS * 1e12 * WORLD)
+    lines = megatron_lm_dump(logfmt)
+    for i in (4, 8, 12):
+        line = megatron_lm_line(i, i * B, SECONDS * 1000, stamp="")
+        current = "{:.1f}".format(megatron_lm_logged(B, SECONDS))
+        lines.append(line.replace(f"(TFLOP/s/GPU): {current} |",
+                                  f"(TFLOP/s/GPU): {dense_logged:.1f} |"))
+    path = tmp_path / "megatron_lm_2024.log"
+    path.write_text("\n".join(lines) + "\n")
+    eras = logfmt.json_summary(logfmt.run_cli(capsys, path, "--json"))["megatron_lm_eras"]
+    assert eras == {"lines_checked": 3, "reproducing": [
+        "megatron-lm@2023-11", "megatron-lm@2024-03", "megatron-lm@2024-03-25",
+        "megatron-lm@2024-04"]}
+    current_log = tmp_path / "megatron_lm_2026.log"
+    current_log.write_text(steady_log(logfmt, ".%f"))
+    result = logfmt.run_cli(capsys, current_log)
+    assert "Megatron-LM formula eras that reproduce all 3 logged figures: megatron-lm@2025-03" \
+        in result.out

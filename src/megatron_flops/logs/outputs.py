@@ -226,8 +226,8 @@ MEGATRON_LM_NOTE = (
     "the logged figure (throughput per GPU) is Megatron-LM's model-FLOPs estimate: its "
     "num_floating_point_operations (forward + backward, never recompute, causal attention "
     "since 2025-03) with the batch at log time; compared with the exact model count, and "
-    "checked against Megatron-LM's current formula (conventions: megatron-lm; older eras "
-    "differ: see `megatron-flops estimate --convention megatron-lm@YYYY-MM`)")
+    "checked against Megatron-LM's current formula and each earlier era of it "
+    "(`megatron-flops estimate --convention megatron-lm@YYYY-MM`)")
 
 
 def summary_lines(summary: dict) -> List[str]:
@@ -266,6 +266,12 @@ def summary_lines(summary: dict) -> List[str]:
         lines.append("no logged TFLOPs to compare")
     if "megatron-lm" in summary["forks"]:
         lines.append(MEGATRON_LM_NOTE)
+        eras = summary.get("megatron_lm_eras") or {}
+        if eras.get("lines_checked"):
+            found = ", ".join(eras["reproducing"]) or (
+                "none (the flags, the world size or the formula's era do not describe the run)")
+            lines.append(f"Megatron-LM formula eras that reproduce all {eras['lines_checked']} "
+                         f"logged figures: {found}")
     startup = summary.get("startup_intervals")
     if startup:
         spans = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in startup)

@@ -67,6 +67,11 @@ MEGATRON_LM_CONVENTION = "megatron-lm"
 FORMULA_TOLERANCE = 0.01
 
 
+def reproduces(logged: float, formula: float) -> bool:
+    """Does a framework's formula give the logged figure, within its printing?"""
+    return abs(logged - formula) <= max(FORMULA_TOLERANCE * formula, 0.01)
+
+
 class Interval(NamedTuple):
     """One logged interval, recomputed.
 
@@ -191,6 +196,8 @@ class Relogger:
         self.fork = fork
         self.peak_tflops, self.causal = peak_tflops, causal
         self.megatron_lm_convention = MEGATRON_LM_CONVENTION
+        self.megatron_lm_era_checks = 0
+        self.megatron_lm_era_matches: Dict[str, int] = {}
         self.duplicates = 0
         self.restarts = 0
         self.inconsistent_samples = 0
@@ -214,18 +221,20 @@ class Relogger:
 
     def _fork_formula(self, fork: str, batch: float, seq_length: int, seconds: float) -> float:
         """The fork's TFLOPs: its FLOPs for (batch, seq) / (seconds × world × 1e12), memoised
-        at 1 s (a log has few distinct batch sizes and sequence lengths)."""
+        at 1 s (a log has few distinct batch sizes and sequence lengths).  ``fork`` may also
+        be a Megatron-LM era's convention name (``megatron-lm@2024-04``)."""
+        if fork == MEGATRON_LM:
+            fork = self.megatron_lm_convention
         key = (fork, batch, seq_length)
         at_one_second = self._formula_at_one_second.get(key)
         if at_one_second is None:
             if len(self._formula_at_one_second) > 4096:
                 self._formula_at_one_second.clear()
-            if fork == MEGATRON_LM:
+            if fork.startswith(MEGATRON_LM):
                 from ..conventions import RunFacts, convention
                 facts = RunFacts(self.model, batch, seq_length, self.run.recompute,
                                  self.run.pipeline_model_parallel_size)
-                at_one_second = (convention(self.megatron_lm_convention).flops(facts)
-                                 / (self.run.world_size * 1e12))
+                at_one_second = (convention(fork).flops(facts) / (self.run.world_size * 1e12))
             else:
                 at_one_second = legacy_tflops_for_shapes(self.model, self.run, batch,
                                                          seq_length, 1.0)[fork]
@@ -308,13 +317,33 @@ class Relogger:
         report = self._meter.report(seconds * iterations)
         formula = None
         if fork is not None:
-            formula = self._fork_formula(fork, record.global_batch_size or samples / iterations,
-                                         seq_length, seconds)
+            batch = record.global_batch_size or samples / iterations
+            formula = self._fork_formula(fork, batch, seq_length, seconds)
+            if fork == MEGATRON_LM and record.tflops is not None and math.isfinite(record.tflops):
+                self._check_megatron_lm_eras(record.tflops, batch, seq_length, seconds)
         true_tflops = (report.model_tflops_per_gpu if LOGGED_COUNTS.get(fork) == "model"
                        else report.hardware_tflops_per_gpu)
         error = legacy_error(record.tflops, true_tflops)
         return Interval(record, iterations, samples / iterations, batch_source, seq_length,
                         seq_source, seconds, time_source, report, formula, error, fork, startup)
+
+    def _check_megatron_lm_eras(self, logged: float, batch: float, seq_length: int,
+                                seconds: float) -> None:
+        """Which eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS)
+        reproduce this logged figure: ``megatron_lm_era_matches`` counts per era over the
+        ``megatron_lm_era_checks`` lines checked."""
+        from ..conventions import MEGATRON_LM_DISTINCT_ERAS
+        self.megatron_lm_era_checks += 1
+        for era in MEGATRON_LM_DISTINCT_ERAS:
+            if reproduces(logged, self._fork_formula(era, batch, seq_length, seconds)):
+                self.megatron_lm_era_matches[era] = self.megatron_lm_era_matches.get(era, 0) + 1
+
+    def megatron_lm_eras_reproducing(self) -> List[str]:
+        """The eras whose formula reproduced every checked Megatron-LM line."""
+        from ..conventions import MEGATRON_LM_DISTINCT_ERAS
+        checks = self.megatron_lm_era_checks
+        return [era for era in MEGATRON_LM_DISTINCT_ERAS
+                if checks and self.megatron_lm_era_matches.get(era) == checks]
 
     def _samples_by_iteration(self, iteration: int, iterations: int) -> Tuple[int, str]:
         """Samples of the ``iterations`` iterations ending at ``iteration`` when only
@@ -435,7 +464,7 @@ class Summary:
             self.formula_checked += 1
             deviation = abs(logged - formula) / formula
             self.worst_formula_deviation = max(self.worst_formula_deviation, deviation)
-            if deviation > FORMULA_TOLERANCE and abs(logged - formula) > 0.01:
+            if not reproduces(logged, formula):
                 self.formula_mismatches += 1
 
     def as_dict(self, world_size: int, stats: ParseStats, relogger: Relogger, peak) -> dict:
@@ -484,6 +513,8 @@ class Summary:
             "fork_formula_mismatches": self.formula_mismatches,
             "fork_formula_checked": self.formula_checked,
             "worst_fork_formula_deviation": self.worst_formula_deviation,
+            "megatron_lm_eras": {"lines_checked": relogger.megatron_lm_era_checks,
+                                 "reproducing": relogger.megatron_lm_eras_reproducing()},
             "duplicate_lines": relogger.duplicates,
             "restarts": relogger.restarts,
             "gaps": relogger.gaps,
