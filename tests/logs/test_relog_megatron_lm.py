@@ -309,3 +309,12 @@ def test_the_eras_of_megatron_lms_formula_that_reproduce_a_log_are_named(tmp_pat
     result = logfmt.run_cli(capsys, current_log)
     assert "Megatron-LM formula eras that reproduce all 3 logged figures: megatron-lm@2025-03" \
         in result.out
+
+
+def test_a_log_of_start_up_intervals_only_says_so(tmp_path, capsys, logfmt):
+    lines = megatron_lm_dump(logfmt) + [megatron_lm_line(1, B, 40_000.0),
+                                        megatron_lm_line(4, 4 * B, 10_000.0)]
+    path = tmp_path / "short.log"
+    path.write_text("\n".join(lines) + "\n")
+    result = logfmt.run_cli(capsys, path)
+    assert result.code == 2 and "only start-up intervals" in result.err

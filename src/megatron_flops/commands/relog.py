@@ -169,6 +169,11 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     finally:
         for sink in files:
             sink.close()
+    if summary.intervals == 0 and summary.startup_iterations:
+        raise UsageError(
+            f"only start-up intervals in {' '.join(map(repr, args.paths))} (Megatron-LM's "
+            "iteration 1 and the line after it, or progress.txt's first save of each job): "
+            "nothing to take statistics over")
     if summary.intervals == 0:
         raise UsageError(
             f"no training_log iteration lines in {' '.join(map(repr, args.paths))} "
