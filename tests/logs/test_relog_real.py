@@ -210,6 +210,10 @@ def test_after_a_gap_the_ramp_up_schedule_decides(tmp_path, logfmt, capsys):
         40 * model / (0.5 * 16 * 1e12), rel=1e-9)
     assert logfmt.json_summary(result)["gaps"] == 1
     assert "no padded vocab line" not in result.err  # the dump has padded_vocab_size
+    # the run's --log-interval typed (a pasted command line) overrides the dump's: with 4,
+    # line 6 follows line 2 by one interval, and its batch is (160 − 32) / 4 = 32
+    typed = logfmt.json_intervals(logfmt.run_cli(capsys, path, "--json", "--log-interval", 4))
+    assert (typed[1]["batch_size"], typed[1]["batch_source"]) == (32, "consumed samples")
     # without the schedule in the dump: the line's logged batch
     text = text.replace("['16', '16', '96']", "None")
     path.write_text(text)

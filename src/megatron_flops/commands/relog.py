@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, TextIO
 
-from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser
+from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, positive
 
 # relog's own output option; the run's own --tensorboard-dir (in a pasted command line) is
 # FLOP-neutral and ignored (before issue 10 relog used that name for this output)
@@ -57,7 +57,7 @@ def _parse(parser, argv: List[str]):
     from ..megatron.args import (ignored_flags, megatron_argument_parser,
                                  parse_megatron_args)
     args, unknown = parse_megatron_args(argv, parser)
-    megatron = {action.dest for action in megatron_argument_parser()._actions}
+    megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
     given = given_destinations(parser, argv) & megatron
     ignored = ignored_flags(unknown)
     if ignored:
@@ -81,6 +81,10 @@ def relog_main(argv: List[str]) -> int:
                              "run's logs or a folder of them (*.log, *.txt, *.out; read in "
                              "iteration order), or a TensorBoard run directory / event file")
     add_peak_arguments(parser)
+    # the run's own flag, read with its meaning: which lines are one log interval apart
+    parser.add_argument("--log-interval", type=positive(int, "--log-interval"),
+                        help="the run's --log-interval (default: the log's arguments dump, "
+                             "else the common step of the logged iterations)")
     parser.add_argument("--fork", choices=("auto",) + FORKS, default="auto",
                         help="which fork wrote the log (default: from each line's fields, "
                              "else the arguments dump)")
