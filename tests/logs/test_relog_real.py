@@ -345,3 +345,14 @@ def test_without_flags_or_dump_the_missing_flag_is_named(tmp_path, logfmt, capsy
     (line,) = result.err.splitlines()
     assert line == ("megatron-flops: error: --num-layers is required (the log has no "
                     "arguments dump to read it from)")
+
+
+def test_a_pasted_command_lines_script_is_not_a_log(tmp_path, logfmt, capsys):
+    path = write(tmp_path / "run.log", [logfmt.bigscience_line(10, 640, 640 * 128, 0.5, 64,
+                                                               128.0, 1.0)])
+    flags = ["--num-layers", 2, "--hidden-size", 64, "--num-attention-heads", 4,
+             "--seq-length", 128, "--world-size", 8]
+    result = logfmt.run_cli(capsys, path, "pretrain_gpt.py", *flags)
+    assert result.code == 0 and "ignoring arguments: pretrain_gpt.py" in result.err
+    result = logfmt.run_cli(capsys, "pretrain_gpt.py", *flags)
+    assert result.code == 2 and "PATH is required" in result.err

@@ -98,6 +98,14 @@ def relog_main(argv: List[str]) -> int:
     parser.add_argument("--plot", metavar="OUT.png",
                         help="draw logged vs corrected TFLOP/s (and MFU/HFU) over iterations")
     args, given = _parse(parser, argv)
+    # a pasted command line's script (pretrain_gpt.py) is not a log
+    scripts = [path for path in args.paths if path.endswith(".py")]
+    args.paths = [path for path in args.paths if not path.endswith(".py")]
+    if scripts:
+        print(f"megatron-flops: ignoring arguments: {' '.join(scripts)}", file=sys.stderr)
+    if not args.paths:
+        raise UsageError("PATH is required: a console log, a folder of them or a TensorBoard "
+                         "run (a .py script is not a log)")
     for path in args.paths:
         if path != "-" and not os.path.exists(path):
             raise UsageError(f"PATH {path!r} does not exist")
