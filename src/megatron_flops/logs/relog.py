@@ -421,9 +421,11 @@ def read_records(path: str, stats: ParseStats, fork: Optional[str] = None
 
 def relog(records: Iterable[LogRecord], model: ModelShape, run: RunShape,
           peak_tflops: Optional[float] = None, causal: bool = False,
-          fork: Optional[str] = None) -> Iterator[Interval]:
-    """Intervals for records (the library entry point; the command adds the outputs)."""
-    relogger = Relogger(model, run, peak_tflops, causal, fork)
+          fork: Optional[str] = None, log_interval: Optional[int] = None,
+          default_fork: Optional[str] = None) -> Iterator[Interval]:
+    """Intervals for records of one run shape (the library entry point; the command adds the
+    outputs and a new shape per arguments dump); see :class:`Relogger`."""
+    relogger = Relogger(model, run, peak_tflops, causal, fork, log_interval, default_fork)
     for record in records:
         interval = relogger.add(record)
         if interval is not None:
