@@ -38,10 +38,11 @@ from .shapes import ModelShape
 
 # where a component occurs
 EVERY_LAYER = "every layer"
-DENSE_LAYERS = "dense-MLP layers"
+DENSE_LAYERS = "dense-MLP layers"  # dense layers, and the residual MLP of PR-MoE layers
 MOE_LAYERS = "MoE layers"
+RESIDUAL_MOE_LAYERS = "PR-MoE layers"  # MoE layers with --mlp-type residual
 ONCE = "once per model"
-OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, ONCE)
+OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, RESIDUAL_MOE_LAYERS, ONCE)
 
 Formula = Callable[[ModelShape, int, int], int]
 
@@ -66,10 +67,15 @@ class ComponentSpec:
     def description(self) -> str:
         return f"{self.title}  {self.matmul}"
 
-    def in_layer(self, experts: int) -> bool:
-        """Whether this component occurs in a layer with ``experts`` experts (1: dense)."""
-        return (self.occurs == EVERY_LAYER or (self.occurs == DENSE_LAYERS and experts == 1)
-                or (self.occurs == MOE_LAYERS and experts > 1))
+    def in_layer(self, model: ModelShape, experts: int) -> bool:
+        """Whether this component occurs in a layer of ``model`` with ``experts`` experts (1: dense).
+
+        A PR-MoE layer (``--mlp-type residual``) runs a dense MLP beside its experts."""
+        moe = experts > 1
+        return (self.occurs == EVERY_LAYER
+                or (self.occurs == DENSE_LAYERS and (not moe or model.moe_residual))
+                or (self.occurs == MOE_LAYERS and moe)
+                or (self.occurs == RESIDUAL_MOE_LAYERS and moe and model.moe_residual))
 
 
 # name -> declaration, in the order the forward pass meets them (the order of every table)
@@ -163,6 +169,13 @@ def mlp_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 @register_component("moe_router", MOE_LAYERS, "MoE router", "[T × h]·[h × E]", "2·T·h·E")
 def moe_router_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return matmul_flops(s, model.hidden_size, experts)
+
+
+@register_component("moe_coefficient", RESIDUAL_MOE_LAYERS, "PR-MoE coefficient",
+                    "[T × h]·[h × 2]", "2·T·h·2")
+def moe_coefficient_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    """The ``h -> 2`` linear that mixes a PR-MoE layer's expert and residual MLP outputs."""
+    return matmul_flops(s, model.hidden_size, 2)
 
 
 # every token visits its top-k experts, each a full MLP (no capacity dropping counted)

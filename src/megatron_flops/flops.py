@@ -42,7 +42,7 @@ def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: boo
     experts = model.experts_in_layer(layer_index)
     terms = {}
     for name, spec in REGISTRY.items():
-        if spec.in_layer(experts):
+        if spec.in_layer(model, experts):
             flops = spec.formula(model, s, experts)
             terms[name] = flops // 2 if causal and spec.attention_core else flops
     return terms

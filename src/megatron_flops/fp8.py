@@ -91,7 +91,7 @@ def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
         return 1.0 if (component == "logits" and recipe.output_layer) else 0.0
     if spec.attention_core and not recipe.dot_product_attention:
         return 0.0
-    layers = [i for i in range(model.num_layers) if spec.in_layer(model.experts_in_layer(i))]
+    layers = [i for i in range(model.num_layers) if spec.in_layer(model, model.experts_in_layer(i))]
     if not layers:
         return 0.0
     last_bf16 = model.num_layers - recipe.bf16_layers_at_end

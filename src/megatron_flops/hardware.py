@@ -229,7 +229,7 @@ def implausible_utilisation_warning(mfu: Optional[float], hfu: Optional[float] =
     if world_size_assumed:
         causes.append("the world size was assumed, not read (give --world-size)")
     if dtype in ("fp32", "tf32"):
-        causes.append(f"the peak is the {dtype} one while the run may use bf16/fp16 or fp8 GEMMs")
+        causes.append(f"the peak is the {dtype} one: --bf16 or --fp16 missing? (or FP8 GEMMs)")
     elif dtype in ("bf16", "fp16"):
         causes.append("the run may use FP8 GEMMs (measure against the FP8 or mixed peak)")
     causes.append(f"the peak may be another part's ({peak_source or 'unknown source'}): "

@@ -3,7 +3,8 @@
 Counted: word embeddings (shared with the output layer when tied, so counted once), learned
 absolute position embeddings (``max_position_embeddings × h``), the optional embedding
 LayerNorm (BLOOM's ``--embed-layernorm``), per layer two norms, fused QKV, output projection,
-MLP (GLU: first dense ``h -> 2f``) or MoE (bias-free router ``h -> E`` plus ``E`` expert MLPs),
+MLP (GLU: first dense ``h -> 2f``) or MoE (bias-free router ``h -> E`` plus ``E`` expert MLPs;
+with PR-MoE also a dense MLP and a ``h -> 2`` coefficient linear with bias),
 biases unless ``add_bias_linear`` is off, the final norm, and an untied output layer
 (``V × h``, no bias).  A LayerNorm has a weight and a bias, an RMSNorm a weight only.
 """
@@ -49,6 +50,8 @@ def layer_parameters(model: ModelShape, layer_index: int) -> int:
     attention += model.query_projection_size * h + (h if bias else 0)
     experts = model.experts_in_layer(layer_index)
     mlp = _mlp(model) if experts == 1 else h * experts + experts * _mlp(model)
+    if experts != 1 and model.moe_residual:
+        mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
     return 2 * _norm(model) + attention + mlp
 
 

@@ -1,5 +1,6 @@
 """Text rendering of a breakdown for people (tables with aligned columns, no dependencies)."""
 
+import math
 from typing import List, Optional, Sequence
 
 from .flops import Breakdown
@@ -114,3 +115,18 @@ def summary_lines(model: ModelShape, run: RunShape, breakdown: Breakdown,
         f"hardware FLOPs per iteration: {breakdown.hardware_flops:,} "
         f"({format_flops(breakdown.hardware_flops)}, recompute {run.recompute.label})",
     ]
+
+
+def parse_fraction(text: str, flag: str) -> float:
+    """``"5%"`` -> 0.05, ``"0.05"`` -> 0.05; a negative or non-numeric value names ``flag``."""
+    cleaned = str(text).strip()
+    percent = cleaned.endswith("%")
+    try:
+        value = float(cleaned[:-1] if percent else cleaned)
+    except ValueError:
+        raise ValueError(f"{flag} must be a fraction (0.05) or a percentage (5%), "
+                         f"got {text!r}") from None
+    value = value / 100.0 if percent else value
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"{flag} must not be negative, got {text!r}")
+    return value

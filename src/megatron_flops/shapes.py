@@ -52,6 +52,11 @@ class ModelShape:
     when ``glu_activation`` is set (the first dense layer is then ``h -> 2f``).
     ``num_experts`` is one entry per MoE layer (every ``expert_interval``-th layer, counting
     from 1), or a single int applied to all of them; 1 means a dense model.
+    ``expert_layers_from_first`` is Megatron-LM's ``--moe-layer-freq`` pattern instead: layer
+    ``i`` (0-based) is an MoE layer when ``i % expert_interval == 0`` (with 1: every layer).
+    ``moe_residual`` is the microsoft fork's ``--mlp-type residual`` (PR-MoE, DeepSpeed's
+    ``MoE(use_residual=True)``): every MoE layer also runs a dense MLP of the same shape on every
+    token, and a ``h -> 2`` coefficient linear (with bias) mixes the two outputs.
     """
 
     num_layers: int
@@ -71,6 +76,8 @@ class ModelShape:
     add_bias_linear: bool = True
     normalization: str = "layernorm"
     embedding_layernorm: bool = False
+    moe_residual: bool = False
+    expert_layers_from_first: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -122,7 +129,7 @@ class ModelShape:
                 "--normalization",
             )
 
-        num_moe_layers = self.num_layers // self.expert_interval
+        num_moe_layers = self.num_moe_layer_slots
         experts = self.num_experts
         if isinstance(experts, int) and not isinstance(experts, bool):
             experts = (experts,) * num_moe_layers if experts != 1 else ()
@@ -167,6 +174,13 @@ class ModelShape:
     def is_moe(self) -> bool:
         return bool(self.num_experts)
 
+    @property
+    def num_moe_layer_slots(self) -> int:
+        """How many layers the MoE pattern makes MoE layers."""
+        if self.expert_layers_from_first:
+            return -(-self.num_layers // self.expert_interval)
+        return self.num_layers // self.expert_interval
+
     def experts_in_layer(self, layer_index: int) -> int:
         """Experts in layer ``layer_index`` (0-based); 1 for a dense layer.
 
@@ -175,6 +189,10 @@ class ModelShape:
         """
         if not self.num_experts:
             return 1
+        if self.expert_layers_from_first:
+            if layer_index % self.expert_interval:
+                return 1
+            return self.num_experts[layer_index // self.expert_interval]
         number = layer_index + 1
         if number % self.expert_interval:
             return 1
@@ -189,12 +207,15 @@ class Recompute:
     layers) or ``"selective"`` (re-run only the attention core: scores and attention·V).
     ``method`` and ``num_layers`` apply to ``"full"``: ``uniform`` recomputes every layer
     (in chunks of ``num_layers``), ``block`` only the first ``num_layers`` layers of each
-    pipeline stage.
+    pipeline stage.  ``stage_layers`` is the number of transformer layers of each pipeline
+    stage when the stages are uneven (Megatron-LM's ``--decoder-first/last-pipeline-num-layers``);
+    ``None`` means ``num_layers / pipeline_parallel_size`` each.
     """
 
     granularity: Optional[str] = None
     method: str = "uniform"
     num_layers: Optional[int] = None
+    stage_layers: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         if self.granularity is not None and self.granularity not in RECOMPUTE_GRANULARITIES:
@@ -209,6 +230,13 @@ class Recompute:
                 "--recompute-method",
             )
         _require_positive(self.num_layers, "--recompute-num-layers", allow_none=True)
+        if self.stage_layers is not None:
+            stages = tuple(self.stage_layers)
+            if not stages or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
+                                 for n in stages):
+                raise ShapeError("pipeline stage layer counts must be integers ≥ 0, got "
+                                 f"{self.stage_layers!r}", "--pipeline-model-parallel-size")
+            object.__setattr__(self, "stage_layers", stages)
 
     @property
     def label(self) -> str:
@@ -226,12 +254,18 @@ class Recompute:
             return frozenset()
         if self.method == "uniform" or self.num_layers is None:
             return frozenset(range(num_layers))
-        per_stage = num_layers // pipeline_parallel_size
-        return frozenset(
-            stage * per_stage + i
-            for stage in range(pipeline_parallel_size)
-            for i in range(min(self.num_layers, per_stage))
-        )
+        stages = self.stage_layers
+        if stages is None:
+            per_stage = num_layers // pipeline_parallel_size
+            stages = (per_stage,) * pipeline_parallel_size
+        if sum(stages) != num_layers:
+            raise ShapeError(f"the pipeline stages hold {sum(stages)} layers, not --num-layers "
+                             f"({num_layers})", "--pipeline-model-parallel-size")
+        recomputed, first = set(), 0
+        for size in stages:
+            recomputed.update(range(first, first + min(self.num_layers, size)))
+            first += size
+        return frozenset(recomputed)
 
 
 NO_RECOMPUTE = Recompute()
@@ -244,6 +278,11 @@ class RunShape:
     ``global_batch_size`` defaults to ``micro_batch_size * data_parallel_size`` as in
     Megatron.  ``world_size`` defaults to ``TP * PP`` (one data-parallel replica).
     ``rampup_batch_size`` is Megatron's ``(start, increment, ramp_samples)``.
+    ``sequence_parallel_size`` counts the ranks one sequence is split over outside tensor
+    parallelism: the microsoft fork's Ulysses ``--ds-sequence-parallel-size`` or Megatron-LM's
+    ``--context-parallel-size``.  They hold no model copy of their own, so the data-parallel size
+    is ``world_size / (TP × PP × sequence_parallel_size)`` (the fork's ``data_parallel_size``);
+    the FLOPs of an iteration do not change.
     """
 
     seq_length: int
@@ -255,6 +294,7 @@ class RunShape:
     recompute: Recompute = field(default_factory=Recompute)
     rampup_batch_size: Optional[Tuple[int, int, int]] = None
     dtype: str = "fp32"
+    sequence_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -264,14 +304,17 @@ class RunShape:
         _require_positive(self.pipeline_model_parallel_size, "--pipeline-model-parallel-size")
         _require_positive(self.world_size, "--world-size", allow_none=True)
         _require_positive(self.global_batch_size, "--global-batch-size", allow_none=True)
-        model_parallel = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        _require_positive(self.sequence_parallel_size, "--ds-sequence-parallel-size")
+        model_parallel = self.model_parallel_size
         if self.world_size is None:
             set_(self, "world_size", model_parallel)
         if self.world_size % model_parallel:
+            sequence = (f" × sequence-parallel size ({self.sequence_parallel_size})"
+                        if self.sequence_parallel_size > 1 else "")
             raise ShapeError(
                 f"--world-size ({self.world_size}) must be a multiple of "
                 f"--tensor-model-parallel-size ({self.tensor_model_parallel_size}) × "
-                f"--pipeline-model-parallel-size ({self.pipeline_model_parallel_size})",
+                f"--pipeline-model-parallel-size ({self.pipeline_model_parallel_size}){sequence}",
                 "--world-size",
             )
         per_step = self.micro_batch_size * self.data_parallel_size
@@ -309,8 +352,14 @@ class RunShape:
             raise ShapeError("recompute must be a Recompute value", "--recompute-granularity")
 
     @property
+    def model_parallel_size(self) -> int:
+        """Ranks that share one model replica: TP × PP × sequence-parallel size."""
+        return (self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+                * self.sequence_parallel_size)
+
+    @property
     def data_parallel_size(self) -> int:
-        return self.world_size // (self.tensor_model_parallel_size * self.pipeline_model_parallel_size)
+        return self.world_size // self.model_parallel_size
 
     def batch_size_at(self, consumed_samples: int) -> int:
         """Global batch size of the iteration that starts after ``consumed_samples``.

@@ -124,7 +124,8 @@ def test_rampup_rounds_down_to_whole_micro_batches():
      "multiple"),
     (BASE + ["--vocab-size", "300", "--pad-vocab-size-to", "256"], "--pad-vocab-size-to",
      "at least"),
-    (BASE + ["--recompute-method", "block"], "--recompute-method", "needs"),
+    (BASE + ["--recompute-granularity", "full", "--recompute-method", "block"],
+     "--recompute-num-layers", "needs"),
     (BASE + ["--num-experts", "4", "--topk", "5"], "--topk", "must not exceed"),
     (BASE + ["--world-size", "3", "--tensor-model-parallel-size", "2"], "--world-size", "multiple"),
 ])
@@ -142,7 +143,7 @@ def test_errors_name_the_flag(flags, flag, words):
     ["--iteration-time", "-1"],
     ["--glu-activation", "nope"],
     ["--hidden-size", "abc"],
-    ["--train-tokens", "1e9"],            # without --tflops-per-gpu
+    ["--plan-tokens", "1e9"],             # without --plan-tflops-per-gpu
 ])
 def test_cli_bad_input_exits_2_with_one_line(extra, capsys):
     assert main(["estimate"] + BASE + extra) == 2

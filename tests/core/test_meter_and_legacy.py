@@ -119,7 +119,7 @@ def test_estimate_json_schema_and_sums(capsys):
             "--num-key-value-heads", "2", "--swiglu", "--seq-length", "512", "--vocab-size", "32000",
             "--micro-batch-size", "2", "--global-batch-size", "64", "--world-size", "8",
             "--recompute-activations", "--bf16", "--iteration-time", "0.5", "--gpu", "h100",
-            "--train-tokens", "1e9", "--tflops-per-gpu", "100", "--json"]
+            "--plan-tokens", "1e9", "--plan-tflops-per-gpu", "100", "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out["parameters"], int)

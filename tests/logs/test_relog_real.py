@@ -356,3 +356,18 @@ def test_a_pasted_command_lines_script_is_not_a_log(tmp_path, logfmt, capsys):
     assert result.code == 0 and "ignoring arguments: pretrain_gpt.py" in result.err
     result = logfmt.run_cli(capsys, "pretrain_gpt.py", *flags)
     assert result.code == 2 and "PATH is required" in result.err
+
+
+def test_an_unsupported_feature_in_the_dump_is_refused(tmp_path, logfmt, capsys):
+    """The run used knowledge distillation (microsoft --kd: a teacher forward the count does
+    not hold yet): refused like the typed flag, one line naming it; --kd False is fine."""
+    values = dict(RAMP_DUMP, rampup_batch_size=None, kd=True)
+    lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
+    result = logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines))
+    assert result.code == 2 and result.out == ""
+    (line,) = result.err.splitlines()
+    assert line.startswith("megatron-flops: error: not supported yet: --kd (the log's "
+                           "arguments: True)")
+    values["kd"] = False
+    lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
+    assert logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines)).code == 0

@@ -27,6 +27,8 @@ COMMANDS = {
                 "where the time went: per-component TFLOP/s from a PyTorch profiler trace"),
     "relog": ("megatron_flops.commands.relog", "relog_main",
               "true TFLOP/s, MFU and the logged TFLOPs' error for a past run's log or TensorBoard run"),
+    "compare": ("megatron_flops.commands.compare", "compare_main",
+                "steady-state throughput of two runs: exit 1 when the candidate regressed"),
 }
 
 

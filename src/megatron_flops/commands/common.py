@@ -33,23 +33,26 @@ class Parser(argparse.ArgumentParser):
 
 def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
     from ..megatron.args import add_megatron_arguments
-    parser = Parser(prog=f"megatron-flops {prog}", description=description, allow_abbrev=False)
+    # "resolve": a command may define a Megatron flag for itself (the demo's --deepspeed)
+    parser = Parser(prog=f"megatron-flops {prog}", description=description, allow_abbrev=False,
+                    conflict_handler="resolve")
     add_megatron_arguments(parser)
     return parser
 
 
 def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
     """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
-    from ..megatron.args import ignored_flags, parse_megatron_args, shapes_from_args
+    from ..megatron.args import check_flags, ignored_flags, parse_megatron_args, shapes_from_args
     args, unknown = parse_megatron_args(argv, parser)
     ignored = ignored_flags(unknown)
     stray = [u for u in unknown if not u.startswith("-")]
-    if ignored and not quiet:
-        print(f"megatron-flops: ignoring flags that do not change FLOPs: {' '.join(ignored)}",
-              file=sys.stderr)
+    report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
+    model, run = shapes_from_args(args)  # before printing: an error stays one line
+    if not quiet:
+        for line in report.lines():
+            print(line, file=sys.stderr)
     if stray and not ignored and not quiet and not all(s.endswith(".py") for s in stray):
         print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
-    model, run = shapes_from_args(args)
     return args, model, run
 
 

@@ -36,7 +36,7 @@ class DemoParser(Parser):
 
 def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
     from ..megatron.args import add_megatron_arguments
-    parser = DemoParser(prog="megatron-flops demo", allow_abbrev=False,
+    parser = DemoParser(prog="megatron-flops demo", allow_abbrev=False, conflict_handler="resolve",
                         description="Train the reference GPT on bytes of text with live, exact "
                                     "throughput (samples/s, tokens/s, TFLOP/s per device, MFU, HFU).")
     parser.world_size = world_size

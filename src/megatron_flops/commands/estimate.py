@@ -1,6 +1,7 @@
 """``megatron-flops estimate``: the breakdown, parameters, throughput and MFU for Megatron flags."""
 
 import json
+import sys
 from typing import List
 
 from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command, positive
@@ -50,7 +51,7 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
                      world_size_assumed)
     if train_tokens is not None or tflops_per_gpu is not None:
         if train_tokens is None or tflops_per_gpu is None:
-            raise UsageError("--train-tokens and --tflops-per-gpu go together")
+            raise UsageError("--plan-tokens and --plan-tflops-per-gpu go together")
         plan = training_time(model, run, train_tokens, tflops_per_gpu, causal)
         result["training_days"] = plan.days
     return result, breakdown, params
@@ -96,14 +97,15 @@ def _print_conventions(result: dict, show_table: bool) -> None:
         print(f"\nFP8 ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model FLOPs "
               f"in FP8 GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
               f"TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed peak ({mixed} TFLOP/s)")
-    for warning in result["warnings"]:
-        print(warning)
 
 
-def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -> None:
+def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
+                    world_note: str = "") -> None:
     from ..report import format_percent, gpus, summary_lines
     for line in summary_lines(model, run, breakdown, params):
         print(line)
+    if world_note:
+        print(world_note)
     print(f"attention counted {'causal (half of QKᵀ and A·V)' if causal else 'dense (full s×s)'};"
           " elementwise ops (norms, softmax, activations) not counted")
     t = result["throughput"]
@@ -117,6 +119,8 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool) -
         print(f"  hardware TFLOP/s per GPU:  {t['tflops_per_gpu']['hardware']:.2f}")
         print(f"  MFU / HFU:                 {format_percent(t['mfu'])} / "
               f"{format_percent(t['hfu'])}   (peak: {result['peak']['source']})")
+        for warning in result["warnings"]:
+            print(f"  {warning}")
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
             label = f"{fork} fork would log:"
@@ -134,38 +138,37 @@ def estimate_main(argv: List[str]) -> int:
     add_peak_arguments(parser)
     parser.add_argument("--causal", action="store_true",
                         help="count half of the attention score and A·V products")
-    parser.add_argument("--train-tokens", type=positive(float, "--train-tokens"),
-                        help="token budget for a training-time estimate")
-    parser.add_argument("--tflops-per-gpu", type=positive(float, "--tflops-per-gpu"),
+    # not --train-tokens: that is the run's own flag in both forks (read as FLOP-neutral)
+    parser.add_argument("--plan-tokens", type=positive(float, "--plan-tokens"),
+                        dest="train_tokens", help="token budget for a training-time estimate")
+    parser.add_argument("--plan-tflops-per-gpu", type=positive(float, "--plan-tflops-per-gpu"),
+                        dest="tflops_per_gpu",
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _add_convention_arguments(parser)
     args, model, run = parse_command(parser, argv)
     from ..fp8 import Fp8Recipe
+    from ..megatron.args import world_size_note
+    world_size_source = getattr(args, "_world_size_source", "--world-size")
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
                                           args.peak_tflops, args.causal, args.train_tokens,
                                           args.tflops_per_gpu, args.convention,
-                                          Fp8Recipe.from_args(args), args.world_size is None)
+                                          Fp8Recipe.from_args(args), world_size_source is None)
+    result["world_size_source"] = world_size_source  # None: assumed (TP × PP)
     if args.json:
         print(json.dumps(result))
+        for warning in result["warnings"]:
+            print(f"megatron-flops: {warning}", file=sys.stderr)
     else:
-        _print_estimate(result, model, run, breakdown, params, args.causal)
+        _print_estimate(result, model, run, breakdown, params, args.causal,
+                        world_size_note(args, run))
         _print_conventions(result, args.conventions)
     return EXIT_OK
 
 
 def _add_convention_arguments(parser) -> None:
-    """--conventions / --convention, and Megatron-LM's FP8 flags (which GEMMs run in FP8)."""
+    """--conventions / --convention (Megatron-LM's FP8 flags are read with the others)."""
     parser.add_argument("--conventions", action="store_true",
                         help="table of what each framework's formula reports for this run")
     parser.add_argument("--convention", metavar="NAME",
                         help="make one convention the headline (palm, megatron-lm@2024-04, …)")
-    parser.add_argument("--fp8-format", dest="fp8", choices=("e4m3", "hybrid"))
-    parser.add_argument("--fp8-recipe", choices=("tensorwise", "delayed", "mxfp8", "blockwise",
-                                                 "custom"))
-    parser.add_argument("--first-last-layers-bf16", action="store_true")
-    parser.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
-    parser.add_argument("--num-layers-at-end-in-bf16", type=int, default=1)
-    parser.add_argument("--fp8-dot-product-attention", action="store_true")
-    parser.add_argument("--fp8-output-proj", action="store_true")
-    parser.add_argument("--no-fp8-wgrad", dest="fp8_wgrad", action="store_false")

@@ -54,16 +54,15 @@ def _check_outputs(args) -> None:
 def _parse(parser, argv: List[str]):
     """(args, the Megatron flags typed): the shapes wait for the log's arguments dump."""
     from ..logs.arguments import given_destinations
-    from ..megatron.args import (ignored_flags, megatron_argument_parser,
+    from ..megatron.args import (check_flags, ignored_flags, megatron_argument_parser,
                                  parse_megatron_args)
     args, unknown = parse_megatron_args(argv, parser)
     megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
-    given = given_destinations(parser, argv) & megatron
-    ignored = ignored_flags(unknown)
-    if ignored:
-        print(f"megatron-flops: ignoring flags that do not change FLOPs: {' '.join(ignored)}",
-              file=sys.stderr)
-    if "--tensorboard-dir" in ignored:
+    given = given_destinations(parser, argv) & (megatron - {"strict_flags"})
+    # the flag catalogue, as every command reads it: unsupported ones are an error
+    for line in check_flags(unknown, getattr(args, "strict_flags", False)).lines():
+        print(line, file=sys.stderr)
+    if "--tensorboard-dir" in ignored_flags(unknown):
         print(f"megatron-flops: --tensorboard-dir is the run's own flag (ignored); relog writes "
               f"its corrected TensorBoard run with {WRITE_TENSORBOARD} DIR", file=sys.stderr)
     return args, given

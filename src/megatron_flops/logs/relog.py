@@ -534,6 +534,9 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
         else:
             namespace.world_size = None
             sources["world_size"] = ASSUMED
+    from ..megatron.flags import UNSUPPORTED
+    for flag, value, why in dump_arguments.unsupported_features(arguments, UNSUPPORTED):
+        raise ShapeError(f"not supported yet: {flag} (the log's arguments: {value}): {why}", flag)
     try:
         model, run = shapes_from_args(namespace)
     except ShapeError as error:

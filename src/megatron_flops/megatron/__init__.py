@@ -15,11 +15,13 @@ Public entry points:
 """
 
 
-def install(peak_tflops=None, gpu=None, causal=None, training_module=None, out=None):
+def install(peak_tflops=None, gpu=None, causal=None, training_module=None, out=None,
+            count_flops=None, strict=None, tolerance=None):
     """Install the runtime hook; see :func:`megatron_flops.megatron.hook.install`."""
     from .hook import install as _install
     return _install(peak_tflops=peak_tflops, gpu=gpu, causal=causal,
-                    training_module=training_module, out=out)
+                    training_module=training_module, out=out, count_flops=count_flops,
+                    strict=strict, tolerance=tolerance)
 
 
 def uninstall() -> None:

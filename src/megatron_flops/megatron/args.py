@@ -10,9 +10,13 @@ uses the same flag names and destinations.  Standard library only.
 """
 
 import argparse
+import os
+import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..shapes import (GLU_ACTIVATIONS, ModelShape, Recompute, RunShape, ShapeError)
+from ..shapes import (GLU_ACTIVATIONS, ModelShape, Recompute, RunShape, ShapeError,
+                      _require_positive)
+from . import flags as catalogue
 
 GPT2_BPE_VOCAB_SIZE = 50257
 
@@ -22,9 +26,10 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128,
                       pad_vocab_size_to: Optional[int] = None) -> int:
     """Megatron's padding: round up to a multiple of ``divisible_by × TP``.
 
-    bigscience's ``--pad-vocab-size-to`` sets the size outright; like the fork we require it
-    to be at least the tokenizer's size and a multiple of ``--make-vocab-size-divisible-by``,
-    and (as the fork's help text says, though its code does not check) divisible by TP.
+    bigscience's ``--pad-vocab-size-to`` sets the size outright; like the fork
+    (``tokenizer._vocab_size_with_padding``) we require it to be at least the tokenizer's size
+    and a multiple of ``--make-vocab-size-divisible-by``, and nothing else (its help text asks
+    for divisibility by TP, its code does not check it).
     """
     if vocab_size <= 0:
         raise ShapeError(f"--vocab-size must be a positive integer, got {vocab_size}", "--vocab-size")
@@ -37,11 +42,6 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int = 128,
             raise ShapeError(
                 f"--pad-vocab-size-to ({pad_vocab_size_to}) must be a multiple of "
                 f"--make-vocab-size-divisible-by ({make_vocab_size_divisible_by})",
-                "--pad-vocab-size-to")
-        if pad_vocab_size_to % tensor_model_parallel_size:
-            raise ShapeError(
-                f"--pad-vocab-size-to ({pad_vocab_size_to}) must be divisible by "
-                f"--tensor-model-parallel-size ({tensor_model_parallel_size})",
                 "--pad-vocab-size-to")
         return pad_vocab_size_to
     if make_vocab_size_divisible_by <= 0:
@@ -107,9 +107,6 @@ def _query_groups(ns) -> Optional[int]:
     kv_heads = getattr(ns, "num_key_value_heads", None)
     gqa = bool(getattr(ns, "group_query_attention", False))
     groups = getattr(ns, "num_query_groups", None)
-    if groups is not None and not gqa and kv_heads is None and getattr(ns, "_cli", False):
-        raise ShapeError("--num-query-groups has no effect without --group-query-attention",
-                         "--num-query-groups")
     if gqa:
         groups = 1 if groups is None else groups
         if kv_heads is not None and kv_heads != groups:
@@ -121,37 +118,117 @@ def _query_groups(ns) -> Optional[int]:
 
 
 def _recompute(ns) -> Recompute:
+    """Recompute as the forks resolve it.
+
+    ``--recompute-activations`` means selective (the forks overwrite the granularity with it);
+    ``--checkpoint-activations`` (both Megatron-DeepSpeed forks) means full; the 2021 names
+    ``--activations-checkpoint-method/-num-layers`` are ``--recompute-method/-num-layers``.
+    As in the forks, a method is refused with selective recompute and ignored without any.
+    """
     checkpoint = bool(getattr(ns, "checkpoint_activations", False))
-    selective_flag = bool(getattr(ns, "recompute_activations", False))
     granularity = getattr(ns, "recompute_granularity", None)
-    method = getattr(ns, "recompute_method", None)
-    num_layers = getattr(ns, "recompute_num_layers", None)
+    method = _renamed(ns, "recompute_method", "activations_checkpoint_method",
+                      "--recompute-method", "--activations-checkpoint-method")
+    num_layers = _renamed(ns, "recompute_num_layers", "activations_checkpoint_num_layers",
+                          "--recompute-num-layers", "--activations-checkpoint-num-layers")
+    if getattr(ns, "recompute_activations", False):
+        granularity = "selective"
     if checkpoint:
         if granularity == "selective":
-            raise ShapeError("--checkpoint-activations contradicts --recompute-granularity selective",
-                             "--checkpoint-activations")
-        if selective_flag:
-            raise ShapeError("--checkpoint-activations contradicts --recompute-activations",
-                             "--recompute-activations")
+            raise ShapeError("--checkpoint-activations contradicts --recompute-granularity "
+                             "selective (full and selective recompute together are not "
+                             "counted)", "--checkpoint-activations")
         granularity = "full"
-    if selective_flag:
-        if granularity == "full":
-            raise ShapeError("--recompute-activations (selective) contradicts "
-                             "--recompute-granularity full", "--recompute-activations")
-        granularity = "selective"
+    if granularity == "selective" and method is not None:
+        raise ShapeError("--recompute-method is not supported with --recompute-granularity "
+                         "selective (the forks refuse it too)", "--recompute-method")
     if granularity != "full":
-        # a namespace from a real run carries the parser's defaults; only a CLI user can
-        # have asked for these without full recompute
-        if getattr(ns, "_cli", False) and (method is not None or num_layers is not None):
-            flag = "--recompute-method" if method is not None else "--recompute-num-layers"
-            raise ShapeError(f"{flag} needs --recompute-granularity full (or --checkpoint-activations)",
-                             flag)
         return Recompute(granularity)
     method = method or "uniform"
     if method == "block" and num_layers is None:
         raise ShapeError("--recompute-method block needs --recompute-num-layers",
                          "--recompute-num-layers")
     return Recompute("full", method, num_layers if method == "block" else None)
+
+
+def deepspeed_pipeline(ns) -> bool:
+    """True when the fork builds DeepSpeed's pipeline model (``GPTModelPipe``).
+
+    Both Megatron-DeepSpeed forks do with ``--deepspeed``; the microsoft fork not with
+    ``--no-pipeline-parallel``.  DeepSpeed's ``PipelineModule`` then partitions the layers
+    itself (``partition_method`` ``parameters``, ``uniform``, ``type:…``; bigscience's
+    ``--pp-partition-method``): stages may be uneven, empty, or outnumber the transformer
+    layers, and DeepSpeed refuses none of it.  Megatron's "layers divisible by stages" rule
+    belongs to its own pipeline only.
+    """
+    # a pasted command line's --deepspeed has its own destination, so that a command that
+    # defines --deepspeed for itself (the demo: DeepSpeed's engine, no pipeline model) overrides
+    # it (``conflict_handler="resolve"``) without meaning the pipeline model
+    name = "deepspeed_pipeline_model" if getattr(ns, "_cli", False) else "deepspeed"
+    return bool(getattr(ns, name, False)) and not getattr(ns, "no_pipeline_parallel", False)
+
+
+def pipeline_model_recompute(ns, recompute: Recompute) -> Recompute:
+    """What the DeepSpeed pipeline model recomputes (the same rule in every command and the hook).
+
+    Its layers are checkpointed only through DeepSpeed's ``activation_checkpoint_interval``:
+    every transformer layer with ``--checkpoint-activations`` or full uniform recompute, none
+    with full *block* recompute (the microsoft fork sets the interval to 0 there: DeepSpeed's
+    pipeline has no block method).  Selective recompute lives inside the attention layer and is
+    unaffected.  Seen on a real microsoft-fork run: FlopCounterMode counted no recompute with
+    ``--recompute-method block`` in the pipe model.
+    """
+    if not deepspeed_pipeline(ns) or recompute.granularity != "full":
+        return recompute
+    if getattr(ns, "checkpoint_activations", False) or recompute.method == "uniform":
+        interval = getattr(ns, "checkpoint_num_layers", None) or 1
+        if interval > 1:
+            # DeepSpeed checkpoints chunks of `interval` specs and skips every chunk that holds a
+            # non-transformer spec (embedding, final norm): which layers that leaves depends on
+            # the partition; not counted yet
+            raise ShapeError(f"not supported yet: --checkpoint-num-layers {interval} with the "
+                             "DeepSpeed pipeline model (only 1 is counted)",
+                             "--checkpoint-num-layers")
+        return Recompute("full")
+    return Recompute()
+
+
+def megatron_stage_layers(ns, num_layers: int, pp: int) -> Optional[Tuple[int, ...]]:
+    """Transformer layers per stage of Megatron's own pipeline; refuse what Megatron refuses.
+
+    Megatron-LM's uneven split (``--decoder-first-pipeline-num-layers`` /
+    ``--decoder-last-pipeline-num-layers``) gives the first and last stage their own counts and
+    the rest an equal share; otherwise every stage holds ``num_layers / pp`` (Megatron's
+    divisibility rule).  Returns ``None`` for the even split.
+    """
+    first = getattr(ns, "decoder_first_pipeline_num_layers", None)
+    last = getattr(ns, "decoder_last_pipeline_num_layers", None)
+    extra = int(bool(getattr(ns, "account_for_embedding_in_pipeline_split", False))) + \
+        int(bool(getattr(ns, "account_for_loss_in_pipeline_split", False)))
+    if first is None and last is None:
+        if (num_layers + extra) % pp:
+            raise ShapeError(
+                f"--pipeline-model-parallel-size ({pp}) must divide --num-layers ({num_layers}"
+                f"{' + ' + str(extra) + ' for the embedding/loss' if extra else ''}) in "
+                "Megatron's own pipeline (with --deepspeed the DeepSpeed pipeline partitions "
+                "layers itself)", "--pipeline-model-parallel-size")
+        return None
+    fixed = [n for n in (first, last) if n is not None]
+    middle_stages = pp - len(fixed)
+    rest = num_layers - sum(fixed)
+    if rest < 0 or middle_stages < 0 or (middle_stages == 0 and rest) or \
+            (middle_stages and rest % middle_stages):
+        raise ShapeError(
+            f"--num-layers ({num_layers}) minus the --decoder-first/last-pipeline-num-layers "
+            f"({sum(fixed)}) must divide evenly over the other {middle_stages} pipeline stages",
+            "--decoder-first-pipeline-num-layers")
+    share = rest // middle_stages if middle_stages else 0
+    stages = [share] * middle_stages
+    if first is not None:
+        stages.insert(0, first)
+    if last is not None:
+        stages.append(last)
+    return tuple(stages)
 
 
 def _dtype(ns) -> str:
@@ -182,25 +259,143 @@ def _ffn(ns, hidden: int, glu: Optional[str]) -> Optional[int]:
     return None  # 4h
 
 
+def _renamed(ns, name: str, old_name: str, flag: str, old_flag: str, default=None):
+    """The value of a flag given under its modern or its old name (both: they must agree).
+
+    ``default`` is the modern flag's parser default, which does not count as given.
+    """
+    value, old = getattr(ns, name, None), getattr(ns, old_name, None)
+    if old is None:
+        return value
+    if value is not None and value != default and value != old:
+        raise ShapeError(f"{old_flag} ({old}) contradicts {flag} ({value})", old_flag)
+    return old
+
+
+def _experts(ns) -> Tuple[Optional[Tuple[int, ...]], int, bool]:
+    """(experts per MoE layer, expert interval, Megatron-LM layer pattern)."""
+    experts = _int_list(_renamed(ns, "num_experts", "num_moe_experts", "--num-experts",
+                                 "--num-moe-experts"))
+    freq = getattr(ns, "moe_layer_freq", None)
+    if freq is None:
+        return experts, getattr(ns, "expert_interval", None) or 2, False
+    try:
+        interval = int(freq)
+    except (TypeError, ValueError):
+        raise ShapeError(f"not supported yet: a --moe-layer-freq pattern ({freq}); give an "
+                         "integer", "--moe-layer-freq") from None
+    if interval <= 0:
+        raise ShapeError(f"--moe-layer-freq must be a positive integer, got {interval}",
+                         "--moe-layer-freq")
+    return experts, interval, True
+
+
+def _moe_residual(ns) -> bool:
+    kind = getattr(ns, "mlp_type", None) or "standard"
+    if kind not in ("standard", "residual"):
+        raise ShapeError(f"--mlp-type must be standard or residual, got {kind!r}", "--mlp-type")
+    return kind == "residual"
+
+
+def _sequence_parallel(ns) -> int:
+    ulysses = getattr(ns, "ds_sequence_parallel_size", None) or 1
+    context = getattr(ns, "context_parallel_size", None) or 1
+    if ulysses > 1 and context > 1:
+        raise ShapeError("--ds-sequence-parallel-size and --context-parallel-size come from "
+                         "different frameworks; give one", "--context-parallel-size")
+    return max(ulysses, context)
+
+
+def _world_size(ns) -> Optional[int]:
+    """``--world-size``, else (for a pasted command line) the launcher's ``WORLD_SIZE``."""
+    world = getattr(ns, "world_size", None)
+    if world is not None or not getattr(ns, "_cli", False):
+        if getattr(ns, "_cli", False):
+            ns._world_size_source = "--world-size"
+        return world
+    env = os.environ.get("WORLD_SIZE", "").strip()
+    if env:
+        try:
+            world = int(env)
+        except ValueError:
+            raise ShapeError(f"WORLD_SIZE in the environment must be an integer, got {env!r}",
+                             "--world-size") from None
+        ns._world_size_source = "WORLD_SIZE in the environment"
+        return world
+    ns._world_size_source = None  # assumed: one model replica
+    return None
+
+
+def world_size_note(ns, run: RunShape) -> str:
+    """Where the world size came from, for the screen that shows a result."""
+    source = getattr(ns, "_world_size_source", "--world-size")
+    if source:
+        return f"world size {run.world_size} (from {source})"
+    parts = "TP × PP" + (" × SP" if run.sequence_parallel_size > 1 else "")
+    return (f"world size {run.world_size} ASSUMED ({parts}, one data-parallel replica): "
+            "give --world-size (or set WORLD_SIZE) for per-GPU figures")
+
+
+def _global_batch(ns, micro: int, data_parallel: int) -> Optional[int]:
+    gas = getattr(ns, "gas", None)
+    global_batch = getattr(ns, "global_batch_size", None)
+    if gas is None:
+        return global_batch
+    _require_positive(gas, "--gas")
+    implied = micro * data_parallel * gas
+    if global_batch is not None and global_batch != implied:
+        raise ShapeError(f"--gas ({gas}) × micro batch ({micro}) × data parallel "
+                         f"({data_parallel}) = {implied} contradicts --global-batch-size "
+                         f"({global_batch})", "--gas")
+    return implied
+
+
+def _check_moe_ffn(ns, ffn: Optional[int], hidden: int) -> None:
+    moe_ffn = getattr(ns, "moe_ffn_hidden_size", None)
+    if moe_ffn is not None and moe_ffn != (ffn or 4 * hidden):
+        raise ShapeError(f"not supported yet: --moe-ffn-hidden-size ({moe_ffn}) different from "
+                         f"the dense FFN size ({ffn or 4 * hidden})", "--moe-ffn-hidden-size")
+
+
+def _check_recompute_modules(ns) -> None:
+    modules = getattr(ns, "recompute_modules", None)
+    if modules and list(modules) != ["core_attn"]:
+        raise ShapeError(f"not supported yet: --recompute-modules {' '.join(modules)} (only "
+                         "core_attn, the selective default, is counted)", "--recompute-modules")
+
+
 def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
-    """ModelShape and RunShape from a Megatron ``args`` namespace (either fork) or our CLI."""
+    """ModelShape and RunShape from a Megatron ``args`` namespace (either fork) or our CLI.
+
+    The recompute is what the model really runs (:func:`pipeline_model_recompute` for the
+    DeepSpeed pipeline model, per real stage for Megatron's own pipeline).
+    """
     def get(name, default=None):
         value = getattr(ns, name, None)
         return default if value is None else value
 
-    for required, flag in (("num_layers", "--num-layers"), ("hidden_size", "--hidden-size"),
-                           ("num_attention_heads", "--num-attention-heads"),
-                           ("seq_length", "--seq-length")):
-        if getattr(ns, required, None) is None:
+    seq_length = _renamed(ns, "seq_length", "encoder_seq_length", "--seq-length",
+                          "--encoder-seq-length")
+    for value, flag in ((get("num_layers"), "--num-layers"), (get("hidden_size"), "--hidden-size"),
+                        (get("num_attention_heads"), "--num-attention-heads"),
+                        (seq_length, "--seq-length")):
+        if value is None:
             raise ShapeError(f"{flag} is required", flag)
-    from ..shapes import _require_positive
-    _require_positive(ns.seq_length, "--seq-length")
-    tp = get("tensor_model_parallel_size", 1)
-    pp = get("pipeline_model_parallel_size", 1)
+    _require_positive(seq_length, "--seq-length")
+    tp = _renamed(ns, "tensor_model_parallel_size", "model_parallel_size",
+                  "--tensor-model-parallel-size", "--model-parallel-size", 1) or 1
+    pp = _renamed(ns, "pipeline_model_parallel_size", "pipe_parallel_size",
+                  "--pipeline-model-parallel-size", "--pipe-parallel-size", 1) or 1
+    micro = _renamed(ns, "micro_batch_size", "batch_size", "--micro-batch-size",
+                     "--batch-size") or 1
     hidden = ns.hidden_size
     glu = _glu(ns)
-    num_experts = _int_list(get("num_experts", 1))
+    ffn = _ffn(ns, hidden, glu)
+    _check_moe_ffn(ns, ffn, hidden)
+    _check_recompute_modules(ns)
+    num_experts, interval, from_first = _experts(ns)
     untie = bool(get("untie_embeddings_and_output_weights", False))
+    max_positions = get("max_position_embeddings", seq_length)
     model = ModelShape(
         num_layers=ns.num_layers,
         hidden_size=hidden,
@@ -208,34 +403,55 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         vocab_size=_vocab(ns, tp),
         kv_channels=get("kv_channels"),
         num_query_groups=_query_groups(ns),
-        ffn_hidden_size=_ffn(ns, hidden, glu),
+        ffn_hidden_size=ffn,
         glu_activation=glu,
         tie_embeddings=not untie,
         position_embedding=_position_embedding(ns),
-        max_position_embeddings=get("max_position_embeddings", ns.seq_length),
+        max_position_embeddings=max_positions,
         num_experts=num_experts if num_experts is not None else 1,
-        moe_topk=get("topk", 1),
-        expert_interval=get("expert_interval", 2),
+        moe_topk=_renamed(ns, "topk", "moe_router_topk", "--topk", "--moe-router-topk") or 1,
+        expert_interval=interval,
         add_bias_linear=bool(get("add_bias_linear", True)),
         normalization=str(get("normalization", "layernorm")).lower(),
         embedding_layernorm=bool(get("embed_layernorm", False)),
+        moe_residual=_moe_residual(ns),
+        expert_layers_from_first=from_first,
     )
+    if getattr(ns, "no_pipeline_parallel", False) and pp != 1:
+        raise ShapeError(f"--pipeline-model-parallel-size ({pp}) must be 1 with "
+                         "--no-pipeline-parallel", "--no-pipeline-parallel")
+    recompute = _recompute(ns)
+    if deepspeed_pipeline(ns):
+        recompute = pipeline_model_recompute(ns, recompute)
+    else:
+        stages = megatron_stage_layers(ns, model.num_layers, pp)
+        if recompute.method == "block" and recompute.granularity == "full":
+            if any(getattr(ns, name, False) for name in (
+                    "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split",
+                    "pipeline_model_parallel_layout", "num_layers_per_virtual_pipeline_stage",
+                    "num_virtual_stages_per_pipeline_rank")):
+                raise ShapeError("not supported yet: --recompute-method block with a virtual or "
+                                 "embedding-aware pipeline split", "--recompute-method")
+            if stages is not None:
+                recompute = Recompute("full", "block", recompute.num_layers, stages)
+    sequence_parallel = _sequence_parallel(ns)
+    world = _world_size(ns)
+    probe = RunShape(seq_length=seq_length, micro_batch_size=micro,
+                     tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                     world_size=world, sequence_parallel_size=sequence_parallel)
     rampup = get("rampup_batch_size")
     run = RunShape(
-        seq_length=ns.seq_length,
-        micro_batch_size=get("micro_batch_size", 1),
-        global_batch_size=get("global_batch_size"),
+        seq_length=seq_length,
+        micro_batch_size=micro,
+        global_batch_size=_global_batch(ns, micro, probe.data_parallel_size),
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
-        world_size=get("world_size"),
-        recompute=_recompute(ns),
+        world_size=world,
+        recompute=recompute,
         rampup_batch_size=_int_list(rampup),
         dtype=_dtype(ns),
+        sequence_parallel_size=sequence_parallel,
     )
-    if model.num_layers % pp:
-        raise ShapeError(
-            f"--pipeline-model-parallel-size ({pp}) must divide --num-layers ({model.num_layers})",
-            "--pipeline-model-parallel-size")
     return model, run
 
 
@@ -247,8 +463,12 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the Megatron flags this tool understands, with Megatron's destinations."""
-    g = parser.add_argument_group("Megatron model and run flags")
+    """Add the Megatron flags this tool reads, with the forks' destinations.
+
+    Every other flag of the forks is classified by :func:`check_flags` (see
+    :mod:`megatron_flops.megatron.flags`).
+    """
+    g = parser.add_argument_group("Megatron model and run flags (the ones that change the count)")
     add = g.add_argument
     add("--num-layers", type=int)
     add("--hidden-size", type=int)
@@ -273,14 +493,19 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--group-query-attention", action="store_true")
     add("--num-query-groups", type=int)
     add("--checkpoint-activations", action="store_true")
+    add("--checkpoint-num-layers", type=int)
     add("--recompute-activations", action="store_true")
     add("--recompute-granularity", type=str)
     add("--recompute-method", type=str)
     add("--recompute-num-layers", type=int)
+    add("--recompute-modules", nargs="*")
     add("--untie-embeddings-and-output-weights", action="store_true")
     add("--num-experts", type=int, nargs="+")
     add("--topk", type=int)
     add("--expert-interval", type=int)
+    add("--mlp-type", type=str, help="microsoft fork: standard, or residual (PR-MoE)")
+    add("--moe-layer-freq", type=str, help="Megatron-LM: every k-th layer is MoE (from the first)")
+    add("--moe-ffn-hidden-size", type=int)
     add("--position-embedding-type", type=str)
     add("--use-rotary-position-embeddings", action="store_true")
     add("--no-position-embedding", action="store_false", dest="add_position_embedding")
@@ -289,7 +514,48 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--embed-layernorm", action="store_true")
     add("--fp16", action="store_true")
     add("--bf16", action="store_true")
-    add("--world-size", type=int, help="number of GPUs (default: TP × PP, one replica)")
+    add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model",
+        help="the fork builds DeepSpeed's pipeline model")
+    add("--no-pipeline-parallel", action="store_true")
+    add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
+    add("--context-parallel-size", type=int, help="Megatron-LM: context parallel")
+    add("--decoder-first-pipeline-num-layers", "--num-layers-in-first-pipeline-stage", type=int,
+        dest="decoder_first_pipeline_num_layers")
+    add("--decoder-last-pipeline-num-layers", "--num-layers-in-last-pipeline-stage", type=int,
+        dest="decoder_last_pipeline_num_layers")
+    add("--account-for-embedding-in-pipeline-split", action="store_true")
+    add("--account-for-loss-in-pipeline-split", action="store_true")
+    add("--pipeline-model-parallel-layout", type=str)
+    add("--num-layers-per-virtual-pipeline-stage", type=int)
+    add("--num-virtual-stages-per-pipeline-rank", type=int)
+    old = parser.add_argument_group("old names, read as their modern meaning")
+    old.add_argument("--batch-size", type=int, help="--micro-batch-size")
+    old.add_argument("--model-parallel-size", type=int, help="--tensor-model-parallel-size")
+    old.add_argument("--pipe-parallel-size", type=int, help="--pipeline-model-parallel-size")
+    old.add_argument("--gas", type=int, help="gradient accumulation steps: global batch = "
+                     "micro batch × data parallel × gas")
+    old.add_argument("--activations-checkpoint-method", type=str, help="--recompute-method")
+    old.add_argument("--activations-checkpoint-num-layers", type=int,
+                     help="--recompute-num-layers")
+    old.add_argument("--num-moe-experts", type=int, nargs="+", help="--num-experts")
+    old.add_argument("--moe-router-topk", type=int, help="--topk")
+    old.add_argument("--encoder-seq-length", type=int, help="--seq-length")
+    fp8 = parser.add_argument_group("Megatron-LM FP8 flags (which GEMMs run in FP8: the mixed "
+                                    "peak; megatron_flops.fp8)")
+    fp8.add_argument("--fp8-format", dest="fp8", choices=("e4m3", "hybrid"))
+    fp8.add_argument("--fp8-recipe", choices=("tensorwise", "delayed", "mxfp8", "blockwise",
+                                              "custom"))
+    fp8.add_argument("--first-last-layers-bf16", action="store_true")
+    fp8.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
+    fp8.add_argument("--num-layers-at-end-in-bf16", type=int, default=1)
+    fp8.add_argument("--fp8-dot-product-attention", action="store_true")
+    fp8.add_argument("--fp8-output-proj", action="store_true")
+    fp8.add_argument("--no-fp8-wgrad", dest="fp8_wgrad", action="store_false")
+    ours = parser.add_argument_group("megatron-flops options for the pasted flags")
+    ours.add_argument("--world-size", type=int,
+                      help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP, said so)")
+    ours.add_argument("--strict", action="store_true", dest="strict_flags",
+                      help="an unknown flag is an error, not a warning")
     parser.set_defaults(_cli=True)
     return parser
 
@@ -300,10 +566,10 @@ def megatron_argument_parser(prog: Optional[str] = None) -> argparse.ArgumentPar
 
 def parse_megatron_args(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
                         ) -> Tuple[argparse.Namespace, List[str]]:
-    """Parse a (possibly pasted) pretrain_gpt.py command line; return (namespace, ignored).
+    """Parse a (possibly pasted) pretrain_gpt.py command line; return (namespace, leftovers).
 
-    Flags this tool does not use are returned in ``ignored`` (with their values), so the
-    caller can list them once.
+    The leftovers (flags this tool does not read, with their values) go to
+    :func:`check_flags`.
     """
     parser = parser or megatron_argument_parser()
     ns, unknown = parser.parse_known_args([a for a in argv if a != "\\"])
@@ -313,3 +579,61 @@ def parse_megatron_args(argv: Sequence[str], parser: Optional[argparse.ArgumentP
 def ignored_flags(unknown: Iterable[str]) -> List[str]:
     """Just the flag names among parse_known_args' leftovers."""
     return [u.split("=", 1)[0] for u in unknown if u.startswith("--")]
+
+
+class FlagReport:
+    """The leftover flags of a command line, classified (see :mod:`.flags`).
+
+    ``neutral``: known and FLOP-neutral; ``noted``: accepted with a note each; ``unknown``:
+    ``(flag, suggestion or None)`` pairs.
+    """
+
+    def __init__(self, neutral, noted, unknown):
+        self.neutral: List[str] = neutral
+        self.noted: List[Tuple[str, str]] = noted
+        self.unknown: List[Tuple[str, Optional[str]]] = unknown
+
+    def lines(self) -> List[str]:
+        """What to tell the user, one line each (``megatron-flops:`` prefix included)."""
+        out = []
+        if self.neutral:
+            out.append("megatron-flops: ignoring flags that do not change FLOPs: "
+                       + " ".join(self.neutral))
+        for flag, note in self.noted:
+            out.append(f"megatron-flops: note: {flag}: {note}")
+        for flag, suggestion in self.unknown:
+            hint = f" (did you mean {suggestion}?)" if suggestion else ""
+            out.append(f"megatron-flops: warning: unknown flag {flag}, not read{hint}; "
+                       "--strict makes this an error")
+        return out
+
+
+def check_flags(unknown: Iterable[str], strict: bool = False) -> FlagReport:
+    """Classify parse_known_args' leftovers; raise ShapeError for what cannot be counted.
+
+    A known FLOP-changing flag this tool cannot count yet is an error naming it; an unknown
+    flag is a warning with a near miss suggested (an error with ``strict``).
+    """
+    neutral, noted, unknown_flags = [], [], []
+    for flag in dict.fromkeys(ignored_flags(unknown)):
+        if flag in catalogue.UNSUPPORTED:
+            raise ShapeError(f"not supported yet: {flag}: {catalogue.UNSUPPORTED[flag]}", flag)
+        if flag in catalogue.NOTED:
+            noted.append((flag, catalogue.NOTED[flag]))
+        elif flag in catalogue.KNOWN_FLAGS:
+            neutral.append(flag)
+        else:
+            suggestion = catalogue.did_you_mean(flag)
+            if strict:
+                hint = f" (did you mean {suggestion}?)" if suggestion else ""
+                raise ShapeError(f"unknown flag {flag}{hint}", flag)
+            unknown_flags.append((flag, suggestion))
+    return FlagReport(neutral, noted, unknown_flags)
+
+
+def report_flags(unknown: Iterable[str], strict: bool = False, stream=None) -> FlagReport:
+    """:func:`check_flags`, its lines printed on ``stream`` (stderr)."""
+    report = check_flags(unknown, strict)
+    for line in report.lines():
+        print(line, file=stream or sys.stderr)
+    return report

@@ -28,13 +28,13 @@ synchronisation.  torch is imported (lazily) once, to read the device name for t
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from ..hardware import Peak, resolve_peak
 from ..meter import ThroughputMeter, ThroughputReport
 from ..params import parameter_count
-from ..shapes import ModelShape, Recompute, RunShape
+from ..shapes import ModelShape, RunShape
 from .args import shapes_from_args
 
 ENV_PEAK_TFLOPS = "MEGATRON_FLOPS_PEAK_TFLOPS"
@@ -104,26 +104,6 @@ def device_name() -> Optional[str]:
     return None
 
 
-def pipeline_model_recompute(args, recompute: Recompute) -> Recompute:
-    """What a fork's DeepSpeed pipeline model actually recomputes.
-
-    Both forks build ``GPTModelPipe`` when ``args.deepspeed`` is set (the microsoft fork
-    unless ``--no-pipeline-parallel``).  Its layers are checkpointed only through DeepSpeed's
-    ``activation_checkpoint_interval``: every layer with ``--checkpoint-activations`` or full
-    uniform recompute, none with full *block* recompute (the microsoft fork sets the interval
-    to 0 there: DeepSpeed's pipeline has no block method).  Selective recompute lives inside
-    the attention layer and is unaffected.  Seen on a real microsoft-fork run (f4157bea):
-    FlopCounterMode counted no recompute with ``--recompute-method block`` in the pipe model.
-    """
-    if not getattr(args, "deepspeed", False) or getattr(args, "no_pipeline_parallel", False):
-        return recompute
-    if recompute.granularity != "full":
-        return recompute
-    if getattr(args, "checkpoint_activations", False) or recompute.method == "uniform":
-        return Recompute("full")
-    return Recompute()
-
-
 def iteration_seq_length(args) -> int:
     """Sequence length of the iteration just trained, as the fork counts its tokens."""
     actual = getattr(args, "actual_seq_length", None)  # microsoft: set every iteration
@@ -155,8 +135,7 @@ class RunAccounting:
 
     def __init__(self, args, settings: Settings = Settings()):
         self.args = args
-        model, run = shapes_from_args(args)
-        run = replace(run, recompute=pipeline_model_recompute(args, run.recompute))
+        model, run = shapes_from_args(args)  # recompute: what the pipeline model really runs
         self.model: ModelShape = model
         self.run: RunShape = run
         self.causal = settings.causal_counting()

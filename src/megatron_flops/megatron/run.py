@@ -11,7 +11,9 @@ The script runs as ``__main__`` (like ``python SCRIPT ARGS``: its folder first o
 
 Configuration is by environment variable (so launchers need no extra flags):
 ``MEGATRON_FLOPS_PEAK_TFLOPS``, ``MEGATRON_FLOPS_GPU``, ``MEGATRON_FLOPS_CAUSAL``,
-``MEGATRON_FLOPS_DISABLE``.
+``MEGATRON_FLOPS_DISABLE``; the counting mode also by ``MEGATRON_FLOPS_COUNT_FLOPS``,
+``MEGATRON_FLOPS_STRICT``, ``MEGATRON_FLOPS_TOLERANCE`` (or the options
+``--count-flops[=ITERATION]``, ``--strict``, ``--tolerance=FRACTION`` before the script).
 """
 
 import os
@@ -19,8 +21,12 @@ import runpy
 import sys
 from typing import List, Optional
 
-USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] SCRIPT.py [ARGS...]\n"
-         "runs SCRIPT.py with exact throughput reporting (megatron-flops hook installed)")
+USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] [--count-flops[=ITERATION]] "
+         "[--strict] [--tolerance=FRACTION] SCRIPT.py [ARGS...]\n"
+         "runs SCRIPT.py with exact throughput reporting (megatron-flops hook installed);\n"
+         "--count-flops counts one iteration's matmul FLOPs with torch and prints them beside "
+         "the formula's, --strict ends the run (exit 1) when they differ beyond --tolerance")
+COUNTING_OPTIONS = ("--count-flops", "--strict", "--tolerance")
 
 
 class UsageError(Exception):
@@ -42,16 +48,48 @@ def split_command(argv: List[str]):
     return passed_on, rest[0], rest[1:]
 
 
+def counting_options(argv: List[str]):
+    """(install() keyword arguments, the rest of argv): our counting-mode options, taken from
+    the options before the script (a launcher's ``--local_rank`` may come first)."""
+    from ..report import parse_fraction
+    from .hook.count_mode import count_iteration
+    options, rest, position = {}, [], 0
+    while position < len(argv) and argv[position].startswith("-"):
+        option = argv[position]
+        name, _, value = option.partition("=")
+        position += 1
+        if name not in COUNTING_OPTIONS:
+            rest.append(option)
+            if name in ("--local_rank", "--local-rank") and not value and position < len(argv):
+                rest.append(argv[position])
+                position += 1
+            continue
+        if name == "--count-flops":
+            options["count_flops"] = count_iteration(value or True, "--count-flops")
+        elif name == "--strict":
+            if value:
+                raise UsageError(f"megatron-flops run: --strict takes no value, got {option!r}")
+            options["strict"] = True
+        else:
+            if not value and position < len(argv):
+                value, position = argv[position], position + 1
+            options["tolerance"] = parse_fraction(value, "--tolerance")
+    return options, rest + argv[position:]
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     try:
-        passed_on, script, script_args = split_command(sys.argv[1:] if argv is None else argv)
+        options, rest = counting_options(sys.argv[1:] if argv is None else argv)
+        passed_on, script, script_args = split_command(rest)
         if not os.path.isfile(script):
             raise UsageError(f"megatron-flops run: no such script: {script}")
-    except UsageError as error:
+        from .hook.count_mode import CountSettings
+        CountSettings.resolve(**options)  # the environment's values too: exit 2 before the run
+    except (UsageError, ValueError) as error:
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
     from .hook import install
-    install()
+    install(**options)
     path = os.path.abspath(script)
     sys.argv = [script] + passed_on + script_args
     sys.path.insert(0, os.path.dirname(path))

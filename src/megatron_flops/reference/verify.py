@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..components import component_names
 from ..flops import flops_breakdown
-from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
+from ..shapes import NO_RECOMPUTE, ModelShape, Recompute, ShapeError
 from .model import CARRIES, ReferenceGPT
 
 PHASES = ("forward", "backward", "recompute")
@@ -72,9 +72,11 @@ class ComponentFlopCounter(FlopCounterMode):
     ``counter.phase = "backward"`` before calling ``backward()``.
     """
 
-    def __init__(self, gpt: ReferenceGPT):
+    def __init__(self, gpt: Optional[ReferenceGPT] = None,
+                 units: Optional[Dict[nn.Module, Tuple[Tuple[str, int], ...]]] = None):
+        # ``units`` instead of ``gpt``: another model's leaf modules (the counting mode)
         super().__init__(display=False)
-        self.units = component_units(gpt)
+        self.units = component_units(gpt) if units is None else units
         self.phase = "forward"
         self.counted: Dict[Tuple[str, str], int] = defaultdict(int)
         self.problems: List[str] = []
@@ -228,6 +230,9 @@ def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
                 meta: Optional[bool] = None, seed: int = 0):
     """Run one forward+backward of the reference GPT; return (counter, mode)."""
+    if model.moe_residual:
+        raise ShapeError("--mlp-type residual (PR-MoE) is not built by the reference GPT: "
+                         "verify counts standard MoE layers only", "--mlp-type")
     if meta is None:
         meta = choose_meta(model, seq_length, batch_size, recompute, pipeline_parallel_size)
     device = torch.device("meta") if meta else torch.device("cpu")

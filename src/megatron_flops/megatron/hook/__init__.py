@@ -34,6 +34,7 @@ from typing import Optional
 
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, replace_field
+from .count_mode import CountSettings
 from .bigscience import BigscienceFork
 from .importer import TRAINING_MODULE, TrainingImportFinder
 from .microsoft import MicrosoftFork
@@ -53,20 +54,27 @@ _HOOK: Optional[MegatronHook] = None
 
 
 def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
-            causal: Optional[bool] = None, training_module=None, out=None) -> Optional[MegatronHook]:
+            causal: Optional[bool] = None, training_module=None, out=None,
+            count_flops=None, strict: Optional[bool] = None,
+            tolerance=None) -> Optional[MegatronHook]:
     """Install the hook (idempotent) and return it; see :mod:`megatron_flops.megatron.hook`.
 
     ``peak_tflops`` / ``gpu`` override the peak used for MFU/HFU (else the env vars
     ``MEGATRON_FLOPS_PEAK_TFLOPS`` / ``MEGATRON_FLOPS_GPU``, else the device name);
     ``causal`` counts half of the attention products (flash attention; env
-    ``MEGATRON_FLOPS_CAUSAL=1``).  A second call keeps the hook and replaces the settings it
-    gives.  ``megatron.training`` is patched now if it is imported (or given as
+    ``MEGATRON_FLOPS_CAUSAL=1``).  ``count_flops`` (an iteration number, or True for the
+    first; env ``MEGATRON_FLOPS_COUNT_FLOPS``) turns on the counting mode, ``strict`` (env
+    ``MEGATRON_FLOPS_STRICT=1``) ends the run when the count differs from the formula by more
+    than ``tolerance`` (a fraction or ``"0.5%"``; env ``MEGATRON_FLOPS_TOLERANCE``; default
+    exact) — see :mod:`.count_mode`.  A second call keeps the hook and replaces the settings
+    it gives.  ``megatron.training`` is patched now if it is imported (or given as
     ``training_module``, a module or its name), else as soon as it is imported.  With
     ``MEGATRON_FLOPS_DISABLE=1`` nothing is installed and None is returned.
     """
     global _HOOK
     if os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on"):
         return None
+    counting = CountSettings.resolve(count_flops, strict, tolerance)
     if _HOOK is None:
         settings = calc.Settings().overridden(peak_tflops, gpu, causal)
         _HOOK = MegatronHook(STRATEGIES, settings, out)
@@ -75,6 +83,8 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
         _HOOK.settings = _HOOK.settings.overridden(peak_tflops, gpu, causal)
         if out is not None:
             _HOOK.out = out
+    if counting.iteration is not None or _HOOK.counting.iteration is None:
+        _HOOK.counting = counting
     if isinstance(training_module, str):  # the patched training.py passes its __name__
         training_module = sys.modules[training_module]
     module = training_module if training_module is not None else sys.modules.get(TRAINING_MODULE)

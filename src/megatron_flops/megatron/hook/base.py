@@ -120,6 +120,8 @@ class Strategy:
     line_marker = " TFLOPs: "  # the throughput line among print_rank_last's messages
     iteration_position = 3    # training_log(loss_dict, total_loss_dict, lr, iteration, …)
     log_time_fallback = True  # without per-iteration accounting, still install (log time)
+    module_names = ()         # NameRules: which of its model's modules compute which
+    #                           component (megatron_flops.megatron.module_names; counting mode)
 
     def __init__(self, hook, training):
         self.hook = hook

@@ -12,6 +12,7 @@ runs: they are wrapped at the first log iteration.
 import functools
 
 from ... import legacy
+from .. import module_names as names
 from .base import ORIGINAL_ADD_SCALAR, Interval, Strategy, code_strings, replace_field
 
 # the fork's TensorBoard tags whose values the hook replaces: tag -> value from the report
@@ -32,6 +33,7 @@ class BigscienceFork(Strategy):
     how = "training_log's TFLOPs and throughput fields corrected"
     formula_owner = "the bigscience fork's own formula"
     feature = "an inline 'TFLOPs:' field in training_log"
+    module_names = names.BIGSCIENCE
     log_time_fallback = False  # the interval is closed only from inside training_log
 
     def __init__(self, hook, training):

@@ -14,6 +14,7 @@ import sys
 
 from ... import legacy
 from .. import calculator as calc
+from .. import module_names as names
 from .base import Interval, Strategy, parameter_names, replace_field
 
 CALCULATOR_PARAMETERS = ("model", "args", "iteration_time", "total_iterations")
@@ -26,6 +27,7 @@ class MicrosoftFork(Strategy):
     formula_owner = "the microsoft fork's own formula"
     feature = ("megatron.training.throughput_calculator(model, args, iteration_time, "
                "total_iterations)")
+    module_names = names.MICROSOFT
 
     @staticmethod
     def detect(training) -> bool:

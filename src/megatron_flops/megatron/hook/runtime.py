@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Type
 from ...hardware import implausible_utilisation_warning
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
+from .count_mode import CountingMode, CountSettings
 
 # how a peak is set in a training run: pretrain_gpt.py has no --gpu / --peak-tflops
 PEAK_HINT = (f"set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS} in the "
@@ -50,6 +51,8 @@ class MegatronHook:
         self.out = out  # a stream for messages (None: sys.stdout at print time)
         self.accounts = calc.AccountingCache(settings)
         self.interval: Optional[Interval] = None
+        self.counting = CountSettings()          # the counting mode's settings (off)
+        self.counting_mode: Optional[CountingMode] = None
         self._summary_done = False
         self._utilization_warned = False
         self._originals = {}
@@ -116,6 +119,9 @@ class MegatronHook:
             self.strategy = strategy = found(self, training)
             self.fork = strategy.name
             strategy.install()
+            if self.counting.iteration is not None:
+                self.counting_mode = CountingMode(self, self.counting)
+                self.counting_mode.install(training)
             self._wrap_print(training)
             self._wrap_training_log(training)
             setattr(training, FORK_MARKER, strategy.name)

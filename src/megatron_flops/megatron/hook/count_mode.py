@@ -1,0 +1,171 @@
+"""The hook's counting mode (off by default): on one iteration, count what the model executes.
+
+Turned on by ``install(count_flops=ITERATION)``, ``python -m megatron_flops.run
+--count-flops[=ITERATION] …`` or ``MEGATRON_FLOPS_COUNT_FLOPS=ITERATION``.  The hook wraps
+``megatron.training.train_step``; the first iteration numbered ``ITERATION`` or later
+(``args.iteration + 1`` when ``train_step`` is called; default 1: the first one that runs)
+runs under :func:`megatron_flops.megatron.counting.counted_step` with the framework
+strategy's ``module_names``, and rank 0 prints the table (component × counted, formula,
+difference; unattributed FLOPs; the kernels that could not be counted; the cost in seconds).
+The formula is :func:`~megatron_flops.flops.flops_breakdown` of the run's shapes for the
+samples this rank trained in that iteration (micro-batch × micro-batches) at the iteration's
+sequence length, with dense attention (what the fork's ``baddbmm``/``bmm`` compute).  Every
+other iteration runs untouched; training continues after the counted one.
+
+``strict`` (``--strict``, ``MEGATRON_FLOPS_STRICT=1``) ends the run with exit status 1
+right after the table when a component differs from the formula by more than ``tolerance``
+(``--tolerance``, ``MEGATRON_FLOPS_TOLERANCE``, a fraction or a percentage of that phase's
+formula FLOPs; default 0: exact), when FLOPs are unattributed or kernels could not be
+counted, or when counting failed.  Without ``strict`` a failure of the counting is reported
+once and training continues uncounted.  An exception raised inside the training step itself
+propagates as it would without counting.
+"""
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from ...report import parse_fraction
+from .base import PREFIX
+
+ENV_COUNT_FLOPS = "MEGATRON_FLOPS_COUNT_FLOPS"
+ENV_STRICT = "MEGATRON_FLOPS_STRICT"
+ENV_TOLERANCE = "MEGATRON_FLOPS_TOLERANCE"
+EXIT_MISMATCH = 1
+_TRUE = ("1", "true", "yes", "on")
+
+
+def count_iteration(value, where: str) -> Optional[int]:
+    """``True`` / ``"on"`` -> 1 (the first iteration), an integer >= 1 -> itself, ``None`` /
+    ``False`` / ``""`` / ``"0"`` / ``"off"`` -> None (off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 1
+    text = str(value).strip().lower()
+    if text in ("", "0", "off", "false", "no"):
+        return None
+    if text in ("on", "true", "yes"):
+        return 1
+    if not text.isdigit():
+        raise ValueError(f"{where} must be an iteration number (>= 1), got {value!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class CountSettings:
+    """``iteration``: the iteration to count (None: counting off)."""
+
+    iteration: Optional[int] = None
+    strict: bool = False
+    tolerance: float = 0.0
+
+    @classmethod
+    def resolve(cls, count_flops=None, strict=None, tolerance=None) -> "CountSettings":
+        """The arguments given (not None), else the environment variables."""
+        if count_flops is None:
+            iteration = count_iteration(os.environ.get(ENV_COUNT_FLOPS), ENV_COUNT_FLOPS)
+        else:
+            iteration = count_iteration(count_flops, "count_flops")
+        if strict is None:
+            strict = os.environ.get(ENV_STRICT, "").strip().lower() in _TRUE
+        if tolerance is None:
+            text = os.environ.get(ENV_TOLERANCE, "").strip()
+            tolerance = parse_fraction(text, ENV_TOLERANCE) if text else 0.0
+        elif isinstance(tolerance, str):
+            tolerance = parse_fraction(tolerance, "tolerance")
+        elif not tolerance >= 0:
+            raise ValueError(f"tolerance must not be negative, got {tolerance}")
+        return cls(iteration, bool(strict), float(tolerance))
+
+
+class CountingMode:
+    """Wraps ``train_step`` of the patched training module; counts once."""
+
+    def __init__(self, hook, settings: CountSettings):
+        self.hook = hook
+        self.settings = settings
+        self.done = False
+        self.result = None   # the CountResult, once counted
+        self.failure: Optional[str] = None
+
+    def install(self, training) -> None:
+        step = getattr(training, "train_step", None)
+        if not callable(step):
+            self._failed("finding megatron.training.train_step",
+                         AttributeError("no train_step in megatron.training"))
+            return
+        mode = self
+
+        @functools.wraps(step)
+        def train_step(*args, **kwargs):
+            if mode.done or not mode._due(training):
+                return step(*args, **kwargs)
+            mode.done = True
+            return mode._count(training, step, args, kwargs)
+
+        self.hook.replace(training, "train_step", train_step)
+
+    def _due(self, training) -> bool:
+        try:
+            return training.get_args().iteration + 1 >= self.settings.iteration
+        except Exception as error:
+            self._failed("reading args.iteration", error)
+            return False
+
+    def _failed(self, where: str, error: BaseException) -> None:
+        self.done = True
+        self.failure = f"{type(error).__name__}: {error}"
+        strict = self.settings.strict
+        self.hook.print(f"{PREFIX} counting mode failed in {where} ({self.failure}); "
+                        + ("--strict: ending the run" if strict else
+                           "training continues uncounted"))
+        if strict:
+            raise SystemExit(EXIT_MISMATCH)
+
+    def _count(self, training, step, args, kwargs):
+        try:
+            from .. import calculator as calc
+            from ..counting import count_result, counted_step
+            train_args = training.get_args()
+            accounting = self.hook.accounts.for_args(train_args)
+            model, run = accounting.model, accounting.run
+            iteration = train_args.iteration + 1
+            samples = train_args.micro_batch_size * self.hook.strategy.num_microbatches()
+            seq_length = calc.iteration_seq_length(train_args)
+            rules = self.hook.strategy.module_names
+        except Exception as error:
+            self._failed("preparing the count", error)
+            return step(*args, **kwargs)
+        started = []
+
+        def run_step():
+            started.append(True)
+            return step(*args, **kwargs)
+
+        try:
+            counter, seconds, value = counted_step(run_step, model, rules)
+        except Exception as error:
+            if started:
+                raise  # the training step's own error, as without counting
+            self._failed("starting the counter", error)
+            return step(*args, **kwargs)
+        try:
+            result = self.result = count_result(
+                counter, seconds, model, seq_length, samples, run.recompute,
+                run.pipeline_model_parallel_size, run.tensor_model_parallel_size)
+            tolerance = self.settings.tolerance
+            lines = [f"{PREFIX} counting mode: iteration {iteration} counted with "
+                     f"torch.utils.flop_counter by {self.hook.strategy.name}'s module names"]
+            lines += result.lines(tolerance)
+            self.hook.print("\n".join(lines), ranks=("first",))
+        except Exception as error:
+            self._failed("building the table", error)
+            return value
+        if self.settings.strict and not result.passes(tolerance):
+            self.hook.print(f"{PREFIX} --strict: the counted FLOPs differ from the formula "
+                            f"(tolerance {tolerance:g}); ending the run with exit status "
+                            f"{EXIT_MISMATCH}")
+            raise SystemExit(EXIT_MISMATCH)
+        return value
