@@ -41,8 +41,9 @@ EVERY_LAYER = "every layer"
 DENSE_LAYERS = "dense-MLP layers"  # dense layers, and the residual MLP of PR-MoE layers
 MOE_LAYERS = "MoE layers"
 RESIDUAL_MOE_LAYERS = "PR-MoE layers"  # MoE layers with --mlp-type residual
+MTP_LAYERS = "MTP layers"
 ONCE = "once per model"
-OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, RESIDUAL_MOE_LAYERS, ONCE)
+OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, RESIDUAL_MOE_LAYERS, MTP_LAYERS, ONCE)
 
 Formula = Callable[[ModelShape, int, int], int]
 
@@ -67,15 +68,19 @@ class ComponentSpec:
     def description(self) -> str:
         return f"{self.title}  {self.matmul}"
 
-    def in_layer(self, model: ModelShape, experts: int) -> bool:
+    def in_layer(self, model: ModelShape, experts: int, mtp_layer: bool = False) -> bool:
         """Whether this component occurs in a layer of ``model`` with ``experts`` experts (1: dense).
 
-        A PR-MoE layer (``--mlp-type residual``) runs a dense MLP beside its experts."""
+        A PR-MoE layer (``--mlp-type residual``) runs a dense MLP beside its experts.  A
+        multi-token-prediction layer (``mtp_layer``) is a whole transformer layer plus its own
+        projection, so it has every layer component too.
+        """
         moe = experts > 1
         return (self.occurs == EVERY_LAYER
                 or (self.occurs == DENSE_LAYERS and (not moe or model.moe_residual))
                 or (self.occurs == MOE_LAYERS and moe)
-                or (self.occurs == RESIDUAL_MOE_LAYERS and moe and model.moe_residual))
+                or (self.occurs == RESIDUAL_MOE_LAYERS and moe and model.moe_residual)
+                or (self.occurs == MTP_LAYERS and mtp_layer))
 
 
 # name -> declaration, in the order the forward pass meets them (the order of every table)
@@ -122,33 +127,89 @@ def matmul_flops(m: int, k: int, n: int) -> int:
 # ---- the components, per sample (B = 1), forward only ---------------------------------------
 # Every component is linear in B, so a batch is the per-sample count times B, exactly.
 
-@register_component("query", EVERY_LAYER, "Q projection", "[T × h]·[h × n·d]", "2·T·h·n·d")
+@register_component("query", EVERY_LAYER, "Q projection", "[T × h]·[h × n·d]", "2·T·h·n·d·(1-mla)")
 def query_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if model.multi_latent_attention:  # MLA has its own projections (mla_* below)
+        return 0
     return matmul_flops(s, model.hidden_size, model.query_projection_size)
 
 
 @register_component("key_value", EVERY_LAYER, "K and V projections", "[T × h]·[h × 2·g·d]",
-                    "2·T·h·2·g·d")
+                    "2·T·h·2·g·d·(1-mla)")
 def key_value_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if model.multi_latent_attention:
+        return 0
     return matmul_flops(s, model.hidden_size, 2 * model.kv_projection_size)
 
 
-@register_component("attention_scores", EVERY_LAYER, "scores Q·Kᵀ", "B·n × [s × d]·[d × s]",
-                    "2·B·n·s²·d", attention_core=True)
+# Multi-head latent attention (DeepSeek-V2; Megatron-Core's MLASelfAttention): queries through
+# a rank-rq bottleneck (or one projection without --q-lora-rank), keys and values through a
+# shared rank-rkv latent plus a dpe-wide rotary key; heads are dqk (+ dpe rotary) wide for
+# Q·Kᵀ and dv wide for V.  Zero for other attention.
+
+def _mla_q_head(model: ModelShape) -> int:
+    return model.num_attention_heads * (model.qk_head_dim + model.qk_pos_emb_head_dim)
+
+
+@register_component("mla_q", EVERY_LAYER, "MLA Q projection (no --q-lora-rank)",
+                    "[T × h]·[h × n·(dqk+dpe)]", "2·T·h·n·(dqk+dpe)·(1-lq)")
+def mla_q_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.multi_latent_attention or model.q_lora_rank is not None:
+        return 0
+    return matmul_flops(s, model.hidden_size, _mla_q_head(model))
+
+
+@register_component("mla_q_down", EVERY_LAYER, "MLA Q down-projection", "[T × h]·[h × rq]",
+                    "2·T·h·rq")
+def mla_q_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.multi_latent_attention or model.q_lora_rank is None:
+        return 0
+    return matmul_flops(s, model.hidden_size, model.q_lora_rank)
+
+
+@register_component("mla_q_up", EVERY_LAYER, "MLA Q up-projection", "[T × rq]·[rq × n·(dqk+dpe)]",
+                    "2·T·rq·n·(dqk+dpe)")
+def mla_q_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.multi_latent_attention or model.q_lora_rank is None:
+        return 0
+    return matmul_flops(s, model.q_lora_rank, _mla_q_head(model))
+
+
+@register_component("mla_kv_down", EVERY_LAYER, "MLA KV down-projection (+ rotary key)",
+                    "[T × h]·[h × (rkv+dpe)]", "2·T·h·(rkv+dpe)")
+def mla_kv_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.multi_latent_attention:
+        return 0
+    return matmul_flops(s, model.hidden_size, model.kv_lora_rank + model.qk_pos_emb_head_dim)
+
+
+@register_component("mla_kv_up", EVERY_LAYER, "MLA KV up-projection",
+                    "[T × rkv]·[rkv × n·(dqk+dv)]", "2·T·rkv·n·(dqk+dv)")
+def mla_kv_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.multi_latent_attention:
+        return 0
+    return matmul_flops(s, model.kv_lora_rank,
+                        model.num_attention_heads * (model.qk_head_dim + model.v_head_dim))
+
+
+# dk: d, or dqk + dpe with MLA; dv: d, or v_head_dim with MLA
+@register_component("attention_scores", EVERY_LAYER, "scores Q·Kᵀ", "B·n × [s × dk]·[dk × s]",
+                    "2·B·n·s²·dk", attention_core=True)
 def attention_scores_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.num_attention_heads * matmul_flops(s, model.kv_channels, s)
+    return model.num_attention_heads * matmul_flops(s, model.attention_key_head_dim, s)
 
 
-@register_component("attention_over_values", EVERY_LAYER, "attention·V", "B·n × [s × s]·[s × d]",
-                    "2·B·n·s²·d", attention_core=True)
+@register_component("attention_over_values", EVERY_LAYER, "attention·V",
+                    "B·n × [s × s]·[s × dv]", "2·B·n·s²·dv", attention_core=True)
 def attention_over_values_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.num_attention_heads * matmul_flops(s, s, model.kv_channels)
+    return model.num_attention_heads * matmul_flops(s, s, model.attention_value_head_dim)
 
 
-@register_component("attention_output", EVERY_LAYER, "output projection", "[T × n·d]·[n·d × h]",
-                    "2·T·n·d·h")
+@register_component("attention_output", EVERY_LAYER, "output projection",
+                    "[T × n·dv]·[n·dv × h]", "2·T·n·dv·h")
 def attention_output_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return matmul_flops(s, model.query_projection_size, model.hidden_size)
+    return matmul_flops(s, model.num_attention_heads * model.attention_value_head_dim,
+                        model.hidden_size)
 
 
 @register_component("mlp_up", DENSE_LAYERS, "MLP up", "[T × h]·[h × f]", "2·T·h·f")
@@ -178,26 +239,62 @@ def moe_coefficient_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return matmul_flops(s, model.hidden_size, 2)
 
 
-# every token visits its top-k experts, each a full MLP (no capacity dropping counted)
-@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × h]·[h × f]", "k·2·T·h·f")
+# every token visits its top-k experts, each a full MLP of fe = --moe-ffn-hidden-size (default
+# f) (no capacity dropping counted)
+@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × h]·[h × fe]", "k·2·T·h·fe")
 def expert_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * mlp_up_flops(model, s)
+    return model.moe_topk * matmul_flops(s, model.hidden_size, model.expert_ffn_hidden_size)
 
 
-@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × h]·[h × f]",
-                    "k·2·T·h·f·glu")
+@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × h]·[h × fe]",
+                    "k·2·T·h·fe·glu")
 def expert_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * mlp_gate_flops(model, s)
+    return expert_up_flops(model, s, experts) if model.glu else 0
 
 
-@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × f]·[f × h]", "k·2·T·f·h")
+@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × h]",
+                    "k·2·T·fe·h")
 def expert_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * mlp_down_flops(model, s)
+    return model.moe_topk * matmul_flops(s, model.expert_ffn_hidden_size, model.hidden_size)
+
+
+# shared experts (--moe-shared-expert-intermediate-size fs: the total size of all of them):
+# one MLP every token goes through, beside the routed experts
+@register_component("shared_expert_up", MOE_LAYERS, "shared experts up", "[T × h]·[h × fs]",
+                    "2·T·h·fs")
+def shared_expert_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return matmul_flops(s, model.hidden_size, model.shared_expert_ffn_hidden_size)
+
+
+@register_component("shared_expert_gate", MOE_LAYERS, "shared experts gate (GLU)",
+                    "[T × h]·[h × fs]", "2·T·h·fs·glu")
+def shared_expert_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return shared_expert_up_flops(model, s, experts) if model.glu else 0
+
+
+@register_component("shared_expert_down", MOE_LAYERS, "shared experts down", "[T × fs]·[fs × h]",
+                    "2·T·fs·h")
+def shared_expert_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return matmul_flops(s, model.shared_expert_ffn_hidden_size, model.hidden_size)
+
+
+# multi-token prediction (--mtp-num-layers m): each MTP layer projects [embedding; hidden]
+# (2h) back to h, runs one transformer layer (built like the last decoder layer: its
+# components are counted with the layers'), and predicts through the logits layer again
+@register_component("mtp_projection", MTP_LAYERS, "MTP projection", "[T × 2h]·[2h × h]",
+                    "4·T·h·h")
+def mtp_projection_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return matmul_flops(s, 2 * model.hidden_size, model.hidden_size)
 
 
 @register_component("logits", ONCE, "logits", "[T × h]·[h × V]", "2·T·h·V")
 def logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return matmul_flops(s, model.hidden_size, model.vocab_size)
+
+
+@register_component("mtp_logits", ONCE, "MTP logits", "m × [T × h]·[h × V]", "m·2·T·h·V")
+def mtp_logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return model.mtp_num_layers * logits_flops(model, s)
 
 
 def markdown_table() -> str:

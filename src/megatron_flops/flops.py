@@ -19,7 +19,7 @@ never the logits layer) or the attention scores and attention·V of every layer 
 """
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import components
 from .components import ONCE, REGISTRY
@@ -33,19 +33,67 @@ def __getattr__(attribute: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
-def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: bool = False) -> Dict[str, int]:
+def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: bool = False,
+                        document_lengths: Optional[Sequence[int]] = None) -> Dict[str, int]:
     """Forward FLOPs of one transformer layer for one sample, by component.
 
     Every registered component that occurs in this layer (dense or MoE) has an entry, zero
-    included (``mlp_gate`` without a GLU).  ``causal`` halves the attention core.
+    included (``mlp_gate`` without a GLU).  Indices from ``model.num_layers`` on are the
+    multi-token-prediction layers.  ``causal`` and ``document_lengths`` change only the
+    attention core: see :func:`attention_core_flops`.
     """
     experts = model.experts_in_layer(layer_index)
+    mtp_layer = layer_index >= model.num_layers
+    window = model.window_size if model.windowed_layer(layer_index) else None
     terms = {}
     for name, spec in REGISTRY.items():
-        if spec.in_layer(model, experts):
-            flops = spec.formula(model, s, experts)
-            terms[name] = flops // 2 if causal and spec.attention_core else flops
+        if spec.in_layer(model, experts, mtp_layer):
+            if spec.attention_core:
+                terms[name] = attention_core_flops(spec.formula, model, s, experts, causal, window,
+                                                   document_lengths)
+            else:
+                terms[name] = spec.formula(model, s, experts)
     return terms
+
+
+def attention_core_flops(formula, model: ModelShape, s: int, experts: int = 1, causal: bool = False,
+                         window: Optional[int] = None,
+                         document_lengths: Optional[Sequence[int]] = None) -> int:
+    """An s×s component (scores or attention·V) of one sample, under a counting convention.
+
+    - dense (``causal=False``): the whole s×s product, what an unfused kernel multiplies
+      (Megatron-Core's local ``DotProductAttention`` masks after a full ``baddbmm``, sliding
+      window or not);
+    - ``causal``: half of it (s²/2 query-key pairs); with a sliding window of ``w`` keys
+      behind each query (``--window-size w,0``) the band's area s·w − w²/2 instead (s²/2 once
+      w ≥ s) — the same continuous convention, what a window-aware kernel needs;
+    - ``document_lengths`` (a packed sample, THD): each document attends only to itself,
+      so the sample's work is the sum over documents of the above at the document's length
+      (Σ Lᵢ² dense); tokens past the last document (padding) attend to nothing.
+    """
+    lengths = (s,) if document_lengths is None else document_lengths
+    total = 0
+    for length in lengths:
+        full = formula(model, length, experts)
+        if not causal:
+            total += full
+        elif window is None or window >= length:
+            total += full // 2
+        else:  # full = c·L², band = c·(2·L·w − w²)/2
+            total += full * (2 * length * window - window * window) // (2 * length * length)
+    return total
+
+
+def _check_document_lengths(document_lengths, seq_length: int, batch_size: int):
+    if len(document_lengths) != batch_size:
+        raise ValueError(f"document lengths are given for {len(document_lengths)} samples but "
+                         f"the batch has {batch_size}")
+    for sample in document_lengths:
+        if any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in sample):
+            raise ValueError(f"document lengths must be positive integers, got {list(sample)}")
+        if sum(sample) > seq_length:
+            raise ValueError(f"document lengths {list(sample)} add up to {sum(sample)}, more than "
+                             f"--seq-length ({seq_length})")
 
 
 @dataclass(frozen=True)
@@ -136,11 +184,16 @@ def flops_breakdown(
     recompute: Recompute = NO_RECOMPUTE,
     pipeline_parallel_size: int = 1,
     causal: bool = False,
+    document_lengths: Optional[Sequence[Sequence[int]]] = None,
 ) -> Breakdown:
     """Per-component forward, backward and recompute FLOPs of one iteration.
 
     ``causal=True`` counts half of the attention-score and attention·V products (what a
     causal kernel needs); the default counts what dense kernels execute.
+    ``document_lengths``: packed (variable-length) samples, one list of document lengths per
+    sample of the batch; attention is then Σ Lᵢ² per sample instead of s² (see
+    :func:`attention_core_flops`), every other component still runs over all s tokens.
+    Multi-token-prediction layers (``model.mtp_num_layers``) are counted as layers.
     Components that are zero for this model (e.g. ``mlp_gate`` without a GLU, MoE terms in
     a dense model) are left out.
     """
@@ -148,12 +201,22 @@ def flops_breakdown(
         raise ValueError(f"--seq-length must be a positive integer, got {seq_length}")
     if batch_size <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch_size}")
+    documents = None
+    if document_lengths is not None:
+        _check_document_lengths(document_lengths, seq_length, batch_size)
+        documents = [length for sample in document_lengths for length in sample]
     names = tuple(REGISTRY)
     forward: Dict[str, int] = dict.fromkeys(names, 0)
     recomputed: Dict[str, int] = dict.fromkeys(names, 0)
-    full_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size)
-    for layer in range(model.num_layers):
-        terms = layer_forward_flops(model, seq_length, layer, causal)
+    full_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size,
+                                              model.mtp_num_layers)
+    for layer in range(model.num_layers + model.mtp_num_layers):
+        # per sample, times B; with documents, the attention core is already the whole
+        # batch's (every document attends only to itself, so the batch's documents are summed)
+        terms = {name: flops if documents is not None and REGISTRY[name].attention_core
+                 else flops * batch_size
+                 for name, flops in layer_forward_flops(model, seq_length, layer, causal,
+                                                        documents).items()}
         for name, flops in terms.items():
             forward[name] += flops
             if layer in full_layers or (recompute.granularity == "selective"
@@ -161,15 +224,15 @@ def flops_breakdown(
                 recomputed[name] += flops
     for name, spec in REGISTRY.items():
         if spec.occurs == ONCE:  # outside the layers: never recomputed
-            forward[name] = spec.formula(model, seq_length, 1)
+            forward[name] = spec.formula(model, seq_length, 1) * batch_size
 
     components: List[Component] = []
     for name in names:
-        fwd = forward[name] * batch_size
+        fwd = forward[name]
         if fwd == 0:
             continue
         components.append(
-            Component(name=name, forward=fwd, backward=2 * fwd, recompute=recomputed[name] * batch_size)
+            Component(name=name, forward=fwd, backward=2 * fwd, recompute=recomputed[name])
         )
     return Breakdown(
         batch_size=batch_size,
@@ -187,7 +250,7 @@ class FlopsPerSample:
     sequence length (curriculum learning changes it a few times per run).
     """
 
-    __slots__ = ("model", "recompute", "pipeline_parallel_size", "causal", "_cache")
+    __slots__ = ("model", "recompute", "pipeline_parallel_size", "causal", "_cache", "_core_cache")
 
     def __init__(self, model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
                  pipeline_parallel_size: int = 1, causal: bool = False):
@@ -196,6 +259,7 @@ class FlopsPerSample:
         self.pipeline_parallel_size = pipeline_parallel_size
         self.causal = causal
         self._cache: Dict[int, Tuple[int, int]] = {}
+        self._core_cache: Dict[int, Tuple[int, int]] = {}
 
     def __call__(self, seq_length: int) -> Tuple[int, int]:
         """``(model_flops, hardware_flops)`` of one sample of ``seq_length`` tokens."""
@@ -206,3 +270,30 @@ class FlopsPerSample:
             cached = self._cache[seq_length] = (b.model_flops, b.hardware_flops)
         return cached
 
+    def attention_core(self, length: int) -> Tuple[int, int]:
+        """``(model_flops, hardware_flops)`` of the s×s components of one sequence of ``length``."""
+        cached = self._core_cache.get(length)
+        if cached is None:
+            b = flops_breakdown(self.model, length, 1, self.recompute,
+                                self.pipeline_parallel_size, self.causal)
+            core = [c for c in b if REGISTRY[c.name].attention_core]
+            cached = self._core_cache[length] = (sum(c.model_flops for c in core),
+                                                 sum(c.hardware_flops for c in core))
+        return cached
+
+    def packed_batch(self, seq_length: int,
+                     document_lengths: Sequence[Sequence[int]]) -> Tuple[int, int]:
+        """``(model_flops, hardware_flops)`` of a batch of packed samples (one list of document
+        lengths per sample): every sample's s×s attention replaced by its documents' own."""
+        _check_document_lengths(document_lengths, seq_length, len(document_lengths))
+        batch_size = len(document_lengths)
+        model_flops, hardware_flops = self(seq_length)
+        core_model, core_hardware = self.attention_core(seq_length)
+        model_total = batch_size * (model_flops - core_model)
+        hardware_total = batch_size * (hardware_flops - core_hardware)
+        for sample in document_lengths:
+            for length in sample:
+                doc_model, doc_hardware = self.attention_core(length)
+                model_total += doc_model
+                hardware_total += doc_hardware
+        return model_total, hardware_total

@@ -6,7 +6,7 @@ curriculum sequence-length change.  The meter instead adds every iteration's own
 tokens and FLOPs, and divides by the interval's wall time when asked for a report.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 from .flops import FlopsPerSample
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape
@@ -47,7 +47,8 @@ class ThroughputMeter:
     """Accumulates iterations; :meth:`report` turns an interval into a :class:`ThroughputReport`.
 
     ``add_iteration(batch_size, seq_length)`` is called once per training iteration with that
-    iteration's *global* batch size (samples over all data-parallel ranks) and sequence length.
+    iteration's *global* batch size (samples over all data-parallel ranks) and sequence length
+    (and, for packed variable-length samples, each sample's document lengths).
     ``add_iterations(count, samples, seq_length)`` adds ``count`` iterations at once that
     together consumed ``samples`` samples of ``seq_length`` tokens (what a log line tells:
     ``relog`` knows an interval's iterations and samples, not each iteration's batch).
@@ -89,14 +90,25 @@ class ThroughputMeter:
         self._model_flops = 0
         self._hardware_flops = 0
 
-    def add_iteration(self, batch_size: int, seq_length: int) -> None:
-        model_flops, hardware_flops = self._per_sample(seq_length)
+    def add_iteration(self, batch_size: int, seq_length: int,
+                      document_lengths: Optional[Sequence[Sequence[int]]] = None) -> None:
+        """``document_lengths``: packed (THD) samples, one list of document lengths per sample
+        of the global batch; attention is then counted per document (Σ Lᵢ² per sample)."""
+        if document_lengths is None:
+            model_flops, hardware_flops = self._per_sample(seq_length)
+            model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
+        else:
+            if len(document_lengths) != batch_size:
+                raise ValueError(f"document lengths are given for {len(document_lengths)} "
+                                 f"samples but the batch has {batch_size}")
+            model_flops, hardware_flops = self._per_sample.packed_batch(seq_length,
+                                                                        document_lengths)
         tokens = batch_size * seq_length
         self._iterations += 1
         self._samples += batch_size
         self._tokens += tokens
-        self._model_flops += batch_size * model_flops
-        self._hardware_flops += batch_size * hardware_flops
+        self._model_flops += model_flops
+        self._hardware_flops += hardware_flops
         self.consumed_samples += batch_size
         self.consumed_tokens += tokens
 

@@ -3,8 +3,10 @@
 Counted: word embeddings (shared with the output layer when tied, so counted once), learned
 absolute position embeddings (``max_position_embeddings × h``), the optional embedding
 LayerNorm (BLOOM's ``--embed-layernorm``), per layer two norms, fused QKV, output projection,
-MLP (GLU: first dense ``h -> 2f``) or MoE (bias-free router ``h -> E`` plus ``E`` expert MLPs;
-with PR-MoE also a dense MLP and a ``h -> 2`` coefficient linear with bias),
+MLP (GLU: first dense ``h -> 2f``) or MoE (bias-free router ``h -> E`` plus ``E`` expert MLPs
+of ``--moe-ffn-hidden-size`` and the shared experts' MLP; with PR-MoE also a dense MLP and a
+``h -> 2`` coefficient linear with bias), MLA's projections in place of QKV,
+multi-token-prediction layers (a layer plus three norms and a ``2h -> h`` projection),
 biases unless ``add_bias_linear`` is off, the final norm, and an untied output layer
 (``V × h``, no bias).  A LayerNorm has a weight and a bias, an RMSNorm a weight only.
 """
@@ -34,8 +36,9 @@ def _norm(model: ModelShape) -> int:
     return model.hidden_size * (2 if model.normalization == "layernorm" else 1)
 
 
-def _mlp(model: ModelShape) -> int:
-    h, f, bias = model.hidden_size, model.ffn_hidden_size, model.add_bias_linear
+def _mlp(model: ModelShape, f: int = None) -> int:
+    h, bias = model.hidden_size, model.add_bias_linear
+    f = model.ffn_hidden_size if f is None else f
     branches = 2 if model.glu else 1
     up = h * branches * f + (branches * f if bias else 0)
     down = f * h + (h if bias else 0)
@@ -45,14 +48,42 @@ def _mlp(model: ModelShape) -> int:
 def layer_parameters(model: ModelShape, layer_index: int) -> int:
     """Parameters of one transformer layer (0-based index; MoE layers differ)."""
     h, bias = model.hidden_size, model.add_bias_linear
-    qkv_width = model.query_projection_size + 2 * model.kv_projection_size
-    attention = h * qkv_width + (qkv_width if bias else 0)
-    attention += model.query_projection_size * h + (h if bias else 0)
+    if model.multi_latent_attention:
+        attention = _mla_attention(model)
+    else:
+        qkv_width = model.query_projection_size + 2 * model.kv_projection_size
+        attention = h * qkv_width + (qkv_width if bias else 0)
+        attention += model.query_projection_size * h + (h if bias else 0)
     experts = model.experts_in_layer(layer_index)
-    mlp = _mlp(model) if experts == 1 else h * experts + experts * _mlp(model)
-    if experts != 1 and model.moe_residual:
-        mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
-    return 2 * _norm(model) + attention + mlp
+    if experts == 1:
+        mlp = _mlp(model)
+    else:
+        mlp = h * experts + experts * _mlp(model, model.expert_ffn_hidden_size)
+        if model.shared_expert_ffn_hidden_size:
+            mlp += _mlp(model, model.shared_expert_ffn_hidden_size)
+        if model.moe_residual:
+            mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
+    layer = 2 * _norm(model) + attention + mlp
+    if layer_index >= model.num_layers:
+        # an MTP layer: its two input norms, the 2h -> h projection (no bias), a final norm
+        layer += 3 * _norm(model) + 2 * h * h
+    return layer
+
+
+def _mla_attention(model: ModelShape) -> int:
+    """MLA's projections (Megatron-Core's local spec: no Q/KV latent norms without
+    ``--qk-layernorm``, which is not modelled)."""
+    h, n, bias = model.hidden_size, model.num_attention_heads, model.add_bias_linear
+    q_head = n * (model.qk_head_dim + model.qk_pos_emb_head_dim)
+    widths = []  # (in, out) of each linear
+    if model.q_lora_rank is None:
+        widths.append((h, q_head))
+    else:
+        widths += [(h, model.q_lora_rank), (model.q_lora_rank, q_head)]
+    widths += [(h, model.kv_lora_rank + model.qk_pos_emb_head_dim),
+               (model.kv_lora_rank, n * (model.qk_head_dim + model.v_head_dim)),
+               (n * model.v_head_dim, h)]
+    return sum(i * o + (o if bias else 0) for i, o in widths)
 
 
 def parameter_count(model: ModelShape) -> ParameterCount:
@@ -69,6 +100,6 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     total = word + position + output
     if model.embedding_layernorm:
         total += _norm(model)
-    total += sum(layer_parameters(model, i) for i in range(model.num_layers))
+    total += sum(layer_parameters(model, i) for i in range(model.num_layers + model.mtp_num_layers))
     total += _norm(model)  # final norm
     return ParameterCount(total=total, embedding=word + position + output)

@@ -70,8 +70,22 @@ def describe_model(model: ModelShape) -> str:
              f"{model.position_embedding} positions"]
     if model.is_moe:
         experts = sorted(set(model.num_experts))
-        parts.append(f"MoE {'/'.join(map(str, experts))} experts top-{model.moe_topk} "
-                     f"every {model.expert_interval} layers")
+        if model.moe_layer_freq is None:
+            where = f"every {model.expert_interval} layers"
+        else:
+            where = f"in {sum(model.moe_layer_pattern)} of {model.num_layers} layers"
+        parts.append(f"MoE {'/'.join(map(str, experts))} experts top-{model.moe_topk} {where}")
+        if model.moe_ffn_hidden_size:
+            parts.append(f"expert ffn {model.moe_ffn_hidden_size}")
+        if model.shared_expert_ffn_hidden_size:
+            parts.append(f"shared experts ffn {model.shared_expert_ffn_hidden_size}")
+    if model.multi_latent_attention:
+        parts.append(f"MLA (q rank {model.q_lora_rank or 'none'}, kv rank {model.kv_lora_rank}, "
+                     f"heads qk {model.qk_head_dim}+{model.qk_pos_emb_head_dim} v {model.v_head_dim})")
+    if model.mtp_num_layers:
+        parts.append(f"{model.mtp_num_layers} MTP layers")
+    if model.window_size is not None:
+        parts.append(f"sliding window {model.window_size}")
     return ", ".join(parts)
 
 
@@ -80,7 +94,10 @@ def describe_run(run: RunShape) -> str:
     text = (f"seq {run.seq_length}, global batch {run.global_batch_size} (micro "
             f"{run.micro_batch_size} × DP {run.data_parallel_size} × {accumulation} accumulation), "
             f"{gpus(run.world_size)} (TP {run.tensor_model_parallel_size}, PP "
-            f"{run.pipeline_model_parallel_size}), recompute {run.recompute.label}, {run.dtype}")
+            f"{run.pipeline_model_parallel_size}"
+            + (f", CP {run.context_parallel_size}: {run.tokens_per_gpu_per_sample} tokens of each "
+               f"sample per GPU" if run.context_parallel_size > 1 else "")
+            + f"), recompute {run.recompute.label}, {run.dtype}")
     if run.rampup_batch_size:
         start, inc, samples = run.rampup_batch_size
         text += f", batch ramp-up {start} +{inc} over {samples} samples"

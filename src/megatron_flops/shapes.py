@@ -40,6 +40,78 @@ def _require_positive(value, flag: str, allow_none: bool = False) -> None:
         raise ShapeError(f"{flag} must be a positive integer, got {value}", flag)
 
 
+# Megatron-LM's defaults for the MLA sizes (megatron/training/arguments.py, _add_mla_args);
+# --q-lora-rank defaults to None: queries then come from one h -> n·(qk + pos) projection.
+MLA_DEFAULTS = {"kv_lora_rank": 32, "qk_head_dim": 128, "qk_pos_emb_head_dim": 64, "v_head_dim": 128}
+
+
+def _layer_pattern(value, num_layers: int, flag: str):
+    """An int frequency (kept), or a per-layer 0/1 pattern (a tuple of ``num_layers`` values)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        _require_positive(value, flag)
+        return value
+    if isinstance(value, str):
+        value = parse_layer_pattern(value, flag)
+        if isinstance(value, int):
+            return _layer_pattern(value, num_layers, flag)
+    pattern = tuple(value)
+    if any(isinstance(v, bool) or v not in (0, 1) for v in pattern):
+        raise ShapeError(f"{flag} pattern entries must be 0 or 1, got {list(pattern)}", flag)
+    if len(pattern) != num_layers:
+        raise ShapeError(f"{flag} pattern has {len(pattern)} entries but --num-layers is "
+                         f"{num_layers}", flag)
+    return pattern
+
+
+def parse_layer_pattern(text: str, flag: str = "--moe-layer-freq") -> Union[int, Tuple[int, ...]]:
+    """Megatron-LM's layer-pattern argument: ``"2"`` or a Python list expression.
+
+    Megatron-LM evaluates the string (``([0]*3+[1]*29)``, ``[1,1,1,0]*3``); here only integer
+    literals, list/tuple displays, ``+`` and ``*`` are accepted, so nothing else can run.
+    """
+    import ast
+
+    text = text.strip()
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise ShapeError(f"{flag} must be an integer or a list expression such as "
+                         f"([0]*3+[1]*29), got {text!r}", flag) from None
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(item) for item in node.elts]
+            if any(isinstance(item, list) for item in items):
+                raise ValueError
+            return items
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Add):
+                if isinstance(left, list) != isinstance(right, list):
+                    raise ValueError
+                return left + right
+            if isinstance(left, int) and isinstance(right, list):
+                left, right = right, left
+            if isinstance(left, list) and isinstance(right, int):
+                if len(left) * right > 100_000:  # no model has that many layers
+                    raise ValueError
+                return left * right
+            if isinstance(left, int) and isinstance(right, int):
+                return left * right
+        raise ValueError
+
+    try:
+        result = value(tree.body)
+    except (ValueError, RecursionError):
+        raise ShapeError(f"{flag} accepts only integers, lists, + and * (e.g. ([0]*3+[1]*29)), "
+                         f"got {text!r}", flag) from None
+    return tuple(result) if isinstance(result, list) else result
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The shape of a Megatron GPT model.
@@ -77,7 +149,19 @@ class ModelShape:
     normalization: str = "layernorm"
     embedding_layernorm: bool = False
     moe_residual: bool = False
-    expert_layers_from_first: bool = False
+    # ---- Megatron-Core (NVIDIA Megatron-LM) features; see _check_megatron_core_fields -----
+    moe_layer_freq: Union[int, Tuple[int, ...], None] = None
+    moe_ffn_hidden_size: Optional[int] = None
+    moe_shared_expert_intermediate_size: Optional[int] = None
+    multi_latent_attention: bool = False
+    q_lora_rank: Optional[int] = None
+    kv_lora_rank: Optional[int] = None
+    qk_head_dim: Optional[int] = None
+    qk_pos_emb_head_dim: Optional[int] = None
+    v_head_dim: Optional[int] = None
+    mtp_num_layers: int = 0
+    window_size: Optional[int] = None
+    window_attn_skip_freq: Union[int, Tuple[int, ...], None] = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -91,6 +175,7 @@ class ModelShape:
         _require_positive(self.max_position_embeddings, "--max-position-embeddings", allow_none=True)
         _require_positive(self.moe_topk, "--topk")
         _require_positive(self.expert_interval, "--expert-interval")
+        self._check_megatron_core_fields()
 
         if self.kv_channels is None:
             if self.hidden_size % self.num_attention_heads:
@@ -129,7 +214,8 @@ class ModelShape:
                 "--normalization",
             )
 
-        num_moe_layers = self.num_moe_layer_slots
+        num_moe_layers = sum(self.moe_layer_pattern)
+        interval_flag = "--expert-interval" if self.moe_layer_freq is None else "--moe-layer-freq"
         experts = self.num_experts
         if isinstance(experts, int) and not isinstance(experts, bool):
             experts = (experts,) * num_moe_layers if experts != 1 else ()
@@ -144,7 +230,7 @@ class ModelShape:
         if experts and len(experts) != num_moe_layers:
             raise ShapeError(
                 f"--num-experts gives {len(experts)} values but --num-layers ({self.num_layers}) "
-                f"with --expert-interval ({self.expert_interval}) has {num_moe_layers} MoE layers",
+                f"with {interval_flag} has {num_moe_layers} MoE layers",
                 "--num-experts",
             )
         if experts and self.moe_topk > min(experts):
@@ -174,29 +260,102 @@ class ModelShape:
     def is_moe(self) -> bool:
         return bool(self.num_experts)
 
-    @property
-    def num_moe_layer_slots(self) -> int:
-        """How many layers the MoE pattern makes MoE layers."""
-        if self.expert_layers_from_first:
-            return -(-self.num_layers // self.expert_interval)
-        return self.num_layers // self.expert_interval
-
     def experts_in_layer(self, layer_index: int) -> int:
         """Experts in layer ``layer_index`` (0-based); 1 for a dense layer.
 
-        As in the microsoft fork, layer number ``i + 1`` is an MoE layer when it is a multiple
-        of ``expert_interval``.
+        Which layers are MoE layers is :attr:`moe_layer_pattern`.  Indices from
+        ``num_layers`` on are the multi-token-prediction layers, built like the last decoder
+        layer (as Megatron-Core's ``get_gpt_mtp_block_spec`` does).
         """
         if not self.num_experts:
             return 1
-        if self.expert_layers_from_first:
-            if layer_index % self.expert_interval:
-                return 1
-            return self.num_experts[layer_index // self.expert_interval]
-        number = layer_index + 1
-        if number % self.expert_interval:
+        layer_index = min(layer_index, self.num_layers - 1)
+        pattern = self.moe_layer_pattern
+        if not pattern[layer_index]:
             return 1
-        return self.num_experts[number // self.expert_interval - 1]
+        return self.num_experts[sum(pattern[:layer_index])]
+
+    # ---- Megatron-Core features ----------------------------------------------------------
+    @property
+    def moe_layer_pattern(self) -> Tuple[int, ...]:
+        """1 for each MoE layer, 0 for each dense layer (decoder layers only).
+
+        Without ``moe_layer_freq``, the microsoft fork's rule: layer number ``i + 1`` is an MoE
+        layer when it is a multiple of ``expert_interval``.  With it, Megatron-Core's
+        ``--moe-layer-freq``: an int N makes layer ``i`` (0-based) an MoE layer when
+        ``i % N == 0`` (layer 0 included), a tuple gives the pattern outright (``first k
+        dense`` is ``(0,)*k + (1,)*(l-k)``).
+        """
+        freq = self.moe_layer_freq
+        if freq is None:
+            return tuple(int((i + 1) % self.expert_interval == 0) for i in range(self.num_layers))
+        if isinstance(freq, int):
+            return tuple(int(i % freq == 0) for i in range(self.num_layers))
+        return freq
+
+    @property
+    def expert_ffn_hidden_size(self) -> int:
+        """One routed expert's FFN size (``--moe-ffn-hidden-size``, default ``f``)."""
+        return self.moe_ffn_hidden_size or self.ffn_hidden_size
+
+    @property
+    def shared_expert_ffn_hidden_size(self) -> int:
+        """The shared experts' total FFN size (``--moe-shared-expert-intermediate-size``), 0 if none."""
+        return self.moe_shared_expert_intermediate_size or 0
+
+    @property
+    def attention_key_head_dim(self) -> int:
+        """Head dimension of Q·Kᵀ: ``d``, or ``qk_head_dim + qk_pos_emb_head_dim`` with MLA."""
+        if self.multi_latent_attention:
+            return self.qk_head_dim + self.qk_pos_emb_head_dim
+        return self.kv_channels
+
+    @property
+    def attention_value_head_dim(self) -> int:
+        """Head dimension of attention·V and of the output projection's input: ``d`` or ``v_head_dim``."""
+        return self.v_head_dim if self.multi_latent_attention else self.kv_channels
+
+    def windowed_layer(self, layer_index: int) -> bool:
+        """Whether layer ``layer_index`` (0-based) uses sliding-window attention.
+
+        Megatron-Core's rule (``is_layer_window_attention``): with ``--window-size`` every layer
+        is windowed, unless ``--window-attn-skip-freq`` N makes every N-th layer number (1-based)
+        full attention, or a pattern gives 1 (window) / 0 (full) per layer.
+        """
+        if self.window_size is None:
+            return False
+        skip = self.window_attn_skip_freq
+        if skip is None:
+            return True
+        if isinstance(skip, int):  # MTP layers continue the numbering (l + 1, l + 2, …)
+            return (layer_index + 1) % skip != 0
+        return bool(skip[min(layer_index, self.num_layers - 1)])
+
+    def _check_megatron_core_fields(self) -> None:
+        set_ = object.__setattr__
+        for name, flag in (("moe_ffn_hidden_size", "--moe-ffn-hidden-size"),
+                           ("moe_shared_expert_intermediate_size",
+                            "--moe-shared-expert-intermediate-size"),
+                           ("q_lora_rank", "--q-lora-rank"), ("kv_lora_rank", "--kv-lora-rank"),
+                           ("qk_head_dim", "--qk-head-dim"),
+                           ("qk_pos_emb_head_dim", "--qk-pos-emb-head-dim"),
+                           ("v_head_dim", "--v-head-dim"), ("window_size", "--window-size")):
+            _require_positive(getattr(self, name), flag, allow_none=True)
+        if isinstance(self.mtp_num_layers, bool) or not isinstance(self.mtp_num_layers, int) \
+                or self.mtp_num_layers < 0:
+            raise ShapeError(f"--mtp-num-layers must be a non-negative integer, got "
+                             f"{self.mtp_num_layers!r}", "--mtp-num-layers")
+        set_(self, "moe_layer_freq", _layer_pattern(self.moe_layer_freq, self.num_layers,
+                                                    "--moe-layer-freq"))
+        set_(self, "window_attn_skip_freq", _layer_pattern(
+            self.window_attn_skip_freq, self.num_layers, "--window-attn-skip-freq"))
+        if self.multi_latent_attention:
+            # Megatron-LM's defaults (megatron/training/arguments.py, _add_mla_args)
+            for name, default in MLA_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    set_(self, name, default)
+        elif self.q_lora_rank is not None:
+            raise ShapeError("--q-lora-rank needs --multi-latent-attention", "--q-lora-rank")
 
 
 @dataclass(frozen=True)
@@ -248,12 +407,17 @@ class Recompute:
             return f"full (block, {self.num_layers} layers per stage)"
         return "full"
 
-    def recomputed_layers(self, num_layers: int, pipeline_parallel_size: int = 1) -> FrozenSet[int]:
-        """0-based indices of the layers whose whole forward is re-run (full recompute only)."""
+    def recomputed_layers(self, num_layers: int, pipeline_parallel_size: int = 1,
+                          mtp_num_layers: int = 0) -> FrozenSet[int]:
+        """0-based indices of the layers whose whole forward is re-run (full recompute only).
+
+        Multi-token-prediction layers (indices ``num_layers`` on) are re-run by the uniform
+        method only: Megatron-Core (0.16) skips their recompute under ``block``, with a warning.
+        """
         if self.granularity != "full":
             return frozenset()
         if self.method == "uniform" or self.num_layers is None:
-            return frozenset(range(num_layers))
+            return frozenset(range(num_layers + mtp_num_layers))
         stages = self.stage_layers
         if stages is None:
             per_stage = num_layers // pipeline_parallel_size
@@ -294,10 +458,17 @@ class RunShape:
     recompute: Recompute = field(default_factory=Recompute)
     rampup_batch_size: Optional[Tuple[int, int, int]] = None
     dtype: str = "fp32"
-    sequence_parallel_size: int = 1
+    sequence_parallel_size: int = 1  # the microsoft fork's Ulysses, --ds-sequence-parallel-size
+    # ---- Megatron-Core (NVIDIA Megatron-LM) -----------------------------------------------
+    context_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        _require_positive(self.context_parallel_size, "--context-parallel-size")
+        if self.context_parallel_size > 1 and self.seq_length % (2 * self.context_parallel_size):
+            raise ShapeError(
+                f"--seq-length ({self.seq_length}) must be a multiple of 2 × "
+                f"--context-parallel-size ({self.context_parallel_size})", "--seq-length")
         _require_positive(self.seq_length, "--seq-length")
         _require_positive(self.micro_batch_size, "--micro-batch-size")
         _require_positive(self.tensor_model_parallel_size, "--tensor-model-parallel-size")
@@ -311,10 +482,13 @@ class RunShape:
         if self.world_size % model_parallel:
             sequence = (f" × sequence-parallel size ({self.sequence_parallel_size})"
                         if self.sequence_parallel_size > 1 else "")
+            context = (f" × --context-parallel-size ({self.context_parallel_size})"
+                       if self.context_parallel_size > 1 else "")
             raise ShapeError(
                 f"--world-size ({self.world_size}) must be a multiple of "
                 f"--tensor-model-parallel-size ({self.tensor_model_parallel_size}) × "
-                f"--pipeline-model-parallel-size ({self.pipeline_model_parallel_size}){sequence}",
+                f"--pipeline-model-parallel-size ({self.pipeline_model_parallel_size})"
+                f"{sequence}{context}",
                 "--world-size",
             )
         per_step = self.micro_batch_size * self.data_parallel_size
@@ -353,13 +527,19 @@ class RunShape:
 
     @property
     def model_parallel_size(self) -> int:
-        """Ranks that share one model replica: TP × PP × sequence-parallel size."""
+        """GPUs one data-parallel replica spans: TP × PP × SP (Ulysses) × CP."""
         return (self.tensor_model_parallel_size * self.pipeline_model_parallel_size
-                * self.sequence_parallel_size)
+                * self.sequence_parallel_size * self.context_parallel_size)
 
     @property
     def data_parallel_size(self) -> int:
+        """Replicas: world size / (TP × PP × SP × CP) (SP and CP split each sequence)."""
         return self.world_size // self.model_parallel_size
+
+    @property
+    def tokens_per_gpu_per_sample(self) -> int:
+        """Tokens of one sample each GPU of its replica holds: s / (SP × CP)."""
+        return self.seq_length // (self.sequence_parallel_size * self.context_parallel_size)
 
     def batch_size_at(self, consumed_samples: int) -> int:
         """Global batch size of the iteration that starts after ``consumed_samples``.

@@ -91,6 +91,14 @@ def evaluate(flops_text, symbols):
          ffn_hidden_size=20, vocab_size=7),
     dict(num_layers=2, hidden_size=16, num_attention_heads=4, num_query_groups=1, vocab_size=50,
          glu_activation="swiglu", num_experts=3, moe_topk=2, expert_interval=1, ffn_hidden_size=9),
+    # Megatron-Core features: expert and shared-expert sizes, MTP, MLA with and without q-lora
+    dict(num_layers=3, hidden_size=16, num_attention_heads=4, vocab_size=50, glu_activation="swiglu",
+         num_experts=4, moe_topk=2, moe_layer_freq=(0, 1, 1), moe_ffn_hidden_size=6,
+         moe_shared_expert_intermediate_size=10, mtp_num_layers=2, multi_latent_attention=True,
+         q_lora_rank=7, kv_lora_rank=5, qk_head_dim=3, qk_pos_emb_head_dim=2, v_head_dim=4),
+    dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50,
+         multi_latent_attention=True, kv_lora_rank=5, qk_head_dim=3, qk_pos_emb_head_dim=2,
+         v_head_dim=4),
 ])
 def test_readme_counts_are_the_formulas(fields):
     """Each README row's forward FLOPs, read as arithmetic, is the registered formula × B."""
@@ -98,7 +106,13 @@ def test_readme_counts_are_the_formulas(fields):
     experts = max(model.num_experts or (1,))
     symbols = dict(B=B, s=s, T=B * s, h=model.hidden_size, n=model.num_attention_heads,
                    d=model.kv_channels, g=model.num_query_groups, f=model.ffn_hidden_size,
-                   V=model.vocab_size, E=experts, k=model.moe_topk, glu=int(model.glu))
+                   V=model.vocab_size, E=experts, k=model.moe_topk, glu=int(model.glu),
+                   fe=model.expert_ffn_hidden_size, fs=model.shared_expert_ffn_hidden_size,
+                   m=model.mtp_num_layers, mla=int(model.multi_latent_attention),
+                   lq=int(model.q_lora_rank is not None), rq=model.q_lora_rank or 0,
+                   rkv=model.kv_lora_rank or 0, dqk=model.qk_head_dim or 0,
+                   dpe=model.qk_pos_emb_head_dim or 0, dk=model.attention_key_head_dim,
+                   dv=model.attention_value_head_dim)
     rows = [line.split(" | ") for line in readme_table().splitlines()[2:]]
     assert [row[0].strip("|` ") for row in rows] == list(REGISTRY)
     for row in rows:

@@ -1,7 +1,6 @@
 """``megatron-flops patch CHECKOUT [--dry-run] [--check | --revert]``: argv and printing; the
 work (detection, plans, byte-exact writes) is :mod:`megatron_flops.megatron.patch`."""
 
-import os
 from typing import List
 
 from ..megatron import patch
@@ -10,8 +9,9 @@ from .common import EXIT_MISMATCH, EXIT_OK, Parser, UsageError
 
 def patch_main(argv: List[str]) -> int:
     parser = Parser(prog="megatron-flops patch", allow_abbrev=False, description=(
-        "Route a Megatron-DeepSpeed checkout's throughput reporting through megatron-flops "
-        "with one marked block appended to megatron/training.py (reversible byte for byte)."))
+        "Route a Megatron-DeepSpeed or Megatron-LM checkout's throughput reporting through megatron-flops "
+        "with one marked block appended to megatron/training.py (Megatron-LM: "
+        "megatron/training/training.py; reversible byte for byte)."))
     parser.add_argument("checkout", metavar="CHECKOUT", help="the fork's checkout (holds megatron/)")
     parser.add_argument("--dry-run", action="store_true", help="print the unified diff, write nothing")
     mode = parser.add_mutually_exclusive_group()
@@ -24,12 +24,12 @@ def patch_main(argv: List[str]) -> int:
     if args.check:
         fork = patch.detect_fork(args.checkout)  # unknown layout: exit 2
         state = patch.status(args.checkout)
-        print(f"{os.path.join(args.checkout, patch.TRAINING)}: {state} ({fork} fork)")
+        print(f"{patch.training_path(args.checkout)}: {state} ({fork} fork)")
         return EXIT_OK if state == "patched" else EXIT_MISMATCH
     plan = patch.plan_revert(args.checkout) if args.revert else patch.plan_apply(args.checkout)
     if plan is None:
         state = "not patched: nothing to revert" if args.revert else "already patched"
-        print(f"{os.path.join(args.checkout, patch.TRAINING)}: {state}")
+        print(f"{patch.training_path(args.checkout)}: {state}")
         return EXIT_OK
     if args.dry_run:
         print(patch.unified_diff(plan, args.checkout), end="")

@@ -5,8 +5,11 @@ Works on the ``argparse.Namespace`` that either Megatron-DeepSpeed fork builds (
 ``embed_layernorm``, ``checkpoint_activations``; microsoft/deepspeedai: ``swiglu``,
 ``num_key_value_heads``, ``num_experts`` list, ``topk``, ``expert_interval``,
 ``recompute_granularity``, ``untie_embeddings_and_output_weights``, ``normalization``,
-``add_bias_linear``) and on a command line parsed by :func:`megatron_argument_parser`, which
-uses the same flag names and destinations.  Standard library only.
+``add_bias_linear``), on NVIDIA Megatron-LM's (``num_experts`` int, ``moe_layer_freq``,
+``moe_router_topk``, ``moe_ffn_hidden_size``, ``moe_shared_expert_intermediate_size``,
+``multi_latent_attention`` and its ranks/head dims, ``mtp_num_layers``, ``window_size``,
+``window_attn_skip_freq``, ``context_parallel_size``) and on a command line parsed by
+:func:`megatron_argument_parser`, which uses the same flag names and destinations.  Standard library only.
 """
 
 import argparse
@@ -272,22 +275,14 @@ def _renamed(ns, name: str, old_name: str, flag: str, old_flag: str, default=Non
     return old
 
 
-def _experts(ns) -> Tuple[Optional[Tuple[int, ...]], int, bool]:
-    """(experts per MoE layer, expert interval, Megatron-LM layer pattern)."""
+def _experts(ns) -> Tuple[Optional[Tuple[int, ...]], int]:
+    """(experts per MoE layer, the microsoft fork's expert interval).
+
+    Megatron-LM's ``--moe-layer-freq`` (which layers are MoE) is a ModelShape field of its
+    own: see :func:`_megatron_core_model_fields`."""
     experts = _int_list(_renamed(ns, "num_experts", "num_moe_experts", "--num-experts",
                                  "--num-moe-experts"))
-    freq = getattr(ns, "moe_layer_freq", None)
-    if freq is None:
-        return experts, getattr(ns, "expert_interval", None) or 2, False
-    try:
-        interval = int(freq)
-    except (TypeError, ValueError):
-        raise ShapeError(f"not supported yet: a --moe-layer-freq pattern ({freq}); give an "
-                         "integer", "--moe-layer-freq") from None
-    if interval <= 0:
-        raise ShapeError(f"--moe-layer-freq must be a positive integer, got {interval}",
-                         "--moe-layer-freq")
-    return experts, interval, True
+    return experts, getattr(ns, "expert_interval", None) or 2
 
 
 def _moe_residual(ns) -> bool:
@@ -298,12 +293,13 @@ def _moe_residual(ns) -> bool:
 
 
 def _sequence_parallel(ns) -> int:
+    """The microsoft fork's Ulysses size (Megatron-LM's context parallelism is its own field)."""
     ulysses = getattr(ns, "ds_sequence_parallel_size", None) or 1
     context = getattr(ns, "context_parallel_size", None) or 1
     if ulysses > 1 and context > 1:
         raise ShapeError("--ds-sequence-parallel-size and --context-parallel-size come from "
                          "different frameworks; give one", "--context-parallel-size")
-    return max(ulysses, context)
+    return ulysses
 
 
 def _world_size(ns) -> Optional[int]:
@@ -331,7 +327,8 @@ def world_size_note(ns, run: RunShape) -> str:
     source = getattr(ns, "_world_size_source", "--world-size")
     if source:
         return f"world size {run.world_size} (from {source})"
-    parts = "TP × PP" + (" × SP" if run.sequence_parallel_size > 1 else "")
+    parts = ("TP × PP" + (" × SP" if run.sequence_parallel_size > 1 else "")
+             + (" × CP" if run.context_parallel_size > 1 else ""))
     return (f"world size {run.world_size} ASSUMED ({parts}, one data-parallel replica): "
             "give --world-size (or set WORLD_SIZE) for per-GPU figures")
 
@@ -350,18 +347,54 @@ def _global_batch(ns, micro: int, data_parallel: int) -> Optional[int]:
     return implied
 
 
-def _check_moe_ffn(ns, ffn: Optional[int], hidden: int) -> None:
-    moe_ffn = getattr(ns, "moe_ffn_hidden_size", None)
-    if moe_ffn is not None and moe_ffn != (ffn or 4 * hidden):
-        raise ShapeError(f"not supported yet: --moe-ffn-hidden-size ({moe_ffn}) different from "
-                         f"the dense FFN size ({ffn or 4 * hidden})", "--moe-ffn-hidden-size")
-
-
 def _check_recompute_modules(ns) -> None:
     modules = getattr(ns, "recompute_modules", None)
     if modules and list(modules) != ["core_attn"]:
         raise ShapeError(f"not supported yet: --recompute-modules {' '.join(modules)} (only "
                          "core_attn, the selective default, is counted)", "--recompute-modules")
+
+
+def _window(ns) -> Optional[int]:
+    """Megatron-LM's ``--window-size`` (``(w, 0)`` or ``"w,0"``): the keys behind each query."""
+    window = getattr(ns, "window_size", None)
+    if window is None:
+        return None
+    if isinstance(window, str):
+        try:
+            window = tuple(int(part) for part in window.strip("()").split(","))
+        except ValueError:
+            raise ShapeError(f"--window-size must be two integers such as 4096,0, got {window!r}",
+                             "--window-size") from None
+    window = tuple(window)
+    if len(window) != 2 or window[1] != 0:
+        raise ShapeError(f"--window-size must be (w, 0) for a causal GPT, got {window}",
+                         "--window-size")
+    return None if window[0] < 0 else window[0]  # -1: unlimited, i.e. no window
+
+
+def _megatron_core_model_fields(ns) -> dict:
+    """ModelShape fields of NVIDIA Megatron-LM's (Megatron-Core's) flags; the forks have none."""
+    def get(name, default=None):
+        value = getattr(ns, name, None)
+        return default if value is None else value
+
+    fields = dict(
+        moe_layer_freq=get("moe_layer_freq"),
+        moe_ffn_hidden_size=get("moe_ffn_hidden_size"),
+        moe_shared_expert_intermediate_size=get("moe_shared_expert_intermediate_size"),
+        mtp_num_layers=get("mtp_num_layers", 0),
+        window_size=_window(ns),
+        window_attn_skip_freq=get("window_attn_skip_freq"),
+    )
+    if isinstance(fields["moe_layer_freq"], list):
+        fields["moe_layer_freq"] = tuple(fields["moe_layer_freq"])
+    if isinstance(fields["window_attn_skip_freq"], list):
+        fields["window_attn_skip_freq"] = tuple(fields["window_attn_skip_freq"])
+    if getattr(ns, "multi_latent_attention", False):
+        fields.update(multi_latent_attention=True, q_lora_rank=get("q_lora_rank"),
+                      kv_lora_rank=get("kv_lora_rank"), qk_head_dim=get("qk_head_dim"),
+                      qk_pos_emb_head_dim=get("qk_pos_emb_head_dim"), v_head_dim=get("v_head_dim"))
+    return fields
 
 
 def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
@@ -391,9 +424,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     hidden = ns.hidden_size
     glu = _glu(ns)
     ffn = _ffn(ns, hidden, glu)
-    _check_moe_ffn(ns, ffn, hidden)
     _check_recompute_modules(ns)
-    num_experts, interval, from_first = _experts(ns)
+    num_experts, interval = _experts(ns)
     untie = bool(get("untie_embeddings_and_output_weights", False))
     max_positions = get("max_position_embeddings", seq_length)
     model = ModelShape(
@@ -415,7 +447,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         normalization=str(get("normalization", "layernorm")).lower(),
         embedding_layernorm=bool(get("embed_layernorm", False)),
         moe_residual=_moe_residual(ns),
-        expert_layers_from_first=from_first,
+        **_megatron_core_model_fields(ns),
     )
     if getattr(ns, "no_pipeline_parallel", False) and pp != 1:
         raise ShapeError(f"--pipeline-model-parallel-size ({pp}) must be 1 with "
@@ -438,7 +470,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     world = _world_size(ns)
     probe = RunShape(seq_length=seq_length, micro_batch_size=micro,
                      tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                     world_size=world, sequence_parallel_size=sequence_parallel)
+                     world_size=world, sequence_parallel_size=sequence_parallel,
+                     context_parallel_size=get("context_parallel_size", 1))
     rampup = get("rampup_batch_size")
     run = RunShape(
         seq_length=seq_length,
@@ -451,6 +484,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         rampup_batch_size=_int_list(rampup),
         dtype=_dtype(ns),
         sequence_parallel_size=sequence_parallel,
+        context_parallel_size=get("context_parallel_size", 1),
     )
     return model, run
 
@@ -504,8 +538,19 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--topk", type=int)
     add("--expert-interval", type=int)
     add("--mlp-type", type=str, help="microsoft fork: standard, or residual (PR-MoE)")
-    add("--moe-layer-freq", type=str, help="Megatron-LM: every k-th layer is MoE (from the first)")
+    add("--moe-layer-freq", type=str, help="Megatron-LM: an int N (layer i is MoE when "
+        "i %% N == 0) or a pattern such as ([0]*3+[1]*29)")
     add("--moe-ffn-hidden-size", type=int)
+    add("--moe-shared-expert-intermediate-size", type=int)
+    add("--multi-latent-attention", action="store_true")
+    add("--q-lora-rank", type=int)
+    add("--kv-lora-rank", type=int)
+    add("--qk-head-dim", type=int)
+    add("--qk-pos-emb-head-dim", type=int)
+    add("--v-head-dim", type=int)
+    add("--mtp-num-layers", type=int)
+    add("--window-size", type=str, help="w,0: sliding-window attention over w keys")
+    add("--window-attn-skip-freq", type=str, help="every N-th layer full attention, or a pattern")
     add("--position-embedding-type", type=str)
     add("--use-rotary-position-embeddings", action="store_true")
     add("--no-position-embedding", action="store_false", dest="add_position_embedding")
@@ -553,7 +598,7 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     fp8.add_argument("--no-fp8-wgrad", dest="fp8_wgrad", action="store_false")
     ours = parser.add_argument_group("megatron-flops options for the pasted flags")
     ours.add_argument("--world-size", type=int,
-                      help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP, said so)")
+                      help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP × CP, said so)")
     ours.add_argument("--strict", action="store_true", dest="strict_flags",
                       help="an unknown flag is an error, not a warning")
     parser.set_defaults(_cli=True)

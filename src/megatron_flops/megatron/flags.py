@@ -470,7 +470,6 @@ OLD_NAMES: Dict[str, str] = {
 }
 
 _KD = "a teacher model's forward pass (knowledge distillation) is not counted yet"
-_MLA = "multi-latent attention is not counted yet"
 _HYBRID = "hybrid / Mamba / linear-attention layers are not counted yet"
 #: Known flags that change the count and are not counted yet: an error naming the flag.
 UNSUPPORTED: Dict[str, str] = {
@@ -483,16 +482,7 @@ UNSUPPORTED: Dict[str, str] = {
     "--retro-add-retriever": "RETRO's retriever encoder is not counted yet",
     "--vision-pretraining": "vision models are not counted",
     # NVIDIA Megatron-LM
-    "--multi-latent-attention": _MLA,
-    "--q-lora-rank": _MLA,
-    "--kv-lora-rank": _MLA,
-    "--qk-head-dim": _MLA,
-    "--v-head-dim": _MLA,
-    "--qk-pos-emb-head-dim": _MLA,
-    "--mtp-num-layers": "multi-token prediction layers are not counted yet",
-    "--moe-shared-expert-intermediate-size": "MoE shared experts are not counted yet",
     "--moe-latent-size": "latent MoE projections are not counted yet",
-    "--window-size": "sliding-window attention is not counted yet",
     "--hybrid-override-pattern": _HYBRID,
     "--hybrid-layer-pattern": _HYBRID,
     "--is-hybrid-model": _HYBRID,

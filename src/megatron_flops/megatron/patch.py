@@ -2,7 +2,8 @@
 (:mod:`megatron_flops.commands.patch`): a reversible one-block edit of a Megatron-DeepSpeed checkout that routes its throughput reporting through
 megatron-flops, for teams that launch ``pretrain_gpt.py`` in ways a wrapper cannot reach.
 
-The edit appends one marked block to ``megatron/training.py``::
+The edit appends one marked block to ``megatron/training.py`` (NVIDIA Megatron-LM:
+``megatron/training/training.py``)::
 
     # megatron-flops: begin …
     try:
@@ -20,7 +21,8 @@ when megatron-flops is not installed, or when an installed version cannot instal
 
 The fork is detected from the source (the microsoft fork's ``throughput_calculator(model,
 args, iteration_time, total_iterations)`` in ``megatron/utils.py`` imported by
-``training.py``; bigscience's inline ``TFLOPs:`` field in ``training_log``); an unknown
+``training.py``; bigscience's inline ``TFLOPs:`` field in ``training_log``; Megatron-LM's
+``num_floating_point_operations`` beside ``training_log``); an unknown
 layout is refused before anything is written.  Applying twice changes nothing;
 ``--revert`` removes exactly the appended bytes, so the file is restored byte for byte.
 """
@@ -31,6 +33,7 @@ import re
 from typing import NamedTuple, Optional
 
 TRAINING = os.path.join("megatron", "training.py")
+MEGATRON_LM_TRAINING = os.path.join("megatron", "training", "training.py")  # NVIDIA Megatron-LM
 UTILS = os.path.join("megatron", "utils.py")
 BEGIN = "# megatron-flops: begin"
 END = "# megatron-flops: end"
@@ -80,19 +83,28 @@ def _newline(data: bytes) -> bytes:
     return b"\r\n" if b"\r\n" in data else b"\n"
 
 
-def _training_path(checkout: str) -> str:
-    path = os.path.join(checkout, TRAINING)
-    if not os.path.isfile(path):
-        raise PatchError(f"CHECKOUT {checkout!r} has no {TRAINING}: not a Megatron-DeepSpeed checkout")
-    return path
+def training_path(checkout: str) -> str:
+    """The training module a checkout is patched in (the forks' or Megatron-LM's)."""
+    for relative in (TRAINING, MEGATRON_LM_TRAINING):
+        path = os.path.join(checkout, relative)
+        if os.path.isfile(path):
+            return path
+    raise PatchError(f"CHECKOUT {checkout!r} has no {TRAINING} (nor {MEGATRON_LM_TRAINING}): "
+                     "not a Megatron-DeepSpeed or Megatron-LM checkout")
 
 
 def detect_fork(checkout: str) -> str:
     """``"microsoft"`` or ``"bigscience"`` from the sources; PatchError otherwise."""
     if not os.path.isdir(checkout):
         raise PatchError(f"CHECKOUT must be a directory (a Megatron-DeepSpeed checkout), got {checkout!r}")
-    with open(_training_path(checkout), "rb") as f:
+    path = training_path(checkout)
+    with open(path, "rb") as f:
         training = f.read()
+    if path.endswith(MEGATRON_LM_TRAINING):
+        if b"def num_floating_point_operations(" in training and b"def training_log(" in training:
+            return "megatron-lm"
+        raise PatchError(f"CHECKOUT {checkout!r}: unknown layout, nothing written (expected "
+                         f"num_floating_point_operations and training_log in {MEGATRON_LM_TRAINING})")
     utils = b""
     utils_path = os.path.join(checkout, UTILS)
     if os.path.isfile(utils_path):
@@ -123,7 +135,7 @@ def patched_suffix(data: bytes) -> Optional[bytes]:
 
 def status(checkout: str) -> str:
     """``"patched"``, ``"unpatched"`` or ``"modified"`` (a marker without our exact block)."""
-    with open(os.path.join(checkout, TRAINING), "rb") as f:
+    with open(training_path(checkout), "rb") as f:
         data = f.read()
     if patched_suffix(data) is not None:
         return "patched"
@@ -133,7 +145,7 @@ def status(checkout: str) -> str:
 def plan_apply(checkout: str) -> Optional[Plan]:
     """What applying would write (None when already patched)."""
     fork = detect_fork(checkout)
-    path = os.path.join(checkout, TRAINING)
+    path = training_path(checkout)
     with open(path, "rb") as f:
         original = f.read()
     state = status(checkout)
@@ -149,7 +161,7 @@ def plan_apply(checkout: str) -> Optional[Plan]:
 
 def plan_revert(checkout: str) -> Optional[Plan]:
     """What reverting would write (None when not patched)."""
-    path = _training_path(checkout)
+    path = training_path(checkout)
     with open(path, "rb") as f:
         current = f.read()
     suffix = patched_suffix(current)

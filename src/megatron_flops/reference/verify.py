@@ -226,13 +226,31 @@ def choose_meta(model: ModelShape, seq_length: int, batch_size: int = 1,
     return hardware > REAL_MAX_HARDWARE_FLOPS or parameter_count(model).total > REAL_MAX_PARAMETERS
 
 
+# Megatron-Core features the reference GPT does not build (tests/megatron_core counts them on
+# Megatron-Core's own model): flag -> whether the model uses it
+_NOT_BUILT = (
+    ("--mlp-type", lambda m: m.moe_residual),  # PR-MoE, the microsoft fork's
+    ("--multi-latent-attention", lambda m: m.multi_latent_attention),
+    ("--mtp-num-layers", lambda m: m.mtp_num_layers > 0),
+    ("--moe-shared-expert-intermediate-size", lambda m: m.shared_expert_ffn_hidden_size > 0),
+    ("--moe-ffn-hidden-size", lambda m: m.is_moe and m.expert_ffn_hidden_size != m.ffn_hidden_size),
+)
+
+
+def check_buildable(model: ModelShape) -> None:
+    """ShapeError naming the first flag whose feature the reference GPT does not build."""
+    for flag, used in _NOT_BUILT:
+        if used(model):
+            raise ShapeError(f"{flag}: the reference GPT does not build this feature, so verify "
+                             "cannot count it (Megatron-Core's own features are checked against "
+                             "Megatron-Core itself in tests/megatron_core)", flag)
+
+
 def count_flops(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
                 meta: Optional[bool] = None, seed: int = 0):
     """Run one forward+backward of the reference GPT; return (counter, mode)."""
-    if model.moe_residual:
-        raise ShapeError("--mlp-type residual (PR-MoE) is not built by the reference GPT: "
-                         "verify counts standard MoE layers only", "--mlp-type")
+    check_buildable(model)
     if meta is None:
         meta = choose_meta(model, seq_length, batch_size, recompute, pipeline_parallel_size)
     device = torch.device("meta") if meta else torch.device("cpu")

@@ -11,6 +11,9 @@ features, never by version strings):
   ``throughput_calculator`` is replaced, so the fields and W&B keys it feeds become exact;
 - :mod:`.bigscience` — the bigscience fork: ``training_log``'s inline TFLOPs; the interval
   timer, the printed line and the ``iteration-time/*`` TensorBoard tags are corrected;
+- :mod:`.megatron_lm` — NVIDIA Megatron-LM (``megatron.training.training``): its
+  ``num_floating_point_operations`` is replaced, so ``throughput per GPU`` and the
+  ``throughput`` scalar become exact model TFLOP/s per GPU;
 - anything else: one message, the run is left untouched.
 
 The hook itself (:mod:`.runtime`) wraps ``training_log`` (called once per iteration by
@@ -36,7 +39,8 @@ from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, replace_field
 from .count_mode import CountSettings
 from .bigscience import BigscienceFork
-from .importer import TRAINING_MODULE, TrainingImportFinder
+from .importer import MEGATRON_LM_TRAINING_MODULE, TRAINING_MODULE, TrainingImportFinder
+from .megatron_lm import MegatronLM
 from .microsoft import MicrosoftFork
 from .runtime import MegatronHook
 
@@ -44,7 +48,7 @@ __all__ = ["install", "uninstall", "installed", "MegatronHook", "Interval", "Str
            "STRATEGIES", "replace_field", "PREFIX"]
 
 # asked in this order: a microsoft training_log also prints an inline "TFLOPs:" field
-STRATEGIES = (MicrosoftFork, BigscienceFork)
+STRATEGIES = (MicrosoftFork, BigscienceFork, MegatronLM)
 FORK_MICROSOFT = MicrosoftFork.name
 FORK_BIGSCIENCE = BigscienceFork.name
 ENV_DISABLE = "MEGATRON_FLOPS_DISABLE"
@@ -87,7 +91,8 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
         _HOOK.counting = counting
     if isinstance(training_module, str):  # the patched training.py passes its __name__
         training_module = sys.modules[training_module]
-    module = training_module if training_module is not None else sys.modules.get(TRAINING_MODULE)
+    module = training_module if training_module is not None else (
+        sys.modules.get(MEGATRON_LM_TRAINING_MODULE) or sys.modules.get(TRAINING_MODULE))
     if module is not None:
         _HOOK.patch(module)
     return _HOOK

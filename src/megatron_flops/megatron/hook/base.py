@@ -12,6 +12,7 @@ edit the framework's line and tags from ``interval.report``; after ``training_lo
 writes the ``throughput/*`` tags (:meth:`Strategy.write_outputs`).
 """
 
+import functools
 import inspect
 import os
 import sys
@@ -90,6 +91,33 @@ class Interval:
         """The report of the interval the framework timed (``seconds``, ``total_iterations``)."""
         self.report = self.accounting.close_interval(seconds, total_iterations, num_microbatches)
         return self.report
+
+
+WATCHED = "_megatron_flops"  # marks a timer or writer already wrapped
+
+
+def watch_interval_timer(strategy: "Strategy", timer, ends_interval=None) -> None:
+    """Wrap the framework's ``interval-time`` timer: its ``elapsed()`` during a log
+    iteration's ``training_log`` closes the current interval with the framework's own
+    seconds — unless ``ends_interval(args, kwargs)`` says this read does not end it."""
+    if getattr(timer, WATCHED, False):
+        return
+    original_elapsed, hook = timer.elapsed, strategy.hook
+
+    @functools.wraps(original_elapsed)
+    def elapsed(*args, **kwargs):
+        seconds = original_elapsed(*args, **kwargs)
+        interval = hook.interval
+        if interval is not None and interval.report is None and hook.enabled \
+                and (ends_interval is None or ends_interval(args, kwargs)):
+            try:
+                interval.close(seconds, interval.framework_iterations(), strategy.num_microbatches)
+            except Exception as error:
+                hook.fail("the interval timer", error)
+        return seconds
+
+    timer.elapsed = elapsed
+    setattr(timer, WATCHED, True)
 
 
 class _ScalarTarget:

@@ -9,11 +9,10 @@ and ``TFLOPs``, and the TensorBoard writer's ``add_scalar`` the exact values of 
 runs: they are wrapped at the first log iteration.
 """
 
-import functools
-
 from ... import legacy
 from .. import module_names as names
-from .base import ORIGINAL_ADD_SCALAR, Interval, Strategy, code_strings, replace_field
+from .base import (ORIGINAL_ADD_SCALAR, WATCHED, Interval, Strategy, code_strings, replace_field,
+                   watch_interval_timer)
 
 # the fork's TensorBoard tags whose values the hook replaces: tag -> value from the report
 # and the data-parallel size
@@ -24,7 +23,6 @@ FORK_TAGS = {
     "iteration-time/tokens per second per replica": lambda r, dp: r.tokens_per_second / dp,
     "iteration-time/TFLOPs per gpu (estimated)": lambda r, dp: r.hardware_tflops_per_gpu,
 }
-WATCHED = "_megatron_flops"  # marks a timer or writer already wrapped
 
 
 class BigscienceFork(Strategy):
@@ -53,32 +51,12 @@ class BigscienceFork(Strategy):
 
     def on_log_iteration(self, interval: Interval) -> None:
         if not self._watching:
-            self._watch_timer(self.training.get_timers()("interval-time"))
+            watch_interval_timer(self, self.training.get_timers()("interval-time"))
             writer = self.tensorboard_writer()
             if writer is not None:
                 self._watch_writer(writer)
             # both in place (or no writer on this rank, which the fork never creates later)
             self._watching = True
-
-    def _watch_timer(self, timer) -> None:
-        """The fork's ``elapsed()`` at a log iteration closes the current interval."""
-        if getattr(timer, WATCHED, False):
-            return
-        original_elapsed, hook = timer.elapsed, self.hook
-
-        @functools.wraps(original_elapsed)
-        def elapsed(*args, **kwargs):
-            seconds = original_elapsed(*args, **kwargs)
-            interval = hook.interval
-            if interval is not None and interval.report is None and hook.enabled:
-                try:
-                    interval.close(seconds, interval.framework_iterations(), self.num_microbatches)
-                except Exception as error:
-                    hook.fail("the interval timer", error)
-            return seconds
-
-        timer.elapsed = elapsed
-        setattr(timer, WATCHED, True)
 
     def _watch_writer(self, writer) -> None:
         """The fork's throughput tags get the exact values of the current interval."""

@@ -6,6 +6,9 @@ import importlib.abc
 import sys
 
 TRAINING_MODULE = "megatron.training"
+# NVIDIA Megatron-LM: ``megatron.training`` is a package; training_log lives in its submodule
+MEGATRON_LM_TRAINING_MODULE = "megatron.training.training"
+TRAINING_MODULES = (TRAINING_MODULE, MEGATRON_LM_TRAINING_MODULE)
 
 
 class _PatchingLoader(importlib.abc.Loader):
@@ -34,7 +37,7 @@ class TrainingImportFinder(importlib.abc.MetaPathFinder):
         self._busy = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TRAINING_MODULE or self._busy:
+        if fullname not in TRAINING_MODULES or self._busy:
             return None
         self._busy = True
         try:

@@ -104,6 +104,10 @@ class MegatronHook:
         """Patch a loaded ``megatron.training`` module; return the fork detected."""
         if getattr(training, FORK_MARKER, None):
             return getattr(training, FORK_MARKER)  # already patched (hook and patch both on)
+        if hasattr(training, "__path__") and self.strategy is not None:
+            return self.fork  # Megatron-LM's package, after its training submodule was patched
+        if hasattr(training, "__path__") and hasattr(training, "training"):
+            return self.patch(training.training)  # Megatron-LM's package: patch the submodule
         try:
             found = next((s for s in self.strategies if s.detect(training)), None)
             if found is None:
