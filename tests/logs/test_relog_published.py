@@ -153,3 +153,42 @@ def test_published_logs_with_their_dump_relog_flag_free(name, tmp_path, logfmt, 
         assert (segment["tensor_model_parallel_size"],
                 segment["pipeline_model_parallel_size"]) == tuple(map(int, shape.groups()))
     assert all(0 < i["mfu"] <= i["hfu"] < 1 for i in intervals)
+
+
+def test_bloom_flag_free_from_its_published_flags(tmp_path, logfmt, capsys):
+    """A BLOOM-176B console log: its arguments dump holds tr11-176B-ml.slurm's flags (TP 4,
+    PP 12 for 70 layers: DeepSpeed's pipeline partitions layers itself, --pp-partition-method
+    'type:transformer|embedding'; 48 nodes × 8 = 384 GPUs; --pad-vocab-size-to 250880), then
+    the chronicles' quoted lines behind the launcher's prefix.  Flag-free, relog reproduces
+    every logged TFLOPs with the fork's formula, and the exact hardware count equals it: with
+    BLOOM's shape (no GLU, f = 4h, MHA) the bigscience formula under full recompute,
+    96·B·s·l·h²·(1 + s/6h + V/16lh), is exactly the hardware count (Narayanan et al. 2021,
+    Eq. 3; docs/relog.md)."""
+    values = dict(num_layers=70, hidden_size=14336, num_attention_heads=112, seq_length=2048,
+                  max_position_embeddings=2048, micro_batch_size=2, global_batch_size=2048,
+                  rampup_batch_size="['192', '16', '9_765_625']", tensor_model_parallel_size=4,
+                  pipeline_model_parallel_size=12, world_size=384, checkpoint_activations=True,
+                  bf16=True, fp16=False, embed_layernorm=True, deepspeed=True,
+                  position_embedding_type="PositionEmbeddingType.alibi", pad_vocab_size_to=250880,
+                  make_vocab_size_divisible_by=128, glu_activation=None, log_interval=1,
+                  pp_partition_method="type:transformer|embedding", kv_channels=128,
+                  ffn_hidden_size=57344)
+    lines = ["[default0]:------------------------ arguments ------------------------"]
+    lines += ["[default0]:  {} {} {}".format(k, "." * (48 - len(k)), v)
+              for k, v in sorted(values.items())]
+    lines += ["[default0]:-------------------- end of arguments ---------------------",
+              "[default0]: > padded vocab (size: 250680) with 200 dummy tokens (new size: 250880)"]
+    lines += ["[default7]:" + q["text"] for q in quotes("train/tr11-176B-ml/chronicles.md")]
+    log = tmp_path / "main_log.txt"
+    log.write_text("\n".join(lines) + "\n")
+    result = logfmt.run_cli(capsys, log, "--gpu", "a100", "--json")
+    if result.code == 2 and "must divide --num-layers" in result.err:
+        pytest.skip("70 layers on 12 DeepSpeed pipeline stages needs the realinputs pipeline rule")
+    assert result.code == 0, result.err
+    summary = logfmt.json_summary(result)
+    assert summary["fork_formula_mismatches"] == 0 and summary["fork_formula_checked"] >= 10
+    for interval in logfmt.json_intervals(result):
+        assert interval["fork"] == "bigscience" and interval["batch_size"] == 2048
+        if interval["logged_tflops"] is not None:
+            assert interval["tflops_per_gpu"]["hardware"] == pytest.approx(
+                interval["logged_tflops"], abs=0.01 + 1e-4 * interval["logged_tflops"])

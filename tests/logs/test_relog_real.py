@@ -210,6 +210,10 @@ def test_after_a_gap_the_ramp_up_schedule_decides(tmp_path, logfmt, capsys):
         40 * model / (0.5 * 16 * 1e12), rel=1e-9)
     assert logfmt.json_summary(result)["gaps"] == 1
     assert "no padded vocab line" not in result.err  # the dump has padded_vocab_size
+    # the run's --log-interval typed (a pasted command line) overrides the dump's: with 4,
+    # line 6 follows line 2 by one interval, and its batch is (160 − 32) / 4 = 32
+    typed = logfmt.json_intervals(logfmt.run_cli(capsys, path, "--json", "--log-interval", 4))
+    assert (typed[1]["batch_size"], typed[1]["batch_source"]) == (32, "consumed samples")
     # without the schedule in the dump: the line's logged batch
     text = text.replace("['16', '16', '96']", "None")
     path.write_text(text)
@@ -341,3 +345,29 @@ def test_without_flags_or_dump_the_missing_flag_is_named(tmp_path, logfmt, capsy
     (line,) = result.err.splitlines()
     assert line == ("megatron-flops: error: --num-layers is required (the log has no "
                     "arguments dump to read it from)")
+
+
+def test_a_pasted_command_lines_script_is_not_a_log(tmp_path, logfmt, capsys):
+    path = write(tmp_path / "run.log", [logfmt.bigscience_line(10, 640, 640 * 128, 0.5, 64,
+                                                               128.0, 1.0)])
+    flags = ["--num-layers", 2, "--hidden-size", 64, "--num-attention-heads", 4,
+             "--seq-length", 128, "--world-size", 8]
+    result = logfmt.run_cli(capsys, path, "pretrain_gpt.py", *flags)
+    assert result.code == 0 and "ignoring arguments: pretrain_gpt.py" in result.err
+    result = logfmt.run_cli(capsys, "pretrain_gpt.py", *flags)
+    assert result.code == 2 and "PATH is required" in result.err
+
+
+def test_an_unsupported_feature_in_the_dump_is_refused(tmp_path, logfmt, capsys):
+    """The run used knowledge distillation (microsoft --kd: a teacher forward the count does
+    not hold yet): refused like the typed flag, one line naming it; --kd False is fine."""
+    values = dict(RAMP_DUMP, rampup_batch_size=None, kd=True)
+    lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
+    result = logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines))
+    assert result.code == 2 and result.out == ""
+    (line,) = result.err.splitlines()
+    assert line.startswith("megatron-flops: error: not supported yet: --kd (the log's "
+                           "arguments: True)")
+    values["kd"] = False
+    lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
+    assert logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines)).code == 0

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, TextIO
 
-from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser
+from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, positive
 
 # relog's own output option; the run's own --tensorboard-dir (in a pasted command line) is
 # FLOP-neutral and ignored (before issue 10 relog used that name for this output)
@@ -54,16 +54,15 @@ def _check_outputs(args) -> None:
 def _parse(parser, argv: List[str]):
     """(args, the Megatron flags typed): the shapes wait for the log's arguments dump."""
     from ..logs.arguments import given_destinations
-    from ..megatron.args import (ignored_flags, megatron_argument_parser,
+    from ..megatron.args import (check_flags, ignored_flags, megatron_argument_parser,
                                  parse_megatron_args)
     args, unknown = parse_megatron_args(argv, parser)
-    megatron = {action.dest for action in megatron_argument_parser()._actions}
-    given = given_destinations(parser, argv) & megatron
-    ignored = ignored_flags(unknown)
-    if ignored:
-        print(f"megatron-flops: ignoring flags that do not change FLOPs: {' '.join(ignored)}",
-              file=sys.stderr)
-    if "--tensorboard-dir" in ignored:
+    megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
+    given = given_destinations(parser, argv) & (megatron - {"strict_flags"})
+    # the flag catalogue, as every command reads it: unsupported ones are an error
+    for line in check_flags(unknown, getattr(args, "strict_flags", False)).lines():
+        print(line, file=sys.stderr)
+    if "--tensorboard-dir" in ignored_flags(unknown):
         print(f"megatron-flops: --tensorboard-dir is the run's own flag (ignored); relog writes "
               f"its corrected TensorBoard run with {WRITE_TENSORBOARD} DIR", file=sys.stderr)
     return args, given
@@ -83,6 +82,10 @@ def relog_main(argv: List[str]) -> int:
                              "run's logs or a folder of them (*.log, *.txt, *.out; read in "
                              "iteration order), or a TensorBoard run directory / event file")
     add_peak_arguments(parser)
+    # the run's own flag, read with its meaning: which lines are one log interval apart
+    parser.add_argument("--log-interval", type=positive(int, "--log-interval"),
+                        help="the run's --log-interval (default: the log's arguments dump, "
+                             "else the common step of the logged iterations)")
     parser.add_argument("--fork", choices=("auto",) + FORKS, default="auto",
                         help="which framework wrote the log (default: from each line's fields, "
                              "else the arguments dump)")
@@ -96,6 +99,14 @@ def relog_main(argv: List[str]) -> int:
     parser.add_argument("--plot", metavar="OUT.png",
                         help="draw logged vs corrected TFLOP/s (and MFU/HFU) over iterations")
     args, given = _parse(parser, argv)
+    # a pasted command line's script (pretrain_gpt.py) is not a log
+    scripts = [path for path in args.paths if path.endswith(".py")]
+    args.paths = [path for path in args.paths if not path.endswith(".py")]
+    if scripts:
+        print(f"megatron-flops: ignoring arguments: {' '.join(scripts)}", file=sys.stderr)
+    if not args.paths:
+        raise UsageError("PATH is required: a console log, a folder of them or a TensorBoard "
+                         "run (a .py script is not a log)")
     for path in args.paths:
         if path != "-" and not os.path.exists(path):
             raise UsageError(f"PATH {path!r} does not exist")

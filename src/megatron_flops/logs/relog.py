@@ -553,9 +553,11 @@ def _console_or_progress(stream, stats: ParseStats, fork: Optional[str]) -> Iter
 
 def relog(records: Iterable[LogRecord], model: ModelShape, run: RunShape,
           peak_tflops: Optional[float] = None, causal: bool = False,
-          fork: Optional[str] = None) -> Iterator[Interval]:
-    """Intervals for records (the library entry point; the command adds the outputs)."""
-    relogger = Relogger(model, run, peak_tflops, causal, fork)
+          fork: Optional[str] = None, log_interval: Optional[int] = None,
+          default_fork: Optional[str] = None) -> Iterator[Interval]:
+    """Intervals for records of one run shape (the library entry point; the command adds the
+    outputs and a new shape per arguments dump); see :class:`Relogger`."""
+    relogger = Relogger(model, run, peak_tflops, causal, fork, log_interval, default_fork)
     for record in records:
         interval = relogger.add(record)
         if interval is not None:
@@ -664,6 +666,9 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
         else:
             namespace.world_size = None
             sources["world_size"] = ASSUMED
+    from ..megatron.flags import UNSUPPORTED
+    for flag, value, why in dump_arguments.unsupported_features(arguments, UNSUPPORTED):
+        raise ShapeError(f"not supported yet: {flag} (the log's arguments: {value}): {why}", flag)
     try:
         model, run = shapes_from_args(namespace)
     except ShapeError as error:
