@@ -210,13 +210,16 @@ def resolve_peak(device: Optional[str] = None, dtype: str = "bf16",
 
 def implausible_utilisation_warning(mfu: Optional[float], hfu: Optional[float] = None,
                                     world_size_assumed: bool = False, dtype: Optional[str] = None,
-                                    peak_source: Optional[str] = None) -> Optional[str]:
+                                    peak_source: Optional[str] = None,
+                                    peak_settings: str = "--gpu / --peak-tflops") -> Optional[str]:
     """One line naming the likely cause when MFU or HFU is above 100 %, else None.
 
     No accelerator beats its dense peak, so a figure above 100 % is a wrong denominator (the
     peak of another part or dtype, a sparsity figure, one GPU's peak for many) or a wrong
     numerator (world size too small, iterations counted twice, a time that is not the
     iteration's).  Callers print it beside the figure, everywhere MFU is shown.
+    ``peak_settings`` names how the caller's user sets the peak (the training hook: its
+    environment variables, since pretrain_gpt.py has no --gpu / --peak-tflops).
     """
     worst = max((u for u in (mfu, hfu) if u is not None), default=None)
     if worst is None or worst <= 1.0:
@@ -230,7 +233,7 @@ def implausible_utilisation_warning(mfu: Optional[float], hfu: Optional[float] =
     elif dtype in ("bf16", "fp16"):
         causes.append("the run may use FP8 GEMMs (measure against the FP8 or mixed peak)")
     causes.append(f"the peak may be another part's ({peak_source or 'unknown source'}): "
-                  "check --gpu / --peak-tflops")
+                  f"check {peak_settings}")
     causes.append("the time per iteration or the batch may not be the run's")
     return (f"warning: {label} {100 * worst:.0f}% is above 100% — impossible; likely: "
             + "; ".join(causes))

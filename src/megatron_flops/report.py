@@ -35,6 +35,11 @@ def format_percent(fraction: Optional[float], spec: str = ".1f", unit: str = "%"
     return "n/a" if fraction is None else f"{100.0 * fraction:{spec}}{unit}"
 
 
+def gpus(count: int) -> str:
+    """``"1 GPU"``, ``"8 GPUs"``."""
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
+
+
 def format_count(value: int) -> str:
     for scale, name in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if value >= scale:
@@ -88,7 +93,7 @@ def describe_run(run: RunShape) -> str:
     accumulation = run.global_batch_size // (run.micro_batch_size * run.data_parallel_size)
     text = (f"seq {run.seq_length}, global batch {run.global_batch_size} (micro "
             f"{run.micro_batch_size} × DP {run.data_parallel_size} × {accumulation} accumulation), "
-            f"{run.world_size} GPUs (TP {run.tensor_model_parallel_size}, PP "
+            f"{gpus(run.world_size)} (TP {run.tensor_model_parallel_size}, PP "
             f"{run.pipeline_model_parallel_size}"
             + (f", CP {run.context_parallel_size}: {run.tokens_per_gpu_per_sample} tokens of each "
                f"sample per GPU" if run.context_parallel_size > 1 else "")

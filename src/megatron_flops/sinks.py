@@ -66,16 +66,23 @@ def _tflops(value: float) -> str:
 
 
 def console_fields(report: ThroughputReport) -> List[Tuple[str, str]]:
-    """(key, formatted value) pairs in the order they are printed."""
-    return [
+    """(key, formatted value) pairs in the order they are printed.
+
+    Every value is a plain number a log scraper can parse: units live in the key
+    (``MFU (%): 45.2``), and a value that is not known (MFU/HFU without a peak) is left out,
+    never printed as ``n/a``.  (Before issue 10 the fields read ``MFU: 45.2%`` / ``MFU: n/a``;
+    ``relog`` still reads both forms.)"""
+    fields = [
         ("samples per second", f"{report.samples_per_second:.3f}"),
         ("tokens per second", f"{report.tokens_per_second:.1f}"),
         ("tokens per gpu per second", f"{report.tokens_per_second_per_gpu:.1f}"),
         ("model TFLOP/s per gpu", _tflops(report.model_tflops_per_gpu)),
         ("hardware TFLOP/s per gpu", _tflops(report.hardware_tflops_per_gpu)),
-        ("MFU", format_percent(report.mfu)),
-        ("HFU", format_percent(report.hfu)),
     ]
+    for key, fraction in (("MFU (%)", report.mfu), ("HFU (%)", report.hfu)):
+        if fraction is not None:
+            fields.append((key, format_percent(fraction, unit="")))
+    return fields
 
 
 def console_line(report: ThroughputReport, prefix_fields: Tuple[Tuple[str, str], ...] = ()) -> str:

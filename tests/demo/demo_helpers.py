@@ -13,7 +13,7 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 LINE_FIELDS = ("consumed samples", "elapsed time per iteration (ms)", "learning rate",
                "global batch size", "lm loss", "samples per second", "tokens per second",
                "tokens per gpu per second", "model TFLOP/s per gpu", "hardware TFLOP/s per gpu",
-               "MFU", "HFU")
+               "MFU (%)", "HFU (%)")
 
 
 def parse_lines(text: str):

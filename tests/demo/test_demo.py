@@ -72,7 +72,8 @@ def test_default_shape_trains_and_reports(tmp_path, capsys):
         check_line_arithmetic(row, counted, SEQ)
         # no recompute: model and hardware FLOPs are the same
         assert row["model TFLOP/s per gpu"] == row["hardware TFLOP/s per gpu"]
-        assert row["MFU"] == row["HFU"] and row["MFU"].endswith("%")
+        # the unit is in the key: the value is a plain number
+        assert row["MFU (%)"] == row["HFU (%)"] and float(row["MFU (%)"]) > 0
 
     # the start: breakdown table and the peak's source; the end: the summary
     assert "component (" in out and "mlp_up" in out and "logits" in out
@@ -97,7 +98,7 @@ def test_default_shape_trains_and_reports(tmp_path, capsys):
     for event, row in zip(events.Scalars("throughput/samples_per_second"), rows):
         assert event.value == pytest.approx(number(row["samples per second"]), rel=1e-3)
     for event, row in zip(events.Scalars("throughput/mfu"), rows):
-        assert 100 * event.value == pytest.approx(number(row["MFU"]), abs=0.06)
+        assert 100 * event.value == pytest.approx(number(row["MFU (%)"]), abs=0.06)
     for event, row in zip(events.Scalars("lm loss"), rows):
         assert event.value == pytest.approx(number(row["lm loss"]), rel=1e-5)
 
@@ -118,7 +119,7 @@ def test_full_recompute_counts_hardware_flops_above_model_flops(capsys):
         ratio = number(row["hardware TFLOP/s per gpu"]) / number(row["model TFLOP/s per gpu"])
         assert ratio == pytest.approx(hardware_flops / model_flops, rel=0.01)
         # --peak-tflops 1: MFU in percent is 100 × TFLOP/s
-        assert number(row["HFU"]) == pytest.approx(100 * number(row["hardware TFLOP/s per gpu"]),
+        assert number(row["HFU (%)"]) == pytest.approx(100 * number(row["hardware TFLOP/s per gpu"]),
                                                    abs=0.06)
     assert "given (1 TFLOP/s)" in out
 
@@ -242,7 +243,7 @@ def test_a_peak_below_the_achieved_rate_is_called_out(capsys):
                                        "--peak-tflops", "1e-9"], capsys)
     assert code == 0, err
     rows = parse_lines(out)
-    assert all(number(r["HFU"]) > 100 for r in rows)
+    assert all(number(r["HFU (%)"]) > 100 for r in rows)
     assert out.count("above the peak") == 1
     assert "HFU above 100 %" in out
 
@@ -264,7 +265,7 @@ def test_measured_peak_is_reported_and_cached(tmp_path, capsys):
     for row in parse_lines(out):
         # MFU = model TFLOP/s / that peak (printed rounded: 3 digits, 0.1 %)
         expected = 100 * number(row["model TFLOP/s per gpu"]) / peak
-        assert number(row["MFU"]) == pytest.approx(expected, rel=0.01, abs=0.06)
+        assert number(row["MFU (%)"]) == pytest.approx(expected, rel=0.01, abs=0.06)
 
 
 def test_fp16_autocast_with_a_gradient_scaler(capsys):

@@ -104,8 +104,11 @@ def test_cli_counts_duplicates_restarts_and_reports(tmp_path, logfmt, capsys):
 def test_missing_line_and_skipped_iterations(tmp_path, logfmt, capsys):
     """The line at 20 is lost; 30 follows 10.  Batches: 8 until 20, then 16 (a ramp).
 
-    consumed at 10: 80; at 30: 80 + 10·8 + 10·16 = 320 → mean batch over the 20 iterations
-    = 240 / 20 = 12.  Skipped iterations (fp16 overflow) still consume samples and time."""
+    The line at 30 times iterations 21–30 only (one log interval, 10 = the common step of
+    the logged iterations): all of batch 16.  Consumed samples over the 20-iteration gap
+    (320 − 80) / 20 = 12 would be the mean of iterations 11–30, applied to a time that does
+    not cover 11–20 (what relog did before issue 10): across a gap the line's logged batch
+    decides.  Skipped iterations (fp16 overflow) still consume samples and time."""
     lines = [line(logfmt, 10, batch=8, consumed=80),
              line(logfmt, 30, batch=16, consumed=320, skipped=3)]
     path = tmp_path / "run.log"
@@ -113,7 +116,9 @@ def test_missing_line_and_skipped_iterations(tmp_path, logfmt, capsys):
     result = logfmt.run_cli(capsys, path, *FLAGS, "--json")
     first, second = logfmt.json_intervals(result)
     assert first["batch_size"] == 8
-    assert second["batch_size"] == 12 and second["skipped_iterations"] == 3
+    assert second["batch_size"] == 16 and second["batch_source"] == "logged batch size"
+    assert second["skipped_iterations"] == 3
+    assert logfmt.json_summary(result)["gaps"] == 1
 
 
 def test_inconsistent_consumed_samples_fall_back(tmp_path, logfmt, capsys):

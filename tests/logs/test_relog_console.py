@@ -282,7 +282,11 @@ def test_human_table_and_summary(tmp_path, logfmt, capsys):
     result = logfmt.run_cli(capsys, write(tmp_path, lines), *MODEL_FLAGS, "--seq-length", s,
                             "--world-size", world, "--gpu", "a100", "--bf16")
     assert result.code == 0
-    rows = result.out.splitlines()
+    # the provenance block first (every value typed here), a blank line, then the table
+    block, table = result.out.split("\n\n", 1)
+    assert block.splitlines()[0] == "sources: world size 8 (command line); TP 1, PP 1, DP 8"
+    assert "from the command line: num_layers 24, hidden_size 2048" in block
+    rows = table.splitlines()
     assert rows[0].split()[:3] == ["iteration", "batch", "seq"]
     assert [r.split()[0] for r in rows[1:4]] == ["10", "20", "30"]
     _, hardware = expected_tflops(logfmt, batch, s, seconds, world)
@@ -305,16 +309,22 @@ def test_summary_statistics_by_hand(tmp_path, logfmt, capsys):
         B  20  1280   (the same line twice more: two duplicates, skipped)
         C  30  2560  128  8.0  inf (no error: not a number)         Δ 1280 / 10 → 128, 10 its
         D  40  3840  128  5.0  the fork's formula                   Δ 1280 / 10 → 128, 10 its
-        E  35  3200  128  2.5  0.9 × the formula (a mismatch)       restart: batch 128, 1 it
-        F  45  8200  128  4.0  the fork's formula                   Δ 5000 / 10 = 500 is not
-                                                                    in [128, 128]: logged 128
+        E  35  3200  128  2.5  0.9 × the formula (a mismatch)       restart: batch 128, 5 its
+        F  45  8200  128  4.0  the fork's formula                   10 after E: a gap (the
+                                                                    log interval is 5): logged
+                                                                    128, 5 its
         G  50  8520   64  640  0.30 where the formula says 0.3044   Δ 320 / 5 → 64, 5 its
                                (1.5 % off, but within the printed 2 decimals: no mismatch)
 
+    The log interval is not in the log (no arguments dump): it is the common step of the
+    logged iterations, 10 up to D, then 5 from E on.  A line's time covers one log interval:
+    A (the first, no step known yet) counts 1 iteration, E and F (no usable previous line)
+    the 5 of one interval.
+
     Per interval, TFLOP/s per GPU = batch × FLOPs per sample / (seconds × world × 1e12);
     the mean is over the 6 intervals, "over the whole time" is Σ FLOPs / Σ time with an
-    interval's FLOPs and time counted over its iterations (1 or 10).  The logged statistics
-    are over A, B, D, E, F, G (C's inf is not a number).
+    interval's FLOPs and time counted over its iterations (1, 5 or 10).  The logged
+    statistics are over A, B, D, E, F, G (C's inf is not a number).
     """
     world, s, peak = 8, 2048, 100.0
     _, hardware_per_sample = logfmt.hand_flops_per_sample(s, L, H, N, V, full_recompute=True)
@@ -328,8 +338,8 @@ def test_summary_statistics_by_hand(tmp_path, logfmt, capsys):
         (20, 1280, 64, 2.0, 1.2 * formula(64, 2.0), (64, 10)),
         (30, 2560, 128, 8.0, float("inf"), (128, 10)),
         (40, 3840, 128, 5.0, formula(128, 5.0), (128, 10)),
-        (35, 3200, 128, 2.5, 0.9 * formula(128, 2.5), (128, 1)),
-        (45, 8200, 128, 4.0, formula(128, 4.0), (128, 1)),
+        (35, 3200, 128, 2.5, 0.9 * formula(128, 2.5), (128, 5)),
+        (45, 8200, 128, 4.0, formula(128, 4.0), (128, 5)),
         (50, 8520, 64, 640.0, 0.30, (64, 5)),
     ]
     lines = [logfmt.bigscience_line(i, c, c * s, t, b, b / t, printed)
@@ -378,7 +388,7 @@ def test_summary_statistics_by_hand(tmp_path, logfmt, capsys):
     assert summary["worst_fork_formula_deviation"] == pytest.approx(max(deviations), rel=1e-6)
     assert summary["worst_fork_formula_deviation"] == pytest.approx(0.2, abs=1e-3)
     assert summary["duplicate_lines"] == 2 and summary["restarts"] == 1
-    assert summary["inconsistent_consumed_samples"] == 1
+    assert summary["inconsistent_consumed_samples"] == 0 and summary["gaps"] == 1
 
     text = logfmt.run_cli(capsys, path, *flags).out
     assert (f"mean model / hardware TFLOP/s per GPU: {sum(model) / 7:.2f} / "
@@ -390,8 +400,7 @@ def test_summary_statistics_by_hand(tmp_path, logfmt, capsys):
             f"{100 * sum(errors) / 6:+.1f}% (from {100 * min(errors):+.1f}% to "
             f"{100 * max(errors):+.1f}%)") in text
     assert "in 2 of 6 intervals the fork's own formula" in text
-    assert "2 duplicates skipped, 1 restarts" in text
-    assert "1 intervals whose consumed samples disagree" in text
+    assert "2 duplicates skipped, 1 restarts, 1 gaps" in text
 
 
 def test_summary_without_peak_or_logged_tflops(tmp_path, logfmt, capsys):

@@ -64,7 +64,7 @@ def test_bigscience_round_trip(tmp_path, logfmt, capsys):
     peak = 100.0
     result = logfmt.run_cli(capsys, tmp_path / "bs", *FLAGS, "--seq-length", 512,
                             "--world-size", WORLD, "--peak-tflops", peak, "--json",
-                            "--tensorboard-dir", out)
+                            "--write-tensorboard", out)
     assert result.code == 0, result.err
     intervals = logfmt.json_intervals(result)
     # interval 10: first, logged batch 8 at seq 256; interval 20: iterations 11–20 consumed
@@ -137,8 +137,23 @@ def test_tensorboard_errors(tmp_path, logfmt, capsys):
     result = logfmt.run_cli(capsys, tmp_path / "no_timers", *FLAGS, "--seq-length", 128)
     assert result.code == 2 and "--log-timers-to-tensorboard" in result.err
     result = logfmt.run_cli(capsys, tmp_path / "no_timers", *FLAGS, "--seq-length", 128,
-                            "--tensorboard-dir", tmp_path / "no_timers")
-    assert result.code == 2 and "--tensorboard-dir must differ from PATH" in result.err
+                            "--write-tensorboard", tmp_path / "no_timers")
+    assert result.code == 2 and "--write-tensorboard must differ from PATH" in result.err
     (tmp_path / "empty").mkdir()
     result = logfmt.run_cli(capsys, tmp_path / "empty", *FLAGS, "--seq-length", 128)
     assert result.code == 2 and "no TensorBoard event files" in result.err
+
+
+def test_the_runs_own_tensorboard_dir_is_a_run_flag(tmp_path, logfmt, capsys):
+    """A pasted command line carries the run's --tensorboard-dir: FLOP-neutral, ignored (and
+    said so), never taken as relog's output (that is --write-tensorboard)."""
+    line = logfmt.bigscience_line(10, 640, 640 * 128, 2.0, 64, 32.0, 1.0)
+    path = tmp_path / "run.log"
+    path.write_text(line + "\n")
+    target = tmp_path / "runs_own_tb"
+    result = logfmt.run_cli(capsys, path, *FLAGS, "--seq-length", 128, "--world-size", 8,
+                            "--tensorboard-dir", target)
+    assert result.code == 0, result.err
+    assert not target.exists()
+    assert "--tensorboard-dir is the run's own flag" in result.err
+    assert "--write-tensorboard DIR" in result.err

@@ -40,8 +40,11 @@ class ForkRunner:
             if hook and late_install:
                 hook_module.install(**install_kwargs)
             megatron.training.pretrain(list(argv))
-            self.wandb = sys.modules["megatron.global_vars"].get_wandb_writer() \
-                if hasattr(sys.modules["megatron.global_vars"], "get_wandb_writer") else None
+            # the forks' megatron/global_vars.py, Megatron-LM's megatron/training/global_vars.py
+            global_vars = (sys.modules.get("megatron.global_vars")
+                           or sys.modules["megatron.training.global_vars"])
+            self.wandb = global_vars.get_wandb_writer() \
+                if hasattr(global_vars, "get_wandb_writer") else None
         finally:
             hook_module.uninstall()
             sys.path.remove(checkout)

@@ -72,7 +72,8 @@ def test_console_and_tensorboard_carry_exact_values(fork, runner, tools, tmp_pat
         assert tools.field(line, "hardware TFLOP/s per gpu") == f"{expected_tflops:.2f}"
         assert tools.field(line, "model TFLOP/s per gpu") == f"{expected_tflops:.2f}"
         assert tools.field(line, "tokens per second") == f"{expected_samples * 32:.1f}"
-        assert tools.field(line, "MFU") == "n/a"
+        # no peak: MFU/HFU left out (never "n/a": every value parses as a number)
+        assert " MFU" not in line and " HFU" not in line and "n/a" not in line
         assert line.count(" samples per second: ") == 1  # not appended twice
     scalars = tools.read_scalars(tb)
     for tag in ("throughput/hardware_tflops_per_gpu", "throughput/model_tflops_per_gpu"):
@@ -175,7 +176,7 @@ def test_peak_override_gives_mfu(runner, tools, monkeypatch):
     out = runner.run(tools.fixture_dir("microsoft"), args_for())
     line = tools.log_lines(out)[0]
     exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
-    assert tools.field(line, "MFU") == f"{100 * exact / 500:.1f}%"
+    assert tools.field(line, "MFU (%)") == f"{100 * exact / 500:.1f}"
     assert "peak for MFU/HFU: given (500 TFLOP/s)" in out
 
 
@@ -338,7 +339,10 @@ def test_unexpected_training_log_signature_falls_back_to_log_time(runner, tools,
 
 
 def summary_line(out: str, start: str) -> str:
-    return next(line for line in out.splitlines() if line.startswith(start))
+    """A start-up line (every one carries the "megatron-flops: " prefix), prefix removed."""
+    prefix = "megatron-flops: "
+    return next(line[len(prefix):] for line in out.splitlines()
+                if line.startswith(prefix + start))
 
 
 @pytest.mark.parametrize("fork, extra", [
@@ -387,10 +391,13 @@ def test_peak_is_the_datasheet_one_for_the_runs_dtype(fork, gpu, flags, dtype, p
     exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
     peak_line = summary_line(out, "peak for MFU/HFU: ")
     if peak is None:
-        assert tools.field(line, "MFU") == "n/a"
+        assert " MFU" not in line and "n/a" not in line
         assert peak_line.startswith(f"peak for MFU/HFU: no {dtype} peak known for {gpu}")
+        # what works in pretrain_gpt.py, not the megatron-flops command line's flags
+        assert "--peak-tflops" not in peak_line and "--gpu" not in peak_line
+        assert "MEGATRON_FLOPS_GPU" in peak_line and "MEGATRON_FLOPS_PEAK_TFLOPS" in peak_line
     else:
-        assert tools.field(line, "MFU") == f"{100 * exact / peak:.1f}%"
+        assert tools.field(line, "MFU (%)") == f"{100 * exact / peak:.1f}"
         assert peak_line == f"peak for MFU/HFU: {gpu} dense {dtype} datasheet peak ({peak:g} TFLOP/s)"
 
 
@@ -427,7 +434,7 @@ def test_install_settings_belong_to_the_hook(runner, tools, monkeypatch):
     hook.install(peak_tflops=400)
     out = runner.run(tools.fixture_dir("microsoft"), args_for(), causal=False)  # installs again
     exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
-    assert tools.field(tools.log_lines(out)[0], "MFU") == f"{100 * exact / 400:.1f}%"
+    assert tools.field(tools.log_lines(out)[0], "MFU (%)") == f"{100 * exact / 400:.1f}"
     assert hook.installed() is None  # the runner uninstalled it
     import argparse
     args = argparse.Namespace(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32,
@@ -460,3 +467,43 @@ def test_every_strategy_recognises_only_its_own_fork(tools):
             tools.purge_megatron()
         # the microsoft fork's line also has an inline TFLOPs field: asked first, it wins
         assert found == ([fork, "bigscience"] if fork == "microsoft" else [fork])
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_every_start_up_line_carries_the_prefix(fork, runner, tools, monkeypatch):
+    """The start summary (breakdown table included) is grep-able: each line starts with
+    "megatron-flops:"; one GPU is "1 GPU"; no peak known names what works in a run."""
+    monkeypatch.delenv("MEGATRON_FLOPS_PEAK_TFLOPS", raising=False)
+    monkeypatch.delenv("MEGATRON_FLOPS_GPU", raising=False)
+    out = runner.run(tools.fixture_dir(fork), args_for())
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "hooked the" in line)
+    end = next(i for i, line in enumerate(lines) if "fork's own formula counts" in line)
+    summary = lines[start:end + 1]
+    assert len(summary) > 8  # model, run, parameters, the table, peak, formula
+    assert [line for line in summary if not line.startswith("megatron-flops:")] == []
+    assert any(" 1 GPU (TP 1, PP 1)" in line for line in summary)
+    assert "1 GPUs" not in out
+    peak_line = summary_line(out, "peak for MFU/HFU: ")
+    assert "--peak-tflops" not in peak_line and "--gpu" not in peak_line
+    assert "MEGATRON_FLOPS_PEAK_TFLOPS" in peak_line and "install(" in peak_line
+
+
+def test_mfu_above_100_percent_comes_with_a_warning(runner, tools, monkeypatch):
+    """A peak far below what was counted: MFU/HFU > 100 % is printed once with a warning that
+    names the likely causes (world size, dtype, peak)."""
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    peak = exact / 3  # HFU = 300 %
+    monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", repr(peak))
+    out = runner.run(tools.fixture_dir("microsoft"), args_for())
+    assert float(tools.field(tools.log_lines(out)[0], "HFU (%)")) == pytest.approx(300, abs=0.1)
+    warnings = [line for line in out.splitlines() if "is above 100%" in line]
+    assert len(warnings) == 1, out
+    (warning,) = warnings
+    assert warning.startswith("megatron-flops: warning: ") and "300% is above 100%" in warning
+    assert "fp32" in warning and "peak" in warning  # the likely causes: dtype, peak
+    # what sets the peak in a training run (pretrain_gpt.py rejects --gpu / --peak-tflops)
+    assert "MEGATRON_FLOPS_GPU" in warning and "--peak-tflops" not in warning
+    # a plausible peak: no warning
+    monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", repr(exact * 2))
+    assert "above 100%" not in runner.run(tools.fixture_dir("microsoft"), args_for())

@@ -110,7 +110,7 @@ def demo_main(argv: List[str]) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise UsageError("the demo needs PyTorch: pip install 'megatron-flops[torch]'") from None
+        raise UsageError("the demo needs PyTorch: pip install -e '.[torch]' in a megatron-flops clone") from None
     # every flag (and a --deepspeed_config file) is checked before DeepSpeed is imported or
     # a process group started, so bad input exits 2 at once on every rank
     config = parse_demo_config(argv)

@@ -101,7 +101,7 @@ def _print_conventions(result: dict, show_table: bool) -> None:
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
                     world_note: str = "") -> None:
-    from ..report import format_percent, summary_lines
+    from ..report import format_percent, gpus, summary_lines
     for line in summary_lines(model, run, breakdown, params):
         print(line)
     if world_note:
@@ -111,7 +111,7 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
     t = result["throughput"]
     if t is not None:
         print()
-        print(f"at {t['iteration_seconds']:g} s per iteration on {run.world_size} GPUs:")
+        print(f"at {t['iteration_seconds']:g} s per iteration on {gpus(run.world_size)}:")
         print(f"  samples per second:        {t['samples_per_second']:.3f}")
         print(f"  tokens per second:         {t['tokens_per_second']:.1f} "
               f"({t['tokens_per_second_per_gpu']:.1f} per GPU)")

@@ -2,6 +2,10 @@
 
 The flags and the printing; the work is :mod:`megatron_flops.logs.relog` (intervals and
 statistics) and :mod:`megatron_flops.logs.outputs` (the sinks each interval goes to).
+
+The model flags are optional: what the log's arguments dump holds is read from it, and a
+flag typed here overrides it.  Shapes are therefore settled only once the log's first
+iteration line is read (and again at each restart's new dump).
 """
 
 import json
@@ -9,7 +13,11 @@ import os
 import sys
 from typing import List, TextIO
 
-from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command
+from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, positive
+
+# relog's own output option; the run's own --tensorboard-dir (in a pasted command line) is
+# FLOP-neutral and ignored (before issue 10 relog used that name for this output)
+WRITE_TENSORBOARD = "--write-tensorboard"
 
 
 def _check_outputs(args) -> None:
@@ -20,7 +28,7 @@ def _check_outputs(args) -> None:
             matplotlib.use("Agg")
             from matplotlib.figure import Figure
         except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'megatron-flops[plot]'") from None
+            raise UsageError("--plot needs matplotlib: pip install -e '.[plot]' in a megatron-flops clone") from None
         extension = os.path.splitext(args.plot)[1].lstrip(".").lower()
         supported = Figure().canvas.get_supported_filetypes()
         if extension not in supported:
@@ -31,57 +39,96 @@ def _check_outputs(args) -> None:
             folder = os.path.dirname(os.path.abspath(target))
             if not os.path.isdir(folder):
                 raise UsageError(f"{flag} {target!r}: folder {folder!r} does not exist")
-    if args.tensorboard_dir:
-        if os.path.abspath(args.tensorboard_dir) == os.path.abspath(args.path):
-            raise UsageError("--tensorboard-dir must differ from PATH: the corrected run is "
+    if args.write_tensorboard:
+        if any(os.path.abspath(args.write_tensorboard) == os.path.abspath(path)
+               for path in args.paths):
+            raise UsageError(f"{WRITE_TENSORBOARD} must differ from PATH: the corrected run is "
                              "written beside the original, not into it")
+        if os.path.exists(args.write_tensorboard) and not os.path.isdir(args.write_tensorboard):
+            raise UsageError(f"{WRITE_TENSORBOARD} {args.write_tensorboard!r} is a file, not a "
+                             "folder")
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise UsageError("--tensorboard-dir needs tensorboard: "
-                             "pip install 'megatron-flops[tensorboard]'") from None
+            raise UsageError(f"{WRITE_TENSORBOARD} needs tensorboard: "
+                             "pip install -e '.[tensorboard]' in a megatron-flops clone") from None
+
+
+def _parse(parser, argv: List[str]):
+    """(args, the Megatron flags typed): the shapes wait for the log's arguments dump."""
+    from ..logs.arguments import given_destinations
+    from ..megatron.args import (check_flags, ignored_flags, megatron_argument_parser,
+                                 parse_megatron_args)
+    args, unknown = parse_megatron_args(argv, parser)
+    megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
+    given = given_destinations(parser, argv) & (megatron - {"strict_flags"})
+    # the flag catalogue, as every command reads it: unsupported ones are an error
+    for line in check_flags(unknown, getattr(args, "strict_flags", False)).lines():
+        print(line, file=sys.stderr)
+    if "--tensorboard-dir" in ignored_flags(unknown):
+        print(f"megatron-flops: --tensorboard-dir is the run's own flag (ignored); relog writes "
+              f"its corrected TensorBoard run with {WRITE_TENSORBOARD} DIR", file=sys.stderr)
+    return args, given
 
 
 def relog_main(argv: List[str]) -> int:
     from ..logs.console import FORKS
     parser = command_parser(
         "relog", "Recompute the true TFLOP/s per GPU, MFU and HFU of every interval a "
-        "Megatron-DeepSpeed run logged (console log or TensorBoard run directory), and the "
-        "logged TFLOPs' error.")
-    parser.add_argument("path", metavar="PATH",
-                        help="console log of either fork ('-' reads stdin), or a TensorBoard "
-                             "run directory / event file")
+        "Megatron-DeepSpeed or NVIDIA Megatron-LM run logged (console logs, Megatron-LM's "
+        "progress.txt, or a TensorBoard run directory), and the "
+        "logged TFLOPs' error.  Model flags are read from the log's arguments dump; flags "
+        "given here override it.")
+    parser.add_argument("paths", metavar="PATH", nargs="+",
+                        help="console log of either fork or of Megatron-LM ('-' reads stdin), "
+                             "Megatron-LM's progress.txt, several of one "
+                             "run's logs or a folder of them (*.log, *.txt, *.out; read in "
+                             "iteration order), or a TensorBoard run directory / event file")
     add_peak_arguments(parser)
+    # the run's own flag, read with its meaning: which lines are one log interval apart
+    parser.add_argument("--log-interval", type=positive(int, "--log-interval"),
+                        help="the run's --log-interval (default: the log's arguments dump, "
+                             "else the common step of the logged iterations)")
     parser.add_argument("--fork", choices=("auto",) + FORKS, default="auto",
-                        help="which fork wrote the log (default: from the time unit per line)")
+                        help="which framework wrote the log (default: from each line's fields, "
+                             "else the arguments dump)")
     parser.add_argument("--causal", action="store_true",
                         help="count half of the attention score and A·V products")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per interval on stdout; summary (JSON) on stderr")
     parser.add_argument("--csv", metavar="OUT", help="write one CSV row per interval")
-    parser.add_argument("--tensorboard-dir", metavar="OUT",
-                        help="write the corrected curves as a new TensorBoard run")
+    parser.add_argument(WRITE_TENSORBOARD, metavar="DIR", dest="write_tensorboard",
+                        help="write the corrected curves as a new TensorBoard run in DIR")
     parser.add_argument("--plot", metavar="OUT.png",
                         help="draw logged vs corrected TFLOP/s (and MFU/HFU) over iterations")
-    args, model, run = parse_command(parser, argv)
-    if args.path != "-" and not os.path.exists(args.path):
-        raise UsageError(f"PATH {args.path!r} does not exist")
+    args, given = _parse(parser, argv)
+    # a pasted command line's script (pretrain_gpt.py) is not a log
+    scripts = [path for path in args.paths if path.endswith(".py")]
+    args.paths = [path for path in args.paths if not path.endswith(".py")]
+    if scripts:
+        print(f"megatron-flops: ignoring arguments: {' '.join(scripts)}", file=sys.stderr)
+    if not args.paths:
+        raise UsageError("PATH is required: a console log, a folder of them or a TensorBoard "
+                         "run (a .py script is not a log)")
+    for path in args.paths:
+        if path != "-" and not os.path.exists(path):
+            raise UsageError(f"PATH {path!r} does not exist")
     _check_outputs(args)
     # `relog log | head`: the dispatcher ends a closed pipe quietly, for every command
-    return _relog_command(args, model, run, sys.stdout, sys.stderr)
+    return _relog_command(args, given, sys.stdout, sys.stderr)
 
 
-def _relog_command(args, model, run, out: TextIO, err: TextIO) -> int:
+def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     from ..hardware import resolve_peak
     from ..logs import outputs
     from ..logs.console import ParseStats
-    from ..logs.relog import Relogger, Summary, read_records, settle_run
-    from ..report import describe_model
+    from ..logs.relog import Relogger, Summary, read_run, settle_segment
+    from ..report import describe_model, gpus
 
     fork = None if args.fork == "auto" else args.fork
-    peak = resolve_peak(args.gpu, run.dtype, args.peak_tflops)
     stats = ParseStats()
-    relogger = None
+    relogger = segment = peak = None
+    dumps_seen = -1
     summary = Summary()
     # the files are opened before the log is read (an unwritable one fails first) and
     # closed whatever happens; the plot is drawn only once every interval is in
@@ -89,21 +136,37 @@ def _relog_command(args, model, run, out: TextIO, err: TextIO) -> int:
     try:
         if args.csv:
             files.append(outputs.CsvOutput(args.csv))
-        if args.tensorboard_dir:
-            files.append(outputs.TensorBoardOutput(args.tensorboard_dir))
+        if args.write_tensorboard:
+            files.append(outputs.TensorBoardOutput(args.write_tensorboard))
         sinks = [outputs.JsonOutput(out) if args.json else outputs.TableOutput(out), *files]
-        for record in read_records(args.path, stats, fork):
-            if relogger is None:
-                model, run, notes = settle_run(args, model, run, stats, record)
-                for note in notes:
+        for record in read_run(args.paths, stats, fork):
+            if stats.argument_dumps != dumps_seen:   # the first line, or a restart's new dump
+                dumps_seen = stats.argument_dumps
+                segment = settle_segment(args, given, stats, record, path=stats.path)
+                summary.add_segment(segment)
+                for note in segment.notes:
                     print(f"megatron-flops: {note}", file=err)
-                relogger = Relogger(model, run, peak.tflops, args.causal, fork)
-                if args.plot:
-                    title = (f"{describe_model(model)}\nrecompute {run.recompute.label}; "
-                             f"{run.world_size} GPUs; "
-                             f"{os.path.basename(args.path.rstrip('/'))}")
-                    plot = outputs.PlotOutput(args.plot, title, peak.tflops)
-                    sinks.append(plot)
+                if not args.json:
+                    heading = ("sources" if relogger is None else
+                               f"from iteration {record.iteration} (a new arguments dump)")
+                    print(f"{heading}: {segment.world_size_line()}", file=out)
+                    for line in segment.provenance_lines():
+                        print(f"  {line}", file=out)
+                    print(file=out)
+                if relogger is None:
+                    peak = resolve_peak(args.gpu, segment.run.dtype, args.peak_tflops)
+                    relogger = Relogger(segment.model, segment.run, peak.tflops, args.causal,
+                                        fork, segment.log_interval, segment.fork)
+                    if args.plot:
+                        run = segment.run
+                        title = (f"{describe_model(segment.model)}\nrecompute "
+                                 f"{run.recompute.label}; {gpus(run.world_size)}; "
+                                 f"{os.path.basename(args.paths[0].rstrip('/'))}")
+                        plot = outputs.PlotOutput(args.plot, title, peak.tflops)
+                        sinks.append(plot)
+                else:
+                    relogger.reshape(segment.model, segment.run, segment.log_interval,
+                                     segment.fork)
             interval = relogger.add(record)
             if interval is None:
                 continue
@@ -113,17 +176,24 @@ def _relog_command(args, model, run, out: TextIO, err: TextIO) -> int:
     finally:
         for sink in files:
             sink.close()
+    if summary.intervals == 0 and summary.startup_iterations:
+        raise UsageError(
+            f"only start-up intervals in {' '.join(map(repr, args.paths))} (Megatron-LM's "
+            "iteration 1 and the line after it, or progress.txt's first save of each job): "
+            "nothing to take statistics over")
     if summary.intervals == 0:
         raise UsageError(
-            f"no training_log iteration lines in {args.path!r} ({stats.lines} lines read, "
-            f"{stats.malformed} unparsed iteration lines)")
-    result = summary.as_dict(run.world_size, stats, relogger, peak)
+            f"no training_log iteration lines in {' '.join(map(repr, args.paths))} "
+            f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines)")
+    result = summary.as_dict(segment.run.world_size, stats, relogger, peak)
     if args.json:
         print(json.dumps({"summary": result}), file=err)
     else:
         print(file=out)
         for line in outputs.summary_lines(result):
             print(line, file=out)
+        for warning in result["warnings"]:  # the table's summary has them already
+            print(f"megatron-flops: {warning}", file=err)
     if args.plot:
         plot.close()
         print(f"plot written to {args.plot}", file=err)

@@ -152,7 +152,7 @@ def _open_writers(session: Session) -> None:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ValueError("--tensorboard-dir needs TensorBoard: "
-                             "pip install 'megatron-flops[tensorboard]'") from None
+                             "pip install -e '.[tensorboard]' in a megatron-flops clone") from None
         session.writer = SummaryWriter(log_dir=config.tensorboard_dir, max_queue=1000)
     if config.wandb:
         import wandb

@@ -79,12 +79,12 @@ def check_optional_dependencies(config: DemoConfig, device: str) -> None:
         try:
             import deepspeed  # noqa: F401
         except ImportError:
-            raise ValueError("--deepspeed needs DeepSpeed: pip install 'megatron-flops[deepspeed]'") from None
+            raise ValueError("--deepspeed needs DeepSpeed: pip install -e '.[deepspeed]' in a megatron-flops clone") from None
     if config.wandb and os.environ.get("RANK", "0") == str(config.world_size - 1):
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise ValueError("--wandb needs wandb: pip install 'megatron-flops[wandb]'") from None
+            raise ValueError("--wandb needs wandb: pip install -e '.[wandb]' in a megatron-flops clone") from None
 
 
 @dataclass

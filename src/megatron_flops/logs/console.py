@@ -22,7 +22,23 @@ field                                bigscience-workshop         microsoft (deep
 ``TFLOPs``                           the fork's estimate         the fork's estimate
 ===================================  ==========================  ==========================
 
-The time unit names the fork: ``(s)`` is bigscience, ``(ms)`` microsoft.
+The fork is read from the line's own fields, never from its time unit (2021 bigscience logs
+print milliseconds too): ``tokens per gpu per second (tgs)`` or ``actual seqlen`` is the
+microsoft fork, ``elapsed time per iteration (s)`` the bigscience fork; any other line (ms
+without those) is left unknown here, and the caller may settle it from the run's arguments
+dump (:func:`.arguments.fork_from_arguments`).
+
+NVIDIA Megatron-LM (``megatron/training/training.py`` ``training_log``, read at d98e8a64)
+prints the same `` key: value |`` line, times in ms, no ``consumed tokens``, and with
+``--log-throughput`` the field ``throughput per GPU (TFLOP/s/GPU)`` (read as the logged TFLOPs:
+Megatron-LM's own *model*-FLOPs estimate, ``num_floating_point_operations``, never counting
+recompute).  Since 2024 the line starts with `` [%Y-%m-%d %H:%M:%S]``, since 2026-01 with
+`` [%Y-%m-%d %H:%M:%S.%f]`` (kept as ``timestamp``).  Either the timestamp or the throughput
+field names the line Megatron-LM's (``megatron-lm``); without both (a 2023 log without
+``--log-throughput``) its arguments dump settles it.
+
+The fields the megatron-flops hook appends are read too, in both their forms: ``MFU (%):
+45.2`` (since issue 10) and the older ``MFU: 45.2%`` / ``MFU: n/a``.
 
 Robustness (``parse_console_log`` never raises on input text):
 
@@ -35,23 +51,34 @@ Robustness (``parse_console_log`` never raises on input text):
   text appended): it is dropped and the line is counted as *truncated*; the fields before
   it are complete and used.
 - Lines of any other kind are counted as *other* lines.  Among them, Megatron's arguments
-  dump (``  world_size ........ 8``) is remembered for a fixed set of names, so the caller
-  can take the world size from the log and check the model flags against it.
+  dump (the ``------------------------ arguments ------------------------`` block, every
+  ``  name ........ value`` line in it) is kept whole in ``stats.arguments``, replaced by
+  each new dump (a restart, maybe re-shaped: ``stats.argument_dumps`` counts them), and the
+  `` > padded vocab (size: …)`` line's new size in ``stats.padded_vocab``.  Outside a
+  block, dump-like lines are remembered only for a fixed set of names (a log cut before
+  its dump's header).
 - Undecodable bytes are replaced (the file is read as UTF-8 with ``errors="replace"``); the
   file is read line by line, so memory does not grow with its size.
 """
 
+import datetime
 import io
 import math
 import re
 import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
-FORKS = ("bigscience", "microsoft")
+from .arguments import ARGUMENT_LINE, DUMP_END, padded_vocab_size
+
+FORKS = ("bigscience", "microsoft", "megatron-lm")
+MEGATRON_LM = "megatron-lm"
 
 _ANCHOR = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)\s*\|")
-# Megatron's arguments dump: "  hidden_size ..................... 1024"
-_ARGUMENT = re.compile(r"(?:^|[\s:>])([a-z_][a-z0-9_]*) \.{3,} (.*?)\s*$")
+# NVIDIA Megatron-LM's prefix of the iteration line (since 2024): " [%Y-%m-%d %H:%M:%S]",
+# since 2026-01 with ".%f"; after any launcher prefix, right before the anchor
+_TIMESTAMP = re.compile(r"\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(\.\d{1,6})?\]\s*$")
+_DUMP_START_MARK = "- arguments -"
+_DUMP_END_MARK = DUMP_END.strip("- ")
 
 # argument names whose value relog uses (world_size) or checks against the flags given
 ARGUMENT_NAMES = frozenset((
@@ -83,6 +110,13 @@ class LogRecord(NamedTuple):
     tokens_per_gpu_per_second: Optional[float] = None
     skipped_iterations: Optional[int] = None
     nan_iterations: Optional[int] = None
+    hook_model_tflops: Optional[float] = None     # fields the megatron-flops hook appended
+    hook_hardware_tflops: Optional[float] = None
+    hook_mfu: Optional[float] = None              # fractions (45.2 % -> 0.452)
+    hook_hfu: Optional[float] = None
+    timestamp: Optional[float] = None         # Megatron-LM's line prefix, POSIX seconds (as UTC)
+    iterations: Optional[int] = None          # iterations the time covers, when the source
+    job_start: bool = False                   # says (progress.txt); the span has a job start
     time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
     truncated: bool = False
 
@@ -98,7 +132,8 @@ class ParseStats:
     """Counts of what a parse saw; ``arguments`` holds the arguments dump it recognised."""
 
     __slots__ = ("lines", "records", "malformed", "truncated", "other", "malformed_lines",
-                 "arguments")
+                 "arguments", "argument_dumps", "arguments_line", "padded_vocab",
+                 "padded_vocab_line", "path")
 
     def __init__(self):
         self.lines = 0
@@ -107,7 +142,12 @@ class ParseStats:
         self.truncated = 0
         self.other = 0
         self.malformed_lines: List[int] = []
-        self.arguments: Dict[str, str] = {}
+        self.arguments: Dict[str, str] = {}   # the latest dump: name -> printed value
+        self.argument_dumps = 0                # dumps completed so far
+        self.arguments_line: Optional[int] = None
+        self.padded_vocab: Optional[int] = None
+        self.padded_vocab_line: Optional[int] = None
+        self.path: Optional[str] = None        # the file being read (several: one run's)
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "records": self.records, "malformed": self.malformed,
@@ -117,6 +157,15 @@ class ParseStats:
 
 class Malformed(ValueError):
     """A line that has the anchor of an iteration line but cannot be trusted."""
+
+
+def _percent(text: str) -> Optional[float]:
+    """A hook field's percentage as a fraction: ``45.2`` or ``45.2%`` -> 0.452, ``n/a`` ->
+    None (the hook's form before issue 10)."""
+    text = text.strip()
+    if text == "n/a":
+        return None
+    return float(text[:-1] if text.endswith("%") else text) / 100.0
 
 
 # key -> (LogRecord field, converter).  Plain int/float: a value that is not a number
@@ -133,7 +182,31 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "samples per second": ("samples_per_second", float),
     "TFLOPs": ("tflops", float),
     "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", float),
+    # NVIDIA Megatron-LM (--log-throughput): its num_floating_point_operations, model FLOPs
+    "throughput per GPU (TFLOP/s/GPU)": ("tflops", float),
+    # the megatron-flops hook's fields, new form and old form
+    "model TFLOP/s per gpu": ("hook_model_tflops", float),
+    "hardware TFLOP/s per gpu": ("hook_hardware_tflops", float),
+    "MFU (%)": ("hook_mfu", _percent),
+    "HFU (%)": ("hook_hfu", _percent),
+    "MFU": ("hook_mfu", _percent),
+    "HFU": ("hook_hfu", _percent),
 }
+_TGS_INDEX = LogRecord._fields.index("tokens_per_gpu_per_second")
+_TIMESTAMP_INDEX = LogRecord._fields.index("timestamp")
+_MEGATRON_LM_THROUGHPUT = "| throughput per GPU (TFLOP/s/GPU): "
+
+
+def megatron_lm_timestamp(seconds_text: str, fraction: Optional[str] = None) -> Optional[float]:
+    """POSIX seconds of Megatron-LM's ``%Y-%m-%d %H:%M:%S`` (``fraction``: ``.%f``), read as
+    UTC (the log does not say its zone: only differences are used); None if not a date."""
+    try:
+        stamp = datetime.datetime.strptime(seconds_text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    seconds = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return seconds + float(fraction) if fraction else seconds
+_ACTUAL_SEQLEN_INDEX = LogRecord._fields.index("actual_seqlen")
 _ELAPSED_SECONDS = "elapsed time per iteration (s)"
 _ELAPSED_MS = "elapsed time per iteration (ms)"
 
@@ -165,7 +238,8 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
 
     Raises :class:`Malformed` for a line that has the iteration anchor but not a usable
     elapsed time, or a field whose value does not parse.  ``fork`` forces the fork label;
-    otherwise the time unit decides it.  Fields are found wherever they are on the line
+    otherwise the line's fields decide it (tgs or actual seqlen: microsoft; seconds:
+    bigscience; else None).  Fields are found wherever they are on the line
     (one regular-expression pass in C), so their order and any extra fields do not matter.
     """
     match = _ANCHOR.search(line)
@@ -175,7 +249,7 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
     fields[0] = line_number
     fields[2] = int(match.group(1))
     fields[3] = int(match.group(2))
-    unit_fork = None
+    in_seconds = False
     index = _INDEX
     for key, value in _FIELD.findall(line, match.end() - 1):
         entry = index.get(key)
@@ -188,10 +262,9 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
                 if key == _ELAPSED_MS:
                     seconds /= 1000.0
                     fields[-2] = 0.5e-3 * 10.0 ** -decimals
-                    unit_fork = "microsoft"
                 else:
                     fields[-2] = 0.5 * 10.0 ** -decimals
-                    unit_fork = "bigscience"
+                    in_seconds = True
                 fields[_SECONDS_INDEX] = seconds
         except ValueError:
             raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
@@ -200,7 +273,20 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
         raise Malformed(f"line {line_number}: no elapsed time per iteration")
     if not 0 < seconds < math.inf:
         raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
-    fields[1] = fork or unit_fork
+    stamped = False
+    if "[" in line[:match.start()]:
+        stamp = _TIMESTAMP.search(line, 0, match.start())
+        if stamp is not None:
+            fields[_TIMESTAMP_INDEX] = megatron_lm_timestamp(stamp.group(1), stamp.group(2))
+            stamped = fields[_TIMESTAMP_INDEX] is not None
+    if fork is None:
+        if fields[_TGS_INDEX] is not None or fields[_ACTUAL_SEQLEN_INDEX] is not None:
+            fork = "microsoft"
+        elif in_seconds:
+            fork = "bigscience"
+        elif stamped or _MEGATRON_LM_THROUGHPUT in line:
+            fork = MEGATRON_LM
+    fields[1] = fork
     fields[-1] = not line.rstrip().endswith("|")
     return _new_record(LogRecord, fields)
 
@@ -210,15 +296,16 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
     """Yield the iteration records of a console log, one pass, constant memory.
 
     ``stats`` (a :class:`ParseStats`) is updated as lines go by, so a caller can read the
-    arguments dump as soon as the first record arrives and the counts after the last.
+    arguments dump as soon as the first record arrives (and a new one, a restart's, when
+    ``stats.argument_dumps`` changes) and the counts after the last.
     """
     if stats is None:
         stats = ParseStats()
     if fork is not None and fork not in FORKS:
         raise ValueError(f"--fork must be one of {', '.join(FORKS)}, got {fork!r}")
-    arguments = stats.arguments
     anchor_word = "iteration"
     number = 0
+    dump = None  # the arguments block being read
     for number, line in enumerate(lines, 1):
         if anchor_word in line:
             try:
@@ -234,12 +321,27 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
                     stats.truncated += 1
                 yield record
                 continue
-        elif " ..." in line:
-            match = _ARGUMENT.search(line)
-            if match is not None and match.group(1) in ARGUMENT_NAMES:
-                arguments.setdefault(match.group(1), match.group(2))
+        if " ..." in line:
+            match = ARGUMENT_LINE.search(line)
+            if match is not None:
+                if dump is not None:
+                    dump[match.group(1)] = match.group(2)
+                elif match.group(1) in ARGUMENT_NAMES and not stats.argument_dumps:
+                    stats.arguments.setdefault(match.group(1), match.group(2))
+        elif "arguments" in line:
+            if _DUMP_START_MARK in line and _DUMP_END_MARK not in line:
+                dump = {}
+                stats.arguments_line = number
+            elif _DUMP_END_MARK in line and dump is not None:
+                stats.arguments, dump = dump, None
+                stats.argument_dumps += 1
+                stats.padded_vocab = stats.padded_vocab_line = None
+        elif "padded vocab" in line:
+            padded = padded_vocab_size(line)
+            if padded is not None:
+                stats.padded_vocab, stats.padded_vocab_line = padded, number
         stats.other += 1
-    stats.lines = number
+    stats.lines += number
 
 
 def open_log(path: str):

@@ -77,7 +77,7 @@ CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
 
 def csv_row(interval: Interval) -> list:
     r, rep = interval.record, interval.report
-    return [r.iteration, r.fork or "", r.consumed_samples, r.consumed_tokens,
+    return [r.iteration, interval.fork or "", r.consumed_samples, r.consumed_tokens,
             r.global_batch_size, interval.batch_size, interval.seq_length,
             interval.seconds_per_iteration, r.tflops, interval.fork_formula_tflops,
             rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
@@ -150,8 +150,8 @@ class PlotSeries:
         self.hardware.append(rep.hardware_tflops_per_gpu)
         self.mfu.append(nan if rep.mfu is None else rep.mfu)
         self.hfu.append(nan if rep.hfu is None else rep.hfu)
-        if interval.record.fork:
-            self.forks.add(interval.record.fork)
+        if interval.fork:
+            self.forks.add(interval.fork)
 
 
 class PlotOutput:
@@ -222,16 +222,27 @@ def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[f
     plt.close(figure)
 
 
+MEGATRON_LM_NOTE = (
+    "the logged figure (throughput per GPU) is Megatron-LM's model-FLOPs estimate: its "
+    "num_floating_point_operations (forward + backward, never recompute, causal attention "
+    "since 2025-03) with the batch at log time; compared with the exact model count, and "
+    "checked against Megatron-LM's current formula and each earlier era of it "
+    "(`megatron-flops estimate --convention megatron-lm@YYYY-MM`)")
+
+
 def summary_lines(summary: dict) -> List[str]:
     """The summary for people, from :meth:`.relog.Summary.as_dict`."""
     def pct(value):
         return format_percent(value, "+.1f")
 
     parse = summary["parse"]
+    source = summary.get("world_size_source")
+    # the provenance block says it for the command line and the log; here what neither said
+    world_source = "" if source in (None, "command line", "log arguments") else f", {source}"
     lines = [
         f"intervals: {summary['intervals']} (iterations {summary['first_iteration']}"
         f"–{summary['last_iteration']}; fork {', '.join(summary['forks']) or 'unknown'}; "
-        f"world size {summary['world_size']})",
+        f"world size {summary['world_size']}{world_source})",
         f"mean model / hardware TFLOP/s per GPU: "
         f"{_number(summary['mean_tflops_per_gpu']['model'], '.2f')} / "
         f"{_number(summary['mean_tflops_per_gpu']['hardware'], '.2f')} "
@@ -244,14 +255,30 @@ def summary_lines(summary: dict) -> List[str]:
     else:
         lines.append(f"MFU / HFU: n/a ({summary['peak']['source']})")
     if summary["intervals_with_logged_tflops"]:
+        counts = summary.get("logged_counts") or ["hardware"]
         lines.append(
-            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true (hardware) "
-            f"{summary['mean_hardware_tflops_where_logged']:.2f} over "
+            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true "
+            f"({' / '.join(counts)}) {summary['mean_true_tflops_where_logged']:.2f} over "
             f"{summary['intervals_with_logged_tflops']} intervals: mean error "
             f"{pct(summary['mean_error'])} (from {pct(summary['min_error'])} to "
             f"{pct(summary['max_error'])})")
     else:
         lines.append("no logged TFLOPs to compare")
+    if "megatron-lm" in summary["forks"]:
+        lines.append(MEGATRON_LM_NOTE)
+        eras = summary.get("megatron_lm_eras") or {}
+        if eras.get("lines_checked"):
+            found = ", ".join(eras["reproducing"]) or (
+                "none (the flags, the world size or the formula's era do not describe the run)")
+            lines.append(f"Megatron-LM formula eras that reproduce all {eras['lines_checked']} "
+                         f"logged figures: {found}")
+    startup = summary.get("startup_intervals")
+    if startup:
+        spans = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in startup)
+        lines.append(f"left out of the statistics, their time including start-up: "
+                     f"iterations {spans} (Megatron-LM logs its first iteration with the "
+                     "start-up time and does not reset that line's timer, so the next line "
+                     "includes it too; in progress.txt, a job's first checkpoint)")
     if summary["fork_formula_mismatches"]:
         lines.append(
             f"warning: in {summary['fork_formula_mismatches']} of "
@@ -265,8 +292,12 @@ def summary_lines(summary: dict) -> List[str]:
         + (f" (first at line {', '.join(map(str, parse['malformed_line_numbers']))})"
            if parse["malformed_line_numbers"] else "")
         + f", {parse['truncated']} truncated (used), {parse['other']} other; "
-        f"{summary['duplicate_lines']} duplicates skipped, {summary['restarts']} restarts")
+        f"{summary['duplicate_lines']} duplicates skipped, {summary['restarts']} restarts"
+        + (f", {summary['gaps']} gaps" if summary.get("gaps") else "")
+        + (f", {len(summary['segments'])} run shapes (arguments dumps)"
+           if len(summary.get("segments", ())) > 1 else ""))
     if summary["inconsistent_consumed_samples"]:
         lines.append(f"{summary['inconsistent_consumed_samples']} intervals whose consumed "
                      "samples disagree with the logged batch sizes used the logged batch size")
+    lines += summary.get("warnings", [])
     return lines

@@ -46,7 +46,7 @@ def _require_tensorboard():
         from tensorboard.backend.event_processing import event_accumulator  # noqa: F401
     except ImportError:
         raise ImportError("reading or writing TensorBoard runs needs the tensorboard package: "
-                          "pip install 'megatron-flops[tensorboard]'") from None
+                          "pip install -e '.[tensorboard]' in a megatron-flops clone") from None
 
 
 def is_event_file(path: str) -> bool:

@@ -397,12 +397,37 @@ def _megatron_core_model_fields(ns) -> dict:
     return fields
 
 
+# The flag catalogue's unsupported NVIDIA Megatron-LM features (:data:`.flags.UNSUPPORTED`), as
+# a run's ``args`` carries them (destinations at d98e8a64; off: None / False / 0 / ""): a run
+# using one is refused, never miscounted (the runtime hook then steps aside)
+UNSUPPORTED_MEGATRON_LM_ARGS = (
+    "--attention-output-gate", "--experimental-attention-variant", "--dsa-indexer-topk",
+    "--hybrid-layer-pattern", "--hybrid-override-pattern", "--is-hybrid-model",
+    "--linear-attention-freq", "--heterogeneous-layers-config-path",
+    "--heterogeneous-layers-config-encoded-json", "--moe-latent-size", "--quick-geglu",
+)
+
+
+def refuse_unsupported(ns) -> None:
+    """ShapeError naming the first Megatron-LM feature in ``ns`` that is not counted yet."""
+    for flag in UNSUPPORTED_MEGATRON_LM_ARGS:
+        value = getattr(ns, flag[2:].replace("-", "_"), None)
+        if value not in (None, False, 0, ""):
+            raise ShapeError(f"{flag}: {catalogue.UNSUPPORTED[flag]}", flag)
+    shards = getattr(ns, "gtp_weight_remat_size", None)
+    if isinstance(shards, int) and shards > 1:
+        raise ShapeError("--tensor-parallel-num-weight-shards > 1 (GTP weight remat: each peer "
+                         "trains its own micro-batch) is not counted yet",
+                         "--tensor-parallel-num-weight-shards")
+
+
 def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     """ModelShape and RunShape from a Megatron ``args`` namespace (either fork) or our CLI.
 
     The recompute is what the model really runs (:func:`pipeline_model_recompute` for the
     DeepSpeed pipeline model, per real stage for Megatron's own pipeline).
     """
+    refuse_unsupported(ns)
     def get(name, default=None):
         value = getattr(ns, name, None)
         return default if value is None else value

@@ -9,7 +9,7 @@ def write_png(profile: Profile, path: str, title: str = "") -> None:
     try:
         import matplotlib
     except ImportError:
-        raise ValueError("--png needs matplotlib: pip install 'megatron-flops[plot]'") from None
+        raise ValueError("--png needs matplotlib: pip install -e '.[plot]' in a megatron-flops clone") from None
     matplotlib.use("Agg")
     from matplotlib import pyplot
 

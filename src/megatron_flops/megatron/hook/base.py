@@ -144,6 +144,8 @@ class Strategy:
     title = ""                # "the bigscience Megatron-DeepSpeed fork" (start summary)
     how = ""                  # what the hook changes there (start summary)
     formula_owner = ""        # "the bigscience fork's own formula" (start summary)
+    formula_counts = "hardware"  # what the framework's number counts: "hardware" or "model"
+    logged_name = "TFLOPs"    # the framework's throughput figure (start summary)
     feature = ""              # what detect() looks for (the "not one the hook knows" message)
     line_marker = " TFLOPs: "  # the throughput line among print_rank_last's messages
     iteration_position = 3    # training_log(loss_dict, total_loss_dict, lr, iteration, …)
@@ -235,10 +237,12 @@ class Strategy:
         raise NotImplementedError
 
     def formula_line(self, args, breakdown, batch_size: int, seq_length: int) -> str:
-        """What the framework's own formula counts, against the exact hardware FLOPs."""
+        """What the framework's own formula counts, against the exact count of what its number
+        means (:attr:`formula_counts`: hardware FLOPs for the forks, model FLOPs for
+        Megatron-LM)."""
         legacy = self.legacy_flops(args, batch_size, seq_length)
-        exact = breakdown.hardware_flops
+        exact = getattr(breakdown, f"{self.formula_counts}_flops")
         off = legacy_error(legacy, exact)
         return (f"{self.formula_owner} counts {legacy:.4g} FLOPs per iteration for this shape, "
-                f"{100 * off:+.1f}% vs the exact hardware count {exact:.4g}: "
-                "its TFLOPs would be off by that much")
+                f"{100 * off:+.1f}% vs the exact {self.formula_counts} count {exact:.4g}: "
+                f"its {self.logged_name} would be off by that much")

@@ -30,7 +30,9 @@ class MegatronLM(Strategy):
     name = "megatron-lm"
     title = "NVIDIA Megatron-LM"
     how = "num_floating_point_operations replaced: throughput per GPU and its scalar exact"
-    formula_owner = "Megatron-LM's own formula"
+    formula_owner = "Megatron-LM's own formula (num_floating_point_operations, model FLOPs)"
+    formula_counts = "model"  # Megatron-LM never counts recomputation
+    logged_name = "throughput per GPU"
     feature = "megatron.training.training.num_floating_point_operations(args, batch_size)"
     line_marker = " throughput per GPU (TFLOP/s/GPU): "
 
@@ -87,4 +89,6 @@ class MegatronLM(Strategy):
         return self.append_fields(interval, message)
 
     def legacy_flops(self, args, batch_size: int, seq_length: int) -> float:
+        """The run's own ``num_floating_point_operations`` (the original, not our
+        replacement): whatever era the checkout is, its formula is the one compared."""
         return self._original(args, batch_size)

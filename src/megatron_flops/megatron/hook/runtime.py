@@ -3,12 +3,27 @@
 steps aside for good at the first error."""
 
 import functools
+import re
 import sys
 from typing import Optional, Sequence, Type
 
+from ...hardware import implausible_utilisation_warning
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
 from .count_mode import CountingMode, CountSettings
+
+# how a peak is set in a training run: pretrain_gpt.py has no --gpu / --peak-tflops
+PEAK_HINT = (f"set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS} in the "
+             "environment, or pass install(gpu=..., peak_tflops=...)")
+_COMMAND_LINE_HINT = re.compile(r"\s*\(give --[^)]*\)")
+
+
+def peak_text(peak) -> str:
+    """The peak's source as the hook says it: a missing peak names what works in a
+    training run, not the megatron-flops command line's flags."""
+    if peak.known:
+        return peak.source
+    return f"{_COMMAND_LINE_HINT.sub('', peak.source)} [{PEAK_HINT}]"
 
 UNKNOWN = "unknown"
 FORK_MARKER = "_megatron_flops_fork"  # on a patched training module: the strategy's name
@@ -39,6 +54,7 @@ class MegatronHook:
         self.counting = CountSettings()          # the counting mode's settings (off)
         self.counting_mode: Optional[CountingMode] = None
         self._summary_done = False
+        self._utilization_warned = False
         self._originals = {}
 
     @property
@@ -54,7 +70,9 @@ class MegatronHook:
     def print(self, text: str, ranks=("first", "last")) -> None:
         rank, world = rank_and_world()
         if ("first" in ranks and rank == 0) or ("last" in ranks and rank == world - 1):
-            print(text, file=self.out or sys.stdout, flush=True)
+            stream = self.out or sys.stdout
+            for line in text.split("\n"):  # a line a write: another rank's line stays whole
+                print(line, file=stream, flush=True)
 
     def fail(self, where: str, error: BaseException) -> None:
         """Report the first failure once, then step aside for good."""
@@ -168,6 +186,7 @@ class MegatronHook:
                 hook.interval = None
             if interval is not None and interval.report is not None and hook.enabled:
                 try:
+                    hook.check_utilization(interval)
                     strategy.write_outputs(interval)
                 except Exception as error:
                     hook.fail("training_log (after)", error)
@@ -200,13 +219,28 @@ class MegatronHook:
         strategy = self.strategy
         model, run = accounting.model, accounting.run
         breakdown = iteration_breakdown(model, run, accounting.causal)
-        lines = [f"{PREFIX} hooked {strategy.title} ({strategy.how}; "
+        lines = [f"hooked {strategy.title} ({strategy.how}; "
                  f"{'per-iteration' if self.per_iteration else 'log-time'} accounting)"]
         lines += summary_lines(model, run, breakdown, parameter_count(model))
         lines.append(f"attention counted {'causal' if accounting.causal else 'dense (full s×s)'}; "
                      "elementwise ops not counted")
-        hint = "" if accounting.peak.known else (
-            f" [set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS}]")
-        lines.append(f"peak for MFU/HFU: {accounting.peak.source}{hint}")
+        lines.append(f"peak for MFU/HFU: {peak_text(accounting.peak)}")
         lines.append(strategy.formula_line(args, breakdown, run.global_batch_size, run.seq_length))
-        self.print("\n".join(lines), ranks=("first",))
+        # every line carries the prefix (a breakdown table too): grep-able among rank output
+        lines = "\n".join(lines).split("\n")
+        self.print("\n".join(f"{PREFIX} {line}" if line else PREFIX for line in lines),
+                   ranks=("first",))
+
+    def check_utilization(self, interval: Interval) -> None:
+        """Once per run, on the printing rank: an MFU or HFU above 100 % never goes out
+        without a warning naming the likely cause."""
+        if self._utilization_warned:
+            return
+        report, accounting = interval.report, interval.accounting
+        warning = implausible_utilisation_warning(
+            report.mfu, report.hfu, dtype=accounting.run.dtype,
+            peak_source=accounting.peak.source,
+            peak_settings=f"{calc.ENV_GPU} / {calc.ENV_PEAK_TFLOPS}")
+        if warning is not None:
+            self._utilization_warned = True
+            self.print(f"{PREFIX} {warning}", ranks=("last",))

@@ -1,0 +1,204 @@
+"""The run's own arguments, read back from its console log (standard library only).
+
+At start-up rank 0 of every Megatron (both Megatron-DeepSpeed forks, NVIDIA Megatron-LM)
+prints its whole ``args`` namespace::
+
+    ------------------------ arguments ------------------------
+      accumulate_allreduce_grads_in_fp32 .............. False
+      hidden_size ..................................... 14336
+      rampup_batch_size ............................... ['192', '16', '9_765_625']
+      ...
+    -------------------- end of arguments ---------------------
+
+one ``name ..... value`` line per argument, the value as Python's ``str()`` writes it
+(``None``, ``True``, ``[1, 2]``, ``PositionEmbeddingType.alibi``).  The padded vocabulary is
+not an argument but is printed a little later, while the tokenizer is built::
+
+     > padded vocab (size: 250680) with 200 dummy tokens (new size: 250880)
+
+:func:`namespace_from_arguments` turns the dump into an ``argparse.Namespace`` with proper
+value types, which :func:`megatron_flops.megatron.args.shapes_from_args` reads like the
+run's own ``args``; :func:`merge_flags` lays the flags typed on the command line over it and
+says, for every value that shapes the count, where it came from.
+"""
+
+import argparse
+import ast
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+DUMP_START = "------------------------ arguments ------------------------"
+DUMP_END = "-------------------- end of arguments ---------------------"
+# one argument line, wherever it starts (launcher prefixes: "[default0]:", "stdout:", "0: ")
+ARGUMENT_LINE = re.compile(r"(?:^|[\s:>\]])([A-Za-z_][A-Za-z0-9_]*) \.{3,} (.*?)\s*$")
+PADDED_VOCAB = re.compile(
+    r"> padded vocab \(size: (\d+)\) with (\d+) dummy tokens \(new size: (\d+)\)")
+_ENUM = re.compile(r"^[A-Z][A-Za-z0-9_]*\.([A-Za-z_][A-Za-z0-9_]*)$")
+
+# where a value came from (the provenance block and --json's "sources")
+FROM_COMMAND_LINE = "command line"
+FROM_DUMP = "log arguments"
+FROM_PADDED_VOCAB = "log padded vocab line"
+FROM_DEFAULT = "default"
+
+# the values that shape the count, in the order the provenance block lists them
+SHAPE_VALUES = (
+    "num_layers", "hidden_size", "num_attention_heads", "kv_channels", "num_key_value_heads",
+    "ffn_hidden_size", "glu_activation", "swiglu", "seq_length", "padded_vocab_size",
+    "num_experts", "topk", "micro_batch_size", "global_batch_size", "rampup_batch_size",
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "world_size",
+    "checkpoint_activations", "recompute_granularity", "fp16", "bf16", "log_interval",
+)
+
+
+def typed_value(text: str):
+    """The Python value of a dump's ``str()`` text: None, True/False, int, float, a list
+    (of those), an enum member's name (``PositionEmbeddingType.alibi`` -> ``"alibi"``),
+    else the text itself."""
+    text = text.strip()
+    if text == "None":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text[:1] in "[(" and text[-1:] in "])":
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return text
+        return list(value) if isinstance(value, (list, tuple)) else value
+    enum = _ENUM.match(text)
+    if enum and not text.startswith("torch."):
+        return enum.group(1)
+    return text
+
+
+def namespace_from_arguments(arguments: Dict[str, str]) -> argparse.Namespace:
+    """An ``args``-like namespace from a dump (name -> printed text), values typed."""
+    return argparse.Namespace(**{name: typed_value(text) for name, text in arguments.items()})
+
+
+def padded_vocab_size(line: str) -> Optional[int]:
+    """The new (padded) size on a `` > padded vocab (size: …)`` line, else None."""
+    match = PADDED_VOCAB.search(line)
+    return int(match.group(3)) if match else None
+
+
+def given_destinations(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
+    """The ``dest`` of every option actually typed in ``argv`` (``--flag`` or ``--flag=v``)."""
+    actions = parser._option_string_actions  # argparse's own option-string -> action map
+    out = set()
+    for token in argv:
+        if token.startswith("-"):
+            action = actions.get(token.split("=", 1)[0])
+            if action is not None:
+                out.add(action.dest)
+    return out
+
+
+def merge_flags(flags: argparse.Namespace, given: Iterable[str],
+                arguments: Dict[str, str], padded_vocab: Optional[int] = None
+                ) -> Tuple[argparse.Namespace, Dict[str, str]]:
+    """(namespace, sources): the run's dump, the padded vocab line over it, the flags typed on
+    the command line over both; the parser's defaults for anything neither holds.
+
+    ``sources`` maps each of :data:`SHAPE_VALUES` (and any other value typed) to
+    :data:`FROM_COMMAND_LINE`, :data:`FROM_DUMP`, :data:`FROM_PADDED_VOCAB` or
+    :data:`FROM_DEFAULT`.  Without a dump the namespace is the flags unchanged.
+    """
+    given = set(given)
+    merged = argparse.Namespace(**vars(flags))
+    sources: Dict[str, str] = {}
+    dump = namespace_from_arguments(arguments)
+    for name, value in vars(dump).items():
+        if name not in given:
+            setattr(merged, name, value)
+    if arguments:
+        merged._cli = False  # a real run's namespace: its parser's defaults are all there
+    if padded_vocab is not None and "padded_vocab_size" not in given:
+        merged.padded_vocab_size = padded_vocab
+    for name in SHAPE_VALUES + tuple(sorted(given - set(SHAPE_VALUES))):
+        if name in given:
+            sources[name] = FROM_COMMAND_LINE
+        elif name == "padded_vocab_size" and padded_vocab is not None:
+            sources[name] = FROM_PADDED_VOCAB
+        elif name in arguments:
+            sources[name] = FROM_DUMP
+        else:
+            sources[name] = FROM_DEFAULT
+    return merged, sources
+
+
+def sources_lines(namespace: argparse.Namespace, sources: Dict[str, str]) -> List[str]:
+    """The provenance block: one line per source, ``name value`` pairs (None values left
+    out of the defaults, which are many)."""
+    lines = []
+    for source in (FROM_COMMAND_LINE, FROM_DUMP, FROM_PADDED_VOCAB, FROM_DEFAULT):
+        pairs = []
+        for name, where in sources.items():
+            if where != source:
+                continue
+            value = getattr(namespace, name, None)
+            if source == FROM_DEFAULT and value in (None, False):
+                continue
+            if isinstance(value, list):
+                value = " ".join(map(str, value))
+            pairs.append(f"{name} {value}")
+        if pairs:
+            lines.append(f"from the {source}: " + ", ".join(pairs)
+                         if source != FROM_DEFAULT else "defaults: " + ", ".join(pairs))
+    return lines
+
+
+# unsupported features whose argument is not a switch but a value that is None when unused
+_UNSUPPORTED_VALUES = frozenset((
+    "num_experts_switch", "mtp_num_layers", "moe_shared_expert_intermediate_size",
+    "window_size", "hybrid_override_pattern", "hybrid_layer_pattern",
+    "heterogeneous_layers_config_path"))
+
+
+def unsupported_features(arguments: Dict[str, str], unsupported: Dict[str, str]
+                         ) -> List[Tuple[str, str, str]]:
+    """(flag, printed value, why) for each FLOP-changing feature the run used that the count
+    does not support yet (``unsupported``: the flag catalogue's ``--flag -> why``): a switch
+    that is True, or a value-type feature that is set."""
+    out = []
+    for name, text in sorted(arguments.items()):
+        flag = "--" + name.replace("_", "-")
+        if flag not in unsupported:
+            continue
+        value = typed_value(text)
+        if value is True or (name in _UNSUPPORTED_VALUES and value not in (None, False)):
+            out.append((flag, text, unsupported[flag]))
+    return out
+
+
+# which fork printed a dump: arguments only one of them has
+_FORK_ARGUMENTS = (
+    ("microsoft", ("swiglu", "num_key_value_heads", "ds_sequence_parallel_size", "mlp_type",
+                   "random_ltd")),
+    ("bigscience", ("glu_activation", "embed_layernorm", "pp_partition_method",
+                    "pad_vocab_size_to")),
+)
+
+
+# NVIDIA Megatron-LM's parser (megatron/training/arguments.py): names neither fork has
+_MEGATRON_LM_ARGUMENTS = ("log_throughput", "num_query_groups", "moe_router_topk",
+                          "context_parallel_size")
+
+
+def fork_from_arguments(arguments: Dict[str, str]) -> Optional[str]:
+    """The framework whose parser has these arguments: a Megatron-DeepSpeed fork (by the
+    names only one of them has; None: neither or both) or, without a ``deepspeed``
+    argument, NVIDIA Megatron-LM (``megatron-lm``: a name only its parser has; else None)."""
+    if "deepspeed" not in arguments:
+        return "megatron-lm" if any(n in arguments for n in _MEGATRON_LM_ARGUMENTS) else None
+    found = [fork for fork, names in _FORK_ARGUMENTS if any(n in arguments for n in names)]
+    return found[0] if len(found) == 1 else None
