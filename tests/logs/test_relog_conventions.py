@@ -103,3 +103,25 @@ def test_unknown_convention_fails_before_the_log_is_read(tmp_path, logfmt, capsy
     assert result.code == 2
     assert "--convention must be one of" in result.err and "Traceback" not in result.err
     assert result.out == ""
+
+
+def test_a_reshaped_restart_gives_the_conventions_of_the_last_shape(tmp_path, logfmt, capsys):
+    """A restart's new arguments dump (here 2 → 4 GPUs, 0.5 → 0.25 s per iteration): the
+    conventions are at the last shape's intervals, on its world size."""
+    first = logfmt.arguments_dump(log_interval=10, world_size=2)
+    first += [logfmt.bigscience_line(i, BATCH * i, BATCH * i * SEQ, 0.5, BATCH, BATCH / 0.5, 1.5)
+              for i in (10, 20, 30)]
+    second = logfmt.arguments_dump(log_interval=10, world_size=4)
+    second += [logfmt.bigscience_line(i, BATCH * i, BATCH * i * SEQ, 0.25, BATCH, BATCH / 0.25,
+                                      1.5) for i in (40, 50, 60)]
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(first + second) + "\n")
+    flags = list(FLAGS)
+    at = flags.index("--world-size")
+    del flags[at:at + 2]                      # each dump's world size
+    result = logfmt.run_cli(capsys, log, *flags, "--json")
+    assert result.code == 0, result.err
+    summary = logfmt.json_summary(result)
+    assert len(summary["segments"]) == 2
+    six_n = summary["conventions"]["6n"]["tflops_per_gpu"]
+    assert six_n == pytest.approx(6 * N_PARAMS * BATCH * SEQ / (0.25 * 4 * 1e12), rel=1e-9)
