@@ -47,7 +47,7 @@ def profile_main(argv: List[str]) -> int:
         "profile", "Join a torch.profiler Chrome trace (record_shapes=True, one ProfilerStep "
         "per iteration) with the exact FLOPs of the model and run given by Megatron flags "
         f"or read from a training log's arguments dump ({ARGUMENTS_FROM} LOG): "
-        "per component calls, FLOPs, time, TFLOP/s, %% of peak and of the iteration; the rest "
+        "per component calls, FLOPs, time, TFLOP/s, % of peak and of the iteration; the rest "
         "of the iteration by category.")
     parser.add_argument("trace", metavar="TRACE", help="the trace (.json or .json.gz) of one rank")
     parser.add_argument("--steps", type=int, nargs="+", metavar="N",
