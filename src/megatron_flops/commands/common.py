@@ -57,6 +57,20 @@ def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool 
     return args, model, run
 
 
+def parse_flags_over_log(parser: argparse.ArgumentParser, argv: List[str]):
+    """(args, given, report, unknown) for a command whose shapes may come from a log's
+    arguments dump: the flags parsed, no shape derived yet; ``given``: the ``dest`` of every
+    Megatron flag actually typed (they override the dump); ``report``: the flag catalogue's
+    note on the ``unknown`` flags (unsupported ones raise), for the caller to print."""
+    from ..logs.arguments import given_destinations
+    from ..megatron.args import check_flags, megatron_argument_parser, parse_megatron_args
+    args, unknown = parse_megatron_args(argv, parser)
+    megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
+    given = given_destinations(parser, argv) & (megatron - {"strict_flags"})
+    report = check_flags(unknown, getattr(args, "strict_flags", False))
+    return args, given, report, unknown
+
+
 def positive(kind, flag):
     def convert(text):
         try:

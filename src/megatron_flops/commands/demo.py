@@ -66,6 +66,10 @@ def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
                    help="matmul: explicit Q·Kᵀ and attention·V products (exact ground truth, "
                         "the default); sdpa: PyTorch's fused scaled_dot_product_attention "
                         "(flash / efficient kernels), counted the same")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (Inductor): the fused kernels of a tuned "
+                        "run; counted the same (the count is the breakdown's, not the "
+                        "kernels')")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help=argparse.SUPPRESS)
     out = parser.add_argument_group("outputs")

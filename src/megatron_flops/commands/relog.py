@@ -14,7 +14,7 @@ import sys
 from typing import List, TextIO
 
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
-                     command_parser, positive)
+                     command_parser, parse_flags_over_log, positive)
 
 # relog's own output option; the run's own --tensorboard-dir (in a pasted command line) is
 # FLOP-neutral and ignored (before issue 10 relog used that name for this output)
@@ -57,14 +57,10 @@ def _check_outputs(args) -> None:
 
 def _parse(parser, argv: List[str]):
     """(args, the Megatron flags typed): the shapes wait for the log's arguments dump."""
-    from ..logs.arguments import given_destinations
-    from ..megatron.args import (check_flags, ignored_flags, megatron_argument_parser,
-                                 parse_megatron_args)
-    args, unknown = parse_megatron_args(argv, parser)
-    megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
-    given = given_destinations(parser, argv) & (megatron - {"strict_flags"})
+    from ..megatron.args import ignored_flags
+    args, given, report, unknown = parse_flags_over_log(parser, argv)
     # the flag catalogue, as every command reads it: unsupported ones are an error
-    for line in check_flags(unknown, getattr(args, "strict_flags", False)).lines():
+    for line in report.lines():
         print(line, file=sys.stderr)
     if "--tensorboard-dir" in ignored_flags(unknown):
         print(f"megatron-flops: --tensorboard-dir is the run's own flag (ignored); relog writes "

@@ -43,6 +43,7 @@ class DemoConfig:
     device: Optional[str] = None   # None: cuda when available, else cpu
     threads: Optional[int] = None
     attention: str = "matmul"      # matmul (exact ground truth) or sdpa (fused kernel)
+    compile: bool = False          # torch.compile the model (Inductor); counted the same
     tensorboard_dir: Optional[str] = None
     wandb: bool = False
     wandb_project: str = "megatron-flops-demo"
@@ -113,6 +114,9 @@ def check_demo_config(c: DemoConfig) -> None:
         check_device(c.device)
     if c.deepspeed_config is not None and not c.deepspeed:
         raise ValueError("--deepspeed_config needs --deepspeed")
+    if c.compile and c.deepspeed:
+        raise ValueError("--compile is not supported with --deepspeed (DeepSpeed compiles "
+                         "through its own config)")
     if c.deepspeed and c.run.rampup_batch_size:
         raise ValueError("--rampup-batch-size is not supported with --deepspeed "
                          "(DeepSpeed's batch size is fixed)")

@@ -88,6 +88,9 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
         if run.dtype == "fp16":
             scaler = torch.amp.GradScaler(device.split(":")[0])
         backend = f"DistributedDataParallel ({dist.backend})" if dist.active else "one process"
+        if config.compile:  # the wrapper, as PyTorch recommends for DDP
+            train_model = torch.compile(train_model)
+            backend += ", torch.compile"
 
     peak_tflops, peak_source, peak_measured = choose_peak(config, device, dist)
     session = Session(

@@ -618,7 +618,7 @@ class Segment(NamedTuple):
     namespace: argparse.Namespace
     log_interval: Optional[int]
     fork: Optional[str]             # from the dump (lines that do not name theirs)
-    first_iteration: int
+    first_iteration: Optional[int]  # None: a shape read without iteration lines
     path: Optional[str] = None
 
     @property
@@ -673,9 +673,10 @@ def argument_warnings(args: argparse.Namespace, arguments: dict,
 
 
 def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseStats,
-                   first: LogRecord, environ: Optional[Mapping[str, str]] = None,
+                   first: Optional[LogRecord], environ: Optional[Mapping[str, str]] = None,
                    path: Optional[str] = None) -> Segment:
-    """The run shape for the records from ``first`` on: the log's arguments dump (and its
+    """The run shape for the records from ``first`` on (None: the shape alone, as ``profile
+    --arguments-from`` reads it): the log's arguments dump (and its
     padded vocab line) with the flags typed (``given``: their ``dest`` names) laid over it;
     the world size from ``--world-size``, else the dump, else the launcher's environment
     (``WORLD_SIZE``), else assumed (TP × PP, one replica) with a warning."""
@@ -724,7 +725,7 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
             and getattr(namespace, "vocab_size", None) is None):
         notes.append(f"warning: no padded vocab line in the log and no --padded-vocab-size or "
                      f"--vocab-size: assuming GPT-2's vocabulary, padded to {model.vocab_size}")
-    tgs = first.tokens_per_gpu_per_second
+    tgs = first.tokens_per_gpu_per_second if first is not None else None
     if tgs and first.samples_per_second and first.seq_length:
         implied = first.samples_per_second * first.seq_length / tgs
         if abs(implied - run.world_size) > 0.01 * run.world_size:
@@ -736,7 +737,28 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
             and log_interval > 0):
         log_interval = None
     return Segment(model, run, notes, sources, namespace, log_interval,
-                   dump_arguments.fork_from_arguments(arguments), first.iteration, path)
+                   dump_arguments.fork_from_arguments(arguments),
+                   first.iteration if first is not None else None, path)
+
+
+def segment_from_log(args: argparse.Namespace, given: Iterable[str], path: str) -> Segment:
+    """The run shape of one run's logs (a console log or a folder of them) as their arguments
+    dump gives it, the flags typed (``given``) laid over it: :func:`settle_segment`, for a
+    command that needs the shape but not the iteration lines.  With several dumps (restarts)
+    the last one is used and a note says so.  Raises ValueError where there is none."""
+    if path != "-" and not os.path.exists(path):
+        raise ValueError(f"{path!r} does not exist")
+    stats = ParseStats()
+    for _ in read_run([path], stats):
+        pass
+    if not stats.argument_dumps:
+        raise ValueError(f"{path!r} has no arguments dump (the '{dump_arguments.DUMP_START}' "
+                         "block Megatron prints at start-up): give the model flags instead")
+    segment = settle_segment(args, given, stats, None, path=path)
+    if stats.argument_dumps > 1:
+        segment.notes.append(f"{stats.argument_dumps} arguments dumps in {path!r} (restarts): "
+                             "the last one is used")
+    return segment
 
 
 def settle_run(args: argparse.Namespace, model: ModelShape, run: RunShape, stats: ParseStats,

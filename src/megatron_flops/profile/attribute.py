@@ -48,6 +48,13 @@ from .trace import Event, Step, Trace
 SCOPE_PREFIX = "megatron_flops:"
 NORMS_SCOPE = SCOPE_PREFIX + "norms"
 BACKWARD_PREFIX = "autograd::engine::evaluate_function:"
+# the spans torch.compile's code runs in (Dynamo's frame, Inductor's graph call, AOTAutograd's
+# forward and backward functions): inside them no module scope survives (Dynamo drops
+# record_function) and backward ops carry no per-op autograd link
+COMPILED_SPANS = ("Torch-Compiled Region", "## Call CompiledFxGraph", "CompiledFunction")
+# the row for matmuls of compiled code that no scope names: not split by shape, which would
+# misattribute backward products (a weight gradient's shape is often another layer's)
+COMPILED = "compiled (no scope)"
 MATMUL_OPS = {"aten::mm": 0, "aten::addmm": 1, "aten::bmm": 0, "aten::baddbmm": 1,
               "aten::_scaled_mm": 0}  # name -> index of the first product operand
 ATTENTION_OP = re.compile(r"^aten::_scaled_dot_product_(?!attention_math)\w*attention\w*$")
@@ -122,6 +129,10 @@ def innermost_scope(event: Event, stop: Optional[Event] = None) -> Optional[Part
         if parts is not None:
             return parts
     return None
+
+
+def in_compiled_code(event: Event) -> bool:
+    return any(node.name.startswith(COMPILED_SPANS) for node in event.ancestors())
 
 
 def backward_span(event: Event) -> Optional[Event]:
@@ -355,6 +366,8 @@ def _classify(op: Event, seconds: float, forward_by_sequence, shapes: ShapeRule)
         parts = innermost_scope(op)
         if parts is not None:
             return MatmulCall(op, phase, parts, "scope", flops, seconds)
+        if in_compiled_code(op):
+            return MatmulCall(op, phase, ((COMPILED, 1.0),), "compiled", flops, seconds)
         parts, others = shapes.classify(op)
         return MatmulCall(op, phase, parts, "shape" if parts else "unattributed", flops,
                           seconds, others)
@@ -363,9 +376,13 @@ def _classify(op: Event, seconds: float, forward_by_sequence, shapes: ShapeRule)
         parts = innermost_scope(forward)
         if parts is not None:
             return MatmulCall(op, phase, parts, "scope via autograd", flops, seconds)
+        if in_compiled_code(forward):
+            return MatmulCall(op, phase, ((COMPILED, 1.0),), "compiled", flops, seconds)
         parts, others = shapes.classify(forward)
         if parts is not None:
             return MatmulCall(op, phase, parts, "shape via autograd", flops, seconds, others)
+    if in_compiled_code(op):
+        return MatmulCall(op, phase, ((COMPILED, 1.0),), "compiled", flops, seconds)
     parts, others = shapes.classify(op, backward=True)
     return MatmulCall(op, phase, parts, "shape" if parts else "unattributed", flops, seconds,
                       others)

@@ -3,7 +3,7 @@
 from typing import List
 
 from ..report import format_percent as _percent
-from .attribute import Profile
+from .attribute import COMPILED, Profile
 
 
 def table_lines(profile: Profile) -> List[str]:
@@ -48,6 +48,14 @@ def table_lines(profile: Profile) -> List[str]:
         if row.calls and row.flops and round(row.trace_flops) != round(row.flops):
             lines.append(f"  {row.name}: trace {row.trace_flops / n:.6g} vs ours "
                          f"{row.flops / n:.6g} FLOPs per iteration")
+    compiled = sum(r.calls for r in profile.rows if r.component == COMPILED)
+    if compiled:
+        lines.append(f"torch.compile: {compiled / n:.4g} matmul call(s) per iteration ran in "
+                     f"compiled code, which no module scope reaches (Dynamo drops "
+                     f"record_function) and whose backward ops have no per-op autograd link: "
+                     f"they are the row '{COMPILED}', FLOPs from the trace's shapes, not split "
+                     f"by component (by shape alone backward products would be misattributed); "
+                     f"the components' own FLOPs are shown without their time")
     if profile.ambiguous:
         lines.append("ambiguous shapes (filed under the first match):")
         lines += [f"  {text}" for text in profile.ambiguous]
