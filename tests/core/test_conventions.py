@@ -198,10 +198,15 @@ ERAS_BY_HAND = {
 }
 
 
-def test_megatron_lm_eras_by_hand():
-    r = compare_conventions(ERA_MODEL, 1, 4, names=list(ERAS_BY_HAND))
-    for name, flops in ERAS_BY_HAND.items():
+def assert_eras_by_hand(model, by_hand):
+    """One sample of 4 tokens: each convention in ``by_hand`` gives its hand-derived FLOPs."""
+    r = compare_conventions(model, 1, 4, names=list(by_hand))
+    for name, flops in by_hand.items():
         assert r[name].flops_per_iteration == pytest.approx(flops, rel=1e-12), name
+
+
+def test_megatron_lm_eras_by_hand():
+    assert_eras_by_hand(ERA_MODEL, ERAS_BY_HAND)
     # 2024-04 is our exact dense count, 2025-03 our exact causal count, for a dense model
     assert ERAS_BY_HAND["megatron-lm@2024-04"] == flops_breakdown(ERA_MODEL, 4).model_flops
     assert ERAS_BY_HAND["megatron-lm@2025-03"] == flops_breakdown(ERA_MODEL, 4,
@@ -238,9 +243,7 @@ MOE_MTP_BY_HAND = {
 
 
 def test_megatron_lm_eras_by_hand_with_moe_ffn_shared_experts_and_mtp():
-    r = compare_conventions(MOE_MTP_MODEL, 1, 4, names=list(MOE_MTP_BY_HAND))
-    for name, flops in MOE_MTP_BY_HAND.items():
-        assert r[name].flops_per_iteration == pytest.approx(flops, rel=1e-12), name
+    assert_eras_by_hand(MOE_MTP_MODEL, MOE_MTP_BY_HAND)
     assert megatron_lm_era("2025-01-31").name == "megatron-lm@2024-09"
     assert megatron_lm_era("0d389f5e").name == "megatron-lm@2025-02"
     assert megatron_lm_era("2025-04-03").name == "megatron-lm@2025-04"

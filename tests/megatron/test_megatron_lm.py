@@ -135,6 +135,33 @@ def test_log_interval_one_iteration_one_is_not_reset_and_the_next_line_covers_it
 
 
 
+
+# packed (THD): every sample holds documents of 10 and 6 tokens (16 of S = 32, the rest
+# padding); attention runs per document, 4·H·(10² + 6²) per layer instead of 4·S²·H, every
+# GEMM still over all S tokens (they run on the padding too)
+PACKED_FLOPS_PER_SAMPLE = 3 * (L * (24 * S * H * H + 4 * H * (10 ** 2 + 6 ** 2)) + 2 * S * H * V)
+
+
+def test_packed_sequences_are_counted_from_the_loops_sum_of_squares(runner, tmp_path,
+                                                                    monkeypatch):
+    """Megatron-LM's loop passes each iteration's Σ Lᵢ² (and Σ Lᵢ) to
+    num_floating_point_operations and training_log; the hook counts the packed attention
+    exactly: the console field per interval, and progress.txt's running total."""
+    monkeypatch.chdir(tmp_path)
+    save = tmp_path / "checkpoints"
+    argv = ARGV + ["--fake-document-lengths", "10,6", "--save", str(save),
+                   "--save-interval", "8"]
+    out = runner.run(CHECKOUT, argv)
+    packed = {4: sum(BATCHES[:4]) * PACKED_FLOPS_PER_SAMPLE / ((STARTUP + 4 * SECONDS) * 1e12),
+              8: sum(BATCHES[4:]) * PACKED_FLOPS_PER_SAMPLE / (4 * SECONDS * 1e12)}
+    throughput = fields(out, "throughput per GPU (TFLOP/s/GPU)")
+    assert throughput[4] == f"{packed[4]:.1f}" and throughput[8] == f"{packed[8]:.1f}"
+    assert fields(out, "model TFLOP/s per gpu")[8] == f"{packed[8]:.2f}"
+    assert packed[8] < EXPECTED[8]  # not the unpacked count
+    progress = (save / "progress.txt").read_text()
+    total = sum(BATCHES) * PACKED_FLOPS_PER_SAMPLE
+    assert f"Floating-point operations: {total:.2e}" in progress
+
 # MoE + shared experts + MTP (flags as in d98e8a64 arguments.py): 2 layers, h 64, n 4, GQA
 # g 2 (d 16), SwiGLU f 96, layer 0 dense, layer 1 MoE (top-2 of 4, --moe-ffn-hidden-size 32,
 # shared 48), one MTP layer (built like layer 1), V 128, s 32, B 8.
