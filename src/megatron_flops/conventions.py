@@ -528,20 +528,49 @@ def conventions_for_run(model: ModelShape, run, seconds_per_iteration: Optional[
     return {name: r.to_dict() for name, r in results.items()}
 
 
-def conventions_table(results: Mapping[str, dict], peak_source: str = "") -> str:
+def conventions_with_headline(model: ModelShape, run, seconds_per_iteration: Optional[float] = None,
+                              peak_tflops: Optional[float] = None,
+                              headline: Optional[str] = None, batch_size: Optional[float] = None,
+                              seq_length: Optional[int] = None
+                              ) -> Tuple[Dict[str, dict], Optional[dict]]:
+    """(the ``conventions`` object of every named convention — plus ``headline`` when it is an
+    era outside the named ones —, the headline's entry ``{"convention": name, **entry}`` or
+    None): what ``estimate``, ``relog`` and the hook report.  Raises ValueError for an unknown
+    ``headline``."""
+    head = convention(headline).name if headline is not None else None
+    names = list(CONVENTIONS_BY_NAME) + ([head] if head and head not in CONVENTIONS_BY_NAME
+                                         else [])
+    results = conventions_for_run(model, run, seconds_per_iteration, peak_tflops, batch_size,
+                                  seq_length, names)
+    return results, (head and {"convention": head, **results[head]})
+
+
+def headline_line(head: Mapping[str, object], peak_source: str) -> str:
+    """``NAME would report: X TFLOP/s per GPU, MFU Y (±Z% vs exact; peak: …)``."""
+    from .report import format_optional, format_percent
+    return (f"{head['convention']} would report: "
+            f"{format_optional(head['tflops_per_gpu'], '.2f')} TFLOP/s per GPU, MFU "
+            f"{format_percent(head['mfu'])} ({100 * head['vs_exact']:+.1f}% vs exact; "
+            f"peak: {peak_source})")
+
+
+def conventions_table(results: Mapping[str, dict], peak_source: str = "",
+                      with_rates: bool = True) -> str:
     """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
-    FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU)."""
+    FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU).  Without
+    ``with_rates`` (no time yet: the hook's start summary) only the FLOPs and vs exact."""
     from .report import format_flops, format_optional, format_percent, table
     rows: List[List[str]] = []
     for name, r in results.items():
         util = format_percent(r["mfu"])
         if r["hfu"] is not None and r["hfu"] != r["mfu"]:
             util += f" (HFU {format_percent(r['hfu'])})"
-        rows.append([name, r["counts"], format_flops(r["flops_per_iteration"]),
-                     format_optional(r["tflops_per_gpu"], ".2f"),
-                     util, format_percent(r["vs_exact"], "+.1f")])
-    text = table(rows, ["convention", "counts", "FLOPs/iteration", "TFLOP/s/GPU", "MFU",
-                        "vs exact"], [False, False, True, True, True, True])
+        rates = [format_optional(r["tflops_per_gpu"], ".2f"), util] if with_rates else []
+        rows.append([name, r["counts"], format_flops(r["flops_per_iteration"]), *rates,
+                     format_percent(r["vs_exact"], "+.1f")])
+    header = ["convention", "counts", "FLOPs/iteration"]
+    header += ["TFLOP/s/GPU", "MFU"] if with_rates else []
+    text = table(rows, header + ["vs exact"], [False, False] + [True] * (len(header) - 1))
     return text + (f"\npeak: {peak_source}" if peak_source else "")
 
 

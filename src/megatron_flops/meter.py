@@ -25,6 +25,7 @@ class ThroughputReport(NamedTuple):
       the devices actually executed.  Equal to the model figure without recompute.
     - ``mfu`` / ``hfu``: those two divided by the device's dense peak TFLOP/s, as fractions
       (0.5 is 50 %); ``None`` when no peak is known.
+    - ``peak_tflops``: the dense peak TFLOP/s per GPU they divide by (``None``: none known).
     """
 
     iterations: int
@@ -41,6 +42,7 @@ class ThroughputReport(NamedTuple):
     hardware_tflops_per_gpu: float
     mfu: Optional[float]
     hfu: Optional[float]
+    peak_tflops: Optional[float] = None
 
 
 class ThroughputMeter:
@@ -159,6 +161,7 @@ class ThroughputMeter:
             hardware_tflops,
             model_tflops / peak if peak else None,
             hardware_tflops / peak if peak else None,
+            float(peak) if peak else None,
         )
         self._reset()
         return result

@@ -16,6 +16,7 @@ TAGS: Tuple[Tuple[str, str], ...] = (
     ("hardware_tflops_per_gpu", "throughput/hardware_tflops_per_gpu"),
     ("mfu", "throughput/mfu"),
     ("hfu", "throughput/hfu"),
+    ("peak_tflops", "throughput/peak_tflops"),   # the MFU/HFU denominator, beside them
     ("tokens_per_second", "throughput/tokens_per_second"),
     ("tokens_per_second_per_gpu", "throughput/tokens_per_second_per_gpu"),
     ("samples_per_second", "throughput/samples_per_second"),
@@ -23,7 +24,7 @@ TAGS: Tuple[Tuple[str, str], ...] = (
 
 
 def scalars(report: ThroughputReport) -> Dict[str, float]:
-    """tag -> value for one report (MFU/HFU left out when no peak is known)."""
+    """tag -> value for one report (MFU/HFU and the peak left out when no peak is known)."""
     out = {}
     for field, tag in TAGS:
         value = getattr(report, field)

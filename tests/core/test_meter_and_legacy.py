@@ -54,6 +54,21 @@ def test_meter_mfu_and_hfu_with_full_recompute():
     assert report.hfu == pytest.approx(b.hardware_flops / 1e12 / 1e-6)
 
 
+def test_peak_is_a_tag_beside_the_mfu_only_when_known():
+    """``throughput/peak_tflops`` carries the denominator of ``throughput/mfu`` (issue 13)."""
+    from megatron_flops.sinks import scalars
+    with_peak = ThroughputMeter(MODEL, world_size=1, peak_tflops=2.5e-6)
+    with_peak.add_iteration(2, 8)
+    tags = scalars(with_peak.report(1.0))
+    assert tags["throughput/peak_tflops"] == 2.5e-6
+    # MFU = model TFLOP/s / the tagged peak: 3·forward / 1e12 / 2.5e-6
+    assert tags["throughput/mfu"] == pytest.approx(3 * forward_by_hand(2, 8) / 1e12 / 2.5e-6)
+    without = ThroughputMeter(MODEL, world_size=1)
+    without.add_iteration(2, 8)
+    tags = scalars(without.report(1.0))
+    assert not {"throughput/peak_tflops", "throughput/mfu", "throughput/hfu"} & set(tags)
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
 def test_meter_rejects_non_positive_time(bad):
     meter = ThroughputMeter(MODEL)

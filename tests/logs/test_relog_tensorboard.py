@@ -94,6 +94,9 @@ def test_bigscience_round_trip(tmp_path, logfmt, capsys):
     assert mfu[30] == pytest.approx(intervals[2]["tflops_per_gpu"]["model"] / peak, rel=1e-6)
     by_samples = {e.step for e in accumulator.Scalars("throughput/mfu vs samples")}
     assert by_samples == {i["consumed_samples"] for i in intervals}
+    # the denominator beside the MFU: the --peak-tflops typed, every interval
+    assert {e.step: e.value for e in accumulator.Scalars("throughput/peak_tflops")} == \
+        {10: peak, 20: peak, 30: peak}
 
 
 def test_microsoft_run_plain_scalars(tmp_path, logfmt, capsys):

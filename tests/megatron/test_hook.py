@@ -507,3 +507,38 @@ def test_mfu_above_100_percent_comes_with_a_warning(runner, tools, monkeypatch):
     # a plausible peak: no warning
     monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", repr(exact * 2))
     assert "above 100%" not in runner.run(tools.fixture_dir("microsoft"), args_for())
+
+
+@pytest.mark.parametrize("fork, how", [("bigscience", "env"), ("microsoft", "install")])
+def test_start_summary_conventions_table(fork, how, runner, tools, monkeypatch):
+    """MEGATRON_FLOPS_CONVENTIONS=1 or install(conventions=True): the start summary has what
+    each convention counts for one iteration of the run's shape, every line prefixed."""
+    from megatron_flops.report import format_flops
+    plain = runner.run(tools.fixture_dir(fork), args_for())
+    assert "what each convention counts" not in plain
+    kwargs = {}
+    if how == "env":
+        monkeypatch.setenv("MEGATRON_FLOPS_CONVENTIONS", "1")
+    else:
+        kwargs["conventions"] = True
+    out = runner.run(tools.fixture_dir(fork), args_for(), **kwargs)
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "what each convention counts" in line)
+    assert lines[start].startswith("megatron-flops: what each convention counts for one "
+                                   "iteration (2 × 32 tokens;")
+    header = lines[start + 1].split()
+    assert header == ["megatron-flops:", "convention", "counts", "FLOPs/iteration", "vs",
+                      "exact"]   # no time yet: no TFLOP/s or MFU column
+    rows = {}
+    for line in lines[start + 3:]:
+        if not line.startswith("megatron-flops: ") or line.split()[1] in ("hooked",):
+            break
+        cells = line.split()
+        rows[cells[1]] = cells
+    assert {"exact", "palm", "megatron-lm", "bigscience", "microsoft", "6n"} <= set(rows)
+    # exact: global batch 2 (micro 2, DP 1) × the hand count (no recompute: model = hardware)
+    exact = format_flops(2 * hand_hardware_flops(32)).split()
+    assert rows["exact"][3:] == exact + ["+0.0%"]
+    # Megatron-LM 2024-03: 12·B·s·l·h²·(1 + g/n + s/h + f/h) + 6·B·s·h·V is, for MHA with
+    # f = 4h and no GLU, 72·s·h² + 12·s²·h per layer and sample plus 3 × the logits: exact
+    assert rows["megatron-lm@2024-03"][-1] == "+0.0%"

@@ -69,6 +69,15 @@ def positive(kind, flag):
     return convert
 
 
+def add_convention_arguments(parser: argparse.ArgumentParser) -> None:
+    """--conventions / --convention NAME (estimate and relog; Megatron-LM's FP8 flags are read
+    with the others)."""
+    parser.add_argument("--conventions", action="store_true",
+                        help="table of what each framework's formula reports for this run")
+    parser.add_argument("--convention", metavar="NAME",
+                        help="make one convention the headline (palm, megatron-lm@2024-04, …)")
+
+
 def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", help="device name for the peak table (a100, h100-sxm, h200, …)")
     parser.add_argument("--peak-tflops", type=positive(float, "--peak-tflops"),

@@ -4,7 +4,8 @@ import json
 import sys
 from typing import List
 
-from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, parse_command, positive
+from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
+                     command_parser, parse_command, positive)
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
@@ -60,12 +61,10 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
 def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, convention, fp8,
                      world_size_assumed) -> None:
     """``conventions`` (always), ``headline``, ``fp8`` and ``warnings``: the core computes."""
-    from ..conventions import CONVENTIONS_BY_NAME, convention as lookup, conventions_for_run
+    from ..conventions import conventions_with_headline
     from ..hardware import implausible_utilisation_warning
-    head = lookup(convention).name if convention is not None else None
-    names = list(CONVENTIONS_BY_NAME) + ([head] if head not in CONVENTIONS_BY_NAME and head else [])
-    result["conventions"] = conventions_for_run(model, run, seconds, peak.tflops, names=names)
-    result["headline"] = head and {"convention": head, **result["conventions"][head]}
+    result["conventions"], result["headline"] = conventions_with_headline(
+        model, run, seconds, peak.tflops, convention)
     t = result["throughput"]
     if fp8 is not None and fp8.enabled:
         from ..fp8 import fp8_report
@@ -78,15 +77,12 @@ def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, conventi
 
 
 def _print_conventions(result: dict, show_table: bool) -> None:
-    from ..conventions import conventions_table
+    from ..conventions import conventions_table, headline_line
     from ..report import format_optional, format_percent
     peak = result["peak"]["source"]
     head = result.get("headline")
     if head is not None:
-        util = format_percent(head["mfu"])
-        tflops = format_optional(head["tflops_per_gpu"], ".2f")
-        print(f"\n{head['convention']} would report: {tflops} TFLOP/s per GPU, MFU {util} "
-              f"({100 * head['vs_exact']:+.1f}% vs exact; peak: {peak})")
+        print("\n" + headline_line(head, peak))
     if show_table:
         print("\nwhat each convention reports for this run (vs exact = vs our model FLOPs):")
         print(conventions_table(result["conventions"], peak))
@@ -145,7 +141,7 @@ def estimate_main(argv: List[str]) -> int:
                         dest="tflops_per_gpu",
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    _add_convention_arguments(parser)
+    add_convention_arguments(parser)
     args, model, run = parse_command(parser, argv)
     from ..fp8 import Fp8Recipe
     from ..megatron.args import world_size_note
@@ -164,11 +160,3 @@ def estimate_main(argv: List[str]) -> int:
                         world_size_note(args, run))
         _print_conventions(result, args.conventions)
     return EXIT_OK
-
-
-def _add_convention_arguments(parser) -> None:
-    """--conventions / --convention (Megatron-LM's FP8 flags are read with the others)."""
-    parser.add_argument("--conventions", action="store_true",
-                        help="table of what each framework's formula reports for this run")
-    parser.add_argument("--convention", metavar="NAME",
-                        help="make one convention the headline (palm, megatron-lm@2024-04, …)")

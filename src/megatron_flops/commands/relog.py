@@ -13,7 +13,8 @@ import os
 import sys
 from typing import List, TextIO
 
-from .common import EXIT_OK, UsageError, add_peak_arguments, command_parser, positive
+from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
+                     command_parser, positive)
 
 # relog's own output option; the run's own --tensorboard-dir (in a pasted command line) is
 # FLOP-neutral and ignored (before issue 10 relog used that name for this output)
@@ -101,7 +102,11 @@ def relog_main(argv: List[str]) -> int:
                         help="write the corrected curves as a new TensorBoard run in DIR")
     parser.add_argument("--plot", metavar="OUT.png",
                         help="draw logged vs corrected TFLOP/s (and MFU/HFU) over iterations")
+    add_convention_arguments(parser)
     args, given = _parse(parser, argv)
+    if args.convention is not None:
+        from ..conventions import convention
+        convention(args.convention)   # an unknown name fails before the log is read
     # a pasted command line's script (pretrain_gpt.py) is not a log
     scripts = [path for path in args.paths if path.endswith(".py")]
     args.paths = [path for path in args.paths if not path.endswith(".py")]
@@ -185,12 +190,17 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
         raise UsageError(
             f"no training_log iteration lines in {' '.join(map(repr, args.paths))} "
             f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines)")
-    result = summary.as_dict(segment.run.world_size, stats, relogger, peak)
+    result = summary.as_dict(segment.run.world_size, stats, relogger, peak, args.convention)
     if args.json:
         print(json.dumps({"summary": result}), file=err)
     else:
         print(file=out)
         for line in outputs.summary_lines(result):
+            print(line, file=out)
+        conventions = outputs.convention_lines(result, args.conventions)
+        if conventions:
+            print(file=out)
+        for line in conventions:
             print(line, file=out)
         for warning in result["warnings"]:  # the table's summary has them already
             print(f"megatron-flops: {warning}", file=err)

@@ -224,14 +224,27 @@ def close_interval(session: Session, progress: Progress, iteration: int, batch_s
     progress.interval_start = now  # logging time belongs to the next interval: no gaps
 
 
+def utilisation_warning(session: Session, report) -> Optional[str]:
+    """The shared MFU/HFU-above-100 % warning (``hardware.implausible_utilisation_warning``)
+    with the demo's way to a better peak.  A measured peak is the run's own dtype, so the
+    dtype cause (a datasheet peak of another dtype) is named only for a given peak."""
+    from ..hardware import implausible_utilisation_warning
+    settings = ("--peak-tflops, or measure it on a quiet machine (`megatron-flops peak`)"
+                + ("; a measured peak is measured again at the end" if session.peak_measured
+                   else ""))
+    return implausible_utilisation_warning(
+        report.mfu, report.hfu, dtype=None if session.peak_measured else session.config.run.dtype,
+        peak_source=session.peak_source, peak_settings=settings)
+
+
 def warn_low_peak(session: Session, progress: Progress, report) -> None:
-    if progress.peak_warned or report.hfu is None or report.hfu <= 1:
+    """Once per run, on the first interval above 100 %."""
+    if progress.peak_warned:
         return
-    progress.peak_warned = True
-    print(f"note: this interval ran at {report.hardware_tflops_per_gpu:.3g} TFLOP/s per "
-          f"device, above the peak ({session.peak_tflops:.3g}): the peak is too low"
-          + (" (measured while the machine was busy?); it is measured again at the "
-             "end, or give --peak-tflops" if session.peak_measured else ""), flush=True)
+    warning = utilisation_warning(session, report)
+    if warning is not None:
+        progress.peak_warned = True
+        print(warning, flush=True)
 
 
 def write_interval(session: Session, report, iteration: int, batch_size: int,
@@ -293,9 +306,9 @@ def print_summary(session: Session, progress: Progress, started: float) -> int:
     say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{summary.hardware_tflops_per_gpu:.4g}")
     say(f"  MFU / HFU:                    {format_percent(summary.mfu)} / "
         f"{format_percent(summary.hfu)}   ({session.peak_source})")
-    if summary.hfu is not None and summary.hfu > 1:
-        say("  HFU above 100 %: the peak is below what this run achieved; measure it on a quiet "
-            "machine (`megatron-flops peak`) or give --peak-tflops")
+    warning = utilisation_warning(session, summary)
+    if warning is not None:
+        say(f"  {warning}")
     legacy = legacy_tflops_for_shapes(config.model, config.run, config.run.global_batch_size,
                                       config.run.seq_length, seconds_per_iteration)
     say("what the forks' formulas would log for this run at the same iteration time:")

@@ -7,7 +7,8 @@
   logged figure and its error, as a new TensorBoard run;
 - :class:`PlotOutput`: logged vs true TFLOP/s (and MFU/HFU with a peak), drawn on ``close``.
 
-:func:`summary_lines` renders :meth:`.relog.Summary.as_dict` for people.  Optional
+:func:`summary_lines` renders :meth:`.relog.Summary.as_dict` for people, and
+:func:`convention_lines` its ``conventions`` (``--conventions``, ``--convention NAME``).  Optional
 dependencies (tensorboard, matplotlib) are imported by the output that needs them.
 """
 
@@ -300,4 +301,23 @@ def summary_lines(summary: dict) -> List[str]:
         lines.append(f"{summary['inconsistent_consumed_samples']} intervals whose consumed "
                      "samples disagree with the logged batch sizes used the logged batch size")
     lines += summary.get("warnings", [])
+    return lines
+
+
+def convention_lines(summary: dict, show_table: bool) -> List[str]:
+    """The summary's ``headline`` convention (when one was asked for) as one line, and with
+    ``show_table`` the side-by-side table of every convention (:mod:`megatron_flops.conventions`)."""
+    from ..conventions import conventions_table, headline_line
+    peak = summary["peak"]["source"]
+    lines = []
+    if summary["headline"] is None and not show_table:
+        return lines
+    if summary["conventions"] is None:
+        return [f"conventions: n/a ({summary['conventions_unavailable']})"]
+    if summary["headline"] is not None:
+        lines.append(headline_line(summary["headline"], peak))
+    if show_table:
+        lines.append("what each convention reports for this run, at the mean interval of its "
+                     "last run shape (vs exact = vs our model FLOPs):")
+        lines += conventions_table(summary["conventions"], peak).split("\n")
     return lines

@@ -416,10 +416,12 @@ class Summary:
         self.startup_iterations: List[Tuple[int, int]] = []  # (first, last) left out
         self.sum_true_where_logged = 0.0
         self.logged_counts = set()
+        self._shape_totals = [0, 0.0, 0.0, 0.0]   # the last segment's iterations, s, samples, tokens
 
     def add_segment(self, segment: "Segment") -> None:
         """A run segment's shape and sources (the first, and one per re-shaped restart)."""
         self.segments.append(segment.as_dict())
+        self._shape_totals = [0, 0.0, 0.0, 0.0]   # the conventions are of the last shape
 
     def add(self, interval: Interval) -> None:
         if interval.startup:  # Megatron-LM's first-iteration line and the next: start-up
@@ -433,6 +435,11 @@ class Summary:
             self.first_iteration = interval.iteration
         self.last_iteration = interval.iteration
         self.seconds += rep.elapsed_seconds
+        totals = self._shape_totals
+        totals[0] += rep.iterations
+        totals[1] += rep.elapsed_seconds
+        totals[2] += rep.samples
+        totals[3] += rep.tokens
         self.model_flops += rep.model_flops
         self.hardware_flops += rep.hardware_flops
         self.sum_model += rep.model_tflops_per_gpu
@@ -467,10 +474,33 @@ class Summary:
             if not reproduces(logged, formula):
                 self.formula_mismatches += 1
 
-    def as_dict(self, world_size: int, stats: ParseStats, relogger: Relogger, peak) -> dict:
+    def conventions(self, relogger: Relogger, peak_tflops: Optional[float],
+                    headline: Optional[str] = None) -> Tuple[Optional[dict], Optional[dict], str]:
+        """(the ``conventions`` object, the headline's entry, why there is none): what each
+        convention reports for the last run shape's intervals, at their iteration-weighted
+        mean — seconds per iteration = time / iterations, batch = samples / iterations,
+        sequence length = tokens / samples (rounded) — on that shape's world size."""
+        from ..conventions import convention, conventions_with_headline
+        if headline is not None:
+            convention(headline)      # an unknown name is the caller's error, never swallowed
+        iterations, seconds, samples, tokens = self._shape_totals
+        if not iterations or not samples:
+            return None, None, "no interval of the last run shape"
+        try:
+            objects, head = conventions_with_headline(
+                relogger.model, relogger.run, seconds / iterations, peak_tflops, headline,
+                samples / iterations, round(tokens / samples))
+        except ValueError as error:   # a shape a convention cannot read (no position count)
+            return None, None, str(error)
+        return objects, head, ""
+
+    def as_dict(self, world_size: int, stats: ParseStats, relogger: Relogger, peak,
+                convention: Optional[str] = None) -> dict:
         """The summary object (``--json``'s ``{"summary": …}``); needs one interval at least.
 
-        ``world_size`` is the (last) segment's; the overall rates use each interval's own."""
+        ``world_size`` is the (last) segment's; the overall rates use each interval's own.
+        ``convention`` (a name for :func:`megatron_flops.conventions.convention`) adds its
+        ``headline`` entry to the ``conventions`` object every summary has."""
         n = self.intervals
         if n == 0:
             raise ValueError("a summary needs at least one interval")
@@ -481,6 +511,7 @@ class Summary:
             world_size_assumed=any(s["world_size_source"] == ASSUMED for s in self.segments),
             dtype=first.get("dtype"), peak_source=peak.source)
         logged = self.logged
+        conventions, headline, unavailable = self.conventions(relogger, peak.tflops, convention)
         return {
             "intervals": n,
             "first_iteration": self.first_iteration,
@@ -521,6 +552,9 @@ class Summary:
             "inconsistent_consumed_samples": relogger.inconsistent_samples,
             "parse": stats.as_dict(),
             "warnings": [warning] if warning else [],
+            "conventions": conventions,
+            "conventions_unavailable": unavailable or None,
+            "headline": headline,
         }
 
 

@@ -16,12 +16,12 @@ Public entry points:
 
 
 def install(peak_tflops=None, gpu=None, causal=None, training_module=None, out=None,
-            count_flops=None, strict=None, tolerance=None):
+            count_flops=None, strict=None, tolerance=None, conventions=None):
     """Install the runtime hook; see :func:`megatron_flops.megatron.hook.install`."""
     from .hook import install as _install
     return _install(peak_tflops=peak_tflops, gpu=gpu, causal=causal,
                     training_module=training_module, out=out, count_flops=count_flops,
-                    strict=strict, tolerance=tolerance)
+                    strict=strict, tolerance=tolerance, conventions=conventions)
 
 
 def uninstall() -> None:

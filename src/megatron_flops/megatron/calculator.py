@@ -40,6 +40,14 @@ from .args import shapes_from_args
 ENV_PEAK_TFLOPS = "MEGATRON_FLOPS_PEAK_TFLOPS"
 ENV_GPU = "MEGATRON_FLOPS_GPU"
 ENV_CAUSAL = "MEGATRON_FLOPS_CAUSAL"
+ENV_CONVENTIONS = "MEGATRON_FLOPS_CONVENTIONS"
+
+
+def _switch(value: Optional[bool], variable: str) -> bool:
+    """An on/off setting: the value given, else the environment variable's 1/true/yes/on."""
+    if value is not None:
+        return value
+    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -47,28 +55,34 @@ class Settings:
     """Overrides of one hook (the arguments of :func:`megatron_flops.megatron.install`).
 
     ``None`` leaves the choice to the environment (``MEGATRON_FLOPS_PEAK_TFLOPS``,
-    ``MEGATRON_FLOPS_GPU``, ``MEGATRON_FLOPS_CAUSAL``, read when a run's shapes are first
-    built), then to the device torch reports.
+    ``MEGATRON_FLOPS_GPU``, ``MEGATRON_FLOPS_CAUSAL``, ``MEGATRON_FLOPS_CONVENTIONS``, read when
+    a run's shapes are first built), then to the device torch reports.
     """
 
     peak_tflops: Optional[float] = None
     gpu: Optional[str] = None
     causal: Optional[bool] = None
+    conventions: Optional[bool] = None   # the conventions table in the start summary
 
     def overridden(self, peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
-                   causal: Optional[bool] = None) -> "Settings":
+                   causal: Optional[bool] = None,
+                   conventions: Optional[bool] = None) -> "Settings":
         """These settings with the values given (not None) replacing theirs."""
         if peak_tflops is not None and not peak_tflops > 0:
             raise ValueError(f"peak_tflops must be positive, got {peak_tflops}")
         return Settings(self.peak_tflops if peak_tflops is None else float(peak_tflops),
                         self.gpu if gpu is None else gpu,
-                        self.causal if causal is None else bool(causal))
+                        self.causal if causal is None else bool(causal),
+                        self.conventions if conventions is None else bool(conventions))
 
     def causal_counting(self) -> bool:
         """Count causal attention (half of QKᵀ and A·V)?  Off unless asked (flash kernels)."""
-        if self.causal is not None:
-            return self.causal
-        return os.environ.get(ENV_CAUSAL, "").strip().lower() in ("1", "true", "yes", "on")
+        return _switch(self.causal, ENV_CAUSAL)
+
+    def show_conventions(self) -> bool:
+        """Print what each framework's convention counts in the start summary?  Off unless
+        asked (``install(conventions=True)`` or ``MEGATRON_FLOPS_CONVENTIONS=1``)."""
+        return _switch(self.conventions, ENV_CONVENTIONS)
 
     def peak(self, run: RunShape) -> Peak:
         """Peak for MFU/HFU: the override, else env var, else the device table, for the

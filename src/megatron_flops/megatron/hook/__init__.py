@@ -60,7 +60,7 @@ _HOOK: Optional[MegatronHook] = None
 def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
             causal: Optional[bool] = None, training_module=None, out=None,
             count_flops=None, strict: Optional[bool] = None,
-            tolerance=None) -> Optional[MegatronHook]:
+            tolerance=None, conventions: Optional[bool] = None) -> Optional[MegatronHook]:
     """Install the hook (idempotent) and return it; see :mod:`megatron_flops.megatron.hook`.
 
     ``peak_tflops`` / ``gpu`` override the peak used for MFU/HFU (else the env vars
@@ -70,7 +70,9 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
     first; env ``MEGATRON_FLOPS_COUNT_FLOPS``) turns on the counting mode, ``strict`` (env
     ``MEGATRON_FLOPS_STRICT=1``) ends the run when the count differs from the formula by more
     than ``tolerance`` (a fraction or ``"0.5%"``; env ``MEGATRON_FLOPS_TOLERANCE``; default
-    exact) — see :mod:`.count_mode`.  A second call keeps the hook and replaces the settings
+    exact) — see :mod:`.count_mode`.  ``conventions`` (env ``MEGATRON_FLOPS_CONVENTIONS=1``)
+    adds to the start summary what each framework's formula counts for the run's shape
+    (:mod:`megatron_flops.conventions`).  A second call keeps the hook and replaces the settings
     it gives.  ``megatron.training`` is patched now if it is imported (or given as
     ``training_module``, a module or its name), else as soon as it is imported.  With
     ``MEGATRON_FLOPS_DISABLE=1`` nothing is installed and None is returned.
@@ -80,11 +82,11 @@ def install(peak_tflops: Optional[float] = None, gpu: Optional[str] = None,
         return None
     counting = CountSettings.resolve(count_flops, strict, tolerance)
     if _HOOK is None:
-        settings = calc.Settings().overridden(peak_tflops, gpu, causal)
+        settings = calc.Settings().overridden(peak_tflops, gpu, causal, conventions)
         _HOOK = MegatronHook(STRATEGIES, settings, out)
         sys.meta_path.insert(0, TrainingImportFinder(_HOOK))
     else:
-        _HOOK.settings = _HOOK.settings.overridden(peak_tflops, gpu, causal)
+        _HOOK.settings = _HOOK.settings.overridden(peak_tflops, gpu, causal, conventions)
         if out is not None:
             _HOOK.out = out
     if counting.iteration is not None or _HOOK.counting.iteration is None:

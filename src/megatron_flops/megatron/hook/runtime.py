@@ -25,6 +25,22 @@ def peak_text(peak) -> str:
         return peak.source
     return f"{_COMMAND_LINE_HINT.sub('', peak.source)} [{PEAK_HINT}]"
 
+
+def conventions_lines(model, run) -> list:
+    """The start summary's conventions table (``MEGATRON_FLOPS_CONVENTIONS=1``): what each
+    framework's formula counts for one iteration of the run's shape, beside the exact count.
+    No time is known yet, so FLOPs per iteration and vs exact only.  Never raises: a shape a
+    convention cannot read is one line saying so (a monitoring hook never ends a run)."""
+    from ...conventions import conventions_for_run, conventions_table
+    try:
+        table = conventions_table(conventions_for_run(model, run), with_rates=False)
+    except Exception as error:  # noqa: BLE001 - the training run goes on
+        return [f"conventions: n/a ({error})"]
+    return [f"what each convention counts for one iteration ({run.global_batch_size} × "
+            f"{run.seq_length} tokens; vs exact = vs our model FLOPs; with the time: "
+            "megatron-flops relog --conventions on this log):", *table.split("\n")]
+
+
 UNKNOWN = "unknown"
 FORK_MARKER = "_megatron_flops_fork"  # on a patched training module: the strategy's name
 
@@ -226,6 +242,8 @@ class MegatronHook:
                      "elementwise ops not counted")
         lines.append(f"peak for MFU/HFU: {peak_text(accounting.peak)}")
         lines.append(strategy.formula_line(args, breakdown, run.global_batch_size, run.seq_length))
+        if self.settings.show_conventions():
+            lines += conventions_lines(model, run)
         # every line carries the prefix (a breakdown table too): grep-able among rank output
         lines = "\n".join(lines).split("\n")
         self.print("\n".join(f"{PREFIX} {line}" if line else PREFIX for line in lines),
