@@ -229,41 +229,77 @@ def _megatron_2023_11(f: RunFacts) -> float:
     return 60 * B * s * l * h * h * (1 + g / (5 * n) + s / (5 * h) + V / (10 * l * h))
 
 
-def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool) -> float:
-    # 12·B·s·l·h²·((1 + g/n + s/h)·(n·d/h) + (f/h)·k·(3/2 if GLU) + V/(2·l·h)); every layer's
-    # MLP times top-k when the model has experts; n·d/h = 1 before kv_channels was counted
+def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool,
+                   shared_counted: bool = False, moe_ffn_counted: bool = False) -> float:
+    # 12·B·s·l·h²·((1 + g/n + s/h)·(n·d/h) + (f/h)·k·(3/2 if GLU) + (S/h)·(3/2 if GLU)
+    # + V/(2·l·h)); every layer's MLP times top-k when the model has experts (from 0d389f5e
+    # with --moe-ffn-hidden-size as f), every layer's shared experts S (from 1fa9464e);
+    # n·d/h = 1 before kv_channels was counted
     m = f.model
     B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
                            m.num_attention_heads, m.num_query_groups, m.vocab_size)
     routed = m.moe_topk if m.is_moe else 1
+    ffn = m.expert_ffn_hidden_size if (moe_ffn_counted and m.is_moe) else m.ffn_hidden_size
+    shared = m.shared_expert_ffn_hidden_size if shared_counted else 0
     glu = 3 / 2 if (glu_counted and m.glu) else 1
     query_ratio = m.query_projection_size / h if kv_channels_counted else 1
     return 12 * B * s * l * h * h * ((1 + g / n + s / h) * query_ratio
-                                     + (m.ffn_hidden_size / h) * routed * glu
+                                     + (ffn / h) * routed * glu + (shared / h) * glu
                                      + V / (2 * l * h))
 
 
-def megatron_lm_current_flops(facts: RunFacts, seqlen_squared_sum: Optional[float] = None,
-                              real_tokens: Optional[float] = None) -> float:
-    """Megatron-LM's formula since 8873b55d (2025-03-06), in its 2026-05 form (5e4fc931):
-    token-linear terms ``6·T·(h·(n·d + 2·g·d) + n·d·h)·l + 6·T·h·f·(3 if GLU else 2)`` per dense
-    layer (MoE layer: ``f·k``) ``+ 6·T·h·V``, and core attention ``6·n·d·l·Σsᵢ²`` — half of
-    the dense ``2·2·n·d·s²``·3 (causal).  ``seqlen_squared_sum`` (Σsᵢ² over packed THD
-    sequences) and ``real_tokens`` default to ``B·s²`` and ``B·s`` (BSHD)."""
+def _megatron_attention_terms(m: ModelShape, mla_counted: bool) -> Tuple[float, float]:
+    """One attention layer's ``(per token, per Σsᵢ²)`` model FLOPs (× 3 passes, × 2 per MAC):
+    projections, and the causal core attention (half of QKᵀ and A·V)."""
+    h, n = m.hidden_size, m.num_attention_heads
+    if mla_counted and m.multi_latent_attention:
+        qk, pos, v = m.qk_head_dim, m.qk_pos_emb_head_dim, m.v_head_dim
+        q = h * n * (qk + pos) if m.q_lora_rank is None \
+            else m.q_lora_rank * (h + n * (qk + pos) + 1)
+        kv = m.kv_lora_rank * (h + n * (qk + v) + 1) + h * pos
+        return 6 * (q + kv + n * v * h), 6 * (n * (qk + pos) / 2 + n * v / 2)
+    query, key = m.query_projection_size, m.kv_projection_size
+    return 6 * (h * (query + 2 * key) + query * h), 6 * query / 2 * 2
+
+
+def _megatron_lm_flops(facts: RunFacts, mtp_and_mla_counted: bool = True,
+                       seqlen_squared_sum: Optional[float] = None,
+                       real_tokens: Optional[float] = None) -> float:
     m = facts.model
-    h, n, g, d, V = (m.hidden_size, m.num_attention_heads, m.num_query_groups, m.kv_channels,
-                     m.vocab_size)
+    h, V = m.hidden_size, m.vocab_size
     tokens = facts.tokens if real_tokens is None else real_tokens
     squares = facts.batch_size * facts.seq_length ** 2 if seqlen_squared_sum is None \
         else seqlen_squared_sum
     moe_layers = facts.moe_layers
     dense_layers = m.num_layers - moe_layers
+    mtp = m.mtp_num_layers if mtp_and_mla_counted else 0
+    if m.experts_in_layer(m.num_layers - 1) != 1:  # MTP layers are built like the last one
+        moe_layers += mtp
+    else:
+        dense_layers += mtp
+    layers = m.num_layers + mtp
     ffn_gemms = 3 if m.glu else 2
-    mlp = 6 * h * m.ffn_hidden_size * ffn_gemms * (dense_layers + m.moe_topk * moe_layers)
-    attention = 6 * (h * (n * d + 2 * g * d) + n * d * h) * m.num_layers
-    logits = 6 * h * V
-    core = 6 * n * d / 2 * 2 * m.num_layers
-    return tokens * (mlp + attention + logits) + squares * core
+    mlp = 6 * h * ffn_gemms * (m.ffn_hidden_size * dense_layers
+                               + (m.expert_ffn_hidden_size * m.moe_topk
+                                  + m.shared_expert_ffn_hidden_size) * moe_layers)
+    attention, core = _megatron_attention_terms(m, mla_counted=mtp_and_mla_counted)
+    mtp_projections = 6 * mtp * (3 * h + 2 * h * h)  # eh projection 2h -> h, and 3h for norms
+    logits = 6 * h * V * (1 + mtp)
+    return tokens * (mlp + attention * layers + mtp_projections + logits) + squares * core * layers
+
+
+def megatron_lm_current_flops(facts: RunFacts, seqlen_squared_sum: Optional[float] = None,
+                              real_tokens: Optional[float] = None) -> float:
+    """Megatron-LM's formula in its 2026-05 form (5e4fc931; unchanged for our shapes at
+    d98e8a64), per token: ``6·h·(f·(3 if GLU else 2))`` per dense layer and
+    ``6·h·(fₑ·k + S)·(3 if GLU else 2)`` per MoE layer (``fₑ`` = ``--moe-ffn-hidden-size``,
+    ``S`` = ``--moe-shared-expert-intermediate-size``; no router), attention projections
+    ``6·(h·(n·d + 2·g·d) + n·d·h)`` per layer (MLA: its LoRA projections), ``6·h·V`` logits;
+    ``--mtp-num-layers`` M adds M layers built like the last decoder layer, ``6·M·(2h² + 3h)``
+    and M more logits; core attention ``6·n·d`` per layer per unit of ``Σsᵢ²`` — half of the
+    dense ``2·2·n·d·s²``·3 (causal).  ``seqlen_squared_sum`` (Σsᵢ² over packed THD
+    sequences) and ``real_tokens`` default to ``B·s²`` and ``B·s`` (BSHD)."""
+    return _megatron_lm_flops(facts, True, seqlen_squared_sum, real_tokens)
 
 
 @dataclass(frozen=True)
@@ -290,11 +326,20 @@ MEGATRON_LM_ERAS: Tuple[MegatronLMEra, ...] = (
     MegatronLMEra("megatron-lm@2024-04", "2024-04-03", "2bfe9beaae",
                   "kv_channels: attention terms × n·d/h",
                   lambda f: _megatron_2024(f, glu_counted=True, kv_channels_counted=True)),
+    MegatronLMEra("megatron-lm@2024-09", "2024-09-11", "1fa9464e7c",
+                  "shared experts (--moe-shared-expert-intermediate-size) on every layer",
+                  lambda f: _megatron_2024(f, glu_counted=True, kv_channels_counted=True,
+                                           shared_counted=True)),
+    MegatronLMEra("megatron-lm@2025-02", "2025-02-25", "0d389f5e99",
+                  "MoE: --moe-ffn-hidden-size for every layer's MLP",
+                  lambda f: _megatron_2024(f, glu_counted=True, kv_channels_counted=True,
+                                           shared_counted=True, moe_ffn_counted=True)),
     MegatronLMEra("megatron-lm@2025-03", "2025-03-06", "8873b55d6a",
-                  "causal: half of the core attention; MoE dense/MoE-layer split, shared experts",
-                  megatron_lm_current_flops),
+                  "causal: half of the core attention; MoE dense/MoE-layer split (routed "
+                  "--moe-ffn-hidden-size × top-k + shared on MoE layers only)",
+                  lambda f: _megatron_lm_flops(f, mtp_and_mla_counted=False)),
     MegatronLMEra("megatron-lm@2025-04", "2025-04-03", "d4f9a6f7b4",
-                  "MLA terms (our shapes have no MLA: same count as 2025-03)",
+                  "MTP layers (like the last layer), their projections and logits; MLA terms",
                   megatron_lm_current_flops),
     MegatronLMEra("megatron-lm@2026-05", "2026-05-21", "5e4fc931ba",
                   "THD packed sequences: core attention from Σsᵢ², linear terms from real tokens",
@@ -304,7 +349,8 @@ MEGATRON_LM_ERAS: Tuple[MegatronLMEra, ...] = (
 # Eras whose count differs for the shapes we describe (the rest equal their predecessor).
 MEGATRON_LM_DISTINCT_ERAS = ("megatron-lm@2023-11", "megatron-lm@2024-03",
                              "megatron-lm@2024-03-25", "megatron-lm@2024-04",
-                             "megatron-lm@2025-03")
+                             "megatron-lm@2024-09", "megatron-lm@2025-02",
+                             "megatron-lm@2025-03", "megatron-lm@2025-04")
 
 
 def megatron_lm_era(when: str) -> MegatronLMEra:
@@ -376,7 +422,7 @@ CONVENTIONS: Tuple[Convention, ...] = (
                "AI-Hypercomputer/maxtext maxtext_utils.py before a4c01726 (2025-07-18)",
                "no N: each GEMM from the config (output layer in, router 2·T·h·E)", "model",
                lambda f: _maxtext(f, causal=False)),
-    Convention("megatron-lm", "Megatron-LM today (= 2025-03 formula, BSHD)",
+    Convention("megatron-lm", "Megatron-LM today (= 2025-04 formula, BSHD)",
                "NVIDIA/Megatron-LM megatron/training/training.py num_floating_point_operations "
                "at d98e8a64",
                "no N: GEMMs from args (logits in, router out, recompute never)", "model",

@@ -359,3 +359,28 @@ class FlopsPerSample:
                 model_total += doc_model
                 hardware_total += doc_hardware
         return model_total, hardware_total
+
+    def packed_batch_from_squares(self, seq_length: int, batch_size: int,
+                                  seqlen_squared_sum: float) -> Tuple[int, int]:
+        """:meth:`packed_batch` from ``Σ Lᵢ²`` alone (over every document of the batch), as
+        Megatron-LM's training loop reports a packed (THD) iteration: the s×s components
+        are ``c·L²`` per document (dense, or exactly half of it causal), so the batch's are
+        ``c·Σ Lᵢ²``; every other component runs over all ``batch_size × seq_length`` tokens.
+        A sliding window (``--window-size``) makes a document's work not quadratic in its
+        length: ValueError."""
+        if self.model.window_size is not None:
+            raise ValueError("--window-size: packed-sequence attention under a sliding window "
+                             "needs each document's length, not only the sum of their squares")
+        squares = float(seqlen_squared_sum)
+        if not squares.is_integer() or not 0 < squares <= batch_size * seq_length ** 2:
+            raise ValueError(f"the sum of squared document lengths must be a whole number in "
+                             f"(0, batch size × seq length² = {batch_size * seq_length ** 2}], "
+                             f"got {seqlen_squared_sum!r}")
+        model_flops, hardware_flops = self(seq_length)
+        core_model, core_hardware = self.attention_core(seq_length)
+        unit_model, unit_hardware = self.attention_core(1)  # c: the s×s work of one token
+        if core_model != unit_model * seq_length ** 2:  # not quadratic in L: cannot happen
+            raise ValueError("this model's attention is not quadratic in the document length")
+        squares = int(squares)
+        return (batch_size * (model_flops - core_model) + unit_model * squares,
+                batch_size * (hardware_flops - core_hardware) + unit_hardware * squares)

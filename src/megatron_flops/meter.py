@@ -93,10 +93,18 @@ class ThroughputMeter:
         self._hardware_flops = 0
 
     def add_iteration(self, batch_size: int, seq_length: int,
-                      document_lengths: Optional[Sequence[Sequence[int]]] = None) -> None:
+                      document_lengths: Optional[Sequence[Sequence[int]]] = None,
+                      seqlen_squared_sum: Optional[float] = None) -> None:
         """``document_lengths``: packed (THD) samples, one list of document lengths per sample
-        of the global batch; attention is then counted per document (Σ Lᵢ² per sample)."""
-        if document_lengths is None:
+        of the global batch; attention is then counted per document (Σ Lᵢ² per sample).
+        ``seqlen_squared_sum``: instead of the lengths, their Σ Lᵢ² over the global batch (what
+        Megatron-LM's loop reports; see :meth:`FlopsPerSample.packed_batch_from_squares`)."""
+        if seqlen_squared_sum is not None:
+            if document_lengths is not None:
+                raise ValueError("give document lengths or their sum of squares, not both")
+            model_flops, hardware_flops = self._per_sample.packed_batch_from_squares(
+                seq_length, batch_size, seqlen_squared_sum)
+        elif document_lengths is None:
             model_flops, hardware_flops = self._per_sample(seq_length)
             model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
         else:

@@ -198,15 +198,72 @@ ERAS_BY_HAND = {
 }
 
 
-def test_megatron_lm_eras_by_hand():
-    r = compare_conventions(ERA_MODEL, 1, 4, names=list(ERAS_BY_HAND))
-    for name, flops in ERAS_BY_HAND.items():
+def assert_eras_by_hand(model, by_hand):
+    """One sample of 4 tokens: each convention in ``by_hand`` gives its hand-derived FLOPs."""
+    r = compare_conventions(model, 1, 4, names=list(by_hand))
+    for name, flops in by_hand.items():
         assert r[name].flops_per_iteration == pytest.approx(flops, rel=1e-12), name
+
+
+def test_megatron_lm_eras_by_hand():
+    assert_eras_by_hand(ERA_MODEL, ERAS_BY_HAND)
     # 2024-04 is our exact dense count, 2025-03 our exact causal count, for a dense model
     assert ERAS_BY_HAND["megatron-lm@2024-04"] == flops_breakdown(ERA_MODEL, 4).model_flops
     assert ERAS_BY_HAND["megatron-lm@2025-03"] == flops_breakdown(ERA_MODEL, 4,
                                                                   causal=True).model_flops
 
+
+
+# ERA_MODEL with experts: layer 0 dense, layer 1 MoE (4 experts, top-2, --moe-ffn-hidden-size
+# 4, shared experts 6), one MTP layer (built like layer 1: MoE).  n·d = 16, g·d = 8, f 12.
+MOE_MTP_MODEL = ModelShape(num_layers=2, hidden_size=8, num_attention_heads=2,
+                           num_query_groups=1, kv_channels=8, ffn_hidden_size=12,
+                           glu_activation="swiglu", vocab_size=16, position_embedding="rotary",
+                           num_experts=4, moe_topk=2, moe_layer_freq=(0, 1),
+                           moe_ffn_hidden_size=4, moe_shared_expert_intermediate_size=6,
+                           mtp_num_layers=1)
+# per token (B 1, s 4: 4 tokens, Σs² = 16), every term × 3 passes × 2 per MAC = 6:
+#   attention projections 6·(8·(16 + 2·8) + 16·8) = 2304 per layer; core 6·16 = 96 per s²
+#   MLP (GLU: 3 GEMMs of h·f): dense 6·3·8·12 = 1728; MoE layer 6·3·8·(4·2 + 6) = 2016
+#   logits 6·8·16 = 768 per prediction head; MTP's 2h -> h projection and 3h: 6·(128 + 24)
+MOE_MTP_BY_HAND = {
+    # 2025-04 on: 3 layers (dense, MoE, MTP-MoE), 2 logits, the MTP projection
+    "megatron-lm": 4 * (3 * 2304 + 1728 + 2 * 2016 + 2 * 768 + 912) + 16 * 96 * 3,
+    "megatron-lm@2025-04": 4 * (3 * 2304 + 1728 + 2 * 2016 + 2 * 768 + 912) + 16 * 96 * 3,
+    # 8873b55d: no MTP; the dense/MoE split with moe-ffn × top-k + shared on the MoE layer
+    "megatron-lm@2025-03": 4 * (2 * 2304 + 1728 + 2016 + 768) + 16 * 96 * 2,
+    # the 2024 form 6144·((1 + g/n + s/h)·(n·d/h) + (f/h)·k·3/2 + (S/h)·3/2 + V/2lh) with
+    # every layer MoE: 0d389f5e takes f = moe-ffn 4: (2)·2 + 0.5·2·1.5 + 0.75·1.5 + 0.5
+    "megatron-lm@2025-02": 6144 * 7.125,
+    # 1fa9464e: f = ffn 12 (1.5·2·1.5 = 4.5), shared 1.125
+    "megatron-lm@2024-09": 6144 * 10.125,
+    # before: no shared experts
+    "megatron-lm@2024-04": 6144 * 9.0,
+}
+
+
+def test_megatron_lm_eras_by_hand_with_moe_ffn_shared_experts_and_mtp():
+    assert_eras_by_hand(MOE_MTP_MODEL, MOE_MTP_BY_HAND)
+    assert megatron_lm_era("2025-01-31").name == "megatron-lm@2024-09"
+    assert megatron_lm_era("0d389f5e").name == "megatron-lm@2025-02"
+    assert megatron_lm_era("2025-04-03").name == "megatron-lm@2025-04"
+
+
+# MLA (d4f9a6f7, 2025-04): l 1, h 8, n 2, q-lora 4, kv-lora 2, qk 3, rope 1, v 5, no GLU f 32,
+# V 16, B 1, s 4.  Per token: q 4·(8 + 2·4 + 1) = 68, kv 2·(8 + 2·(3 + 5) + 1) = 50, rope key
+# 8·1 = 8, output 2·5·8 = 80: 6·206 = 1236; MLP 6·2·8·32 = 3072; logits 768.  Core per s²:
+# 6·(2·4/2 + 2·5/2) = 54.
+MLA_MODEL = ModelShape(num_layers=1, hidden_size=8, num_attention_heads=2, vocab_size=16,
+                       position_embedding="rotary", multi_latent_attention=True, q_lora_rank=4,
+                       kv_lora_rank=2, qk_head_dim=3, qk_pos_emb_head_dim=1, v_head_dim=5)
+
+
+def test_megatron_lm_counts_multi_latent_attention_since_2025_04():
+    r = compare_conventions(MLA_MODEL, 1, 4, names=["megatron-lm", "megatron-lm@2025-03"])
+    assert r["megatron-lm"].flops_per_iteration == 4 * (1236 + 3072 + 768) + 16 * 54
+    # 8873b55d knew no MLA: the GQA terms with kv_channels (h/n = 4): 6·(8·(8 + 16) + 64)
+    # = 1536 per token, core 6·8 = 48 per s²
+    assert r["megatron-lm@2025-03"].flops_per_iteration == 4 * (1536 + 3072 + 768) + 16 * 48
 
 def test_torchtitan_counts_active_experts_only():
     # MoE layers 2 and 4 of 4 (interval 2), 4 experts top-1, h 8, f 32, no GLU, biases: one
@@ -232,7 +289,8 @@ def test_maxtext_before_and_after_its_causal_change():
 def test_megatron_lm_era_by_date_and_commit():
     assert megatron_lm_era("2024-03-20").name == "megatron-lm@2024-03"
     assert megatron_lm_era("2024-03").name == "megatron-lm@2024-03-25"   # a month: its end
-    assert megatron_lm_era("2024-12-31").name == "megatron-lm@2024-04"
+    assert megatron_lm_era("2024-09-10").name == "megatron-lm@2024-04"
+    assert megatron_lm_era("2024-12-31").name == "megatron-lm@2024-09"
     assert megatron_lm_era("2025-03-06").name == "megatron-lm@2025-03"
     assert megatron_lm_era("8873b55d").name == "megatron-lm@2025-03"
     assert megatron_lm_era("2748e7c7d4").name == "megatron-lm@2023-11"

@@ -11,7 +11,7 @@ from megatron_flops.flops import FlopsPerSample, attention_core_flops, flops_bre
 from megatron_flops.megatron.args import parse_megatron_args, shapes_from_args
 from megatron_flops.meter import ThroughputMeter
 from megatron_flops.components import REGISTRY
-from megatron_flops.shapes import ModelShape, RunShape, ShapeError, parse_layer_pattern
+from megatron_flops.shapes import ModelShape, Recompute, RunShape, ShapeError, parse_layer_pattern
 
 SMALL = dict(num_layers=4, hidden_size=8, num_attention_heads=2, vocab_size=16)
 
@@ -185,3 +185,34 @@ def test_a_megatron_lm_namespace_is_read_with_its_defaults():
     ns.window_size = (4096, 16)
     with pytest.raises(ShapeError, match="must be"):
         shapes_from_args(ns)
+
+
+def test_packed_batch_from_the_sum_of_squares_alone():
+    """Megatron-LM's loop reports a packed iteration only as Σ Lᵢ² over the global batch: the
+    s×s work is 2·n·d·L² per document for scores and for A·V in each of the l layers (×3 for
+    forward + backward; selective recompute runs them once more), linear in Σ Lᵢ²."""
+    model = ModelShape(**SMALL)
+    s, n, d, l, B = 8, 2, 4, 4, 3
+    docs = [[3, 5], [8], [2, 2, 2]]
+    squares = 9 + 25 + 64 + 4 + 4 + 4
+    selective = Recompute("selective")
+    per_sample = FlopsPerSample(model, selective)
+    model_flops, hardware_flops = per_sample.packed_batch_from_squares(s, B, squares)
+    dense = flops_breakdown(model, s, B, selective)
+    saved = l * 2 * (2 * n * d) * (B * s * s - squares)  # forward FLOPs not spent on s×s
+    assert model_flops == dense.model_flops - 3 * saved
+    assert hardware_flops == dense.hardware_flops - 4 * saved
+    packed = flops_breakdown(model, s, B, selective, document_lengths=docs)
+    assert (model_flops, hardware_flops) == (packed.model_flops, packed.hardware_flops)
+    causal = FlopsPerSample(model, causal=True).packed_batch_from_squares(s, B, float(squares))
+    assert causal[0] == flops_breakdown(model, s, B, causal=True).model_flops - 3 * saved // 2
+    meter = ThroughputMeter(model)
+    meter.add_iteration(B, s, seqlen_squared_sum=squares)
+    assert meter.report(1.0).model_flops == flops_breakdown(model, s, B,
+                                                            document_lengths=docs).model_flops
+    with pytest.raises(ValueError, match="not both"):
+        meter.add_iteration(B, s, document_lengths=docs, seqlen_squared_sum=squares)
+    with pytest.raises(ValueError, match="whole number in"):
+        meter.add_iteration(B, s, seqlen_squared_sum=B * s * s + 1)
+    with pytest.raises(ValueError, match="--window-size"):
+        FlopsPerSample(ModelShape(**SMALL, window_size=2)).packed_batch_from_squares(s, B, 9)

@@ -301,9 +301,11 @@ def test_the_eras_of_megatron_lms_formula_that_reproduce_a_log_are_named(tmp_pat
     path = tmp_path / "megatron_lm_2024.log"
     path.write_text("\n".join(lines) + "\n")
     eras = logfmt.json_summary(logfmt.run_cli(capsys, path, "--json"))["megatron_lm_eras"]
+    # 2024-09 (shared experts) and 2025-02 (--moe-ffn-hidden-size) change nothing without
+    # experts: every era before the causal one reproduces the dense figure
     assert eras == {"lines_checked": 3, "reproducing": [
         "megatron-lm@2023-11", "megatron-lm@2024-03", "megatron-lm@2024-03-25",
-        "megatron-lm@2024-04"]}
+        "megatron-lm@2024-04", "megatron-lm@2024-09", "megatron-lm@2025-02"]}
     current_log = tmp_path / "megatron_lm_2026.log"
     current_log.write_text(steady_log(logfmt, ".%f"))
     result = logfmt.run_cli(capsys, current_log)
@@ -318,3 +320,30 @@ def test_a_log_of_start_up_intervals_only_says_so(tmp_path, capsys, logfmt):
     path.write_text("\n".join(lines) + "\n")
     result = logfmt.run_cli(capsys, path)
     assert result.code == 2 and "only start-up intervals" in result.err
+
+
+SAMPLE_LOGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                           "megatron_lm")
+
+
+@pytest.mark.parametrize("name, eras", [
+    # GQA, SwiGLU, MoE after a dense first layer, MTP 1 (tests/data/megatron_lm/README.md):
+    # only the formula that counts MTP layers (d4f9a6f7, 2025-04 on) reproduces it
+    ("megatron_lm_2026.log", ["megatron-lm@2025-04"]),
+    ("megatron_lm_2026_rank_prefix.log", ["megatron-lm@2025-04"]),
+    # dense MHA, no MTP or MLA: 2025-03 and 2025-04 count it alike
+    ("megatron_lm_2023-11.log", ["megatron-lm@2025-03", "megatron-lm@2025-04"]),
+    ("megatron_lm_2024-03.log", ["megatron-lm@2025-03", "megatron-lm@2025-04"]),
+    (os.path.join("real", "d98e8a64_cpu.log"), ["megatron-lm@2025-03", "megatron-lm@2025-04"]),
+])
+def test_the_committed_megatron_lm_logs_name_their_era_without_a_warning(capsys, logfmt, name,
+                                                                         eras):
+    """The sample logs' figures come from Megatron-LM's current formula (the fixture's
+    re-derivation, or the real d98e8a64): relog names the eras that reproduce every line."""
+    result = logfmt.run_cli(capsys, os.path.join(SAMPLE_LOGS, name), "--json")
+    assert result.code == 0, result.err
+    summary = logfmt.json_summary(result)
+    assert summary["megatron_lm_eras"]["reproducing"] == eras
+    assert summary["fork_formula_mismatches"] == 0
+    table = logfmt.run_cli(capsys, os.path.join(SAMPLE_LOGS, name))
+    assert "does not reproduce" not in table.out + table.err

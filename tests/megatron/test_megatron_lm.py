@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .conftest import FIXTURES, read_scalars, require_tensorboard
+from .conftest import FIXTURES, _purge_megatron, read_scalars, require_tensorboard
 
 CHECKOUT = os.path.join(FIXTURES, "megatron_lm")
 L, H, N, S, V = 2, 64, 4, 32, 128
@@ -133,6 +133,70 @@ def test_log_interval_one_iteration_one_is_not_reset_and_the_next_line_covers_it
     assert model[2] == f"{tflops(2 + 4, STARTUP + 2 * SECONDS):.2f}"
     assert model[3] == f"{tflops(8, SECONDS):.2f}"
 
+
+
+
+# packed (THD): every sample holds documents of 10 and 6 tokens (16 of S = 32, the rest
+# padding); attention runs per document, 4·H·(10² + 6²) per layer instead of 4·S²·H, every
+# GEMM still over all S tokens (they run on the padding too)
+PACKED_FLOPS_PER_SAMPLE = 3 * (L * (24 * S * H * H + 4 * H * (10 ** 2 + 6 ** 2)) + 2 * S * H * V)
+
+
+def test_packed_sequences_are_counted_from_the_loops_sum_of_squares(runner, tmp_path,
+                                                                    monkeypatch):
+    """Megatron-LM's loop passes each iteration's Σ Lᵢ² (and Σ Lᵢ) to
+    num_floating_point_operations and training_log; the hook counts the packed attention
+    exactly: the console field per interval, and progress.txt's running total."""
+    monkeypatch.chdir(tmp_path)
+    save = tmp_path / "checkpoints"
+    argv = ARGV + ["--fake-document-lengths", "10,6", "--save", str(save),
+                   "--save-interval", "8"]
+    out = runner.run(CHECKOUT, argv)
+    packed = {4: sum(BATCHES[:4]) * PACKED_FLOPS_PER_SAMPLE / ((STARTUP + 4 * SECONDS) * 1e12),
+              8: sum(BATCHES[4:]) * PACKED_FLOPS_PER_SAMPLE / (4 * SECONDS * 1e12)}
+    throughput = fields(out, "throughput per GPU (TFLOP/s/GPU)")
+    assert throughput[4] == f"{packed[4]:.1f}" and throughput[8] == f"{packed[8]:.1f}"
+    assert fields(out, "model TFLOP/s per gpu")[8] == f"{packed[8]:.2f}"
+    assert packed[8] < EXPECTED[8]  # not the unpacked count
+    progress = (save / "progress.txt").read_text()
+    total = sum(BATCHES) * PACKED_FLOPS_PER_SAMPLE
+    assert f"Floating-point operations: {total:.2e}" in progress
+
+# MoE + shared experts + MTP (flags as in d98e8a64 arguments.py): 2 layers, h 64, n 4, GQA
+# g 2 (d 16), SwiGLU f 96, layer 0 dense, layer 1 MoE (top-2 of 4, --moe-ffn-hidden-size 32,
+# shared 48), one MTP layer (built like layer 1), V 128, s 32, B 8.
+MOE_MTP_FLAGS = (f"--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length {S} "
+                 "--vocab-size 128 --micro-batch-size 8 --train-iters 1 "
+                 "--group-query-attention --num-query-groups 2 --swiglu --ffn-hidden-size 96 "
+                 "--num-experts 4 --moe-router-topk 2 --moe-layer-freq ([0]*1+[1]*1) "
+                 "--moe-ffn-hidden-size 32 --moe-shared-expert-intermediate-size 48 "
+                 "--mtp-num-layers 1").split()
+# by hand, per token, each GEMM × 3 passes × 2 per MAC: projections 6·(64·(64 + 2·32) + 64·64)
+# per layer (3 layers with MTP); MLP 6·64·96·3 (dense), 6·64·(32·2 + 48)·3 (MoE, twice);
+# logits 6·64·128 per head (2); MTP's 2h -> h projection and its 3h norm term 6·(2·64² + 3·64);
+# core attention 6·64 per layer per s², causal (B·s² = 8·32²)
+MOE_MTP_MEGATRON_LM_FLOPS = (
+    8 * S * (3 * 6 * (64 * 128 + 64 * 64) + 6 * 64 * 96 * 3 + 2 * 6 * 64 * 112 * 3
+             + 2 * 6 * 64 * 128 + 6 * (2 * 64 * 64 + 3 * 64))
+    + 8 * S * S * 3 * 6 * 64)
+
+
+def test_megatron_lms_formula_counts_moe_ffn_shared_experts_and_mtp():
+    """The fixture's re-derivation of d98e8a64's num_floating_point_operations and our
+    ``megatron-lm`` convention (from the shapes the hook reads from the same args) both equal
+    the hand count."""
+    from megatron_flops.conventions import RunFacts, convention
+    from megatron_flops.megatron.args import shapes_from_args
+    from .test_megatron_lm_fixture import fixture_module
+    try:
+        args = fixture_module("megatron.training.arguments").parse_args(MOE_MTP_FLAGS)
+        training = fixture_module("megatron.training.training")
+        assert training.num_floating_point_operations(args, 8) == MOE_MTP_MEGATRON_LM_FLOPS
+    finally:
+        _purge_megatron()
+    model, _ = shapes_from_args(args)
+    assert convention("megatron-lm").flops(RunFacts(model, 8, S)) == \
+        pytest.approx(MOE_MTP_MEGATRON_LM_FLOPS, rel=1e-12)
 
 # ---- megatron-flops patch on a Megatron-LM checkout -----------------------------------
 

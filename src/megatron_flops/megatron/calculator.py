@@ -157,9 +157,11 @@ class RunAccounting:
         self.params_billions = parameter_count(model).total / 1e9
         self.meter = ThroughputMeter.for_run(model, run, self.peak.tflops, self.causal)
 
-    def observe_iteration(self, batch_size: int, seq_length: int) -> None:
-        """One trained iteration (called by the hook on every iteration, all ranks)."""
-        self.meter.add_iteration(batch_size, seq_length)
+    def observe_iteration(self, batch_size: int, seq_length: int,
+                          seqlen_squared_sum: Optional[float] = None) -> None:
+        """One trained iteration (called by the hook on every iteration, all ranks);
+        ``seqlen_squared_sum``: Σ Lᵢ² of a packed (THD) batch's documents, when known."""
+        self.meter.add_iteration(batch_size, seq_length, seqlen_squared_sum=seqlen_squared_sum)
 
     def close_interval(self, elapsed_seconds: float, total_iterations: int,
                        num_microbatches: Callable[[], int] = _fork_num_microbatches

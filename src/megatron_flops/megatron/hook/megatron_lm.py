@@ -15,6 +15,15 @@ The strategy replaces ``num_floating_point_operations``:
 - everywhere else (the training loop's ``num_floating_point_operations_so_far``, which feeds
   ``progress.txt``) it returns the exact model FLOPs of that batch.
 
+Packed (THD) sequences: the training loop passes the iteration's ``seqlen_squared_sum_in_batch``
+(Σ Lᵢ² over the global batch's documents, from ``consume_seqlen_stats_in_iteration``) and
+``total_real_tokens_in_batch`` to ``num_floating_point_operations`` just before it calls
+``training_log`` with the same two values.  The replacement returns that batch's exact count
+(attention from Σ Lᵢ², every other GEMM over all ``batch × seq_length`` tokens, padding
+included: they run) and keeps Σ Lᵢ² for the iteration's accounting, so the interval's field is
+exact too.  ``total_real_tokens_in_batch`` is not used: Megatron-LM leaves padding out of its
+token-linear terms, the GEMMs do not.
+
 Iteration 1's line (``is_first_iteration``, since 2026-01) reads the timer without resetting
 it: the hook leaves that interval open too, so the line keeps Megatron-LM's own number
 (start-up time included) and the next line covers the same iterations Megatron-LM's does.
@@ -23,6 +32,7 @@ it: the hook leaves that interval open too, so the line keeps Megatron-LM's own 
 import functools
 
 from ...flops import FlopsPerSample
+from .. import calculator as calc
 from .base import Interval, Strategy, parameter_names, watch_interval_timer
 
 
@@ -40,6 +50,7 @@ class MegatronLM(Strategy):
         super().__init__(hook, training)
         self._original = training.num_floating_point_operations
         self._per_sample = {}  # id(accounting) -> FlopsPerSample
+        self._squares = None   # Σ Lᵢ² of the iteration the loop just counted (packed), or None
 
     @staticmethod
     def detect(training) -> bool:
@@ -66,10 +77,12 @@ class MegatronLM(Strategy):
         if interval is not None and interval.report is not None:
             # Megatron-LM divides by the interval's mean iteration time
             return interval.report.model_flops / interval.framework_iterations()
-        if interval is not None or rest or any(v is not None for v in kwargs.values()):
-            # iteration 1's line (interval left open), or packed-sequence statistics the
-            # hook is not given: Megatron-LM's own number
+        squares = self._packed_squares(rest, kwargs)
+        if interval is not None or squares is False:
+            # iteration 1's line (interval left open), or arguments of an interface not
+            # read (positional, unknown names): Megatron-LM's own number
             return self._original(args, batch_size, *rest, **kwargs)
+        self._squares = squares  # the loop's call: training_log for this iteration follows
         accounting = self.hook.accounts.for_args(args)
         per_sample = self._per_sample.get(id(accounting))
         if per_sample is None:
@@ -77,7 +90,24 @@ class MegatronLM(Strategy):
             per_sample = self._per_sample[id(accounting)] = FlopsPerSample(
                 accounting.model, run.recompute, run.pipeline_model_parallel_size,
                 accounting.causal)
+        if squares is not None:
+            return per_sample.packed_batch_from_squares(args.seq_length, batch_size, squares)[0]
         return batch_size * per_sample(args.seq_length)[0]
+
+    @staticmethod
+    def _packed_squares(rest, kwargs):
+        """Σ Lᵢ² from the call's packed-sequence keywords (d98e8a64 names): None for BSHD,
+        False when the call passes anything else."""
+        known = ("seqlen_squared_sum_in_batch", "total_real_tokens_in_batch")
+        if rest or any(name not in known for name in kwargs):
+            return False
+        return kwargs.get("seqlen_squared_sum_in_batch")
+
+    def observe(self, args, accounting) -> None:
+        """The iteration just trained, with the Σ Lᵢ² its loop passed (packed), if any."""
+        squares, self._squares = self._squares, None
+        accounting.observe_iteration(calc.iteration_batch_size(args, self.num_microbatches),
+                                     calc.iteration_seq_length(args), squares)
 
     def on_log_iteration(self, interval: Interval) -> None:
         # elapsed(reset=False) is iteration 1's read (is_first_iteration): not an interval end
