@@ -6,7 +6,7 @@ curriculum sequence-length change.  The meter instead adds every iteration's own
 tokens and FLOPs, and divides by the interval's wall time when asked for a report.
 """
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 from .flops import FlopsPerSample
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape
@@ -91,10 +91,19 @@ class ThroughputMeter:
         self._hardware_flops = 0
 
     def add_iteration(self, batch_size: int, seq_length: int,
-                      document_lengths: Optional[Sequence[Sequence[int]]] = None) -> None:
+                      document_lengths: Optional[Sequence[Sequence[int]]] = None,
+                      token_dropping: Optional[Tuple[int, int]] = None) -> None:
         """``document_lengths``: packed (THD) samples, one list of document lengths per sample
-        of the global batch; attention is then counted per document (Σ Lᵢ² per sample)."""
-        if document_lengths is None:
+        of the global batch; attention is then counted per document (Σ Lᵢ² per sample).
+        ``token_dropping``: ``(reserved_length, layers)``, random-LTD's ``layers`` layers ran on
+        ``reserved_length`` tokens of each sample (:meth:`FlopsPerSample.token_dropping`)."""
+        if token_dropping is not None:
+            if document_lengths is not None:
+                raise ValueError("packed documents and random-LTD together are not counted")
+            model_flops, hardware_flops = self._per_sample.token_dropping(seq_length,
+                                                                          *token_dropping)
+            model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
+        elif document_lengths is None:
             model_flops, hardware_flops = self._per_sample(seq_length)
             model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
         else:
@@ -119,6 +128,11 @@ class ThroughputMeter:
         # exactly; then the interval's other iterations are added to the count
         self.add_iteration(samples, seq_length)
         self._iterations += count - 1
+
+    @property
+    def counts_token_dropping(self) -> bool:
+        """Whether :meth:`add_iteration` can count random-LTD (``token_dropping``) exactly."""
+        return self._per_sample.layers_alike
 
     @property
     def pending_iterations(self) -> int:

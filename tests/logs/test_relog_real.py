@@ -359,15 +359,15 @@ def test_a_pasted_command_lines_script_is_not_a_log(tmp_path, logfmt, capsys):
 
 
 def test_an_unsupported_feature_in_the_dump_is_refused(tmp_path, logfmt, capsys):
-    """The run used knowledge distillation (microsoft --kd: a teacher forward the count does
-    not hold yet): refused like the typed flag, one line naming it; --kd False is fine."""
-    values = dict(RAMP_DUMP, rampup_batch_size=None, kd=True)
+    """The run used the microsoft fork's switch MLP (--num-experts-switch: not counted yet):
+    refused like the typed flag, one line naming it; the argument at None is fine."""
+    values = dict(RAMP_DUMP, rampup_batch_size=None, num_experts_switch=8)
     lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
-    result = logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines))
+    result = logfmt.run_cli(capsys, write(tmp_path / "switch.log", lines))
     assert result.code == 2 and result.out == ""
     (line,) = result.err.splitlines()
-    assert line.startswith("megatron-flops: error: not supported yet: --kd (the log's "
-                           "arguments: True)")
-    values["kd"] = False
+    assert line.startswith("megatron-flops: error: not supported yet: --num-experts-switch "
+                           "(the log's arguments: 8)")
+    values["num_experts_switch"] = None
     lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
-    assert logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines)).code == 0
+    assert logfmt.run_cli(capsys, write(tmp_path / "switch.log", lines)).code == 0
