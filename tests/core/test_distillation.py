@@ -157,3 +157,12 @@ def test_random_ltd_is_accepted_with_a_note_saying_full_length():
     assert note.startswith("--random-ltd: ") and "full --seq-length" in note
     assert f"megatron-flops: note: {note}" in err.getvalue().splitlines()
     assert result["flops_per_iteration"] == estimate(KD_FLAGS)["flops_per_iteration"]
+
+
+def test_verify_refuses_a_teacher_it_does_not_run():
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["verify", *KD_FLAGS, *TEACHER_FLAGS])
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("megatron-flops: error: --kd/--mos: the reference model runs no")

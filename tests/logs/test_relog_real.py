@@ -371,3 +371,22 @@ def test_an_unsupported_feature_in_the_dump_is_refused(tmp_path, logfmt, capsys)
     values["num_experts_switch"] = None
     lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
     assert logfmt.run_cli(capsys, write(tmp_path / "switch.log", lines)).code == 0
+
+
+def test_a_distillation_run_counts_its_teacher_in_hardware_only(tmp_path, logfmt, capsys):
+    """A microsoft --kd run without the pipeline model: its dump names the teacher (one layer
+    of the student's shape here); each interval's hardware TFLOP/s adds the teacher's forward
+    (1 layer + logits = a 1-layer model's model FLOPs / 3), model TFLOP/s stay the student's."""
+    values = dict(RAMP_DUMP, rampup_batch_size=None, kd=True, no_pipeline_parallel=True,
+                  num_layers_teacher=1, hidden_size_teacher=256, num_attention_heads_teacher=4,
+                  num_experts_teacher=[1])
+    lines = dump_lines("", values) + ramp_lines(logfmt, (8, 10))
+    result = logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines), "--json")
+    assert result.code == 0, result.err
+    last = logfmt.json_intervals(result)[-1]
+    model, _ = logfmt.hand_flops_per_sample(128, 2, 256, 4, 1024)
+    teacher = logfmt.hand_flops_per_sample(128, 1, 256, 4, 1024)[0] // 3
+    per_gpu = last["batch_size"] / (0.5 * 16 * 1e12)
+    assert last["tflops_per_gpu"]["model"] == pytest.approx(model * per_gpu, rel=1e-9)
+    assert last["tflops_per_gpu"]["hardware"] == pytest.approx((model + teacher) * per_gpu,
+                                                               rel=1e-9)
