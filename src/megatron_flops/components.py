@@ -53,7 +53,9 @@ class ComponentSpec:
     """One declared component.
 
     ``attention_core`` marks the s×s products: halved when counted causal, and the only
-    thing selective recompute re-runs.
+    thing selective recompute re-runs.  ``hardware_only`` marks work that runs but is not the
+    trained model's (the distillation teacher's forward): forward only, no backward, counted
+    in hardware FLOPs and never in model FLOPs (so MFU stays the student's).
     """
 
     name: str
@@ -63,6 +65,7 @@ class ComponentSpec:
     flops_text: str
     formula: Formula
     attention_core: bool = False
+    hardware_only: bool = False
 
     @property
     def description(self) -> str:
@@ -88,7 +91,7 @@ REGISTRY: Dict[str, ComponentSpec] = {}
 
 
 def register_component(name: str, occurs: str, title: str, matmul: str, flops_text: str,
-                       attention_core: bool = False):
+                       attention_core: bool = False, hardware_only: bool = False):
     """Decorator: declare the component ``name`` whose forward FLOPs the function computes."""
     if occurs not in OCCURRENCES:
         raise ValueError(f"occurs must be one of {OCCURRENCES}, got {occurs!r}")
@@ -97,7 +100,7 @@ def register_component(name: str, occurs: str, title: str, matmul: str, flops_te
         if name in REGISTRY:
             raise ValueError(f"component {name!r} is already registered")
         REGISTRY[name] = ComponentSpec(name, occurs, title, matmul, flops_text, formula,
-                                       attention_core)
+                                       attention_core, hardware_only)
         return formula
     return register
 
@@ -295,6 +298,22 @@ def logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 @register_component("mtp_logits", ONCE, "MTP logits", "m × [T × h]·[h × V]", "m·2·T·h·V")
 def mtp_logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return model.mtp_num_layers * logits_flops(model, s)
+
+
+# knowledge distillation (the microsoft fork's --kd and --mos): every micro-batch also runs a
+# teacher model, under torch.no_grad, on the student's tokens (pretrain_gpt.py
+# calculate_mos_loss): its whole forward (layers and logits), no backward, no recompute
+# (Ft: one sample's forward through the teacher, by the rows above with its shape)
+@register_component("teacher_forward", ONCE, "teacher forward (--kd/--mos)",
+                    "the rows above, teacher shape, forward only", "B·Ft",
+                    hardware_only=True)
+def teacher_forward_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    """Forward FLOPs of one sample through ``model.teacher`` (0 without a teacher), dense
+    attention; :func:`megatron_flops.flops.flops_breakdown` passes its own counting convention."""
+    if model.teacher is None:
+        return 0
+    from .flops import flops_breakdown  # a whole model of its own: its own breakdown
+    return flops_breakdown(model.teacher, s).forward_flops
 
 
 def markdown_table() -> str:

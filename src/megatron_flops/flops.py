@@ -15,11 +15,13 @@ activations, rotary, dropout, residual adds) is not counted, as in every peer fo
 
 *Model FLOPs* are forward + backward (PaLM's MFU numerator).  *Hardware FLOPs* add what
 activation recomputation re-runs: the forward of every recomputed layer (full recompute;
-never the logits layer) or the attention scores and attention·V of every layer (selective).
+never the logits layer) or the attention scores and attention·V of every layer (selective),
+and a distillation teacher's forward (``teacher_forward``, ``--kd``/``--mos``), which is
+not the trained model's work and so never in model FLOPs.
 """
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import components
@@ -170,7 +172,8 @@ class Component:
 
     @property
     def model_flops(self) -> int:
-        return self.forward + self.backward
+        """Forward + backward; 0 for work that is not the trained model's (the teacher)."""
+        return 0 if REGISTRY[self.name].hardware_only else self.forward + self.backward
 
     @property
     def hardware_flops(self) -> int:
@@ -214,13 +217,15 @@ class Breakdown:
 
     @property
     def model_flops(self) -> int:
-        """Forward + backward: the FLOPs the model needs (MFU numerator)."""
-        return self.forward_flops + self.backward_flops
+        """Forward + backward of the trained model: the FLOPs the model needs (MFU numerator).
+        A distillation teacher's forward is not in it."""
+        return sum(c.model_flops for c in self.components)
 
     @property
     def hardware_flops(self) -> int:
-        """Model FLOPs plus recomputation: the FLOPs the devices execute (HFU numerator)."""
-        return self.model_flops + self.recompute_flops
+        """Model FLOPs plus recomputation and the teacher's forward: the FLOPs the devices
+        execute (HFU numerator)."""
+        return sum(c.hardware_flops for c in self.components)
 
     @property
     def tokens(self) -> int:
@@ -285,16 +290,23 @@ def flops_breakdown(
             if is_recomputed or (selective and REGISTRY[name].attention_core):
                 recomputed[name] += layers * flops
     for name, spec in REGISTRY.items():
-        if spec.occurs == ONCE:  # outside the layers: never recomputed
+        if spec.occurs == ONCE and not spec.hardware_only:  # outside the layers: never recomputed
             forward[name] = spec.formula(model, seq_length, 1) * batch_size
+    if model.teacher is not None:
+        # --kd/--mos: the teacher's forward on the same tokens, under the same attention
+        # convention; no backward, no recompute (it runs under torch.no_grad)
+        forward["teacher_forward"] = flops_breakdown(
+            model.teacher, seq_length, batch_size, causal=causal,
+            document_lengths=document_lengths).forward_flops
 
     components: List[Component] = []
     for name in names:
         fwd = forward[name]
         if fwd == 0:
             continue
+        backward = 0 if REGISTRY[name].hardware_only else 2 * fwd
         components.append(
-            Component(name=name, forward=fwd, backward=2 * fwd, recompute=recomputed[name])
+            Component(name=name, forward=fwd, backward=backward, recompute=recomputed[name])
         )
     return Breakdown(
         batch_size=batch_size,
@@ -312,7 +324,8 @@ class FlopsPerSample:
     sequence length (curriculum learning changes it a few times per run).
     """
 
-    __slots__ = ("model", "recompute", "pipeline_parallel_size", "causal", "_cache", "_core_cache")
+    __slots__ = ("model", "recompute", "pipeline_parallel_size", "causal", "_cache", "_core_cache",
+                 "_layer_cache")
 
     def __init__(self, model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
                  pipeline_parallel_size: int = 1, causal: bool = False):
@@ -322,6 +335,7 @@ class FlopsPerSample:
         self.causal = causal
         self._cache: Dict[int, Tuple[int, int]] = {}
         self._core_cache: Dict[int, Tuple[int, int]] = {}
+        self._layer_cache: Dict[int, Tuple[int, int]] = {}
 
     def __call__(self, seq_length: int) -> Tuple[int, int]:
         """``(model_flops, hardware_flops)`` of one sample of ``seq_length`` tokens."""
@@ -384,3 +398,46 @@ class FlopsPerSample:
         squares = int(squares)
         return (batch_size * (model_flops - core_model) + unit_model * squares,
                 batch_size * (hardware_flops - core_hardware) + unit_hardware * squares)
+
+    @property
+    def layers_alike(self) -> bool:
+        """Every transformer layer does the same work (dense, one attention kind, no MTP, and
+        recomputed all or none): what :meth:`token_dropping` needs, since it is not told which
+        layers drop tokens."""
+        model, recompute = self.model, self.recompute
+        return (not model.is_moe and model.window_attn_skip_freq is None
+                and not model.mtp_num_layers
+                and (recompute.granularity != "full" or recompute.recomputes_every_layer))
+
+    def _one_layer(self, length: int) -> Tuple[int, int]:
+        """``(model_flops, hardware_flops)`` of one transformer layer on one sequence of
+        ``length`` tokens: a 2-layer model minus a 1-layer one (no teacher)."""
+        cached = self._layer_cache.get(length)
+        if cached is None:
+            counts = []
+            for layers in (2, 1):
+                b = flops_breakdown(replace(self.model, num_layers=layers, teacher=None), length,
+                                    1, self.recompute, 1, self.causal)
+                counts.append((b.model_flops, b.hardware_flops))
+            (m2, h2), (m1, h1) = counts
+            cached = self._layer_cache[length] = (m2 - m1, h2 - h1)
+        return cached
+
+    def token_dropping(self, seq_length: int, reserved_length: int,
+                       layers: int) -> Tuple[int, int]:
+        """``(model_flops, hardware_flops)`` of one sample when ``layers`` transformer layers
+        run on only ``reserved_length`` of its ``seq_length`` tokens (DeepSpeed's random-LTD:
+        those layers gather the reserved tokens, attend among them, and scatter them back);
+        every other layer, the logits and a distillation teacher see all ``seq_length``."""
+        if not self.layers_alike:
+            raise ValueError("random-LTD is counted per layer only when every layer does the "
+                             "same work (dense, no per-layer attention pattern, recompute of "
+                             "all layers or none)")
+        if not 0 < layers <= self.model.num_layers or not 0 < reserved_length <= seq_length:
+            raise ValueError(f"random-LTD of {layers} layers at {reserved_length} tokens does "
+                             f"not fit {self.model.num_layers} layers of {seq_length} tokens")
+        model_flops, hardware_flops = self(seq_length)
+        full_model, full_hardware = self._one_layer(seq_length)
+        kept_model, kept_hardware = self._one_layer(reserved_length)
+        return (model_flops - layers * (full_model - kept_model),
+                hardware_flops - layers * (full_hardware - kept_hardware))

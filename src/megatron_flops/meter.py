@@ -6,7 +6,7 @@ curriculum sequence-length change.  The meter instead adds every iteration's own
 tokens and FLOPs, and divides by the interval's wall time when asked for a report.
 """
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 from .flops import FlopsPerSample
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape
@@ -94,16 +94,27 @@ class ThroughputMeter:
 
     def add_iteration(self, batch_size: int, seq_length: int,
                       document_lengths: Optional[Sequence[Sequence[int]]] = None,
-                      seqlen_squared_sum: Optional[float] = None) -> None:
+                      seqlen_squared_sum: Optional[float] = None,
+                      token_dropping: Optional[Tuple[int, int]] = None) -> None:
         """``document_lengths``: packed (THD) samples, one list of document lengths per sample
         of the global batch; attention is then counted per document (Σ Lᵢ² per sample).
         ``seqlen_squared_sum``: instead of the lengths, their Σ Lᵢ² over the global batch (what
-        Megatron-LM's loop reports; see :meth:`FlopsPerSample.packed_batch_from_squares`)."""
+        Megatron-LM's loop reports; see :meth:`FlopsPerSample.packed_batch_from_squares`).
+        ``token_dropping``: ``(reserved_length, layers)``, random-LTD's ``layers`` layers ran on
+        ``reserved_length`` tokens of each sample (:meth:`FlopsPerSample.token_dropping`)."""
+        if seqlen_squared_sum is not None and token_dropping is not None:
+            raise ValueError("packed documents and random-LTD together are not counted")
         if seqlen_squared_sum is not None:
             if document_lengths is not None:
                 raise ValueError("give document lengths or their sum of squares, not both")
             model_flops, hardware_flops = self._per_sample.packed_batch_from_squares(
                 seq_length, batch_size, seqlen_squared_sum)
+        elif token_dropping is not None:
+            if document_lengths is not None:
+                raise ValueError("packed documents and random-LTD together are not counted")
+            model_flops, hardware_flops = self._per_sample.token_dropping(seq_length,
+                                                                          *token_dropping)
+            model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
         elif document_lengths is None:
             model_flops, hardware_flops = self._per_sample(seq_length)
             model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
@@ -129,6 +140,11 @@ class ThroughputMeter:
         # exactly; then the interval's other iterations are added to the count
         self.add_iteration(samples, seq_length)
         self._iterations += count - 1
+
+    @property
+    def counts_token_dropping(self) -> bool:
+        """Whether :meth:`add_iteration` can count random-LTD (``token_dropping``) exactly."""
+        return self._per_sample.layers_alike
 
     @property
     def pending_iterations(self) -> int:

@@ -162,6 +162,9 @@ class ModelShape:
     mtp_num_layers: int = 0
     window_size: Optional[int] = None
     window_attn_skip_freq: Union[int, Tuple[int, ...], None] = None
+    # the microsoft fork's --kd/--mos: the distillation teacher, run forward-only on the
+    # student's tokens every micro-batch (counted in hardware FLOPs only)
+    teacher: Optional["ModelShape"] = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -112,7 +112,9 @@ def test_readme_counts_are_the_formulas(fields):
                    lq=int(model.q_lora_rank is not None), rq=model.q_lora_rank or 0,
                    rkv=model.kv_lora_rank or 0, dqk=model.qk_head_dim or 0,
                    dpe=model.qk_pos_emb_head_dim or 0, dk=model.attention_key_head_dim,
-                   dv=model.attention_value_head_dim)
+                   dv=model.attention_value_head_dim,
+                   # a distillation teacher's forward of one sample (none here: 0)
+                   Ft=0 if model.teacher is None else flops.flops_breakdown(model.teacher, s).forward_flops)
     rows = [line.split(" | ") for line in readme_table().splitlines()[2:]]
     assert [row[0].strip("|` ") for row in rows] == list(REGISTRY)
     for row in rows:

@@ -359,15 +359,34 @@ def test_a_pasted_command_lines_script_is_not_a_log(tmp_path, logfmt, capsys):
 
 
 def test_an_unsupported_feature_in_the_dump_is_refused(tmp_path, logfmt, capsys):
-    """The run used knowledge distillation (microsoft --kd: a teacher forward the count does
-    not hold yet): refused like the typed flag, one line naming it; --kd False is fine."""
-    values = dict(RAMP_DUMP, rampup_batch_size=None, kd=True)
+    """The run used the microsoft fork's switch MLP (--num-experts-switch: not counted yet):
+    refused like the typed flag, one line naming it; the argument at None is fine."""
+    values = dict(RAMP_DUMP, rampup_batch_size=None, num_experts_switch=8)
     lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
-    result = logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines))
+    result = logfmt.run_cli(capsys, write(tmp_path / "switch.log", lines))
     assert result.code == 2 and result.out == ""
     (line,) = result.err.splitlines()
-    assert line.startswith("megatron-flops: error: not supported yet: --kd (the log's "
-                           "arguments: True)")
-    values["kd"] = False
+    assert line.startswith("megatron-flops: error: not supported yet: --num-experts-switch "
+                           "(the log's arguments: 8)")
+    values["num_experts_switch"] = None
     lines = dump_lines("", values) + ramp_lines(logfmt, (2, 4))
-    assert logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines)).code == 0
+    assert logfmt.run_cli(capsys, write(tmp_path / "switch.log", lines)).code == 0
+
+
+def test_a_distillation_run_counts_its_teacher_in_hardware_only(tmp_path, logfmt, capsys):
+    """A microsoft --kd run without the pipeline model: its dump names the teacher (one layer
+    of the student's shape here); each interval's hardware TFLOP/s adds the teacher's forward
+    (1 layer + logits = a 1-layer model's model FLOPs / 3), model TFLOP/s stay the student's."""
+    values = dict(RAMP_DUMP, rampup_batch_size=None, kd=True, no_pipeline_parallel=True,
+                  num_layers_teacher=1, hidden_size_teacher=256, num_attention_heads_teacher=4,
+                  num_experts_teacher=[1])
+    lines = dump_lines("", values) + ramp_lines(logfmt, (8, 10))
+    result = logfmt.run_cli(capsys, write(tmp_path / "kd.log", lines), "--json")
+    assert result.code == 0, result.err
+    last = logfmt.json_intervals(result)[-1]
+    model, _ = logfmt.hand_flops_per_sample(128, 2, 256, 4, 1024)
+    teacher = logfmt.hand_flops_per_sample(128, 1, 256, 4, 1024)[0] // 3
+    per_gpu = last["batch_size"] / (0.5 * 16 * 1e12)
+    assert last["tflops_per_gpu"]["model"] == pytest.approx(model * per_gpu, rel=1e-9)
+    assert last["tflops_per_gpu"]["hardware"] == pytest.approx((model + teacher) * per_gpu,
+                                                               rel=1e-9)

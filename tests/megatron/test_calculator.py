@@ -76,6 +76,52 @@ def test_recompute_counted_as_configured(overrides, extra_forward):
     assert tflops == pytest.approx(flops / (2 * 1e12))
 
 
+def test_a_distillation_teacher_is_in_the_hardware_count():
+    """microsoft --kd: the teacher (3 layers of the student's shape, --num-layers-teacher 3)
+    runs forward only, every training micro-batch: 8 samples × (3 layers + logits) more."""
+    teacher = dict(kd=True, num_layers_teacher=3, hidden_size_teacher=H,
+                   num_attention_heads_teacher=N, num_experts_teacher=[1])
+    _, tflops, _ = calculator.throughput_calculator(None, ms_args(**teacher), 1.0, 1)
+    flops = 8 * (3 * (L * layer_forward() + logits_forward()) + 3 * layer_forward()
+                 + logits_forward())
+    assert tflops == pytest.approx(flops / (2 * 1e12))
+
+
+def ltd_args(**overrides):
+    """microsoft --random-ltd as training.py leaves args after an iteration: 2 of the L layers
+    on a reserved S/2 tokens, actual_seq_length the fork's layer average."""
+    reserved, layers = S // 2, 2
+    return ms_args(random_ltd=True, random_ltd_reserved_length=reserved,
+                   random_ltd_layer_num=layers, curriculum_learning_legacy=False,
+                   data_efficiency_curriculum_learning=False,
+                   actual_seq_length=(S * (L - layers) + reserved * layers) // L, **overrides)
+
+
+@pytest.mark.parametrize("overrides, passes", [({}, 3), ({"checkpoint_activations": True}, 4)])
+def test_random_ltd_layers_are_counted_at_the_reserved_length(overrides, passes):
+    """The 2 dropping layers at S/2 tokens (attention among them: (S/2)²), the other L - 2
+    layers and the logits at all S; full recompute re-runs the layers at their own lengths."""
+    args = ltd_args(**overrides)
+    accounting = calculator.accounting_for(args)
+    accounting.observe_iteration(8, args.actual_seq_length)
+    _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
+    layers = (L - 2) * layer_forward() + 2 * layer_forward(s=S // 2)
+    flops = 8 * (passes * layers + 3 * logits_forward())
+    assert tflops == pytest.approx(flops / (2 * 1e12))
+
+
+def test_random_ltd_in_unlike_layers_keeps_the_forks_average():
+    """MoE layers differ and the fork does not say which layers drop tokens: counted at the
+    fork's actual_seq_length, as before."""
+    args = ltd_args(num_experts=[4], topk=1)
+    accounting = calculator.accounting_for(args)
+    accounting.observe_iteration(8, args.actual_seq_length)
+    _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
+    plain = ms_args(num_experts=[4], topk=1, actual_seq_length=args.actual_seq_length)
+    calculator.accounting_for(plain).observe_iteration(8, args.actual_seq_length)
+    assert tflops == calculator.throughput_calculator(None, plain, 1.0, 1)[1]
+
+
 def test_observed_iterations_are_used_when_they_are_the_interval():
     args = ms_args()
     accounting = calculator.accounting_for(args)

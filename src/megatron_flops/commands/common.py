@@ -49,6 +49,7 @@ def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool 
     stray = [u for u in unknown if not u.startswith("-")]
     report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
     model, run = shapes_from_args(args)  # before printing: an error stays one line
+    args._flag_notes = [f"{flag}: {note}" for flag, note in report.noted]  # for --json
     if not quiet:
         for line in report.lines():
             print(line, file=sys.stderr)

@@ -151,6 +151,7 @@ def estimate_main(argv: List[str]) -> int:
                                           args.tflops_per_gpu, args.convention,
                                           Fp8Recipe.from_args(args), world_size_source is None)
     result["world_size_source"] = world_size_source  # None: assumed (TP × PP)
+    result["notes"] = getattr(args, "_flag_notes", [])  # flags accepted with a note
     if args.json:
         print(json.dumps(result))
         for warning in result["warnings"]:

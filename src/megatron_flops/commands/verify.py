@@ -63,6 +63,9 @@ def verify_main(argv: List[str]) -> int:
     if args.causal:
         raise UsageError("--causal does not apply to verify: the reference model runs dense "
                          "attention matmuls (full s×s), compared with the dense formulas")
+    if model.teacher is not None:
+        raise UsageError("--kd/--mos: the reference model runs no distillation teacher; verify "
+                         "the student without them (the teacher's forward is its own shape's)")
     if model.num_layers > MAX_LAYERS:
         raise UsageError(f"--num-layers ({model.num_layers}) must be at most {MAX_LAYERS} for verify, "
                          "which builds and runs every layer (~30 ms each, meta tensors, on a CPU); "

@@ -15,6 +15,7 @@ Works on the ``argparse.Namespace`` that either Megatron-DeepSpeed fork builds (
 import argparse
 import os
 import sys
+from dataclasses import replace
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..shapes import (GLU_ACTIVATIONS, ModelShape, Recompute, RunShape, ShapeError,
@@ -421,6 +422,43 @@ def refuse_unsupported(ns) -> None:
                          "--tensor-parallel-num-weight-shards")
 
 
+_TEACHER_FLAGS = (("num_layers_teacher", "--num-layers-teacher"),
+                  ("hidden_size_teacher", "--hidden-size-teacher"),
+                  ("num_attention_heads_teacher", "--num-attention-heads-teacher"))
+
+
+def _with_teacher(ns, student: ModelShape) -> ModelShape:
+    """The student with its distillation teacher (the microsoft fork's ``--kd`` / ``--mos``).
+
+    As the fork's ``setup_teacher_model`` builds it: the student's arguments with only
+    ``num_layers``, ``num_experts``, ``hidden_size`` and ``num_attention_heads`` swapped for the
+    ``--*-teacher`` values, so everything else — ffn_hidden_size and kv_channels as
+    ``validate_args`` already resolved them for the student, vocabulary, GLU, expert interval,
+    top-k, ``--mlp-type`` — is the student's.  The fork asserts no GQA with distillation, so
+    the teacher's attention is multi-head.  ``pretrain_gpt.py`` runs it under torch.no_grad
+    on every training micro-batch (``forward_step`` → ``calculate_mos_loss``).
+    """
+    flag = "--mos" if getattr(ns, "mos", False) else "--kd" if getattr(ns, "kd", False) else None
+    if flag is None:
+        return student
+    if student.num_query_groups != student.num_attention_heads:
+        # microsoft megatron/arguments.py: "GQA currently does not support args.kd"
+        raise ShapeError(f"{flag} does not support GQA (--num-key-value-heads "
+                         f"{student.num_query_groups} < --num-attention-heads "
+                         f"{student.num_attention_heads}), as in the fork", flag)
+    values = {}
+    for name, teacher_flag in _TEACHER_FLAGS:
+        value = getattr(ns, name, None)
+        if value is None:  # the fork would build its teacher with num_layers=None and fail
+            raise ShapeError(f"{flag} needs {teacher_flag} (the teacher's shape)", teacher_flag)
+        values[name[:-len("_teacher")]] = value
+    experts = _int_list(getattr(ns, "num_experts_teacher", None)) or (1,)
+    teacher = replace(student, num_experts=experts, num_query_groups=values["num_attention_heads"],
+                      kv_channels=student.kv_channels, ffn_hidden_size=student.ffn_hidden_size,
+                      **values)
+    return replace(student, teacher=teacher)
+
+
 def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     """ModelShape and RunShape from a Megatron ``args`` namespace (either fork) or our CLI.
 
@@ -474,6 +512,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         moe_residual=_moe_residual(ns),
         **_megatron_core_model_fields(ns),
     )
+    if not deepspeed_pipeline(ns):  # the pipeline engine never calls forward_step: no teacher
+        model = _with_teacher(ns, model)
     if getattr(ns, "no_pipeline_parallel", False) and pp != 1:
         raise ShapeError(f"--pipeline-model-parallel-size ({pp}) must be 1 with "
                          "--no-pipeline-parallel", "--no-pipeline-parallel")
@@ -588,6 +628,14 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="the fork builds DeepSpeed's pipeline model")
     add("--no-pipeline-parallel", action="store_true")
     add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
+    add("--kd", action="store_true", help="microsoft fork: knowledge distillation (a teacher "
+        "forward per micro-batch, in hardware FLOPs only)")
+    add("--mos", action="store_true", help="microsoft fork: mixture-of-students distillation "
+        "(as --kd)")
+    add("--num-layers-teacher", type=int)
+    add("--hidden-size-teacher", type=int)
+    add("--num-attention-heads-teacher", type=int)
+    add("--num-experts-teacher", type=int, nargs="+")
     add("--context-parallel-size", type=int, help="Megatron-LM: context parallel")
     add("--decoder-first-pipeline-num-layers", "--num-layers-in-first-pipeline-stage", type=int,
         dest="decoder_first_pipeline_num_layers")

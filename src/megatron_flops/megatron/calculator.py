@@ -128,6 +128,27 @@ def iteration_seq_length(args) -> int:
     return args.seq_length
 
 
+def random_ltd_tokens(args) -> Optional[Tuple[int, int, int]]:
+    """``(seq_length, reserved_length, layers)`` of the iteration just trained when the
+    microsoft fork's random-LTD dropped tokens in it, else None.
+
+    The fork (``training.py``, every iteration) sets ``args.random_ltd_reserved_length`` from
+    DeepSpeed's scheduler and, once, ``args.random_ltd_layer_num``; the length before dropping
+    is the curriculum length or ``--seq-length``, and tokens are dropped only when the reserved
+    length is below it (its ``actual_seq_length`` is then the token-weighted average over layers).
+    """
+    if not getattr(args, "random_ltd", False):
+        return None
+    reserved = getattr(args, "random_ltd_reserved_length", None)
+    layers = getattr(args, "random_ltd_layer_num", None)
+    if not isinstance(reserved, int) or not isinstance(layers, int) or layers <= 0:
+        return None
+    curriculum = (getattr(args, "curriculum_learning_legacy", False)
+                  or getattr(args, "data_efficiency_curriculum_learning", False))
+    full = args.curriculum_seqlen if curriculum else args.seq_length
+    return (full, reserved, layers) if reserved < full else None
+
+
 def _fork_num_microbatches() -> int:
     from megatron import get_num_microbatches  # the fork's own calculator
     return get_num_microbatches()
@@ -160,8 +181,17 @@ class RunAccounting:
     def observe_iteration(self, batch_size: int, seq_length: int,
                           seqlen_squared_sum: Optional[float] = None) -> None:
         """One trained iteration (called by the hook on every iteration, all ranks);
-        ``seqlen_squared_sum``: Σ Lᵢ² of a packed (THD) batch's documents, when known."""
-        self.meter.add_iteration(batch_size, seq_length, seqlen_squared_sum=seqlen_squared_sum)
+        ``seqlen_squared_sum``: Σ Lᵢ² of a packed (THD) batch's documents, when known.
+
+        Under random-LTD the fork's ``seq_length`` is a layer average: the dropping layers are
+        counted at the reserved length instead, the others, the logits and a teacher at the
+        full one (where the layers differ, the fork's average is kept: see docs/megatron.md)."""
+        dropped = random_ltd_tokens(self.args)
+        if dropped is not None and self.meter.counts_token_dropping and seqlen_squared_sum is None:
+            full, reserved, layers = dropped
+            self.meter.add_iteration(batch_size, full, token_dropping=(reserved, layers))
+        else:
+            self.meter.add_iteration(batch_size, seq_length, seqlen_squared_sum=seqlen_squared_sum)
 
     def close_interval(self, elapsed_seconds: float, total_iterations: int,
                        num_microbatches: Callable[[], int] = _fork_num_microbatches
@@ -179,7 +209,7 @@ class RunAccounting:
             batch = iteration_batch_size(self.args, num_microbatches)
             seq = iteration_seq_length(self.args)
             for _ in range(total_iterations):
-                meter.add_iteration(batch, seq)
+                self.observe_iteration(batch, seq)
         return meter.report(elapsed_seconds)
 
 
