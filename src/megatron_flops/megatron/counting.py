@@ -48,10 +48,10 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..components import component_names
 from ..flops import flops_breakdown
 from ..shapes import ModelShape, Recompute
-from ..reference.verify import _TAG, PHASES, UNATTRIBUTED, ComponentFlopCounter, Row, _grad_fns
+from ..reference.verify import (_TAG, PHASES, UNATTRIBUTED, ComponentFlopCounter, Row, _grad_fns,
+                                compare_rows)
 from .module_names import NameRule, Unit
 
 _SEEN = "megatron_flops_seen"
@@ -343,15 +343,7 @@ def count_result(counter: ModelFlopCounter, seconds: float, shape: ModelShape, s
                       "covers all of it")
     breakdown = flops_breakdown(shape, seq_length, batch_size, recompute, pipeline_parallel_size,
                                 causal=False)
-    formula = {c.name: {"forward": c.forward, "backward": c.backward, "recompute": c.recompute}
-               for c in breakdown}
-    counted_names = {name for name, _ in counter.counted}
-    unknown = tuple(sorted(counted_names - set(component_names()) - {UNATTRIBUTED}))
-    rows = tuple(Row(name, {p: counter.counted.get((name, p), 0) for p in PHASES},
-                     formula.get(name, dict.fromkeys(PHASES, 0)))
-                 for name in component_names() + unknown + (UNATTRIBUTED,)
-                 if name in formula or name in counted_names)
-    return CountResult(rows, counter.get_total_flops(),
+    return CountResult(compare_rows(counter.counted, breakdown), counter.get_total_flops(),
                        tuple(sorted(counter.uncountable_kernels().items())),
                        tuple(dict.fromkeys(counter.problems)), seconds, batch_size, seq_length,
                        recompute, comparable)

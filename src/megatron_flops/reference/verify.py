@@ -173,6 +173,20 @@ class Row(NamedTuple):
         return out
 
 
+def compare_rows(counted: Dict[Tuple[str, str], int], breakdown) -> Tuple[Row, ...]:
+    """Counted ``(component, phase) -> FLOPs`` beside the breakdown's, one :class:`Row` per
+    component: registered components in table order, then any a leaf declared that is not
+    registered, then the unattributed FLOPs; a component neither side has is left out."""
+    analytic = {c.name: {"forward": c.forward, "backward": c.backward, "recompute": c.recompute}
+                for c in breakdown}
+    counted_names = {name for name, _ in counted}
+    unknown = tuple(sorted(counted_names - set(component_names()) - {UNATTRIBUTED}))
+    return tuple(Row(name, {p: counted.get((name, p), 0) for p in PHASES},
+                     analytic.get(name, dict.fromkeys(PHASES, 0)))
+                 for name in component_names() + unknown + (UNATTRIBUTED,)
+                 if name in analytic or name in counted_names)
+
+
 class VerifyResult(NamedTuple):
     rows: Tuple[Row, ...]
     flop_counter_total: int  # FlopCounterMode's own global count
@@ -293,17 +307,6 @@ def verify(model: ModelShape, seq_length: int, batch_size: int = 1,
     counter, mode = count_flops(model, seq_length, batch_size, recompute, pipeline_parallel_size, meta)
     breakdown = flops_breakdown(model, seq_length, batch_size, recompute, pipeline_parallel_size,
                                 causal=False)
-    analytic = {c.name: {"forward": c.forward, "backward": c.backward, "recompute": c.recompute}
-                for c in breakdown}
-    counted_names = {name for name, _ in counter.counted}
-    # registered components in table order, then any a leaf declared that is not registered
-    unknown = sorted(counted_names - set(component_names()) - {UNATTRIBUTED})
-    rows = []
-    for name in component_names() + tuple(unknown) + (UNATTRIBUTED,):
-        if name not in analytic and name not in counted_names:
-            continue
-        rows.append(Row(name,
-                        {p: counter.counted.get((name, p), 0) for p in PHASES},
-                        analytic.get(name, dict.fromkeys(PHASES, 0))))
-    return VerifyResult(tuple(rows), counter.get_total_flops(), mode, batch_size, seq_length,
+    rows = compare_rows(counter.counted, breakdown)
+    return VerifyResult(rows, counter.get_total_flops(), mode, batch_size, seq_length,
                         time.perf_counter() - start, tuple(dict.fromkeys(counter.problems)))
