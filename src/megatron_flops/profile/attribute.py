@@ -353,6 +353,17 @@ def attribute(trace: Trace, model: ModelShape, run: RunShape, steps: Optional[Se
                    breakdown.model_flops * share, breakdown.hardware_flops * share)
 
 
+def _scope_or_compiled(event: Event, via: str = ""):
+    """``(parts, rule)`` from the first two rules, read on ``event``: an enclosing scope, else
+    compiled code (one row); None when neither decides."""
+    parts = innermost_scope(event)
+    if parts is not None:
+        return parts, "scope" + via
+    if in_compiled_code(event):
+        return ((COMPILED, 1.0),), "compiled"
+    return None
+
+
 def _classify(op: Event, seconds: float, forward_by_sequence, shapes: ShapeRule) -> MatmulCall:
     flops, _ = op_flops(op)
     span = backward_span(op)
@@ -363,21 +374,17 @@ def _classify(op: Event, seconds: float, forward_by_sequence, shapes: ShapeRule)
     else:
         phase = "forward"
     if phase != "backward":
-        parts = innermost_scope(op)
-        if parts is not None:
-            return MatmulCall(op, phase, parts, "scope", flops, seconds)
-        if in_compiled_code(op):
-            return MatmulCall(op, phase, ((COMPILED, 1.0),), "compiled", flops, seconds)
+        found = _scope_or_compiled(op)
+        if found is not None:
+            return MatmulCall(op, phase, *found, flops, seconds)
         parts, others = shapes.classify(op)
         return MatmulCall(op, phase, parts, "shape" if parts else "unattributed", flops,
                           seconds, others)
     forward = _linked_forward(span, op, forward_by_sequence)
     if forward is not None:
-        parts = innermost_scope(forward)
-        if parts is not None:
-            return MatmulCall(op, phase, parts, "scope via autograd", flops, seconds)
-        if in_compiled_code(forward):
-            return MatmulCall(op, phase, ((COMPILED, 1.0),), "compiled", flops, seconds)
+        found = _scope_or_compiled(forward, " via autograd")
+        if found is not None:
+            return MatmulCall(op, phase, *found, flops, seconds)
         parts, others = shapes.classify(forward)
         if parts is not None:
             return MatmulCall(op, phase, parts, "shape via autograd", flops, seconds, others)
