@@ -43,19 +43,25 @@ def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
     """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
-    from ..megatron.args import check_flags, ignored_flags, parse_megatron_args, shapes_from_args
+    from ..megatron.args import check_flags, parse_megatron_args, shapes_from_args
     args, unknown = parse_megatron_args(argv, parser)
-    ignored = ignored_flags(unknown)
-    stray = [u for u in unknown if not u.startswith("-")]
     report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
     model, run = shapes_from_args(args)  # before printing: an error stays one line
     args._flag_notes = [f"{flag}: {note}" for flag, note in report.noted]  # for --json
     if not quiet:
-        for line in report.lines():
-            print(line, file=sys.stderr)
-    if stray and not ignored and not quiet and not all(s.endswith(".py") for s in stray):
-        print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
+        print_flag_report(report, unknown)
     return args, model, run
+
+
+def print_flag_report(report, unknown: List[str]) -> None:
+    """The flag catalogue's lines on stderr, then the stray words (not flags, not the pasted
+    script) that were ignored, said once."""
+    from ..megatron.args import ignored_flags
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    stray = [u for u in unknown if not u.startswith("-")]
+    if stray and not ignored_flags(unknown) and not all(s.endswith(".py") for s in stray):
+        print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
 
 
 def parse_flags_over_log(parser: argparse.ArgumentParser, argv: List[str]):

@@ -9,7 +9,7 @@ import sys
 from typing import List
 
 from .common import (EXIT_OK, UsageError, add_peak_arguments, command_parser,
-                     parse_flags_over_log)
+                     parse_flags_over_log, print_flag_report)
 
 # profile's own option (no Megatron parser has it): the log whose arguments dump gives the shapes
 ARGUMENTS_FROM = "--arguments-from"
@@ -21,7 +21,7 @@ def _shapes(parser, argv: List[str]):
     came from; None without a log).  Nothing is printed before the shapes are settled, so an
     error stays one line."""
     from ..logs.relog import segment_from_log
-    from ..megatron.args import ignored_flags, shapes_from_args
+    from ..megatron.args import shapes_from_args
     args, given, report, unknown = parse_flags_over_log(parser, argv)
     segment = None
     if args.arguments_from is None:
@@ -32,11 +32,7 @@ def _shapes(parser, argv: List[str]):
         except ValueError as error:  # a ShapeError too: its message names the flag
             raise UsageError(f"{ARGUMENTS_FROM}: {error}") from None
         model, run = segment.model, segment.run
-    for line in report.lines():
-        print(line, file=sys.stderr)
-    stray = [u for u in unknown if not u.startswith("-") and not u.endswith(".py")]
-    if stray and not ignored_flags(unknown):
-        print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
+    print_flag_report(report, unknown)
     for note in segment.notes if segment is not None else ():
         print(f"megatron-flops: {note}", file=sys.stderr)
     return args, model, run, segment

@@ -14,7 +14,7 @@ import sys
 from typing import List, TextIO
 
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
-                     command_parser, parse_flags_over_log, positive)
+                     command_parser, parse_flags_over_log, positive, print_flag_report)
 
 # relog's own output option; the run's own --tensorboard-dir (in a pasted command line) is
 # FLOP-neutral and ignored (before issue 10 relog used that name for this output)
@@ -60,8 +60,7 @@ def _parse(parser, argv: List[str]):
     from ..megatron.args import ignored_flags
     args, given, report, unknown = parse_flags_over_log(parser, argv)
     # the flag catalogue, as every command reads it: unsupported ones are an error
-    for line in report.lines():
-        print(line, file=sys.stderr)
+    print_flag_report(report, unknown)
     if "--tensorboard-dir" in ignored_flags(unknown):
         print(f"megatron-flops: --tensorboard-dir is the run's own flag (ignored); relog writes "
               f"its corrected TensorBoard run with {WRITE_TENSORBOARD} DIR", file=sys.stderr)
