@@ -122,13 +122,13 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     from ..hardware import resolve_peak
     from ..logs import outputs
     from ..logs.console import ParseStats
-    from ..logs.relog import Relogger, Summary, read_run, settle_segment
+    from ..logs.relog import Summary, relog_run
     from ..report import describe_model, gpus
 
     fork = None if args.fork == "auto" else args.fork
     stats = ParseStats()
-    relogger = segment = peak = None
-    dumps_seen = -1
+    relogger = segment = None
+    peak = []  # resolved once, for the first segment's dtype
     summary = Summary()
     # the files are opened before the log is read (an unwritable one fails first) and
     # closed whatever happens; the plot is drawn only once every interval is in
@@ -139,36 +139,33 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
         if args.write_tensorboard:
             files.append(outputs.TensorBoardOutput(args.write_tensorboard))
         sinks = [outputs.JsonOutput(out) if args.json else outputs.TableOutput(out), *files]
-        for record in read_run(args.paths, stats, fork):
-            if stats.argument_dumps != dumps_seen:   # the first line, or a restart's new dump
-                dumps_seen = stats.argument_dumps
-                segment = settle_segment(args, given, stats, record, path=stats.path)
+
+        def peak_tflops_for(run):
+            peak.append(resolve_peak(args.gpu, run.dtype, args.peak_tflops))
+            return peak[0].tflops
+
+        for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
+                                                             peak_tflops_for, args.causal, fork):
+            if new_segment is not None:
+                first = relogger is None
+                relogger, segment = relogger_now, new_segment
                 summary.add_segment(segment)
                 for note in segment.notes:
                     print(f"megatron-flops: {note}", file=err)
                 if not args.json:
-                    heading = ("sources" if relogger is None else
-                               f"from iteration {record.iteration} (a new arguments dump)")
+                    heading = ("sources" if first else f"from iteration "
+                               f"{segment.first_iteration} (a new arguments dump)")
                     print(f"{heading}: {segment.world_size_line()}", file=out)
                     for line in segment.provenance_lines():
                         print(f"  {line}", file=out)
                     print(file=out)
-                if relogger is None:
-                    peak = resolve_peak(args.gpu, segment.run.dtype, args.peak_tflops)
-                    relogger = Relogger(segment.model, segment.run, peak.tflops, args.causal,
-                                        fork, segment.log_interval, segment.fork)
-                    if args.plot:
-                        run = segment.run
-                        title = (f"{describe_model(segment.model)}\nrecompute "
-                                 f"{run.recompute.label}; {gpus(run.world_size)}; "
-                                 f"{os.path.basename(args.paths[0].rstrip('/'))}")
-                        plot = outputs.PlotOutput(args.plot, title, peak.tflops)
-                        sinks.append(plot)
-                else:
-                    relogger.reshape(segment.model, segment.run, segment.log_interval,
-                                     segment.fork)
-            interval = relogger.add(record)
-            if interval is None:
+                if first and args.plot:
+                    run = segment.run
+                    title = (f"{describe_model(segment.model)}\nrecompute "
+                             f"{run.recompute.label}; {gpus(run.world_size)}; "
+                             f"{os.path.basename(args.paths[0].rstrip('/'))}")
+                    plot = outputs.PlotOutput(args.plot, title, peak[0].tflops)
+                    sinks.append(plot)
                 continue
             summary.add(interval)
             for sink in sinks:
@@ -185,7 +182,7 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
         raise UsageError(
             f"no training_log iteration lines in {' '.join(map(repr, args.paths))} "
             f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines)")
-    result = summary.as_dict(segment.run.world_size, stats, relogger, peak, args.convention)
+    result = summary.as_dict(segment.run.world_size, stats, relogger, peak[0], args.convention)
     if args.json:
         print(json.dumps({"summary": result}), file=err)
     else:

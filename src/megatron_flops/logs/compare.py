@@ -254,21 +254,25 @@ def markdown_table(runs: Sequence[RunSummary], model: str = "n/a", precision: st
 
 def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] = None,
                      causal: bool = False, fork: Optional[str] = None):
-    """A console log or TensorBoard run recomputed through relog's compute (the model flags
-    in ``args``, a parsed namespace): ``(interval records, notes)``; the world size is
-    settled as relog settles it (``--world-size``, else the log's arguments dump)."""
-    from itertools import chain
+    """A console log, a folder of one run's logs or a TensorBoard run, recomputed through
+    relog's compute (:func:`~.relog.relog_run`: restarts and re-shapes included) with the model
+    flags in ``args`` (a parsed namespace; every flag set there counts as typed, the log's
+    arguments dump fills the rest): ``(interval records, notes)``."""
     from .console import ParseStats
-    from .relog import read_records, relog, settle_run
+    from .relog import relog_run
     stats = ParseStats()
-    records = read_records(path, stats, fork)
-    first = next(records, None)
-    if first is None:
-        raise ValueError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
-    model, run, notes = settle_run(args, model, run, stats, first)
-    out = []
-    for interval in relog(chain((first,), records), model, run, peak_tflops, causal, fork):
+    given = {name for name, value in vars(args).items()
+             if value is not None and not name.startswith("_")}
+    out, notes, segment = [], [], None
+    for _, new_segment, interval in relog_run([path], args, given, stats,
+                                              lambda _: peak_tflops, causal, fork):
+        if new_segment is not None:
+            segment = new_segment
+            notes += segment.notes
+            continue
         item = interval.as_dict()
-        item["world_size"] = run.world_size
+        item["world_size"] = segment.run.world_size
         out.append(item)
+    if segment is None:
+        raise ValueError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
     return out, notes

@@ -46,7 +46,7 @@ import argparse
 import itertools
 import math
 import os
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from ..hardware import implausible_utilisation_warning
 from ..legacy import legacy_error, legacy_tflops_for_shapes
@@ -769,6 +769,32 @@ def settle_run(args: argparse.Namespace, model: ModelShape, run: RunShape, stats
              if value is not None and not name.startswith("_")}
     segment = settle_segment(args, given, stats, first)
     return segment.model, segment.run, segment.notes
+
+
+def relog_run(paths: Iterable[str], args: argparse.Namespace, given: Iterable[str],
+              stats: ParseStats, peak_tflops_for: Callable[[RunShape], Optional[float]],
+              causal: bool = False, fork: Optional[str] = None
+              ) -> Iterator[Tuple[Relogger, Optional[Segment], Optional[Interval]]]:
+    """One run's logs (:func:`read_run`: files or folders, in iteration order) relogged segment
+    by segment: ``(relogger, segment, None)`` at the first line and at each restart's new
+    arguments dump (the run shape settled by :func:`settle_segment`, the relogger reshaped),
+    ``(relogger, None, interval)`` for every interval.  ``peak_tflops_for`` is asked once, with
+    the first segment's run shape.  The relog command and ``compare`` both read logs this way."""
+    relogger: Optional[Relogger] = None
+    dumps_seen = -1
+    for record in read_run(paths, stats, fork):
+        if stats.argument_dumps != dumps_seen:   # the first line, or a restart's new dump
+            dumps_seen = stats.argument_dumps
+            segment = settle_segment(args, given, stats, record, path=stats.path)
+            if relogger is None:
+                relogger = Relogger(segment.model, segment.run, peak_tflops_for(segment.run),
+                                    causal, fork, segment.log_interval, segment.fork)
+            else:
+                relogger.reshape(segment.model, segment.run, segment.log_interval, segment.fork)
+            yield relogger, segment, None
+        interval = relogger.add(record)
+        if interval is not None:
+            yield relogger, None, interval
 
 
 def first_iteration(path: str) -> Optional[int]:
