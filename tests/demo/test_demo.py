@@ -248,8 +248,11 @@ def test_a_peak_below_the_achieved_rate_is_called_out(capsys):
     warnings = [line for line in out.splitlines() if "above 100% — impossible" in line]
     assert len(warnings) == 2, out
     interval, summary = warnings
-    # the first interval line's MFU, to the helper's whole percent (no recompute: MFU = HFU)
-    assert interval.startswith(f"warning: MFU {number(rows[0]['MFU (%)']):.0f}% is above 100%")
+    # the first interval line's MFU, to the warning's whole percent (no recompute: MFU = HFU);
+    # the table prints fewer digits than the exact value the warning rounds, so allow one unit
+    warned = re.match(r"warning: MFU (\d+)% is above 100%", interval)
+    assert warned, interval
+    assert abs(int(warned.group(1)) - number(rows[0]["MFU (%)"])) <= 1
     assert summary.startswith("  warning: MFU ")
     for line in warnings:   # the typed peak's source, the demo's ways to a better one
         assert "--peak-tflops, or measure it on a quiet machine (`megatron-flops peak`)" in line
