@@ -573,7 +573,3 @@ def conventions_table(results: Mapping[str, dict], peak_source: str = "",
     text = table(rows, header + ["vs exact"], [False, False] + [True] * (len(header) - 1))
     return text + (f"\npeak: {peak_source}" if peak_source else "")
 
-
-def describe_conventions() -> List[str]:
-    """One line per convention: name, formula, parameter set, source (for docs and --help)."""
-    return [f"{c.name}: {c.formula} [{c.parameters}] — {c.source}" for c in CONVENTIONS]

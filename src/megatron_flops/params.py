@@ -30,6 +30,7 @@ class ParameterCount:
 
     @property
     def billions(self) -> float:
+        """``total`` in billions (the microsoft fork's ``approx_parameters_in_billions``)."""
         return self.total / 1e9
 
 

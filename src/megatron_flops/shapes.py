@@ -114,57 +114,91 @@ def parse_layer_pattern(text: str, flag: str = "--moe-layer-freq") -> Union[int,
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The shape of a Megatron GPT model.
+    """The shape of a Megatron GPT model: one documented field per Megatron flag it carries.
 
-    ``vocab_size`` is the *padded* vocabulary the embedding and logits layers are built with
-    (see :func:`megatron_flops.megatron.args.padded_vocab_size` for Megatron's padding rule).
-    ``kv_channels`` (head dimension ``d``) defaults to ``hidden_size // num_attention_heads``;
-    ``num_query_groups`` (KV heads ``g``) defaults to ``num_attention_heads`` (MHA); 1 is MQA.
-    ``ffn_hidden_size`` (``f``) defaults to ``4 * hidden_size`` and is the size of *one* branch
-    when ``glu_activation`` is set (the first dense layer is then ``h -> 2f``).
-    ``num_experts`` is one entry per MoE layer (every ``expert_interval``-th layer, counting
-    from 1), or a single int applied to all of them; 1 means a dense model.
-    ``expert_layers_from_first`` is Megatron-LM's ``--moe-layer-freq`` pattern instead: layer
-    ``i`` (0-based) is an MoE layer when ``i % expert_interval == 0`` (with 1: every layer).
-    ``moe_residual`` is the microsoft fork's ``--mlp-type residual`` (PR-MoE, DeepSpeed's
-    ``MoE(use_residual=True)``): every MoE layer also runs a dense MLP of the same shape on every
-    token, and a ``h -> 2`` coefficient linear (with bias) mixes the two outputs.
+    Validated once at construction (every error names the flag); ``None`` defaults are
+    filled in then (``kv_channels``, ``num_query_groups``, ``ffn_hidden_size``, the MLA sizes).
     """
 
     num_layers: int
+    """Decoder layers (``--num-layers``), multi-token-prediction layers not included."""
     hidden_size: int
+    """Hidden size ``h`` (``--hidden-size``)."""
     num_attention_heads: int
+    """Attention heads ``n`` (``--num-attention-heads``)."""
     vocab_size: int
+    """The *padded* vocabulary ``V`` the embedding and logits layers are built with (see
+    :func:`megatron_flops.megatron.args.padded_vocab_size` for Megatron's padding rule)."""
     kv_channels: Optional[int] = None
+    """Head dimension ``d`` (``--kv-channels``); default ``hidden_size // num_attention_heads``."""
     num_query_groups: Optional[int] = None
+    """KV heads ``g`` (``--num-query-groups`` / ``--num-key-value-heads``); default
+    ``num_attention_heads`` (MHA); 1 is MQA."""
     ffn_hidden_size: Optional[int] = None
+    """FFN size ``f`` (``--ffn-hidden-size``), default ``4 * hidden_size``; with a GLU the size
+    of *one* branch (the first dense layer is then ``h -> 2f``)."""
     glu_activation: Optional[str] = None
+    """A gated MLP (``--glu-activation`` / ``--swiglu``): one of ``GLU_ACTIVATIONS``; None: plain."""
     tie_embeddings: bool = True
+    """The logits reuse the word embeddings (False: ``--untie-embeddings-and-output-weights``);
+    changes the parameter count, not the FLOPs."""
     position_embedding: str = "learned"
+    """``--position-embedding-type``: one of ``POSITION_EMBEDDINGS``."""
     max_position_embeddings: Optional[int] = None
+    """Rows of the learned position-embedding table (``--max-position-embeddings``); parameters only."""
     num_experts: Union[int, Tuple[int, ...]] = 1
+    """Experts per MoE layer (``--num-experts``): one entry per MoE layer, or a single int for
+    all of them; 1 means a dense model (stored as ``()`` then)."""
     moe_topk: int = 1
+    """Experts each token is routed to (``--topk`` / ``--moe-router-topk``)."""
     expert_interval: int = 2
+    """The microsoft fork's ``--expert-interval``: layer number ``i + 1`` is an MoE layer when
+    it is a multiple of it (read only without ``moe_layer_freq``)."""
     add_bias_linear: bool = True
+    """Linear layers carry biases (False: ``--disable-bias-linear``); parameters only."""
     normalization: str = "layernorm"
+    """``--normalization``: one of ``NORMALIZATIONS``; parameters only."""
     embedding_layernorm: bool = False
+    """A layer norm after the embeddings (bigscience ``--embed-layernorm``); parameters only."""
     moe_residual: bool = False
+    """The microsoft fork's ``--mlp-type residual`` (PR-MoE, DeepSpeed's
+    ``MoE(use_residual=True)``): every MoE layer also runs a dense MLP of the same shape on
+    every token, and a ``h -> 2`` coefficient linear (with bias) mixes the two outputs."""
     # ---- Megatron-Core (NVIDIA Megatron-LM) features; see _check_megatron_core_fields -----
     moe_layer_freq: Union[int, Tuple[int, ...], None] = None
+    """Megatron-LM's ``--moe-layer-freq``, instead of ``expert_interval``: an int N makes layer
+    ``i`` (0-based) an MoE layer when ``i % N == 0``, a 0/1 tuple (or its list expression,
+    ``([0]*3+[1]*29)``) gives the pattern per layer."""
     moe_ffn_hidden_size: Optional[int] = None
+    """One routed expert's FFN size (``--moe-ffn-hidden-size``); default ``ffn_hidden_size``."""
     moe_shared_expert_intermediate_size: Optional[int] = None
+    """The shared experts' total FFN size (``--moe-shared-expert-intermediate-size``); None: none."""
     multi_latent_attention: bool = False
+    """DeepSeek's multi-latent attention (``--multi-latent-attention``): the MLA sizes below
+    replace the Q/K/V projections."""
     q_lora_rank: Optional[int] = None
+    """MLA's query down-projection rank (``--q-lora-rank``); None: one ``h -> n·(qk + pos)``
+    query projection."""
     kv_lora_rank: Optional[int] = None
+    """MLA's key/value down-projection rank (``--kv-lora-rank``); MLA default 32."""
     qk_head_dim: Optional[int] = None
+    """MLA's query/key head dimension without the rotary part (``--qk-head-dim``); default 128."""
     qk_pos_emb_head_dim: Optional[int] = None
+    """MLA's rotary query/key head dimension (``--qk-pos-emb-head-dim``); default 64."""
     v_head_dim: Optional[int] = None
+    """MLA's value head dimension (``--v-head-dim``); default 128."""
     mtp_num_layers: int = 0
+    """Multi-token-prediction layers (``--mtp-num-layers``), each a whole layer plus its own
+    projection and logits."""
     window_size: Optional[int] = None
+    """Sliding-window attention: the keys behind each query (``w`` of ``--window-size (w, 0)``);
+    None: full attention."""
     window_attn_skip_freq: Union[int, Tuple[int, ...], None] = None
-    # the microsoft fork's --kd/--mos: the distillation teacher, run forward-only on the
-    # student's tokens every micro-batch (counted in hardware FLOPs only)
+    """``--window-attn-skip-freq``: an int N makes every N-th layer number (1-based) full
+    attention, a 0/1 tuple gives 1 (window) / 0 (full) per layer; None: every layer windowed."""
     teacher: Optional["ModelShape"] = None
+    """The microsoft fork's ``--kd``/``--mos`` distillation teacher, run forward-only on the
+    student's tokens every micro-batch (counted in hardware FLOPs only)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -465,28 +499,38 @@ NO_RECOMPUTE = Recompute()
 class RunShape:
     """How a model is trained: per-iteration sizes, parallelism, recompute and dtype.
 
-    ``global_batch_size`` defaults to ``micro_batch_size * data_parallel_size`` as in
-    Megatron.  ``world_size`` defaults to ``TP * PP`` (one data-parallel replica).
-    ``rampup_batch_size`` is Megatron's ``(start, increment, ramp_samples)``.
-    ``sequence_parallel_size`` counts the ranks one sequence is split over outside tensor
-    parallelism: the microsoft fork's Ulysses ``--ds-sequence-parallel-size`` or Megatron-LM's
-    ``--context-parallel-size``.  They hold no model copy of their own, so the data-parallel size
-    is ``world_size / (TP × PP × sequence_parallel_size)`` (the fork's ``data_parallel_size``);
-    the FLOPs of an iteration do not change.
+    Validated once at construction (every error names the flag); the data-parallel size is
+    ``world_size / (TP × PP × sequence_parallel_size × context_parallel_size)``.
     """
 
     seq_length: int
+    """Tokens per sample ``s`` (``--seq-length``)."""
     micro_batch_size: int = 1
+    """Samples per micro-batch on one replica (``--micro-batch-size``)."""
     global_batch_size: Optional[int] = None
+    """Samples per iteration over all replicas (``--global-batch-size``); default
+    ``micro_batch_size * data_parallel_size`` as in Megatron."""
     tensor_model_parallel_size: int = 1
+    """TP (``--tensor-model-parallel-size``)."""
     pipeline_model_parallel_size: int = 1
+    """PP (``--pipeline-model-parallel-size``)."""
     world_size: Optional[int] = None
+    """GPUs of the run; default ``model_parallel_size`` (one data-parallel replica)."""
     recompute: Recompute = field(default_factory=Recompute)
+    """Activation recomputation (``--recompute-granularity`` and friends): a :class:`Recompute`."""
     rampup_batch_size: Optional[Tuple[int, int, int]] = None
+    """Megatron's ``--rampup-batch-size`` ``(start, increment, ramp_samples)``; None: no ramp-up
+    (see :meth:`batch_size_at`)."""
     dtype: str = "fp32"
-    sequence_parallel_size: int = 1  # the microsoft fork's Ulysses, --ds-sequence-parallel-size
+    """The training precision (``--fp16``, ``--bf16``, …): one of ``DTYPES``; picks the peak."""
+    sequence_parallel_size: int = 1
+    """Ranks one sequence is split over outside tensor parallelism: the microsoft fork's
+    Ulysses ``--ds-sequence-parallel-size``.  They hold no model copy of their own (the
+    fork's ``data_parallel_size``); the FLOPs of an iteration do not change."""
     # ---- Megatron-Core (NVIDIA Megatron-LM) -----------------------------------------------
     context_parallel_size: int = 1
+    """Megatron-LM's ``--context-parallel-size``: like ``sequence_parallel_size``, ranks that
+    split each sequence; ``seq_length`` must be a multiple of twice it."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

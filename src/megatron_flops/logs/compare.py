@@ -46,10 +46,6 @@ class Spread(NamedTuple):
     def iqr(self) -> float:
         return self.q3 - self.q1
 
-    @property
-    def relative_iqr(self) -> Optional[float]:
-        return self.iqr / self.median if self.median else None
-
 
 def spread(values: Sequence[float]) -> Optional[Spread]:
     values = sorted(v for v in values if v is not None)

@@ -5,7 +5,7 @@ dump, launcher environment, else assumed): :func:`settle_segment`, :func:`segmen
 
 import argparse
 import os
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 from ..megatron.args import shapes_from_args
 from ..shapes import ModelShape, RunShape
@@ -174,13 +174,3 @@ def segment_from_log(args: argparse.Namespace, given: Iterable[str], path: str) 
         segment.notes.append(f"{stats.argument_dumps} arguments dumps in {path!r} (restarts): "
                              "the last one is used")
     return segment
-
-
-def settle_run(args: argparse.Namespace, model: ModelShape, run: RunShape, stats: ParseStats,
-               first: LogRecord) -> Tuple[ModelShape, RunShape, List[str]]:
-    """(model, run, notes) once the first record is read, every flag set in ``args`` counted
-    as typed (the log's dump fills only what they leave unset): :func:`settle_segment`."""
-    given = {name for name, value in vars(args).items()
-             if value is not None and not name.startswith("_")}
-    segment = settle_segment(args, given, stats, first)
-    return segment.model, segment.run, segment.notes

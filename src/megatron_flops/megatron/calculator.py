@@ -175,7 +175,7 @@ class RunAccounting:
         self.run: RunShape = run
         self.causal = settings.causal_counting()
         self.peak = settings.peak(run)
-        self.params_billions = parameter_count(model).total / 1e9
+        self.params_billions = parameter_count(model).billions
         self.meter = ThroughputMeter.for_run(model, run, self.peak.tflops, self.causal)
 
     def observe_iteration(self, batch_size: int, seq_length: int,
