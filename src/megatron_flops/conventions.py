@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from .errors import UsageError
 from .flops import flops_breakdown, layer_kinds
 from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
 from .params import ParameterCount, layer_kind_parameters, parameter_count
@@ -361,20 +362,20 @@ def megatron_lm_era(when: str) -> MegatronLMEra:
         for era in MEGATRON_LM_ERAS:
             if era.commit.startswith(text) or text.startswith(era.commit):
                 return era
-        raise ValueError(f"--megatron-lm-commit {when!r} is not one of the commits that changed "
+        raise UsageError(f"--megatron-lm-commit {when!r} is not one of the commits that changed "
                          "num_floating_point_operations; give its date instead "
                          "(git log -1 --format=%cs COMMIT)")
     month = re.fullmatch(r"(\d{4})-(\d{2})", text)
     if month:
         text = f"{text}-31"
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        raise ValueError(f"Megatron-LM era {when!r} must be a date YYYY-MM[-DD] or a commit")
+        raise UsageError(f"Megatron-LM era {when!r} must be a date YYYY-MM[-DD] or a commit")
     chosen = None
     for era in MEGATRON_LM_ERAS:
         if era.since <= text:
             chosen = era
     if chosen is None:
-        raise ValueError(f"Megatron-LM logged no throughput before {MEGATRON_LM_ERAS[0].commit} "
+        raise UsageError(f"Megatron-LM logged no throughput before {MEGATRON_LM_ERAS[0].commit} "
                          f"({MEGATRON_LM_ERAS[0].since}); {when!r} is earlier")
     return chosen
 
@@ -458,7 +459,7 @@ def convention(name: str) -> Convention:
         era = megatron_lm_era(name.split("@", 1)[1])
         return Convention(era.name, era.change, f"NVIDIA/Megatron-LM {era.commit} ({era.since})",
                           "no N: GEMMs from args", "model", era.flops)
-    raise ValueError(f"--convention must be one of {', '.join(CONVENTIONS_BY_NAME)} "
+    raise UsageError(f"--convention must be one of {', '.join(CONVENTIONS_BY_NAME)} "
                      f"(or megatron-lm@YYYY-MM[-DD] / megatron-lm@COMMIT), got {name!r}")
 
 

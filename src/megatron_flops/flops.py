@@ -26,6 +26,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import components
 from .components import ONCE, REGISTRY, register_component
+from .errors import ShapeError, UsageError
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 
@@ -97,13 +98,13 @@ def attention_core_flops(formula, model: ModelShape, s: int, experts: int = 1, c
 
 def _check_document_lengths(document_lengths, seq_length: int, batch_size: int):
     if len(document_lengths) != batch_size:
-        raise ValueError(f"document lengths are given for {len(document_lengths)} samples but "
+        raise UsageError(f"document lengths are given for {len(document_lengths)} samples but "
                          f"the batch has {batch_size}")
     for sample in document_lengths:
         if any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in sample):
-            raise ValueError(f"document lengths must be positive integers, got {list(sample)}")
+            raise UsageError(f"document lengths must be positive integers, got {list(sample)}")
         if sum(sample) > seq_length:
-            raise ValueError(f"document lengths {list(sample)} add up to {sum(sample)}, more than "
+            raise UsageError(f"document lengths {list(sample)} add up to {sum(sample)}, more than "
                              f"--seq-length ({seq_length})")
 
 
@@ -266,9 +267,9 @@ def flops_breakdown(
     a dense model) are left out.
     """
     if seq_length <= 0:
-        raise ValueError(f"--seq-length must be a positive integer, got {seq_length}")
+        raise ShapeError(f"--seq-length must be a positive integer, got {seq_length}")
     if batch_size <= 0:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size}")
+        raise ShapeError(f"batch size must be a positive integer, got {batch_size}")
     documents = None
     if document_lengths is not None:
         _check_document_lengths(document_lengths, seq_length, batch_size)
@@ -401,18 +402,18 @@ class FlopsPerSample:
         A sliding window (``--window-size``) makes a document's work not quadratic in its
         length: ValueError."""
         if self.model.window_size is not None:
-            raise ValueError("--window-size: packed-sequence attention under a sliding window "
+            raise UsageError("--window-size: packed-sequence attention under a sliding window "
                              "needs each document's length, not only the sum of their squares")
         squares = float(seqlen_squared_sum)
         if not squares.is_integer() or not 0 < squares <= batch_size * seq_length ** 2:
-            raise ValueError(f"the sum of squared document lengths must be a whole number in "
+            raise UsageError(f"the sum of squared document lengths must be a whole number in "
                              f"(0, batch size × seq length² = {batch_size * seq_length ** 2}], "
                              f"got {seqlen_squared_sum!r}")
         model_flops, hardware_flops = self(seq_length)
         core_model, core_hardware = self.attention_core(seq_length)
         unit_model, unit_hardware = self.attention_core(1)  # c: the s×s work of one token
         if core_model != unit_model * seq_length ** 2:  # not quadratic in L: cannot happen
-            raise ValueError("this model's attention is not quadratic in the document length")
+            raise UsageError("this model's attention is not quadratic in the document length")
         squares = int(squares)
         return (batch_size * (model_flops - core_model) + unit_model * squares,
                 batch_size * (hardware_flops - core_hardware) + unit_hardware * squares)
@@ -448,11 +449,11 @@ class FlopsPerSample:
         those layers gather the reserved tokens, attend among them, and scatter them back);
         every other layer, the logits and a distillation teacher see all ``seq_length``."""
         if not self.layers_alike:
-            raise ValueError("random-LTD is counted per layer only when every layer does the "
+            raise UsageError("random-LTD is counted per layer only when every layer does the "
                              "same work (dense, no per-layer attention pattern, recompute of "
                              "all layers or none)")
         if not 0 < layers <= self.model.num_layers or not 0 < reserved_length <= seq_length:
-            raise ValueError(f"random-LTD of {layers} layers at {reserved_length} tokens does "
+            raise UsageError(f"random-LTD of {layers} layers at {reserved_length} tokens does "
                              f"not fit {self.model.num_layers} layers of {seq_length} tokens")
         model_flops, hardware_flops = self(seq_length)
         full_model, full_hardware = self._one_layer(seq_length)

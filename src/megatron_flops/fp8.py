@@ -25,6 +25,7 @@ MFU against the BF16 peak says how it compares with a BF16 run of the same model
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from .errors import UsageError
 from .flops import Breakdown
 from .shapes import ModelShape
 
@@ -45,7 +46,7 @@ class Fp8Recipe:
         for flag, value in (("--num-layers-at-start-in-bf16", self.bf16_layers_at_start),
                             ("--num-layers-at-end-in-bf16", self.bf16_layers_at_end)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{flag} must be a non-negative integer, got {value!r}")
+                raise UsageError(f"{flag} must be a non-negative integer, got {value!r}")
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +57,7 @@ class Fp8Recipe:
         """From a Megatron-LM argparse namespace (``fp8`` holds ``--fp8-format``)."""
         fp8_format = getattr(args, "fp8", None) or getattr(args, "fp8_format", None)
         if fp8_format is not None and fp8_format not in ("e4m3", "hybrid"):
-            raise ValueError(f"--fp8-format must be e4m3 or hybrid, got {fp8_format!r}")
+            raise UsageError(f"--fp8-format must be e4m3 or hybrid, got {fp8_format!r}")
         keep = bool(getattr(args, "first_last_layers_bf16", False))
         recipe = getattr(args, "fp8_recipe", None) or "delayed"
         return cls(
@@ -123,7 +124,7 @@ def fp8_flops(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,
     """
     kept = recipe.bf16_layers_at_start + recipe.bf16_layers_at_end
     if recipe.enabled and kept > model.num_layers:
-        raise ValueError(f"--num-layers-at-start-in-bf16 + --num-layers-at-end-in-bf16 ({kept}) "
+        raise UsageError(f"--num-layers-at-start-in-bf16 + --num-layers-at-end-in-bf16 ({kept}) "
                          f"must not exceed --num-layers ({model.num_layers})")
     totals = {"fp8": 0.0, "bf16": 0.0}
     for c in breakdown:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Part:
@@ -190,7 +192,7 @@ def resolve_peak(device: Optional[str] = None, dtype: str = "bf16",
     """Pick the peak: an explicit override, else the table entry, else unknown."""
     if override_tflops is not None:
         if override_tflops <= 0:
-            raise ValueError(f"--peak-tflops must be positive, got {override_tflops}")
+            raise UsageError(f"--peak-tflops must be positive, got {override_tflops}")
         return Peak(float(override_tflops), f"given ({override_tflops:g} TFLOP/s)")
     if device is None:
         return Peak(None, "unknown device: no MFU (give --gpu or --peak-tflops)")

@@ -22,6 +22,7 @@ only: the available memory is ``MemAvailable`` from ``/proc/meminfo``, else the 
 import os
 from typing import Optional
 
+from .errors import UsageError
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 GB = 1e9
@@ -85,6 +86,6 @@ def check_training_step_fits(model: ModelShape, seq_length: int, batch_size: int
                                  parameter_bytes, activation_bytes, optimizer_values_per_parameter)
     available = available_memory_bytes() if available_bytes is None else available_bytes
     if available is not None and needed > available:
-        raise ValueError(f"{what} at this shape needs at least {needed / GB:,.1f} GB of memory "
+        raise UsageError(f"{what} at this shape needs at least {needed / GB:,.1f} GB of memory "
                          f"(weights, gradients and activations of one step) but "
                          f"{available / GB:,.1f} GB is available: {remedy}")

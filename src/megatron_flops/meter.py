@@ -8,6 +8,7 @@ tokens and FLOPs, and divides by the interval's wall time when asked for a repor
 
 from typing import NamedTuple, Optional, Sequence, Tuple
 
+from .errors import UsageError
 from .flops import FlopsPerSample
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape
 
@@ -69,9 +70,9 @@ class ThroughputMeter:
                  pipeline_parallel_size: int = 1, peak_tflops: Optional[float] = None,
                  causal: bool = False):
         if world_size <= 0:
-            raise ValueError(f"--world-size must be a positive integer, got {world_size}")
+            raise UsageError(f"--world-size must be a positive integer, got {world_size}")
         if peak_tflops is not None and peak_tflops <= 0:
-            raise ValueError(f"--peak-tflops must be positive, got {peak_tflops}")
+            raise UsageError(f"--peak-tflops must be positive, got {peak_tflops}")
         self.world_size = world_size
         self.peak_tflops = peak_tflops
         self._per_sample = FlopsPerSample(model, recompute, pipeline_parallel_size, causal)
@@ -103,15 +104,15 @@ class ThroughputMeter:
         ``token_dropping``: ``(reserved_length, layers)``, random-LTD's ``layers`` layers ran on
         ``reserved_length`` tokens of each sample (:meth:`FlopsPerSample.token_dropping`)."""
         if seqlen_squared_sum is not None and token_dropping is not None:
-            raise ValueError("packed documents and random-LTD together are not counted")
+            raise UsageError("packed documents and random-LTD together are not counted")
         if seqlen_squared_sum is not None:
             if document_lengths is not None:
-                raise ValueError("give document lengths or their sum of squares, not both")
+                raise UsageError("give document lengths or their sum of squares, not both")
             model_flops, hardware_flops = self._per_sample.packed_batch_from_squares(
                 seq_length, batch_size, seqlen_squared_sum)
         elif token_dropping is not None:
             if document_lengths is not None:
-                raise ValueError("packed documents and random-LTD together are not counted")
+                raise UsageError("packed documents and random-LTD together are not counted")
             model_flops, hardware_flops = self._per_sample.token_dropping(seq_length,
                                                                           *token_dropping)
             model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
@@ -120,7 +121,7 @@ class ThroughputMeter:
             model_flops, hardware_flops = batch_size * model_flops, batch_size * hardware_flops
         else:
             if len(document_lengths) != batch_size:
-                raise ValueError(f"document lengths are given for {len(document_lengths)} "
+                raise UsageError(f"document lengths are given for {len(document_lengths)} "
                                  f"samples but the batch has {batch_size}")
             model_flops, hardware_flops = self._per_sample.packed_batch(seq_length,
                                                                         document_lengths)

@@ -13,6 +13,7 @@ biases unless ``add_bias_linear`` is off, the final norm, and an untied output l
 
 from dataclasses import dataclass
 
+from .errors import ShapeError
 from .flops import layer_kinds
 from .shapes import ModelShape
 
@@ -100,7 +101,7 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     position = 0
     if model.position_embedding == "learned":
         if model.max_position_embeddings is None:
-            raise ValueError(
+            raise ShapeError(
                 "--max-position-embeddings is needed to count learned position embeddings"
             )
         position = model.max_position_embeddings * h

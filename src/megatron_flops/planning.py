@@ -12,6 +12,7 @@ plans or summarises a run starts from.
 
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .flops import Breakdown, flops_breakdown
 from .shapes import ModelShape, RunShape
 
@@ -40,9 +41,10 @@ def training_time(model: ModelShape, run: RunShape, train_tokens: int, tflops_pe
     TFLOP/s per GPU (what the forks log), on ``run.world_size`` GPUs, at the run's full
     global batch and sequence length."""
     if train_tokens <= 0:
-        raise ValueError(f"--train-tokens must be positive, got {train_tokens}")
+        raise UsageError(f"--plan-tokens must be positive, got {train_tokens}", "--plan-tokens")
     if tflops_per_gpu <= 0:
-        raise ValueError(f"--tflops-per-gpu must be positive, got {tflops_per_gpu}")
+        raise UsageError(f"--plan-tflops-per-gpu must be positive, got {tflops_per_gpu}",
+                         "--plan-tflops-per-gpu")
     breakdown = iteration_breakdown(model, run, causal)
     iterations = train_tokens / breakdown.tokens
     hardware_flops = iterations * breakdown.hardware_flops

@@ -3,6 +3,7 @@
 import math
 from typing import List, Optional, Sequence
 
+from .errors import UsageError
 from .flops import Breakdown
 from .params import ParameterCount
 from .shapes import ModelShape, RunShape
@@ -141,9 +142,9 @@ def parse_fraction(text: str, flag: str) -> float:
     try:
         value = float(cleaned[:-1] if percent else cleaned)
     except ValueError:
-        raise ValueError(f"{flag} must be a fraction (0.05) or a percentage (5%), "
+        raise UsageError(f"{flag} must be a fraction (0.05) or a percentage (5%), "
                          f"got {text!r}") from None
     value = value / 100.0 if percent else value
     if not value >= 0 or math.isinf(value):
-        raise ValueError(f"{flag} must not be negative, got {text!r}")
+        raise UsageError(f"{flag} must not be negative, got {text!r}")
     return value

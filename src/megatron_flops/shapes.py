@@ -12,23 +12,15 @@ Nothing here imports anything outside the standard library.
 from dataclasses import dataclass, field
 from typing import FrozenSet, Optional, Tuple, Union
 
+from .errors import ShapeError
+
+
 GLU_ACTIVATIONS = ("geglu", "liglu", "reglu", "swiglu")
 POSITION_EMBEDDINGS = ("learned", "rotary", "alibi", "none")
 NORMALIZATIONS = ("layernorm", "rmsnorm")
 RECOMPUTE_GRANULARITIES = ("full", "selective")
 RECOMPUTE_METHODS = ("uniform", "block")
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
-
-
-class ShapeError(ValueError):
-    """A model or run description that Megatron would refuse, or that contradicts itself.
-
-    ``flag`` is the command-line flag at fault (``--num-attention-heads``), when there is one.
-    """
-
-    def __init__(self, message: str, flag: Optional[str] = None):
-        super().__init__(message)
-        self.flag = flag
 
 
 def _require_positive(value, flag: str, allow_none: bool = False) -> None:

@@ -5,13 +5,9 @@ import math
 import sys
 from typing import List, Sequence
 
-from ..shapes import ShapeError
+from ..errors import UsageError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
 
 
 def fail(message: str) -> int:
@@ -20,10 +16,12 @@ def fail(message: str) -> int:
 
 
 def run_guarded(function, argv: Sequence[str]) -> int:
-    """Run a sub-command; turn bad input into one clear line and exit code 2."""
+    """Run a sub-command; turn bad input (a :class:`~megatron_flops.errors.UsageError`, a
+    ``ShapeError`` among them) into one clear line and exit code 2.  Any other exception is
+    a bug and keeps its traceback."""
     try:
         return function(list(argv))
-    except (ShapeError, UsageError, ValueError) as error:
+    except UsageError as error:
         return fail(str(error))
 
 

@@ -29,7 +29,7 @@ def _shapes(parser, argv: List[str]):
     else:
         try:
             segment = segment_from_log(args, given, args.arguments_from)
-        except ValueError as error:  # a ShapeError too: its message names the flag
+        except UsageError as error:  # a ShapeError too: its message names the flag
             raise UsageError(f"{ARGUMENTS_FROM}: {error}") from None
         model, run = segment.model, segment.run
     print_flag_report(report, unknown)

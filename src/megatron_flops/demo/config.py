@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from ..errors import ShapeError, UsageError
 from ..shapes import ModelShape, RunShape
 from .corpus import BYTE_VOCAB_SIZE
 
@@ -89,36 +90,36 @@ def launcher_rank() -> int:
 def check_demo_config(c: DemoConfig) -> None:
     """Every option against the others; ``ValueError`` naming the flag at fault."""
     if c.model.vocab_size < BYTE_VOCAB_SIZE:
-        raise ValueError(f"--padded-vocab-size ({c.model.vocab_size}) must be at least "
+        raise ShapeError(f"--padded-vocab-size ({c.model.vocab_size}) must be at least "
                          f"{BYTE_VOCAB_SIZE}: the demo's tokens are bytes")
     if not 0.0 <= c.hidden_dropout < 1.0:
-        raise ValueError(f"--hidden-dropout must be in [0, 1), got {c.hidden_dropout}")
+        raise UsageError(f"--hidden-dropout must be in [0, 1), got {c.hidden_dropout}")
     if c.min_lr < 0 or c.min_lr > c.lr:
-        raise ValueError(f"--min-lr ({c.min_lr}) must be between 0 and --lr ({c.lr})")
+        raise UsageError(f"--min-lr ({c.min_lr}) must be between 0 and --lr ({c.lr})")
     if c.lr_warmup_iters < 0:
-        raise ValueError(f"--lr-warmup-iters must not be negative, got {c.lr_warmup_iters}")
+        raise UsageError(f"--lr-warmup-iters must not be negative, got {c.lr_warmup_iters}")
     if c.clip_grad < 0:
-        raise ValueError(f"--clip-grad must not be negative, got {c.clip_grad}")
+        raise UsageError(f"--clip-grad must not be negative, got {c.clip_grad}")
     if c.attention not in ATTENTION_KINDS:
-        raise ValueError(f"--attention must be one of {', '.join(ATTENTION_KINDS)}, "
+        raise UsageError(f"--attention must be one of {', '.join(ATTENTION_KINDS)}, "
                          f"got {c.attention!r}")
     if c.profile and c.profile_start + c.profile_iters - 1 > c.train_iters:
-        raise ValueError(f"--profile-start ({c.profile_start}) + --profile-iters "
+        raise UsageError(f"--profile-start ({c.profile_start}) + --profile-iters "
                          f"({c.profile_iters}) - 1 must not exceed --train-iters "
                          f"({c.train_iters})")
     if c.profile and c.profile_start < 2:
-        raise ValueError(f"--profile-start must be at least 2 (one warm-up iteration is "
+        raise UsageError(f"--profile-start must be at least 2 (one warm-up iteration is "
                          f"not profiled), got {c.profile_start}")
     if c.device is not None:
         from .peak import check_device
         check_device(c.device)
     if c.deepspeed_config is not None and not c.deepspeed:
-        raise ValueError("--deepspeed_config needs --deepspeed")
+        raise UsageError("--deepspeed_config needs --deepspeed")
     if c.compile and c.deepspeed:
-        raise ValueError("--compile is not supported with --deepspeed (DeepSpeed compiles "
+        raise UsageError("--compile is not supported with --deepspeed (DeepSpeed compiles "
                          "through its own config)")
     if c.deepspeed and c.run.rampup_batch_size:
-        raise ValueError("--rampup-batch-size is not supported with --deepspeed "
+        raise UsageError("--rampup-batch-size is not supported with --deepspeed "
                          "(DeepSpeed's batch size is fixed)")
 
 
@@ -139,18 +140,18 @@ def deepspeed_config(c: DemoConfig) -> dict:
             with open(c.deepspeed_config) as handle:
                 config = json.load(handle)
         except OSError as error:
-            raise ValueError(f"--deepspeed_config {c.deepspeed_config!r} cannot be read: "
+            raise UsageError(f"--deepspeed_config {c.deepspeed_config!r} cannot be read: "
                              f"{error.strerror or error}") from None
         except ValueError as error:
-            raise ValueError(f"--deepspeed_config {c.deepspeed_config!r} is not JSON: {error}") from None
+            raise UsageError(f"--deepspeed_config {c.deepspeed_config!r} is not JSON: {error}") from None
         if not isinstance(config, dict):
-            raise ValueError(f"--deepspeed_config {c.deepspeed_config!r} must hold a JSON object")
+            raise UsageError(f"--deepspeed_config {c.deepspeed_config!r} must hold a JSON object")
         flags = {"train_batch_size": "--global-batch-size",
                  "train_micro_batch_size_per_gpu": "--micro-batch-size",
                  "gradient_accumulation_steps": "--global-batch-size / (--micro-batch-size × processes)"}
         for key, value in from_flags.items():
             if key in config and config[key] != "auto" and config[key] != value:
-                raise ValueError(f"--deepspeed_config {key} ({config[key]}) contradicts "
+                raise UsageError(f"--deepspeed_config {key} ({config[key]}) contradicts "
                                  f"{flags[key]} ({value})")
     config.update(from_flags)
     config.setdefault("steps_per_print", 10 ** 9)  # our log line is the log

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..errors import UsageError
+
 BYTE_VOCAB_SIZE = 256
 DEFAULT_CORPUS_SEED = 20240527
 DEFAULT_CORPUS_BYTES = 320_000
@@ -118,7 +120,7 @@ def load_corpus(path: Optional[str] = None) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise ValueError(f"--data-path {path!r} cannot be read: {error.strerror or error}") from None
+        raise UsageError(f"--data-path {path!r} cannot be read: {error.strerror or error}") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:

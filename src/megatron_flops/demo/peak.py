@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Sequence
 
+from ..errors import UsageError
+
 DTYPES = ("fp32", "bf16", "fp16")
 CPU_SIZES = (256, 512, 1024)
 CUDA_SIZES = (2048, 4096, 8192)
@@ -61,9 +63,9 @@ def device_name(device: str) -> str:
 def check_device(device: str) -> None:
     import torch
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+        raise UsageError(f"--device must be cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda needs a CUDA GPU, and none is available to torch")
+        raise UsageError("--device cuda needs a CUDA GPU, and none is available to torch")
 
 
 def _matmul_seconds(a, b, out, repeats: int, synchronize) -> float:
@@ -92,7 +94,7 @@ def measure_matmul_tflops(device: str = "cpu", dtype: str = "fp32",
     """
     import torch
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     check_device(device)
     if sizes is None:
         sizes = CUDA_SIZES if device.startswith("cuda") else CPU_SIZES

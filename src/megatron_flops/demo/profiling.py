@@ -12,6 +12,7 @@ import os
 import time
 from typing import Dict, Optional
 
+from ..errors import UsageError
 from .session import Session
 
 
@@ -100,5 +101,5 @@ class DemoProfiler:
             from ..profile.plot import write_png
             write_png(profile, png)
             say(f"picture: {png}")
-        except ValueError as error:
+        except UsageError as error:
             say(f"(no picture: {error})")

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..errors import UsageError
 from .config import DemoConfig
 from .distributed import Distributed
 
@@ -166,7 +167,7 @@ def _open_writers(session: Session) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ValueError("--tensorboard-dir needs TensorBoard: "
+            raise UsageError("--tensorboard-dir needs TensorBoard: "
                              "pip install -e '.[tensorboard]' in a megatron-flops clone") from None
         session.writer = SummaryWriter(log_dir=config.tensorboard_dir, max_queue=1000)
     if config.wandb:
@@ -186,7 +187,7 @@ class ByteBatches:
     def __init__(self, data: bytes, seq_length: int, seed: int, rank: int, world_size: int):
         import torch
         if len(data) < seq_length + 2:
-            raise ValueError(f"--data-path text has {len(data)} bytes; --seq-length "
+            raise UsageError(f"--data-path text has {len(data)} bytes; --seq-length "
                              f"{seq_length} needs at least {seq_length + 2}")
         self.tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         self.seq_length = seq_length

@@ -32,6 +32,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import UsageError
 from .config import DemoConfig
 from .distributed import Distributed
 from .session import Session, build_session, measure_peak
@@ -66,12 +67,12 @@ def check_optional_dependencies(config: DemoConfig, device: str) -> None:
         try:
             import deepspeed  # noqa: F401
         except ImportError:
-            raise ValueError("--deepspeed needs DeepSpeed: pip install -e '.[deepspeed]' in a megatron-flops clone") from None
+            raise UsageError("--deepspeed needs DeepSpeed: pip install -e '.[deepspeed]' in a megatron-flops clone") from None
     if config.wandb and os.environ.get("RANK", "0") == str(config.world_size - 1):
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise ValueError("--wandb needs wandb: pip install -e '.[wandb]' in a megatron-flops clone") from None
+            raise UsageError("--wandb needs wandb: pip install -e '.[wandb]' in a megatron-flops clone") from None
 
 
 @dataclass

@@ -26,6 +26,8 @@ import os
 import statistics
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from ..errors import UsageError
+
 METRICS = ("tokens_per_second_per_gpu", "model_tflops_per_gpu", "hardware_tflops_per_gpu",
            "mfu", "hfu")
 LABELS = {"tokens_per_second_per_gpu": "tokens/s per GPU",
@@ -113,16 +115,16 @@ def read_json_lines(path: str) -> List[dict]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
-                raise ValueError(f"{path}: line {number} is not JSON (expected the output of "
+                raise UsageError(f"{path}: line {number} is not JSON (expected the output of "
                                  "'megatron-flops relog PATH --json')") from None
             if not isinstance(item, dict):
-                raise ValueError(f"{path}: line {number} is not a JSON object")
+                raise UsageError(f"{path}: line {number} is not a JSON object")
             if "summary" in item:
                 world_size = (item["summary"] or {}).get("world_size", world_size)
             elif "iteration" in item and "tflops_per_gpu" in item:
                 records.append(item)
             else:
-                raise ValueError(f"{path}: line {number} is not a relog interval record "
+                raise UsageError(f"{path}: line {number} is not a relog interval record "
                                  "(no 'iteration' and 'tflops_per_gpu' keys)")
     for record in records:
         record.setdefault("world_size", world_size)
@@ -133,9 +135,9 @@ def summarise(path: str, records: Sequence[dict], warmup: int,
               world_size: Optional[int] = None) -> RunSummary:
     """Drop ``warmup`` intervals, then the median and IQR of every metric."""
     if not records:
-        raise ValueError(f"{path}: no logged intervals")
+        raise UsageError(f"{path}: no logged intervals")
     if len(records) <= warmup:
-        raise ValueError(f"{path}: {len(records)} logged interval(s), all warm-up under "
+        raise UsageError(f"{path}: {len(records)} logged interval(s), all warm-up under "
                          f"--warmup {warmup}; nothing left to compare")
     steady = records[warmup:]
     metrics = {name: spread([_metric_values(r)[name] for r in steady]) for name in METRICS}
@@ -168,13 +170,13 @@ class Comparison(NamedTuple):
 def compare(baseline: RunSummary, candidate: RunSummary, metric: str = "model_tflops_per_gpu",
             threshold: float = 0.05) -> Comparison:
     if metric not in METRICS:
-        raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     changes = {}
     for name in METRICS:
         b, c = baseline.metrics[name], candidate.metrics[name]
         changes[name] = c.median / b.median - 1.0 if b and c and b.median else None
     if changes[metric] is None:
-        raise ValueError(f"--metric {metric}: not known for both runs (MFU and HFU need the "
+        raise UsageError(f"--metric {metric}: not known for both runs (MFU and HFU need the "
                          "peak: --gpu NAME or --peak-tflops X)")
     return Comparison(baseline, candidate, metric, threshold, changes)
 
@@ -270,5 +272,5 @@ def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] =
         item["world_size"] = segment.run.world_size
         out.append(item)
     if segment is None:
-        raise ValueError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
+        raise UsageError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
     return out, notes

@@ -68,6 +68,7 @@ import re
 import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
+from ..errors import UsageError
 from .arguments import ARGUMENT_LINE, DUMP_END, padded_vocab_size
 
 FORKS = ("bigscience", "microsoft", "megatron-lm")
@@ -302,7 +303,7 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
     if stats is None:
         stats = ParseStats()
     if fork is not None and fork not in FORKS:
-        raise ValueError(f"--fork must be one of {', '.join(FORKS)}, got {fork!r}")
+        raise UsageError(f"--fork must be one of {', '.join(FORKS)}, got {fork!r}")
     anchor_word = "iteration"
     number = 0
     dump = None  # the arguments block being read

@@ -33,6 +33,7 @@ over them are :class:`~.summary.Summary`, the drivers (records of files in, inte
 import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from ..errors import UsageError
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..meter import ThroughputMeter, ThroughputReport
 from ..shapes import ModelShape, RunShape
@@ -335,7 +336,7 @@ class Relogger:
         if run.rampup_batch_size is None:
             return run.global_batch_size * iterations, "--global-batch-size"
         if iteration > MAX_SCHEDULE_STEPS:
-            raise ValueError(f"iteration {iteration}: too far to walk the ramp-up schedule")
+            raise UsageError(f"iteration {iteration}: too far to walk the ramp-up schedule")
         consumed = before = 0
         for index in range(iteration):
             if index == iteration - iterations:

@@ -6,6 +6,7 @@ import itertools
 import os
 from typing import Iterable, Iterator, List, Optional
 
+from ..errors import UsageError
 from .console import LogRecord, ParseStats, open_log, parse_console_log
 
 
@@ -19,7 +20,7 @@ def read_records(path: str, stats: ParseStats, fork: Optional[str] = None
         try:
             yield from read_tensorboard_run(path, stats, fork)
         except ImportError as error:
-            raise ValueError(str(error)) from None
+            raise UsageError(str(error)) from None
         return
     with open_log(path) as stream:
         yield from _console_or_progress(stream, stats, fork)
@@ -63,7 +64,7 @@ def console_logs(paths: Iterable[str]) -> List[str]:
                            if name.endswith(CONSOLE_LOG_SUFFIXES)
                            and os.path.isfile(os.path.join(path, name)))
             if not found:
-                raise ValueError(f"PATH {path!r}: no TensorBoard event files and no console "
+                raise UsageError(f"PATH {path!r}: no TensorBoard event files and no console "
                                  f"logs (*.log, *.txt, *.out) in it")
             files += found
         else:
@@ -97,7 +98,7 @@ def read_run(paths: Iterable[str], stats: ParseStats, fork: Optional[str] = None
         yield from read_records(paths[0], stats, fork)
         return
     if any(is_tensorboard(path) for path in paths):
-        raise ValueError("several PATHs must all be console logs (a TensorBoard run is read "
+        raise UsageError("several PATHs must all be console logs (a TensorBoard run is read "
                          "alone)")
     for path in console_logs(paths):
         stats.path = path

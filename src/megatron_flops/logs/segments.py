@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
 
+from ..errors import UsageError
 from ..megatron.args import shapes_from_args
 from ..shapes import ModelShape, RunShape
 from . import arguments as dump_arguments
@@ -162,12 +163,12 @@ def segment_from_log(args: argparse.Namespace, given: Iterable[str], path: str) 
     command that needs the shape but not the iteration lines.  With several dumps (restarts)
     the last one is used and a note says so.  Raises ValueError where there is none."""
     if path != "-" and not os.path.exists(path):
-        raise ValueError(f"{path!r} does not exist")
+        raise UsageError(f"{path!r} does not exist")
     stats = ParseStats()
     for _ in read_run([path], stats):
         pass
     if not stats.argument_dumps:
-        raise ValueError(f"{path!r} has no arguments dump (the '{dump_arguments.DUMP_START}' "
+        raise UsageError(f"{path!r} has no arguments dump (the '{dump_arguments.DUMP_START}' "
                          "block Megatron prints at start-up): give the model flags instead")
     segment = settle_segment(args, given, stats, None, path=path)
     if stats.argument_dumps > 1:

@@ -4,6 +4,7 @@ summary object of ``relog`` (its keys are public: docs/relog.md)."""
 import math
 from typing import List, Optional, Tuple
 
+from ..errors import UsageError
 from ..hardware import implausible_utilisation_warning
 from .console import ParseStats
 from .intervals import LOGGED_COUNTS, Interval, Relogger, reproduces
@@ -114,7 +115,7 @@ class Summary:
             objects, head = conventions_with_headline(
                 relogger.model, relogger.run, seconds / iterations, peak_tflops, headline,
                 samples / iterations, round(tokens / samples))
-        except ValueError as error:   # a shape a convention cannot read (no position count)
+        except UsageError as error:   # a shape a convention cannot read (no position count)
             return None, None, str(error)
         return objects, head, ""
 

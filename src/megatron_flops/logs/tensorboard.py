@@ -24,6 +24,7 @@ import os
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from ..errors import UsageError
 from .console import LogRecord, ParseStats
 
 ITERATION_TIME = "iteration-time/iteration-time"
@@ -116,17 +117,17 @@ def read_tensorboard_run(path: str, stats: Optional[ParseStats] = None,
     if os.path.isdir(path) and not _has_event_files(path):
         runs = find_runs(path)
         if not runs:
-            raise ValueError(f"PATH {path!r} holds no TensorBoard event files")
+            raise UsageError(f"PATH {path!r} holds no TensorBoard event files")
         if len(runs) > 1:
             shown = ", ".join(os.path.relpath(r, path) for r in runs[:5])
-            raise ValueError(f"PATH {path!r} holds {len(runs)} TensorBoard runs ({shown}"
+            raise UsageError(f"PATH {path!r} holds {len(runs)} TensorBoard runs ({shown}"
                              f"{', …' if len(runs) > 5 else ''}); give one of them")
         path = runs[0]
     scalars, tag_names = read_scalars(path)
     time_tags = [scalars.get(t, {}) for t in (ITERATION_TIME, TFLOPS, SAMPLES_PER_SECOND)]
     steps = sorted(set().union(*[t.keys() for t in time_tags]))
     if not steps:
-        raise ValueError(
+        raise UsageError(
             f"PATH {path!r} has no {ITERATION_TIME!r} or {TFLOPS!r} tags: the run was not "
             "logged with --log-timers-to-tensorboard; relog its console log instead")
     fork = fork or detect_fork(tag_names)

@@ -31,6 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from ..errors import UsageError
 from ..hardware import Peak, resolve_peak
 from ..meter import ThroughputMeter, ThroughputReport
 from ..params import parameter_count
@@ -69,7 +70,7 @@ class Settings:
                    conventions: Optional[bool] = None) -> "Settings":
         """These settings with the values given (not None) replacing theirs."""
         if peak_tflops is not None and not peak_tflops > 0:
-            raise ValueError(f"peak_tflops must be positive, got {peak_tflops}")
+            raise UsageError(f"peak_tflops must be positive, got {peak_tflops}")
         return Settings(self.peak_tflops if peak_tflops is None else float(peak_tflops),
                         self.gpu if gpu is None else gpu,
                         self.causal if causal is None else bool(causal),
@@ -99,9 +100,9 @@ def _env_float(name: str) -> Optional[float]:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{name} must be a number of TFLOP/s, got {text!r}") from None
+        raise UsageError(f"{name} must be a number of TFLOP/s, got {text!r}") from None
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {text}")
+        raise UsageError(f"{name} must be positive, got {text}")
     return value
 
 

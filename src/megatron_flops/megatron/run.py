@@ -21,16 +21,15 @@ import runpy
 import sys
 from typing import List, Optional
 
+from ..errors import UsageError
+
+
 USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] [--count-flops[=ITERATION]] "
          "[--strict] [--tolerance=FRACTION] SCRIPT.py [ARGS...]\n"
          "runs SCRIPT.py with exact throughput reporting (megatron-flops hook installed);\n"
          "--count-flops counts one iteration's matmul FLOPs with torch and prints them beside "
          "the formula's, --strict ends the run (exit 1) when they differ beyond --tolerance")
 COUNTING_OPTIONS = ("--count-flops", "--strict", "--tolerance")
-
-
-class UsageError(Exception):
-    pass
 
 
 def split_command(argv: List[str]):
@@ -85,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise UsageError(f"megatron-flops run: no such script: {script}")
         from .hook.count_mode import CountSettings
         CountSettings.resolve(**options)  # the environment's values too: exit 2 before the run
-    except (UsageError, ValueError) as error:
+    except UsageError as error:   # a ShapeError too
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
     from .hook import install

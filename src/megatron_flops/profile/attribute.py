@@ -40,6 +40,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import UsageError
 from ..flops import COMPONENTS
 from ..planning import iteration_breakdown
 from ..shapes import ModelShape, RunShape
@@ -317,7 +318,7 @@ def attribute(trace: Trace, model: ModelShape, run: RunShape, steps: Optional[Se
     """Join ``trace`` (one rank's) with the breakdown of ``model`` and ``run``."""
     chosen = [s for s in trace.steps if steps is None or s.number in steps]
     if not chosen:
-        raise ValueError(f"--steps: the trace holds ProfilerStep "
+        raise UsageError(f"--steps: the trace holds ProfilerStep "
                          f"{', '.join(str(s.number) for s in trace.steps)}")
     gpu = bool(trace.kernels)
     flop_ops = [e for e in trace.events if is_flop_op(e)

@@ -2,6 +2,7 @@
 the peak down to the achieved MFU — one bar per component and category, as long as the share
 of the peak it costs — beside each component's achieved TFLOP/s against the peak."""
 
+from ..errors import UsageError
 from .attribute import MODEL, Profile
 
 
@@ -9,7 +10,7 @@ def write_png(profile: Profile, path: str, title: str = "") -> None:
     try:
         import matplotlib
     except ImportError:
-        raise ValueError("--png needs matplotlib: pip install -e '.[plot]' in a megatron-flops clone") from None
+        raise UsageError("--png needs matplotlib: pip install -e '.[plot]' in a megatron-flops clone") from None
     matplotlib.use("Agg")
     from matplotlib import pyplot
 

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..errors import UsageError
+
 STEP = re.compile(r"^ProfilerStep#(\d+)$")
 
 
@@ -89,17 +91,17 @@ def load_trace(path: str) -> Trace:
         with opener(path, "rt") as handle:
             data = json.load(handle)
     except OSError as error:
-        raise ValueError(f"TRACE {str(path)!r} cannot be read: {error.strerror or error}") from None
+        raise UsageError(f"TRACE {str(path)!r} cannot be read: {error.strerror or error}") from None
     except ValueError as error:
-        raise ValueError(f"TRACE {str(path)!r} is not JSON: {error}") from None
+        raise UsageError(f"TRACE {str(path)!r} is not JSON: {error}") from None
     if isinstance(data, list):
         data = {"traceEvents": data}
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
-        raise ValueError(f"TRACE {str(path)!r} is not a Chrome trace (no traceEvents list)")
+        raise UsageError(f"TRACE {str(path)!r} is not a Chrome trace (no traceEvents list)")
     trace = trace_from_events(data["traceEvents"], data.get("deviceProperties") or [])
     trace.path = str(path)
     if not trace.steps:
-        raise ValueError(f"TRACE {str(path)!r} has no ProfilerStep#N spans: profile with a "
+        raise UsageError(f"TRACE {str(path)!r} has no ProfilerStep#N spans: profile with a "
                          "torch.profiler schedule and call prof.step() once per iteration")
     return trace
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ShapeError
 from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 INIT_STD = 0.02
@@ -289,14 +290,14 @@ class ReferenceGPT(nn.Module):
         self.shape, self.seq_length, self.recompute = model, seq_length, recompute
         h, V = model.hidden_size, model.vocab_size
         if model.position_embedding == "rotary" and model.kv_channels % 2:
-            raise ValueError(f"--kv-channels ({model.kv_channels}) must be even for rotary "
+            raise ShapeError(f"--kv-channels ({model.kv_channels}) must be even for rotary "
                              "position embeddings")
         self.word_embeddings = nn.Embedding(V, h, **factory)
         self.position_embeddings = None
         if model.position_embedding == "learned":
             positions = model.max_position_embeddings or seq_length
             if positions < seq_length:
-                raise ValueError(f"--seq-length ({seq_length}) must not exceed "
+                raise ShapeError(f"--seq-length ({seq_length}) must not exceed "
                                  f"--max-position-embeddings ({positions})")
             self.position_embeddings = nn.Embedding(positions, h, **factory)
         self.embedding_norm = make_norm(model, factory) if model.embedding_layernorm else None

@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ...errors import UsageError
 from ...report import parse_fraction
 from .base import PREFIX
 
@@ -49,7 +50,7 @@ def count_iteration(value, where: str) -> Optional[int]:
     if text in ("on", "true", "yes"):
         return 1
     if not text.isdigit():
-        raise ValueError(f"{where} must be an iteration number (>= 1), got {value!r}")
+        raise UsageError(f"{where} must be an iteration number (>= 1), got {value!r}")
     return int(text)
 
 
@@ -76,7 +77,7 @@ class CountSettings:
         elif isinstance(tolerance, str):
             tolerance = parse_fraction(tolerance, "tolerance")
         elif not tolerance >= 0:
-            raise ValueError(f"tolerance must not be negative, got {tolerance}")
+            raise UsageError(f"tolerance must not be negative, got {tolerance}")
         return cls(iteration, bool(strict), float(tolerance))
 
 
