@@ -195,7 +195,7 @@ def hook_parts(fork, calls, repeat):
     fork_tags = tuple(hook_module.bigscience.FORK_TAGS) if fork == "bigscience" else ()
 
     def accounting_step():
-        accounting.meter.add_iteration(64, 2048)
+        accounting.meter.add_iteration(batch_size=64, seq_length=2048)
         interval.close(0.5, 1, strategy.num_microbatches)
 
     def output_step():
@@ -207,7 +207,7 @@ def hook_parts(fork, calls, repeat):
         hook.interval = None
 
     def observe_step():
-        accounting.meter.add_iteration(64, 2048)
+        accounting.meter.add_iteration(batch_size=64, seq_length=2048)
 
     observe = best_of(observe_step, calls, repeat)
     interval_accounting = best_of(accounting_step, calls, repeat) - observe
@@ -232,7 +232,7 @@ def real_writer_cost(calls):
         writer = SummaryWriter(folder)
         start = time.perf_counter()
         for i in range(calls):
-            meter.add_iteration(64, 2048)
+            meter.add_iteration(batch_size=64, seq_length=2048)
             sinks.write_tensorboard(writer, meter.report(0.5), i, i * 64, i * 64 * 2048)
         seconds = (time.perf_counter() - start) / calls
         writer.close()

@@ -27,14 +27,14 @@ def median_seconds(function, repeats=7, number=20000):
 def main():
     model = ModelShape(num_layers=70, hidden_size=14336, num_attention_heads=112, vocab_size=250880)
     meter = ThroughputMeter(model, world_size=384, recompute=Recompute("full"), peak_tflops=312.0)
-    meter.add_iteration(2048, 2048)          # first sight of a sequence length builds the cache
+    meter.add_iteration(batch_size=2048, seq_length=2048)  # first sight of a length builds the cache
     meter.report(1.0)
 
     def one_iteration():
-        meter.add_iteration(2048, 2048)
+        meter.add_iteration(batch_size=2048, seq_length=2048)
 
     def one_interval():
-        meter.add_iteration(2048, 2048)
+        meter.add_iteration(batch_size=2048, seq_length=2048)
         meter.report(1.0)
 
     per_iteration = median_seconds(one_iteration)

@@ -49,7 +49,7 @@ class ThroughputReport(NamedTuple):
 class ThroughputMeter:
     """Accumulates iterations; :meth:`report` turns an interval into a :class:`ThroughputReport`.
 
-    ``add_iteration(batch_size, seq_length)`` is called once per training iteration with that
+    ``add_iteration(batch_size=…, seq_length=…)`` is called once per training iteration with that
     iteration's *global* batch size (samples over all data-parallel ranks) and sequence length
     (and, for packed variable-length samples, each sample's document lengths).
     ``add_iterations(count, samples, seq_length)`` adds ``count`` iterations at once that
@@ -93,7 +93,7 @@ class ThroughputMeter:
         self._model_flops = 0
         self._hardware_flops = 0
 
-    def add_iteration(self, batch_size: int, seq_length: int,
+    def add_iteration(self, *, batch_size: int, seq_length: int,
                       document_lengths: Optional[Sequence[Sequence[int]]] = None,
                       seqlen_squared_sum: Optional[float] = None,
                       token_dropping: Optional[Tuple[int, int]] = None) -> None:
@@ -139,7 +139,7 @@ class ThroughputMeter:
             raise ValueError(f"an interval has at least one iteration, got {count!r}")
         # FLOPs are linear in the samples: one "iteration" of all the samples counts them
         # exactly; then the interval's other iterations are added to the count
-        self.add_iteration(samples, seq_length)
+        self.add_iteration(batch_size=samples, seq_length=seq_length)
         self._iterations += count - 1
 
     @property
@@ -164,21 +164,21 @@ class ThroughputMeter:
         hardware_tflops = self._hardware_flops / (per_gpu_seconds * 1e12)
         peak = self.peak_tflops
         result = ThroughputReport(
-            self._iterations,
-            elapsed_seconds,
-            self._samples,
-            self._tokens,
-            self._model_flops,
-            self._hardware_flops,
-            self.world_size,
-            self._samples / elapsed_seconds,
-            self._tokens / elapsed_seconds,
-            self._tokens / per_gpu_seconds,
-            model_tflops,
-            hardware_tflops,
-            model_tflops / peak if peak else None,
-            hardware_tflops / peak if peak else None,
-            float(peak) if peak else None,
+            iterations=self._iterations,
+            elapsed_seconds=elapsed_seconds,
+            samples=self._samples,
+            tokens=self._tokens,
+            model_flops=self._model_flops,
+            hardware_flops=self._hardware_flops,
+            world_size=self.world_size,
+            samples_per_second=self._samples / elapsed_seconds,
+            tokens_per_second=self._tokens / elapsed_seconds,
+            tokens_per_second_per_gpu=self._tokens / per_gpu_seconds,
+            model_tflops_per_gpu=model_tflops,
+            hardware_tflops_per_gpu=hardware_tflops,
+            mfu=model_tflops / peak if peak else None,
+            hfu=hardware_tflops / peak if peak else None,
+            peak_tflops=float(peak) if peak else None,
         )
         self._reset()
         return result

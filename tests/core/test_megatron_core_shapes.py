@@ -124,12 +124,12 @@ def test_packed_samples_through_the_meter_and_the_per_sample_cache():
     expected = flops_breakdown(model, 8, 3, document_lengths=docs)
     assert FlopsPerSample(model).packed_batch(8, docs) == (expected.model_flops, expected.hardware_flops)
     meter = ThroughputMeter(model)
-    meter.add_iteration(3, 8, document_lengths=docs)
-    meter.add_iteration(3, 8)
+    meter.add_iteration(batch_size=3, seq_length=8, document_lengths=docs)
+    meter.add_iteration(batch_size=3, seq_length=8)
     report = meter.report(1.0)
     assert report.model_flops == expected.model_flops + flops_breakdown(model, 8, 3).model_flops
     with pytest.raises(ValueError, match="for 2 samples but the batch has 3"):
-        meter.add_iteration(3, 8, document_lengths=[[8], [8]])
+        meter.add_iteration(batch_size=3, seq_length=8, document_lengths=[[8], [8]])
     with pytest.raises(ValueError, match="more than --seq-length"):
         flops_breakdown(model, 8, 1, document_lengths=[[5, 5]])
 
@@ -207,12 +207,12 @@ def test_packed_batch_from_the_sum_of_squares_alone():
     causal = FlopsPerSample(model, causal=True).packed_batch_from_squares(s, B, float(squares))
     assert causal[0] == flops_breakdown(model, s, B, causal=True).model_flops - 3 * saved // 2
     meter = ThroughputMeter(model)
-    meter.add_iteration(B, s, seqlen_squared_sum=squares)
+    meter.add_iteration(batch_size=B, seq_length=s, seqlen_squared_sum=squares)
     assert meter.report(1.0).model_flops == flops_breakdown(model, s, B,
                                                             document_lengths=docs).model_flops
     with pytest.raises(ValueError, match="not both"):
-        meter.add_iteration(B, s, document_lengths=docs, seqlen_squared_sum=squares)
+        meter.add_iteration(batch_size=B, seq_length=s, document_lengths=docs, seqlen_squared_sum=squares)
     with pytest.raises(ValueError, match="whole number in"):
-        meter.add_iteration(B, s, seqlen_squared_sum=B * s * s + 1)
+        meter.add_iteration(batch_size=B, seq_length=s, seqlen_squared_sum=B * s * s + 1)
     with pytest.raises(ValueError, match="--window-size"):
         FlopsPerSample(ModelShape(**SMALL, window_size=2)).packed_batch_from_squares(s, B, 9)

@@ -27,7 +27,7 @@ def test_meter_counts_each_iteration_with_its_own_batch_and_seq():
     # a ramp-up step and a curriculum change inside one interval
     iterations = [(4, 8), (4, 8), (8, 16), (8, 16)]
     for B, s in iterations:
-        meter.add_iteration(B, s)
+        meter.add_iteration(batch_size=B, seq_length=s)
     report = meter.report(2.0)
     model_flops = sum(3 * forward_by_hand(B, s) for B, s in iterations)
     assert report.model_flops == model_flops
@@ -39,14 +39,23 @@ def test_meter_counts_each_iteration_with_its_own_batch_and_seq():
     # log-time arithmetic (last batch × mean time) would have said 8·4 samples per 2 s
     assert report.samples != 8 * len(iterations)
     # the window restarts
-    meter.add_iteration(4, 8)
+    meter.add_iteration(batch_size=4, seq_length=8)
     assert meter.report(1.0).samples == 4
     assert meter.consumed_samples == 28
 
 
+def test_add_iteration_takes_its_numbers_by_name_only():
+    # batch size and sequence length are both integers: positionally, swapping them would
+    # count a different (wrong) run without a word (STYLE.md 4: keyword-only accumulators)
+    meter = ThroughputMeter(ModelShape(num_layers=2, hidden_size=64, num_attention_heads=4,
+                                       vocab_size=128))
+    with pytest.raises(TypeError):
+        meter.add_iteration(4, 8)
+
+
 def test_meter_mfu_and_hfu_with_full_recompute():
     meter = ThroughputMeter(MODEL, world_size=1, recompute=Recompute("full"), peak_tflops=1e-6)
-    meter.add_iteration(2, 8)
+    meter.add_iteration(batch_size=2, seq_length=8)
     report = meter.report(1.0)
     b = flops_breakdown(MODEL, 8, 2, Recompute("full"))
     assert report.hardware_flops == b.hardware_flops > report.model_flops == b.model_flops
@@ -58,13 +67,13 @@ def test_peak_is_a_tag_beside_the_mfu_only_when_known():
     """``throughput/peak_tflops`` carries the denominator of ``throughput/mfu`` (issue 13)."""
     from megatron_flops.sinks import scalars
     with_peak = ThroughputMeter(MODEL, world_size=1, peak_tflops=2.5e-6)
-    with_peak.add_iteration(2, 8)
+    with_peak.add_iteration(batch_size=2, seq_length=8)
     tags = scalars(with_peak.report(1.0))
     assert tags["throughput/peak_tflops"] == 2.5e-6
     # MFU = model TFLOP/s / the tagged peak: 3·forward / 1e12 / 2.5e-6
     assert tags["throughput/mfu"] == pytest.approx(3 * forward_by_hand(2, 8) / 1e12 / 2.5e-6)
     without = ThroughputMeter(MODEL, world_size=1)
-    without.add_iteration(2, 8)
+    without.add_iteration(batch_size=2, seq_length=8)
     tags = scalars(without.report(1.0))
     assert not {"throughput/peak_tflops", "throughput/mfu", "throughput/hfu"} & set(tags)
 
@@ -72,7 +81,7 @@ def test_peak_is_a_tag_beside_the_mfu_only_when_known():
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
 def test_meter_rejects_non_positive_time(bad):
     meter = ThroughputMeter(MODEL)
-    meter.add_iteration(1, 8)
+    meter.add_iteration(batch_size=1, seq_length=8)
     with pytest.raises(ValueError, match="positive"):
         meter.report(bad)
 

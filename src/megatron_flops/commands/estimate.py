@@ -32,7 +32,7 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
     }
     if iteration_seconds is not None:
         meter = ThroughputMeter.for_run(model, run, peak.tflops, causal)
-        meter.add_iteration(run.global_batch_size, run.seq_length)
+        meter.add_iteration(batch_size=run.global_batch_size, seq_length=run.seq_length)
         report = meter.report(iteration_seconds)
         legacy = legacy_tflops_for_shapes(model, run, run.global_batch_size, run.seq_length,
                                           iteration_seconds)

@@ -106,9 +106,10 @@ def train(session: Session, started: float) -> int:
             profiler.before_iteration(iteration)
         batch_size = config.run.batch_size_at(session.meter.consumed_samples)
         progress.interval_loss += train_iteration(session, batch_size)
-        session.meter.add_iteration(batch_size, config.run.seq_length)
+        session.meter.add_iteration(batch_size=batch_size, seq_length=config.run.seq_length)
         if progress.summary_first_iteration is not None:
-            session.summary_meter.add_iteration(batch_size, config.run.seq_length)
+            session.summary_meter.add_iteration(batch_size=batch_size,
+                                                seq_length=config.run.seq_length)
         progress.interval_iterations += 1
         if profiler is not None:
             profiler.after_iteration(iteration)

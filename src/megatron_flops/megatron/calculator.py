@@ -190,9 +190,11 @@ class RunAccounting:
         dropped = random_ltd_tokens(self.args)
         if dropped is not None and self.meter.counts_token_dropping and seqlen_squared_sum is None:
             full, reserved, layers = dropped
-            self.meter.add_iteration(batch_size, full, token_dropping=(reserved, layers))
+            self.meter.add_iteration(batch_size=batch_size, seq_length=full,
+                                     token_dropping=(reserved, layers))
         else:
-            self.meter.add_iteration(batch_size, seq_length, seqlen_squared_sum=seqlen_squared_sum)
+            self.meter.add_iteration(batch_size=batch_size, seq_length=seq_length,
+                                     seqlen_squared_sum=seqlen_squared_sum)
 
     def close_interval(self, elapsed_seconds: float, total_iterations: int,
                        num_microbatches: Callable[[], int] = _fork_num_microbatches
