@@ -38,6 +38,12 @@ from typing import Callable, Dict, Tuple
 
 from .shapes import ModelShape
 
+__all__ = [
+    "DENSE_LAYERS", "EVERY_LAYER", "MOE_LAYERS", "MTP_LAYERS", "ONCE", "REGISTRY",
+    "RESIDUAL_MOE_LAYERS", "ComponentSpec", "component_names", "markdown_table", "matmul_flops",
+    "register_component", "unregister_component",
+]
+
 # where a component occurs
 EVERY_LAYER = "every layer"
 DENSE_LAYERS = "dense-MLP layers"  # dense layers, and the residual MLP of PR-MoE layers

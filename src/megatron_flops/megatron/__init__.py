@@ -2,29 +2,24 @@
 strategy per training framework), the drop-in ``throughput_calculator``, the source patcher
 and the runner.
 
-Public entry points:
+Public entry points (``__all__``, docs/api.md):
 
 - :func:`install` — ``megatron_flops.megatron.install()`` in a training script (before or
   after ``megatron.training`` is imported) routes the framework's throughput reporting through
-  megatron-flops; see :mod:`megatron_flops.megatron.hook`.
-- :func:`megatron_flops.megatron.calculator.throughput_calculator` — drop-in for the
-  microsoft fork's ``megatron.utils.throughput_calculator``.
+  megatron-flops; see :mod:`megatron_flops.megatron.hook`; :func:`uninstall` undoes it.
+- :func:`throughput_calculator` — drop-in for the microsoft fork's
+  ``megatron.utils.throughput_calculator``.
+- :func:`shapes_from_args` — the model and run shape of a Megatron ``args`` namespace (any
+  fork or Megatron-LM); :func:`padded_vocab_size` — Megatron's vocabulary padding.
 - ``python -m megatron_flops.run SCRIPT ARGS`` (:mod:`megatron_flops.megatron.run`) and
   ``megatron-flops patch CHECKOUT`` (:mod:`megatron_flops.megatron.patch`, command in
   :mod:`megatron_flops.commands.patch`).
 """
 
 
-def install(peak_tflops=None, gpu=None, causal=None, training_module=None, out=None,
-            count_flops=None, strict=None, tolerance=None, conventions=None):
-    """Install the runtime hook; see :func:`megatron_flops.megatron.hook.install`."""
-    from .hook import install as _install
-    return _install(peak_tflops=peak_tflops, gpu=gpu, causal=causal,
-                    training_module=training_module, out=out, count_flops=count_flops,
-                    strict=strict, tolerance=tolerance, conventions=conventions)
+from .args import padded_vocab_size, shapes_from_args
+from .calculator import throughput_calculator
+from .hook import install, uninstall
 
-
-def uninstall() -> None:
-    """Remove the runtime hook; see :func:`megatron_flops.megatron.hook.uninstall`."""
-    from .hook import uninstall as _uninstall
-    _uninstall()
+__all__ = ["install", "padded_vocab_size", "shapes_from_args", "throughput_calculator",
+           "uninstall"]

@@ -11,6 +11,8 @@ from typing import Dict, List, Tuple
 
 from .attribute import NORMS_SCOPE, scope_name
 
+__all__ = ["install_scopes"]
+
 
 def module_components(gpt) -> Dict[object, Tuple[Tuple[str, int], ...]]:
     """Each matmul-running leaf module of ``gpt`` -> ((component, output columns), ...).

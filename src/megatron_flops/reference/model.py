@@ -35,6 +35,8 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ShapeError
 from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
 
+__all__ = ["ReferenceGPT"]
+
 INIT_STD = 0.02
 
 

@@ -42,6 +42,8 @@ from ..memory import check_training_step_fits
 from ..shapes import NO_RECOMPUTE, ModelShape, Recompute, ShapeError
 from .model import CARRIES, ReferenceGPT
 
+__all__ = ["VerifyResult", "count_flops", "verify"]
+
 PHASES = ("forward", "backward", "recompute")
 UNATTRIBUTED = "unattributed"
 _TAG = "megatron_flops_unit"
