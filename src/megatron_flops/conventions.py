@@ -29,6 +29,7 @@ from .errors import UsageError
 from .flops import flops_breakdown, layer_kinds
 from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
 from .params import ParameterCount, layer_kind_parameters, parameter_count
+from .report import format_flops, format_optional, format_percent, table
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 
@@ -548,7 +549,6 @@ def conventions_with_headline(model: ModelShape, run, seconds_per_iteration: Opt
 
 def headline_line(head: Mapping[str, object], peak_source: str) -> str:
     """``NAME would report: X TFLOP/s per GPU, MFU Y (±Z% vs exact; peak: …)``."""
-    from .report import format_optional, format_percent
     return (f"{head['convention']} would report: "
             f"{format_optional(head['tflops_per_gpu'], '.2f')} TFLOP/s per GPU, MFU "
             f"{format_percent(head['mfu'])} ({100 * head['vs_exact']:+.1f}% vs exact; "
@@ -560,7 +560,6 @@ def conventions_table(results: Mapping[str, dict], peak_source: str = "",
     """The side-by-side table people read, from the JSON form (name -> ``to_dict()``):
     FLOPs per iteration, TFLOP/s per GPU, MFU (and the convention's own HFU).  Without
     ``with_rates`` (no time yet: the hook's start summary) only the FLOPs and vs exact."""
-    from .report import format_flops, format_optional, format_percent, table
     rows: List[List[str]] = []
     for name, r in results.items():
         util = format_percent(r["mfu"])

@@ -25,8 +25,10 @@ MFU against the BF16 peak says how it compares with a BF16 run of the same model
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from .components import ONCE, REGISTRY
 from .errors import UsageError
 from .flops import Breakdown
+from .hardware import peak_tflops
 from .shapes import ModelShape
 
 
@@ -84,7 +86,6 @@ def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
     the same work, so the share is the fraction of those layers outside the BF16 ones.  A
     component the registry does not know is counted BF16.
     """
-    from .components import ONCE, REGISTRY
     spec = REGISTRY.get(component)
     if not recipe.enabled or spec is None or component in ALWAYS_BF16:
         return 0.0
@@ -158,7 +159,6 @@ def fp8_report(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,
     hardware FLOPs for HFU).  ``mfu`` / ``hfu``: against the BF16 peak and against the mixed
     one (None without a time or a known peak).
     """
-    from .hardware import peak_tflops
     split = fp8_flops(breakdown, model, recipe)
     bf16 = peak_tflops(device, "bf16") if device else None
     fp8 = peak_tflops(device, "fp8") if device else None

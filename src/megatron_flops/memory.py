@@ -23,6 +23,8 @@ import os
 from typing import Optional
 
 from .errors import UsageError
+from .flops import layer_kinds
+from .params import parameter_count
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 GB = 1e9
@@ -57,8 +59,6 @@ def training_step_bytes(model: ModelShape, seq_length: int, batch_size: int = 1,
                         optimizer_values_per_parameter: int = 0) -> int:
     """A lower bound of the bytes one forward + backward holds at its peak (module docstring)."""
     import dataclasses
-    from .flops import layer_kinds
-    from .params import parameter_count
     if model.position_embedding == "learned" and model.max_position_embeddings is None:
         model = dataclasses.replace(model, max_position_embeddings=seq_length)
     s = seq_length

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from .. import __version__
 from .common import EXIT_OK, EXIT_USAGE, fail, run_guarded
 
 # name -> (module, function, one-line help)
@@ -56,7 +57,6 @@ def _dispatch(argv: List[str]) -> int:
         print("\n'megatron-flops COMMAND --help' describes a command's flags.")
         return EXIT_OK if argv else EXIT_USAGE
     if argv[0] in ("--version", "version"):
-        from .. import __version__
         print(__version__)
         return EXIT_OK
     name = argv[0]

@@ -6,6 +6,9 @@ import sys
 from typing import List, Sequence
 
 from ..errors import UsageError
+from ..logs.arguments import given_destinations
+from ..megatron.args import (add_megatron_arguments, check_flags, ignored_flags,
+                             megatron_argument_parser, parse_megatron_args, shapes_from_args)
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -31,7 +34,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from ..megatron.args import add_megatron_arguments
     # "resolve": a command may define a Megatron flag for itself (the demo's --deepspeed)
     parser = Parser(prog=f"megatron-flops {prog}", description=description, allow_abbrev=False,
                     conflict_handler="resolve")
@@ -41,7 +43,6 @@ def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
     """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
-    from ..megatron.args import check_flags, parse_megatron_args, shapes_from_args
     args, unknown = parse_megatron_args(argv, parser)
     report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
     model, run = shapes_from_args(args)  # before printing: an error stays one line
@@ -54,7 +55,6 @@ def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool 
 def print_flag_report(report, unknown: List[str]) -> None:
     """The flag catalogue's lines on stderr, then the stray words (not flags, not the pasted
     script) that were ignored, said once."""
-    from ..megatron.args import ignored_flags
     for line in report.lines():
         print(line, file=sys.stderr)
     stray = [u for u in unknown if not u.startswith("-")]
@@ -67,8 +67,6 @@ def parse_flags_over_log(parser: argparse.ArgumentParser, argv: List[str]):
     arguments dump: the flags parsed, no shape derived yet; ``given``: the ``dest`` of every
     Megatron flag actually typed (they override the dump); ``report``: the flag catalogue's
     note on the ``unknown`` flags (unsupported ones raise), for the caller to print."""
-    from ..logs.arguments import given_destinations
-    from ..megatron.args import check_flags, megatron_argument_parser, parse_megatron_args
     args, unknown = parse_megatron_args(argv, parser)
     megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
     given = given_destinations(parser, argv) & (megatron - {"strict_flags"})

@@ -6,6 +6,10 @@ import os
 import sys
 from typing import List
 
+from ..hardware import resolve_peak
+from ..logs import compare as work
+from ..logs.console import FORKS
+from ..report import describe_model, format_percent, parse_fraction
 from .common import (EXIT_MISMATCH, EXIT_OK, UsageError, add_peak_arguments, command_parser,
                      parse_command)
 
@@ -19,9 +23,6 @@ DESCRIPTION = (
 
 
 def compare_main(argv: List[str]) -> int:
-    from ..logs import compare as work
-    from ..logs.console import FORKS
-    from ..report import format_percent, parse_fraction
     parser = command_parser("compare", DESCRIPTION)
     parser.add_argument("baseline", metavar="BASELINE", help="relog --json output, console log "
                         "or TensorBoard run of the reference run")
@@ -65,7 +66,6 @@ def compare_main(argv: List[str]) -> int:
         raise UsageError("give CANDIDATE to compare with BASELINE, or --min-mfu to check one run")
     peak = None
     if run is not None:
-        from ..hardware import resolve_peak
         peak = resolve_peak(args.gpu, run.dtype, args.peak_tflops)
 
     def load(path):
@@ -98,7 +98,6 @@ def compare_main(argv: List[str]) -> int:
                           "failed": failed}))
         return EXIT_MISMATCH if failed else EXIT_OK
     if args.markdown:
-        from ..report import describe_model
         print(work.markdown_table(runs, "n/a" if model is None else describe_model(model),
                                   "n/a" if run is None else run.dtype,
                                   "n/a" if run is None else run.recompute.label))

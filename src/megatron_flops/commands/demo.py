@@ -6,7 +6,10 @@ import time
 from typing import List
 
 from ..demo.config import ATTENTION_KINDS, DEFAULTS, DemoConfig, launcher_rank, launcher_world_size
-from .common import Parser, UsageError, add_peak_arguments, parse_command, positive
+from ..demo.corpus import BYTE_VOCAB_SIZE
+from ..demo.train import run_demo
+from ..megatron.args import add_megatron_arguments
+from .common import Parser, UsageError, add_peak_arguments, parse_command, positive, run_guarded
 
 SHAPE_DEFAULTS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
                   "micro_batch_size", "vocab_size")
@@ -35,7 +38,6 @@ class DemoParser(Parser):
 
 
 def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
-    from ..megatron.args import add_megatron_arguments
     parser = DemoParser(prog="megatron-flops demo", allow_abbrev=False, conflict_handler="resolve",
                         description="Train the reference GPT on bytes of text with live, exact "
                                     "throughput (samples/s, tokens/s, TFLOP/s per device, MFU, HFU).")
@@ -98,7 +100,6 @@ def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
 
 def parse_demo_config(argv: List[str]) -> DemoConfig:
     """The demo's flags, read once, for the processes the launcher started."""
-    from ..demo.corpus import BYTE_VOCAB_SIZE
     world_size = launcher_world_size()
     quiet = launcher_rank() != world_size - 1  # the last rank speaks, as in Megatron
     args, model, run = parse_command(demo_parser(world_size), argv, quiet=quiet)
@@ -118,12 +119,10 @@ def demo_main(argv: List[str]) -> int:
     # every flag (and a --deepspeed_config file) is checked before DeepSpeed is imported or
     # a process group started, so bad input exits 2 at once on every rank
     config = parse_demo_config(argv)
-    from ..demo.train import run_demo
     return run_demo(config, started)
 
 
 def main(argv=None) -> int:
     """``python -m megatron_flops.demo``."""
     import sys
-    from .common import run_guarded
     return run_guarded(demo_main, sys.argv[1:] if argv is None else argv)

@@ -4,6 +4,15 @@ import json
 import sys
 from typing import List
 
+from ..conventions import conventions_table, conventions_with_headline, headline_line
+from ..fp8 import Fp8Recipe, fp8_report
+from ..hardware import implausible_utilisation_warning, resolve_peak
+from ..legacy import legacy_error, legacy_tflops_for_shapes
+from ..megatron.args import world_size_note
+from ..meter import ThroughputMeter
+from ..params import parameter_count
+from ..planning import iteration_breakdown, training_time
+from ..report import format_optional, format_percent, gpus, summary_lines
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_command, positive)
 
@@ -11,11 +20,6 @@ from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arg
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
               tflops_per_gpu, convention=None, fp8=None, world_size_assumed=False):
     """(the JSON object, the breakdown, the parameter count): the table reuses the last two."""
-    from ..hardware import resolve_peak
-    from ..legacy import legacy_error, legacy_tflops_for_shapes
-    from ..meter import ThroughputMeter
-    from ..params import parameter_count
-    from ..planning import iteration_breakdown, training_time
 
     breakdown = iteration_breakdown(model, run, causal)
     params = parameter_count(model)
@@ -61,13 +65,10 @@ def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tok
 def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, convention, fp8,
                      world_size_assumed) -> None:
     """``conventions`` (always), ``headline``, ``fp8`` and ``warnings``: the core computes."""
-    from ..conventions import conventions_with_headline
-    from ..hardware import implausible_utilisation_warning
     result["conventions"], result["headline"] = conventions_with_headline(
         model, run, seconds, peak.tflops, convention)
     t = result["throughput"]
     if fp8 is not None and fp8.enabled:
-        from ..fp8 import fp8_report
         result["fp8"] = fp8_report(breakdown, model, fp8, gpu,
                                    t and t["tflops_per_gpu"]["model"],
                                    t and t["tflops_per_gpu"]["hardware"])
@@ -77,8 +78,6 @@ def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, conventi
 
 
 def _print_conventions(result: dict, show_table: bool) -> None:
-    from ..conventions import conventions_table, headline_line
-    from ..report import format_optional, format_percent
     peak = result["peak"]["source"]
     head = result.get("headline")
     if head is not None:
@@ -97,7 +96,6 @@ def _print_conventions(result: dict, show_table: bool) -> None:
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
                     world_note: str = "") -> None:
-    from ..report import format_percent, gpus, summary_lines
     for line in summary_lines(model, run, breakdown, params):
         print(line)
     if world_note:
@@ -143,8 +141,6 @@ def estimate_main(argv: List[str]) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_convention_arguments(parser)
     args, model, run = parse_command(parser, argv)
-    from ..fp8 import Fp8Recipe
-    from ..megatron.args import world_size_note
     world_size_source = getattr(args, "_world_size_source", "--world-size")
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
                                           args.peak_tflops, args.causal, args.train_tokens,

@@ -6,6 +6,7 @@ from typing import List
 
 from ..demo.peak import (CPU_SIZES, CUDA_SIZES, DTYPES, cache_file, check_device,
                          measure_matmul_tflops, remember)
+from ..hardware import peak_tflops
 from .common import EXIT_OK, Parser, positive
 
 
@@ -28,7 +29,6 @@ def peak_main(argv: List[str]) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args(argv)
     import torch
-    from ..hardware import peak_tflops
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)
     if args.threads:

@@ -8,6 +8,13 @@ import json
 import sys
 from typing import List
 
+from ..hardware import resolve_peak
+from ..logs.segments import segment_from_log
+from ..megatron.args import shapes_from_args
+from ..profile.attribute import attribute
+from ..profile.plot import write_png
+from ..profile.report import profile_dict, table_lines
+from ..profile.trace import load_trace
 from .common import (EXIT_OK, UsageError, add_peak_arguments, command_parser,
                      parse_flags_over_log, print_flag_report)
 
@@ -20,8 +27,6 @@ def _shapes(parser, argv: List[str]):
     the log's arguments dump with the flags typed laid over it (``segment``: where each value
     came from; None without a log).  Nothing is printed before the shapes are settled, so an
     error stays one line."""
-    from ..logs.segments import segment_from_log
-    from ..megatron.args import shapes_from_args
     args, given, report, unknown = parse_flags_over_log(parser, argv)
     segment = None
     if args.arguments_from is None:
@@ -57,15 +62,10 @@ def profile_main(argv: List[str]) -> int:
                              "of one run's logs); flags typed here override it")
     add_peak_arguments(parser)
     args, model, run, segment = _shapes(parser, argv)
-    from ..hardware import resolve_peak
-    from ..profile.attribute import attribute
-    from ..profile.report import profile_dict, table_lines
-    from ..profile.trace import load_trace
     trace = load_trace(args.trace)
     peak = resolve_peak(args.gpu or trace.device_name(), run.dtype, args.peak_tflops)
     profile = attribute(trace, model, run, args.steps, peak.tflops, peak.source)
     if args.png:
-        from ..profile.plot import write_png
         write_png(profile, args.png)
     if args.json:
         result = profile_dict(profile)

@@ -15,6 +15,14 @@ import os
 import sys
 from typing import List, TextIO
 
+from ..conventions import convention
+from ..hardware import resolve_peak
+from ..logs import outputs
+from ..logs.console import FORKS, ParseStats
+from ..logs.relog import relog_run
+from ..logs.summary import Summary
+from ..megatron.args import ignored_flags
+from ..report import describe_model, gpus
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_flags_over_log, positive, print_flag_report)
 
@@ -59,7 +67,6 @@ def _check_outputs(args) -> None:
 
 def _parse(parser, argv: List[str]):
     """(args, the Megatron flags typed): the shapes wait for the log's arguments dump."""
-    from ..megatron.args import ignored_flags
     args, given, report, unknown = parse_flags_over_log(parser, argv)
     # the flag catalogue, as every command reads it: unsupported ones are an error
     print_flag_report(report, unknown)
@@ -70,7 +77,6 @@ def _parse(parser, argv: List[str]):
 
 
 def relog_main(argv: List[str]) -> int:
-    from ..logs.console import FORKS
     parser = command_parser(
         "relog", "Recompute the true TFLOP/s per GPU, MFU and HFU of every interval a "
         "Megatron-DeepSpeed or NVIDIA Megatron-LM run logged (console logs, Megatron-LM's "
@@ -102,7 +108,6 @@ def relog_main(argv: List[str]) -> int:
     add_convention_arguments(parser)
     args, given = _parse(parser, argv)
     if args.convention is not None:
-        from ..conventions import convention
         convention(args.convention)   # an unknown name fails before the log is read
     # a pasted command line's script (pretrain_gpt.py) is not a log
     scripts = [path for path in args.paths if path.endswith(".py")]
@@ -121,12 +126,6 @@ def relog_main(argv: List[str]) -> int:
 
 
 def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
-    from ..hardware import resolve_peak
-    from ..logs import outputs
-    from ..logs.console import ParseStats
-    from ..logs.relog import relog_run
-    from ..logs.summary import Summary
-    from ..report import describe_model, gpus
 
     fork = None if args.fork == "auto" else args.fork
     stats = ParseStats()

@@ -9,12 +9,12 @@ import json
 import sys
 from typing import List
 
+from ..report import describe_model, table
 from .common import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
 
 
 def _text(result, model, recompute) -> str:
     from ..reference.verify import PHASES
-    from ..report import describe_model, table
     rows = []
     for r in result.rows:
         rows.append([r.name] + [f"{r.counted[p]:,}" for p in PHASES]

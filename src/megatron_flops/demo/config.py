@@ -13,6 +13,7 @@ from typing import Optional
 from ..errors import ShapeError, UsageError
 from ..shapes import ModelShape, RunShape
 from .corpus import BYTE_VOCAB_SIZE
+from .peak import check_device
 
 # Sized so that the default run takes well under a minute on two CPU cores and the loss
 # visibly falls (about 4.1 -> 1.95 nats per byte on the default corpus; ln 256 = 5.5).
@@ -111,7 +112,6 @@ def check_demo_config(c: DemoConfig) -> None:
         raise UsageError(f"--profile-start must be at least 2 (one warm-up iteration is "
                          f"not profiled), got {c.profile_start}")
     if c.device is not None:
-        from .peak import check_device
         check_device(c.device)
     if c.deepspeed_config is not None and not c.deepspeed:
         raise UsageError("--deepspeed_config needs --deepspeed")

@@ -13,6 +13,10 @@ import time
 from typing import Dict, Optional
 
 from ..errors import UsageError
+from ..profile.attribute import attribute
+from ..profile.plot import write_png
+from ..profile.report import table_lines
+from ..profile.trace import load_trace
 from .session import Session
 
 
@@ -71,8 +75,6 @@ class DemoProfiler:
 
     def analyse(self):
         """The trace joined with the run's breakdown (a :class:`~megatron_flops.profile.attribute.Profile`)."""
-        from ..profile.attribute import attribute
-        from ..profile.trace import load_trace
         config = self.session.config
         return attribute(load_trace(self.path), config.model, config.run,
                          peak_tflops=self.session.peak_tflops,
@@ -88,7 +90,6 @@ class DemoProfiler:
             return
         if not self.session.dist.is_last_rank:
             return
-        from ..profile.report import table_lines
         profile = self.analyse()
         say("")
         say(f"profile of iterations {self.iterations.start}-{self.iterations.stop - 1} "
@@ -98,7 +99,6 @@ class DemoProfiler:
             say(line)
         png = os.path.splitext(self.path)[0] + ".png"
         try:
-            from ..profile.plot import write_png
             write_png(profile, png)
             say(f"picture: {png}")
         except UsageError as error:

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..errors import UsageError
+from ..hardware import resolve_peak
+from ..meter import ThroughputMeter
+from ..planning import iteration_breakdown
 from .config import DemoConfig
+from .corpus import load_corpus
 from .distributed import Distributed
+from .peak import cache_file, quick_peak, remember
 
 
 def lr_factor(iteration: int, warmup_iters: int, decay_iters: int, min_ratio: float) -> float:
@@ -72,9 +77,6 @@ class Session:
 
 def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session:
     import torch
-    from ..planning import iteration_breakdown
-    from ..meter import ThroughputMeter
-    from .corpus import load_corpus
 
     model, run = config.model, config.run
     cuda = device.startswith("cuda")
@@ -230,7 +232,6 @@ def loss_module(gpt):
 def choose_peak(config: DemoConfig, device: str, dist: Distributed):
     """(tflops or None, source text, measured?): --peak-tflops, --gpu, the GPU's datasheet,
     or a measurement of this device (see :func:`measure_peak`)."""
-    from ..hardware import resolve_peak
     dtype = config.run.dtype
     if config.peak_tflops is not None or config.gpu is not None:
         peak = resolve_peak(config.gpu, dtype, config.peak_tflops)
@@ -246,7 +247,6 @@ def choose_peak(config: DemoConfig, device: str, dist: Distributed):
 def measure_peak(dtype: str, device: str, dist: Distributed):
     """(tflops, source): about a second of matmuls now, on every rank at once, against the
     best rate this machine has shown before (a cache); the mean over ranks."""
-    from .peak import cache_file, quick_peak, remember
     dist.barrier()  # every rank measures at once: each gets its share of a shared CPU
     measured = quick_peak("cuda" if device.startswith("cuda") else "cpu", dtype)
     tflops = dist.mean(remember(measured))

@@ -32,9 +32,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import sinks
 from ..errors import UsageError
+from ..hardware import implausible_utilisation_warning
+from ..legacy import legacy_error, legacy_tflops_for_shapes
+from ..params import parameter_count
+from ..report import format_count, format_percent, summary_lines
 from .config import DemoConfig
 from .distributed import Distributed
+from .profiling import DemoProfiler
 from .session import Session, build_session, measure_peak
 
 EXIT_OK = 0
@@ -95,7 +101,6 @@ def train(session: Session, started: float) -> int:
     print_start(session)
     profiler = None
     if config.profile:
-        from .profiling import DemoProfiler
         profiler = DemoProfiler(session)
     session.train_model.train()
     session.synchronize()
@@ -124,8 +129,6 @@ def train(session: Session, started: float) -> int:
 
 def print_start(session: Session) -> None:
     import torch
-    from ..params import parameter_count
-    from ..report import summary_lines
     config, say = session.config, session.say
     params = parameter_count(config.model)
     for line in summary_lines(config.model, config.run, session.breakdown, params):
@@ -217,7 +220,6 @@ def utilisation_warning(session: Session, report) -> Optional[str]:
     """The shared MFU/HFU-above-100 % warning (``hardware.implausible_utilisation_warning``)
     with the demo's way to a better peak.  A measured peak is the run's own dtype, so the
     dtype cause (a datasheet peak of another dtype) is named only for a given peak."""
-    from ..hardware import implausible_utilisation_warning
     settings = ("--peak-tflops, or measure it on a quiet machine (`megatron-flops peak`)"
                 + ("; a measured peak is measured again at the end" if session.peak_measured
                    else ""))
@@ -239,7 +241,6 @@ def warn_low_peak(session: Session, progress: Progress, report) -> None:
 def write_interval(session: Session, report, iteration: int, batch_size: int,
                    elapsed: float, loss: float) -> None:
     """The interval's console line, TensorBoard scalars and W&B keys (last rank only)."""
-    from .. import sinks
     meter, lr, train_iters = session.meter, session.learning_rate(), session.config.train_iters
     prefix = (("consumed samples", f"{meter.consumed_samples:12d}"),
               ("elapsed time per iteration (ms)", f"{1000.0 * elapsed / report.iterations:.1f}"),
@@ -261,8 +262,6 @@ def write_interval(session: Session, report, iteration: int, batch_size: int,
 
 
 def print_summary(session: Session, progress: Progress, started: float) -> int:
-    from ..legacy import legacy_error, legacy_tflops_for_shapes
-    from ..report import format_count, format_percent
     config, say, meter = session.config, session.say, session.meter
     summary_meter = session.summary_meter
     if session.peak_measured:

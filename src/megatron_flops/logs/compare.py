@@ -27,6 +27,9 @@ import statistics
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from ..errors import UsageError
+from ..report import format_percent, table
+from .console import ParseStats
+from .relog import relog_run
 
 METRICS = ("tokens_per_second_per_gpu", "model_tflops_per_gpu", "hardware_tflops_per_gpu",
            "mfu", "hfu")
@@ -207,7 +210,6 @@ def run_line(run: RunSummary) -> str:
 
 
 def comparison_lines(result: Comparison) -> List[str]:
-    from ..report import format_percent, table
     rows = []
     for name in METRICS:
         change = result.changes[name]
@@ -256,8 +258,6 @@ def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] =
     relog's compute (:func:`~.relog.relog_run`: restarts and re-shapes included) with the model
     flags in ``args`` (a parsed namespace; every flag set there counts as typed, the log's
     arguments dump fills the rest): ``(interval records, notes)``."""
-    from .console import ParseStats
-    from .relog import relog_run
     stats = ParseStats()
     given = {name for name, value in vars(args).items()
              if value is not None and not name.startswith("_")}

@@ -33,6 +33,7 @@ over them are :class:`~.summary.Summary`, the drivers (records of files in, inte
 import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from ..conventions import MEGATRON_LM_DISTINCT_ERAS, RunFacts, convention
 from ..errors import UsageError
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..meter import ThroughputMeter, ThroughputReport
@@ -214,7 +215,6 @@ class Relogger:
             if len(self._formula_at_one_second) > 4096:
                 self._formula_at_one_second.clear()
             if fork.startswith(MEGATRON_LM):
-                from ..conventions import RunFacts, convention
                 facts = RunFacts(self.model, batch, seq_length, self.run.recompute,
                                  self.run.pipeline_model_parallel_size)
                 at_one_second = (convention(fork).flops(facts) / (self.run.world_size * 1e12))
@@ -315,7 +315,6 @@ class Relogger:
         """Which eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS)
         reproduce this logged figure: ``megatron_lm_era_matches`` counts per era over the
         ``megatron_lm_era_checks`` lines checked."""
-        from ..conventions import MEGATRON_LM_DISTINCT_ERAS
         self.megatron_lm_era_checks += 1
         for era in MEGATRON_LM_DISTINCT_ERAS:
             if reproduces(logged, self._fork_formula(era, batch, seq_length, seconds)):
@@ -323,7 +322,6 @@ class Relogger:
 
     def megatron_lm_eras_reproducing(self) -> List[str]:
         """The eras whose formula reproduced every checked Megatron-LM line."""
-        from ..conventions import MEGATRON_LM_DISTINCT_ERAS
         checks = self.megatron_lm_era_checks
         return [era for era in MEGATRON_LM_DISTINCT_ERAS
                 if checks and self.megatron_lm_era_matches.get(era) == checks]

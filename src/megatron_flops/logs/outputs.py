@@ -18,9 +18,12 @@ import math
 from array import array
 from typing import List, Optional, TextIO
 
+from ..conventions import conventions_table, headline_line
 from ..report import format_optional as _number
 from ..report import format_percent
+from ..sinks import write_tensorboard
 from .intervals import Interval
+from .tensorboard import EventWriter
 
 
 TABLE_HEADER = ("iteration", "batch", "seq", "s/iter", "logged TFLOPs", "model TFLOP/s",
@@ -106,7 +109,6 @@ LOGGED_ERROR_TAG = "relog/logged_tflops_error"
 
 def write_interval_tensorboard(writer, interval: Interval) -> None:
     """The hook's tags (through sinks.write_tensorboard), plus the logged figure and error."""
-    from ..sinks import write_tensorboard
     r = interval.record
     write_tensorboard(writer, interval.report, r.iteration, r.consumed_samples,
                       r.consumed_tokens)
@@ -120,7 +122,6 @@ class TensorBoardOutput:
     """A new TensorBoard run in ``directory`` (needs the ``tensorboard`` extra)."""
 
     def __init__(self, directory: str):
-        from .tensorboard import EventWriter
         self._writer = EventWriter(directory)
 
     def add(self, interval: Interval) -> None:
@@ -307,7 +308,6 @@ def summary_lines(summary: dict) -> List[str]:
 def convention_lines(summary: dict, show_table: bool) -> List[str]:
     """The summary's ``headline`` convention (when one was asked for) as one line, and with
     ``show_table`` the side-by-side table of every convention (:mod:`megatron_flops.conventions`)."""
-    from ..conventions import conventions_table, headline_line
     peak = summary["peak"]["source"]
     lines = []
     if summary["headline"] is None and not show_table:

@@ -7,7 +7,9 @@ import os
 from typing import Iterable, Iterator, List, Optional
 
 from ..errors import UsageError
-from .console import LogRecord, ParseStats, open_log, parse_console_log
+from .console import _ANCHOR, LogRecord, ParseStats, open_log, parse_console_log
+from .progress import is_progress_line, parse_progress
+from .tensorboard import find_runs, is_event_file, read_tensorboard_run
 
 
 def read_records(path: str, stats: ParseStats, fork: Optional[str] = None
@@ -15,7 +17,6 @@ def read_records(path: str, stats: ParseStats, fork: Optional[str] = None
     """The records of a console log (``-`` is stdin) or a TensorBoard run directory / event
     file, streaming; ``stats`` is updated as they go.  Raises ValueError for a TensorBoard
     run without the ``tensorboard`` extra or without the iteration-time tags."""
-    from .tensorboard import is_event_file, read_tensorboard_run
     if path != "-" and (os.path.isdir(path) or is_event_file(path)):
         try:
             yield from read_tensorboard_run(path, stats, fork)
@@ -28,7 +29,6 @@ def read_records(path: str, stats: ParseStats, fork: Optional[str] = None
 
 def _console_or_progress(stream, stats: ParseStats, fork: Optional[str]) -> Iterator[LogRecord]:
     """A console log, or Megatron-LM's progress.txt (told by its first line)."""
-    from .progress import is_progress_line, parse_progress
     first = stream.readline()
     lines = itertools.chain((first,) if first else (), stream)
     if is_progress_line(first):
@@ -39,7 +39,6 @@ def _console_or_progress(stream, stats: ParseStats, fork: Optional[str]) -> Iter
 
 def first_iteration(path: str) -> Optional[int]:
     """The first logged iteration of a console log (read up to that line), else None."""
-    from .console import _ANCHOR
     with open_log(path) as stream:
         for line in stream:
             if "iteration" in line:
@@ -80,7 +79,6 @@ def console_logs(paths: Iterable[str]) -> List[str]:
 
 def is_tensorboard(path: str) -> bool:
     """A TensorBoard run directory (event files in it or below) or an event file."""
-    from .tensorboard import find_runs, is_event_file
     if path == "-":
         return False
     if os.path.isdir(path):

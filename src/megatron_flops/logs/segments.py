@@ -9,7 +9,8 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 from ..errors import UsageError
 from ..megatron.args import shapes_from_args
-from ..shapes import ModelShape, RunShape
+from ..megatron.flags import UNSUPPORTED
+from ..shapes import ModelShape, RunShape, ShapeError
 from . import arguments as dump_arguments
 from .console import LogRecord, ParseStats
 from .reading import read_run
@@ -96,7 +97,6 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
     padded vocab line) with the flags typed (``given``: their ``dest`` names) laid over it;
     the world size from ``--world-size``, else the dump, else the launcher's environment
     (``WORLD_SIZE``), else assumed (TP × PP, one replica) with a warning."""
-    from ..shapes import ShapeError
     given = set(given)
     environ = os.environ if environ is None else environ
     arguments = stats.arguments
@@ -117,7 +117,6 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
         else:
             namespace.world_size = None
             sources["world_size"] = ASSUMED
-    from ..megatron.flags import UNSUPPORTED
     for flag, value, why in dump_arguments.unsupported_features(arguments, UNSUPPORTED):
         raise ShapeError(f"not supported yet: {flag} (the log's arguments: {value}): {why}", flag)
     try:

@@ -4,11 +4,13 @@ summary object of ``relog`` (its keys are public: docs/relog.md)."""
 import math
 from typing import List, Optional, Tuple
 
+from ..conventions import convention, conventions_with_headline
 from ..errors import UsageError
 from ..hardware import implausible_utilisation_warning
 from .console import ParseStats
 from .intervals import LOGGED_COUNTS, Interval, Relogger, reproduces
 from .segments import ASSUMED, Segment
+
 
 class Summary:
     """Statistics over intervals (constant memory): ``add(interval)`` each, then ``as_dict``.
@@ -105,7 +107,6 @@ class Summary:
         convention reports for the last run shape's intervals, at their iteration-weighted
         mean — seconds per iteration = time / iterations, batch = samples / iterations,
         sequence length = tokens / samples (rounded) — on that shape's world size."""
-        from ..conventions import convention, conventions_with_headline
         if headline is not None:
             convention(headline)      # an unknown name is the caller's error, never swallowed
         iterations, seconds, samples, tokens = self._shape_totals

@@ -52,6 +52,7 @@ from ..flops import flops_breakdown
 from ..shapes import ModelShape, Recompute
 from ..reference.verify import (_TAG, PHASES, UNATTRIBUTED, ComponentFlopCounter, Row, _grad_fns,
                                 compare_rows)
+from ..report import table
 from .module_names import NameRule, Unit
 
 _SEEN = "megatron_flops_seen"
@@ -282,7 +283,6 @@ class CountResult(NamedTuple):
 
     def lines(self, tolerance: float = 0.0) -> List[str]:
         """The table and its verdict, said plainly."""
-        from ..report import table
         rows = []
         for r in self.rows:
             difference = r.counted_total - r.analytic_total

@@ -22,6 +22,9 @@ import sys
 from typing import List, Optional
 
 from ..errors import UsageError
+from ..report import parse_fraction
+from .hook import install
+from .hook.count_mode import CountSettings, count_iteration
 
 
 USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] [--count-flops[=ITERATION]] "
@@ -50,8 +53,6 @@ def split_command(argv: List[str]):
 def counting_options(argv: List[str]):
     """(install() keyword arguments, the rest of argv): our counting-mode options, taken from
     the options before the script (a launcher's ``--local_rank`` may come first)."""
-    from ..report import parse_fraction
-    from .hook.count_mode import count_iteration
     options, rest, position = {}, [], 0
     while position < len(argv) and argv[position].startswith("-"):
         option = argv[position]
@@ -82,12 +83,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         passed_on, script, script_args = split_command(rest)
         if not os.path.isfile(script):
             raise UsageError(f"megatron-flops run: no such script: {script}")
-        from .hook.count_mode import CountSettings
         CountSettings.resolve(**options)  # the environment's values too: exit 2 before the run
     except UsageError as error:   # a ShapeError too
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
-    from .hook import install
     install(**options)
     path = os.path.abspath(script)
     sys.argv = [script] + passed_on + script_args

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..components import component_names
 from ..flops import flops_breakdown
 from ..memory import check_training_step_fits
+from ..params import parameter_count
 from ..shapes import NO_RECOMPUTE, ModelShape, Recompute, ShapeError
 from .model import CARRIES, ReferenceGPT
 
@@ -235,7 +236,6 @@ def choose_meta(model: ModelShape, seq_length: int, batch_size: int = 1,
                 recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1) -> bool:
     """True when the shape is too large to run with real tensors in a few seconds on a CPU."""
     import dataclasses
-    from ..params import parameter_count
     if model.max_position_embeddings is None:
         model = dataclasses.replace(model, max_position_embeddings=seq_length)
     hardware = flops_breakdown(model, seq_length, batch_size, recompute,

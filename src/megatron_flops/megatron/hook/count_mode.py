@@ -28,6 +28,7 @@ from typing import Optional
 
 from ...errors import UsageError
 from ...report import parse_fraction
+from .. import calculator as calc
 from .base import PREFIX
 
 ENV_COUNT_FLOPS = "MEGATRON_FLOPS_COUNT_FLOPS"
@@ -127,7 +128,6 @@ class CountingMode:
 
     def _count(self, training, step, args, kwargs):
         try:
-            from .. import calculator as calc
             from ..counting import count_result, counted_step
             train_args = training.get_args()
             accounting = self.hook.accounts.for_args(train_args)

@@ -7,7 +7,11 @@ import re
 import sys
 from typing import Optional, Sequence, Type
 
+from ...conventions import conventions_for_run, conventions_table
 from ...hardware import implausible_utilisation_warning
+from ...params import parameter_count
+from ...planning import iteration_breakdown
+from ...report import summary_lines
 from .. import calculator as calc
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
 from .count_mode import CountingMode, CountSettings
@@ -31,7 +35,6 @@ def conventions_lines(model, run) -> list:
     framework's formula counts for one iteration of the run's shape, beside the exact count.
     No time is known yet, so FLOPs per iteration and vs exact only.  Never raises: a shape a
     convention cannot read is one line saying so (a monitoring hook never ends a run)."""
-    from ...conventions import conventions_for_run, conventions_table
     try:
         table = conventions_table(conventions_for_run(model, run), with_rates=False)
     except Exception as error:  # noqa: BLE001 - the training run goes on
@@ -229,9 +232,6 @@ class MegatronHook:
         rank, _ = rank_and_world()
         if rank != 0:
             return
-        from ...params import parameter_count
-        from ...planning import iteration_breakdown
-        from ...report import summary_lines
         strategy = self.strategy
         model, run = accounting.model, accounting.run
         breakdown = iteration_breakdown(model, run, accounting.causal)
