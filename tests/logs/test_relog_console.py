@@ -215,6 +215,36 @@ def test_time_taken_from_samples_per_second_when_finer(tmp_path, logfmt, capsys)
     assert interval["seconds_per_iteration"] == pytest.approx(seconds, rel=1e-6)
 
 
+@pytest.mark.parametrize("derived, source", [
+    (0.1249, "batch / samples per second"),   # 0.0049 from the printed 0.12: within half a unit
+    (0.1255, "elapsed time"),                 # 0.0055: beyond half a unit of the last digit
+])
+def test_samples_per_second_used_only_within_half_a_printed_unit(logfmt, derived, source):
+    """The printed '0.12' s stands for [0.115, 0.125]: its resolution is half a unit of its
+    last digit (0.005 s), and batch / samples-per-second replaces it only inside that."""
+    from megatron_flops.logs.console import parse_line
+    from megatron_flops.logs.intervals import interval_seconds
+    batch = 512
+    record = parse_line(logfmt.bigscience_line(10, 10 * batch, 10 * batch * 1024, 0.12, batch,
+                                               batch / derived, 99.0))
+    assert record.time_resolution_seconds == pytest.approx(0.005)
+    seconds, used = interval_seconds(record)
+    assert used == source
+    assert seconds == pytest.approx(derived if source != "elapsed time" else 0.12, rel=1e-5)
+
+
+def test_printed_time_kept_when_samples_per_second_is_coarser(logfmt):
+    """1234.5 ms is known to ±0.05 ms; 8 / 6.480 samples/s (3 decimals: ±0.0005) is 1.234568 s
+    known only to ±0.095 ms: it agrees, but it is the coarser of the two, so the printed time
+    stays (hand figures: 1.2346 × 0.0005 / 6.48 = 9.5e-5 s > 5e-5 s)."""
+    from megatron_flops.logs.console import parse_line
+    from megatron_flops.logs.intervals import interval_seconds
+    record = parse_line(logfmt.microsoft_line(40, 320, 320 * 128, 1.2345, 8, 6.48, 3.5,
+                                              actual_seqlen=128, world_size=2))
+    assert record.time_resolution_seconds == pytest.approx(0.05e-3)
+    assert interval_seconds(record) == (pytest.approx(1.2345), "elapsed time")
+
+
 def test_printed_time_kept_when_samples_per_second_disagrees(tmp_path, logfmt, capsys):
     line = logfmt.bigscience_line(10, 5120, 5120 * 1024, 2.0, 512, 100.0, 99.0)
     result = logfmt.run_cli(capsys, write(tmp_path, [line]), *MODEL_FLAGS, "--seq-length", 1024,

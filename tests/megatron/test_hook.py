@@ -445,6 +445,19 @@ def test_install_settings_belong_to_the_hook(runner, tools, monkeypatch):
         calculator.forget()
 
 
+def test_install_peak_wins_over_the_environment(runner, tools, monkeypatch):
+    """install(peak_tflops=…) is the script's own word: it beats MEGATRON_FLOPS_PEAK_TFLOPS
+    (and MEGATRON_FLOPS_GPU), which only fill in what install() leaves unset."""
+    from megatron_flops.megatron import hook
+    monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", "100")
+    monkeypatch.setenv("MEGATRON_FLOPS_GPU", "h100-sxm")
+    hook.install(peak_tflops=400)
+    out = runner.run(tools.fixture_dir("microsoft"), args_for(), causal=False)
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
+    mfu = [tools.field(line, "MFU (%)") for line in tools.log_lines(out)]
+    assert mfu == [f"{100 * exact / 400:.1f}"] * 2      # not exact / 100, not the H100's peak
+
+
 def test_install_rejects_a_non_positive_peak():
     from megatron_flops.megatron import hook
     with pytest.raises(ValueError, match="peak_tflops must be positive, got 0"):
