@@ -171,6 +171,19 @@ def test_full_recompute_counted_in_hardware_not_model(runner, tools):
     assert tools.field(line, "model TFLOP/s per gpu") == f"{model:.2f}"
 
 
+@pytest.mark.parametrize("fork", ["bigscience", "microsoft"])
+def test_skipped_iterations_are_counted(fork, runner, tools):
+    """An fp16-overflow iteration is skipped (no update) but its batch ran forward and
+    backward and was consumed: the interval's FLOPs count it like any other (iterations 1-3
+    with 2 skipped run at the same rate as 4-6)."""
+    out = runner.run(tools.fixture_dir(fork), args_for(extra=["--fake-skipped-iterations", "2"]))
+    lines = tools.log_lines(out)
+    assert [tools.field(line, "number of skipped iterations").strip() for line in lines] \
+        == ["1", "0"]
+    exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)  # batch 2, 1 GPU
+    assert [tools.field(line, "hardware TFLOP/s per gpu") for line in lines] == [f"{exact:.2f}"] * 2
+
+
 def test_peak_override_gives_mfu(runner, tools, monkeypatch):
     monkeypatch.setenv("MEGATRON_FLOPS_PEAK_TFLOPS", "500")
     out = runner.run(tools.fixture_dir("microsoft"), args_for())
