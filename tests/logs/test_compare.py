@@ -243,3 +243,21 @@ def test_tensorboard_run_reads_like_its_console_log(tmp_path, logfmt, capsys):
     assert result["baseline"]["metrics"]["model_tflops_per_gpu"]["median"] == pytest.approx(
         expected_median_tflops(logfmt, seconds[1:]), rel=1e-3)
     assert result["change"] == pytest.approx(0.0, abs=2e-3)  # the log's times are rounded
+
+
+@pytest.mark.parametrize("candidate_median, regressed", [
+    (120.0, False),     # exactly 6.25 % below 128: at the threshold, not beyond it
+    (119.99, True),     # beyond it
+])
+def test_a_run_exactly_at_the_threshold_passes(candidate_median, regressed):
+    """"More than --threshold below" fails; exactly at it passes.  128 → 120 is −1/16, and
+    1/16 = 0.0625 is exact in binary, so the boundary is not blurred by rounding."""
+    from megatron_flops.logs.compare import METRICS, RunSummary, Spread, compare
+
+    def summary(median):
+        spread = Spread(median, median, median, 10)
+        return RunSummary("run.log", 10, 0, 10, 100, {name: spread for name in METRICS}, 8)
+
+    result = compare(summary(128.0), summary(candidate_median), threshold=0.0625)
+    assert result.change == pytest.approx(candidate_median / 128.0 - 1.0, abs=0)
+    assert result.regressed is regressed
