@@ -77,6 +77,29 @@ def test_mtp_by_hand():
     assert b["query"].forward == base["query"].forward * 6 // 4
 
 
+@pytest.mark.parametrize("glu", [None, "swiglu"])
+def test_shared_experts_by_hand(glu):
+    # h 8, layers (0, 1, 1, 0): 2 MoE layers, fs 12 (the total of the shared experts), s 4,
+    # B 3: per MoE layer and token, up 2·h·fs, a GLU's gate as much again, down 2·fs·h; the
+    # dense layers have none; the routed experts (f_e 6, top-2 of 4) are apart from them
+    model = ModelShape(**SMALL, glu_activation=glu, num_experts=4, moe_topk=2,
+                       moe_layer_freq=(0, 1, 1, 0), moe_ffn_hidden_size=6,
+                       moe_shared_expert_intermediate_size=12)
+    b = flops_breakdown(model, 4, 3)
+    tokens, moe_layers, h, fs = 3 * 4, 2, 8, 12
+    assert b["shared_expert_up"].forward == moe_layers * tokens * 2 * h * fs
+    assert b["shared_expert_down"].forward == moe_layers * tokens * 2 * fs * h
+    if glu:
+        assert b["shared_expert_gate"].forward == moe_layers * tokens * 2 * h * fs
+    else:
+        assert "shared_expert_gate" not in [component.name for component in b]
+    assert b["expert_down"].forward == moe_layers * tokens * 2 * (2 * 6 * h)  # top-2 × f_e 6
+    without = flops_breakdown(ModelShape(**SMALL, glu_activation=glu, num_experts=4, moe_topk=2,
+                                         moe_layer_freq=(0, 1, 1, 0), moe_ffn_hidden_size=6), 4, 3)
+    assert b.model_flops - without.model_flops == 3 * ((2 if glu else 1) + 1) * moe_layers * \
+        tokens * 2 * h * fs    # forward + backward (2 × forward) of the shared experts only
+
+
 # ---- sliding window and packed sequences: the causal convention ------------------------------
 
 def test_causal_window_counts_the_band_area():
