@@ -45,6 +45,7 @@ def check_line_arithmetic(row, flops_per_iteration, seq_length, world_size=1):
     assert number(row["hardware TFLOP/s per gpu"]) == pytest.approx(tflops, rel=rel)
 
 
+@pytest.mark.slow
 def test_default_shape_trains_and_reports(tmp_path, capsys):
     """The default demo, shortened to 40 iterations: exit 0, loss falls, every line complete
     and consistent, TensorBoard holds the throughput tags, the summary is printed."""

@@ -57,6 +57,15 @@ def runner(capsys):
     return ForkRunner(capsys)
 
 
+def pytest_collection_modifyitems(items):
+    """A test that trains a fixture fork (the ``runner`` fixture: a real training loop, the
+    tiny GPT through torch when torch is installed) is ``slow``: ``python -m pytest -q`` runs
+    it, the development fast path ``-m "not slow"`` does not."""
+    for item in items:
+        if "runner" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def checkout_copy(tmp_path):
     """A writable copy of a fixture checkout (for the patcher)."""

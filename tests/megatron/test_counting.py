@@ -327,6 +327,7 @@ def test_a_failure_of_the_counting_steps_aside_unless_strict(runner, capsys, mon
         assert "samples per second" in log_lines(out)[0]
 
 
+@pytest.mark.slow
 def test_runner_options_and_exit_status(tmp_path):
     import subprocess
     script = os.path.join(FIXTURES, "microsoft_fork", "pretrain_gpt.py")

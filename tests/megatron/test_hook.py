@@ -256,6 +256,7 @@ def test_install_twice_patches_once(runner, tools):
     assert line.count(" model TFLOP/s per gpu: ") == 1
 
 
+@pytest.mark.slow
 def test_run_module_under_launcher_style_arguments(tools, tmp_path):
     """`python -m megatron_flops.run --local_rank=0 pretrain_gpt.py ARGS` (DeepSpeed's
     launcher puts --local_rank first): the script gets it back, the hook is on."""

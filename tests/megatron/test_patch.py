@@ -161,6 +161,7 @@ def test_block_is_what_the_docs_describe():
     assert "install(training_module=__name__)" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fork", FORKS)
 def test_patched_checkout_trains_when_the_installed_megatron_flops_cannot_hook(fork, checkout_copy,
                                                                               tmp_path, tools):

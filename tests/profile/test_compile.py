@@ -28,6 +28,7 @@ SHAPE = ModelShape(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_si
 SEQ, MICRO = 16, 2
 
 
+@pytest.mark.slow
 def test_compiled_demo_is_counted_exactly_and_profiled_plainly(tmp_path, capsys):
     out_dir = tmp_path / "profile"
     code, out, err = run_demo(TINY + [
