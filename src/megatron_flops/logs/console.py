@@ -156,7 +156,7 @@ class ParseStats:
                 "malformed_line_numbers": list(self.malformed_lines)}
 
 
-class Malformed(ValueError):
+class Malformed(UsageError):
     """A line that has the anchor of an iteration line but cannot be trusted."""
 
 

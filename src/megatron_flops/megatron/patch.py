@@ -32,6 +32,8 @@ import os
 import re
 from typing import NamedTuple, Optional
 
+from ..errors import UsageError
+
 TRAINING = os.path.join("megatron", "training.py")
 MEGATRON_LM_TRAINING = os.path.join("megatron", "training", "training.py")  # NVIDIA Megatron-LM
 UTILS = os.path.join("megatron", "utils.py")
@@ -51,9 +53,9 @@ _HEADER_NO_EOL = _HEADER[:-1] + "; the file had no final newline)"
 
 
 
-class PatchError(ValueError):
+class PatchError(UsageError):
     """Bad input or a checkout that cannot be patched as asked; nothing was written.  (A
-    ValueError: the command prints its message as one line, exit code 2.)"""
+    UsageError: the command prints its message as one line, exit code 2.)"""
 
 
 _MICROSOFT_CALCULATOR = re.compile(
