@@ -232,6 +232,133 @@ _KEYS = ("consumed samples", "consumed tokens", _ELAPSED_SECONDS, _ELAPSED_MS,
 _FIELD = re.compile(r"\| (" + "|".join(re.escape(k) for k in _KEYS) + r"): *([^|]*)(?=\|)")
 
 
+def _general_fields(line: str, start: int, fields: list, line_number: int) -> bool:
+    """Fill ``fields`` from the `` key: value |`` fields after ``start`` (one regular-expression
+    pass in C); True when the elapsed time was printed in seconds.  Raises :class:`Malformed`."""
+    in_seconds = False
+    index = _INDEX
+    for key, value in _FIELD.findall(line, start):
+        entry = index.get(key)
+        try:
+            if entry is not None:
+                fields[entry[0]] = entry[1](value)
+            else:  # the elapsed time, in (s) or (ms)
+                seconds = float(value)
+                decimals = _decimals(value)
+                if key == _ELAPSED_MS:
+                    seconds /= 1000.0
+                    fields[-2] = 0.5e-3 * 10.0 ** -decimals
+                else:
+                    fields[-2] = 0.5 * 10.0 ** -decimals
+                    in_seconds = True
+                fields[_SECONDS_INDEX] = seconds
+        except ValueError:
+            raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
+    return in_seconds
+
+
+# A log repeats one line format (the same fields in the same order) millions of times.  The
+# first line of a format is read by the general pass above, and its format is learned as one
+# regular expression that matches exactly the lines whose fields are the same keys in the
+# same order (each field read by the general pass is matched by its key, every other field by
+# its text up to its first ":", a field without ":" by the absence of one): one C call then
+# gives every value, in the order the general pass would assign them, so the record is the
+# same.  A line that matches no learned format, or whose values do not convert, takes the
+# general pass (the same record, the same Malformed message).
+_MAX_FORMATS = 8          # tried in turn, the latest learned first
+_MAX_LEARNED = 256        # then no more are learned (a log of ever-new formats: general pass)
+# half a unit of the printed time's last digit, by decimals: seconds, milliseconds
+_RESOLUTION_S = tuple(0.5 * 10.0 ** -decimals for decimals in range(20))
+_RESOLUTION_MS = tuple(0.5e-3 * 10.0 ** -decimals for decimals in range(20))
+
+
+class _LineFormat(NamedTuple):
+    pattern: "re.Pattern"
+    indices: tuple        # the LogRecord field of each group but the time's, in line order
+    converters: tuple
+    time_group: int       # the elapsed time's group
+    in_seconds: bool      # printed in seconds (else ms)
+
+
+def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
+    """The format of ``line`` from ``start`` (the anchor's ``|``); None without exactly one
+    time field or with a field read twice (the general pass reads those lines)."""
+    parts, indices, converters = [], [], []
+    time_group, in_seconds = None, False
+    for segment in line[start + 1:].split("|")[:-1]:  # the text after the last "|": no field
+        colon = segment.find(":")
+        key = segment[1:colon] if colon > 0 and segment[0] == " " else None
+        if key == _ELAPSED_MS or key == _ELAPSED_SECONDS:
+            if time_group is not None:
+                return None
+            parts.append(" " + re.escape(key) + r": *([^|]*)")
+            time_group = len(indices)
+            in_seconds = key == _ELAPSED_SECONDS
+            indices.append(_SECONDS_INDEX)
+            converters.append(None)
+        elif key in _INDEX:
+            index, convert = _INDEX[key]
+            if index in indices:
+                return None
+            parts.append(" " + re.escape(key) + r": *([^|]*)")
+            indices.append(index)
+            converters.append(convert)
+        elif colon >= 0:   # a field not read: known by its text up to its first ":"
+            parts.append(re.escape(segment[:colon + 1]) + "[^|]*")
+        else:
+            parts.append("[^|:]*")
+    if time_group is None:
+        return None
+    del indices[time_group], converters[time_group]
+    pattern = re.compile(r"\|" + r"\|".join(parts) + r"\|[^|]*\Z")
+    return _LineFormat(pattern, tuple(indices), tuple(converters), time_group, in_seconds)
+
+
+_formats: List[_LineFormat] = []
+_learned = [0]
+
+
+def _learned_fields(line: str, start: int, fields: list) -> Optional[bool]:
+    """Fill ``fields`` by a learned format (True: the time was printed in seconds); None
+    when no format matches or a value does not convert (the general pass reads the line)."""
+    for line_format in _formats:
+        match = line_format.pattern.match(line, start)
+        if match is None:
+            continue
+        groups = list(match.groups())
+        value = groups.pop(line_format.time_group)
+        try:
+            seconds = float(value)
+            for index, convert, text in zip(line_format.indices, line_format.converters,
+                                            groups):
+                fields[index] = convert(text)
+        except ValueError:
+            return None
+        text = value.strip()
+        dot = text.find(".")
+        decimals = 0 if dot < 0 else len(text) - dot - 1
+        if line_format.in_seconds:
+            fields[-2] = (_RESOLUTION_S[decimals] if decimals < 20
+                          else 0.5 * 10.0 ** -decimals)
+        else:
+            seconds /= 1000.0
+            fields[-2] = (_RESOLUTION_MS[decimals] if decimals < 20
+                          else 0.5e-3 * 10.0 ** -decimals)
+        fields[_SECONDS_INDEX] = seconds
+        return line_format.in_seconds
+    return None
+
+
+def _learn(line: str, start: int) -> None:
+    if _learned[0] < _MAX_LEARNED:
+        learned = _learn_format(line, start)
+        if learned is not None:
+            _learned[0] += 1
+            if len(_formats) >= _MAX_FORMATS:
+                _formats.pop()
+            _formats.insert(0, learned)
+
+
 def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
                ) -> Optional[LogRecord]:
     """The record on ``line``; None when the line is not an iteration line.
@@ -249,25 +376,16 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
     fields[0] = line_number
     fields[2] = int(match.group(1))
     fields[3] = int(match.group(2))
-    in_seconds = False
-    index = _INDEX
-    for key, value in _FIELD.findall(line, match.end() - 1):
-        entry = index.get(key)
-        try:
-            if entry is not None:
-                fields[entry[0]] = entry[1](value)
-            else:  # the elapsed time, in (s) or (ms)
-                seconds = float(value)
-                decimals = _decimals(value)
-                if key == _ELAPSED_MS:
-                    seconds /= 1000.0
-                    fields[-2] = 0.5e-3 * 10.0 ** -decimals
-                else:
-                    fields[-2] = 0.5 * 10.0 ** -decimals
-                    in_seconds = True
-                fields[_SECONDS_INDEX] = seconds
-        except ValueError:
-            raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
+    start = match.end() - 1
+    in_seconds = _learned_fields(line, start, fields)
+    if in_seconds is None:
+        fields = list(_EMPTY)
+        fields[0] = line_number
+        fields[2] = int(match.group(1))
+        fields[3] = int(match.group(2))
+        in_seconds = _general_fields(line, start, fields, line_number)
+        if fields[_SECONDS_INDEX] is not None:
+            _learn(line, start)
     seconds = fields[_SECONDS_INDEX]
     if seconds is None:
         raise Malformed(f"line {line_number}: no elapsed time per iteration")

@@ -116,6 +116,9 @@ class Interval(NamedTuple):
         }
 
 
+_new_interval = tuple.__new__
+
+
 def interval_seconds(record: LogRecord) -> Tuple[float, str]:
     """(seconds per iteration, source): the finer of the printed time and batch / samples/s."""
     printed = record.seconds_per_iteration
@@ -234,16 +237,20 @@ class Relogger:
         """(iterations the logged time covers, their samples, where the batch came from)."""
         previous = self._previous
         logged = record.global_batch_size
-        length = self._interval_length()
+        length = self.log_interval or (self._step if self._lines >= 2 else None)
         if previous is not None:
             iterations = record.iteration - previous.iteration
+            consumed, before = record.consumed_samples, previous.consumed_samples
             if length is not None and iterations != length:
                 self.gaps += 1
-            elif (record.consumed_samples is not None and previous.consumed_samples is not None
-                    and record.consumed_samples > previous.consumed_samples):
-                samples = record.consumed_samples - previous.consumed_samples
-                low = min(filter(None, (previous.global_batch_size, logged)), default=None)
-                high = max(filter(None, (previous.global_batch_size, logged)), default=None)
+            elif consumed is not None and before is not None and consumed > before:
+                samples = consumed - before
+                # the range the two logged batch sizes allow (a batch printed as 0: none)
+                earlier = previous.global_batch_size
+                if earlier and logged:
+                    low, high = (earlier, logged) if earlier <= logged else (logged, earlier)
+                else:
+                    low = high = earlier or logged or None
                 if low is None or low * iterations <= samples <= high * iterations:
                     return iterations, samples, "consumed samples"
                 self.inconsistent_samples += 1
@@ -263,51 +270,71 @@ class Relogger:
 
     def add(self, record: LogRecord) -> Optional[Interval]:
         previous = self._previous
+        iteration = record.iteration
         if previous is not None:
-            if record.iteration == previous.iteration:
+            if iteration == previous.iteration:
                 self.duplicates += 1          # the same line printed twice (tee, two ranks)
                 return None
-            if record.iteration < previous.iteration:
+            if iteration < previous.iteration:
                 self.restarts += 1            # a resumed run: start over
                 previous = self._previous = None
         fork = self.fork or record.fork or self.default_fork
-        unreset, self._unreset = self._unreset, None
+        unreset = self._unreset
         startup = True
-        if record.iterations is not None:  # progress.txt: the record says its span
-            startup = record.job_start
-            iterations = record.iterations
-            samples, batch_source = self._samples_by_iteration(record.iteration, iterations)
-        elif unreset is not None and previous is unreset[0]:
-            iterations, samples, batch_source = self._after_first_iteration(record, *unreset)
-        elif fork == MEGATRON_LM and previous is None and self._first_iteration_line(record):
-            iterations, batch_source = 1, "logged batch size"
-            samples = record.global_batch_size or self.run.batch_size_at(0)
-            self._unreset = (record, samples)
-        else:
+        if unreset is None and record.iterations is None and (
+                fork != MEGATRON_LM or previous is not None):
+            # the common line: one log interval after the previous (or the first)
             startup = False
-            if record.iteration > 0:
-                self._step = math.gcd(self._step, record.iteration)
+            if iteration > 0:
+                self._step = math.gcd(self._step, iteration)
                 self._lines += 1
             iterations, samples, batch_source = self._batch(record)
+        else:
+            self._unreset = None
+            if record.iterations is not None:  # progress.txt: the record says its span
+                startup = record.job_start
+                iterations = record.iterations
+                samples, batch_source = self._samples_by_iteration(iteration, iterations)
+            elif unreset is not None and previous is unreset[0]:
+                iterations, samples, batch_source = self._after_first_iteration(record, *unreset)
+            elif fork == MEGATRON_LM and previous is None and self._first_iteration_line(record):
+                iterations, batch_source = 1, "logged batch size"
+                samples = record.global_batch_size or self.run.batch_size_at(0)
+                self._unreset = (record, samples)
+            else:
+                startup = False
+                if iteration > 0:
+                    self._step = math.gcd(self._step, iteration)
+                    self._lines += 1
+                iterations, samples, batch_source = self._batch(record)
         self._previous = record
-        seq_length = record.seq_length
-        seq_source = "actual seqlen" if record.actual_seqlen is not None else "curriculum seqlen"
-        if seq_length is None:
+        if record.actual_seqlen is not None:
+            seq_length, seq_source = record.actual_seqlen, "actual seqlen"
+        elif record.curriculum_seqlen is not None:
+            seq_length, seq_source = record.curriculum_seqlen, "curriculum seqlen"
+        else:
             seq_length, seq_source = self.run.seq_length, "--seq-length"
         seconds, time_source = interval_seconds(record)
-        self._meter.add_iterations(iterations, samples, seq_length)
-        report = self._meter.report(seconds * iterations)
+        report = self._meter.interval_report(iterations, samples, seq_length,
+                                             seconds * iterations)
         formula = None
+        logged = record.tflops
         if fork is not None:
             batch = record.global_batch_size or samples / iterations
-            formula = self._fork_formula(fork, batch, seq_length, seconds)
-            if fork == MEGATRON_LM and record.tflops is not None and math.isfinite(record.tflops):
-                self._check_megatron_lm_eras(record.tflops, batch, seq_length, seconds)
+            at_one_second = self._formula_at_one_second.get((fork, batch, seq_length))
+            formula = (at_one_second / seconds if at_one_second is not None
+                       else self._fork_formula(fork, batch, seq_length, seconds))
+            if fork == MEGATRON_LM and logged is not None and math.isfinite(logged):
+                self._check_megatron_lm_eras(logged, batch, seq_length, seconds)
         true_tflops = (report.model_tflops_per_gpu if LOGGED_COUNTS.get(fork) == "model"
                        else report.hardware_tflops_per_gpu)
-        error = legacy_error(record.tflops, true_tflops)
-        return Interval(record, iterations, samples / iterations, batch_source, seq_length,
-                        seq_source, seconds, time_source, report, formula, error, fork, startup)
+        if logged is None or not math.isfinite(logged) or not true_tflops > 0:
+            error = None
+        else:
+            error = logged / true_tflops - 1.0   # legacy_error, inline
+        return _new_interval(Interval, (
+            record, iterations, samples / iterations, batch_source, seq_length, seq_source,
+            seconds, time_source, report, formula, error, fork, startup))
 
     def _check_megatron_lm_eras(self, logged: float, batch: float, seq_length: int,
                                 seconds: float) -> None:
