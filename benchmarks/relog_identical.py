@@ -1,5 +1,6 @@
-"""Prove ``relog``'s output unchanged between two checkouts: run both on every console log in
-``tests/data/logs/`` (and any PATH given) in every output form, and diff byte for byte.
+"""Prove ``relog``'s output unchanged between two checkouts: run both on every log in
+``tests/data/logs/`` and ``tests/data/megatron_lm/`` (and any PATH given) in every output
+form, and diff byte for byte.
 
 For each log: the table (stdout and stderr), ``--json`` (stdout and stderr), and ``--csv``
 (the file), each with ``--gpu a100`` so MFU/HFU columns are filled.  ``--old`` is the other
@@ -48,9 +49,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="the other checkout's src folder")
     parser.add_argument("--new", default=os.path.join(ROOT, "src"))
-    parser.add_argument("paths", nargs="*", help="more logs (default: tests/data/logs/*.out)")
+    parser.add_argument("paths", nargs="*", help="more logs")
     args = parser.parse_args()
-    paths = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "logs", "*.out"))) + args.paths
+    data = os.path.join(ROOT, "tests", "data")
+    paths = sorted(glob.glob(os.path.join(data, "logs", "*.out"))
+                   + glob.glob(os.path.join(data, "megatron_lm", "**", "*.log"), recursive=True)
+                   + glob.glob(os.path.join(data, "megatron_lm", "progress.txt"))) + args.paths
     differences = 0
     compared = 0
     with tempfile.TemporaryDirectory(prefix="relog-identical-") as folder:

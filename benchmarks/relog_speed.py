@@ -22,12 +22,15 @@ CPU seconds, peak resident memory from ``wait4``):
 - ``table``: ``megatron-flops relog LOG`` (stdout to a file);
 - ``json``: ``megatron-flops relog LOG --json``.
 
-and prints each mode's time as a ratio to ``regex`` and to ``floor``.  ``--src`` points the
-relog children at another checkout's ``src`` (to measure the code before a change on the same
-log in the same run).
+and prints each mode's time as a ratio to ``regex`` and to ``floor`` (wall and CPU).
+``--old SRC`` adds ``table@old`` and ``json@old``: the same runs with another checkout's
+``src`` (the code before a change), interleaved in the same rounds on the same log.  The log
+is written by a child process, so that the parent's memory does not show in the children's
+peak (Linux's ``ru_maxrss`` starts from the forking process's).
 
     python benchmarks/relog_speed.py                    # 1 GiB, one round
-    python benchmarks/relog_speed.py --size-mb 256 --rounds 2 --src /path/to/old/src
+    mkdir -p /tmp/old && git archive 670dca7 src | tar -x -C /tmp/old
+    python benchmarks/relog_speed.py --size-mb 256 --rounds 2 --old /tmp/old/src
 """
 
 import argparse
@@ -169,6 +172,7 @@ def run_child(argv, env):
 
 
 def command(mode, path):
+    mode = mode.split("@")[0]
     if mode == "floor":
         return [sys.executable, "-c", FLOOR, path]
     if mode == "regex":
@@ -184,32 +188,51 @@ def main():
     parser.add_argument("--modes", default="floor,regex,table,json")
     parser.add_argument("--src", default=os.path.join(ROOT, "src"),
                         help="the megatron_flops source the relog children run")
+    parser.add_argument("--old", help="another checkout's src: adds table@old and json@old")
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--generate", nargs=2, metavar=("PATH", "BYTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate:
+        lines, size = generate(args.generate[0], int(args.generate[1]))
+        print(lines, size)
+        return
     modes = args.modes.split(",")
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(args.src)}
+    if args.old:
+        modes += [mode + "@old" for mode in ("table", "json") if mode in modes]
+    envs = {"": {**os.environ, "PYTHONPATH": os.path.abspath(args.src)}}
+    if args.old:
+        envs["old"] = {**os.environ, "PYTHONPATH": os.path.abspath(args.old)}
     times = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="relog-speed-") as folder:
         path = os.path.join(folder, "bloom-format.log")
         start = time.perf_counter()
-        lines, size = generate(path, int(args.size_mb * 2**20))
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--generate", path,
+                               str(int(args.size_mb * 2**20))], check=True,
+                              capture_output=True, text=True)
+        lines, size = map(int, done.stdout.split())
         print(f"generated {size / 2**20:.0f} MiB, {lines:,} lines in "
-              f"{time.perf_counter() - start:.1f} s; relog from {env['PYTHONPATH']}", flush=True)
+              f"{time.perf_counter() - start:.1f} s; relog from {envs['']['PYTHONPATH']}"
+              + (f", old from {envs['old']['PYTHONPATH']}" if args.old else ""), flush=True)
         for round_ in range(args.rounds):
             for mode in modes:
+                env = envs[mode.partition("@")[2]]
                 wall, cpu, rss, out = run_child(command(mode, path), env)
                 times[mode].append((wall, cpu, rss))
-                print(f"  round {round_ + 1} {mode:<6} {wall:7.1f} s wall {cpu:7.1f} s CPU "
+                print(f"  round {round_ + 1} {mode:<9} {wall:7.1f} s wall {cpu:7.1f} s CPU "
                       f"{lines / wall:11,.0f} lines/s  peak RSS {rss:6.1f} MiB  "
                       f"output {out / 2**20:.1f} MiB", flush=True)
     best = {mode: min(runs) for mode, runs in times.items()}
-    print("\nbest of the rounds (wall; CPU in brackets), ratios by wall time")
-    print("mode      wall s    CPU s   peak RSS MiB   × regex   × floor")
+    print(f"\nbest of {args.rounds} round(s) by wall time; ratios to regex and floor")
+    print("mode         wall s    CPU s  peak RSS MiB  ×regex wall  ×regex CPU  "
+          "×floor wall  ×floor CPU")
     for mode in modes:
         wall, cpu, rss = best[mode]
-        vs_regex = wall / best["regex"][0] if "regex" in best else float("nan")
-        vs_floor = wall / best["floor"][0] if "floor" in best else float("nan")
-        print(f"{mode:<6} {wall:9.1f} {cpu:8.1f} {rss:14.1f} {vs_regex:9.2f} {vs_floor:9.2f}")
+        ratios = []
+        for base in ("regex", "floor"):
+            for position, value in ((0, wall), (1, cpu)):
+                ratios.append(value / best[base][position] if base in best else float("nan"))
+        print(f"{mode:<9} {wall:9.1f} {cpu:8.1f} {rss:13.1f} {ratios[0]:12.2f} {ratios[1]:11.2f}"
+              f" {ratios[2]:12.2f} {ratios[3]:11.2f}")
 
 
 if __name__ == "__main__":

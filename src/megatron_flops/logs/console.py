@@ -318,35 +318,27 @@ _formats: List[_LineFormat] = []
 _learned = [0]
 
 
-def _learned_fields(line: str, start: int, fields: list) -> Optional[bool]:
-    """Fill ``fields`` by a learned format (True: the time was printed in seconds); None
-    when no format matches or a value does not convert (the general pass reads the line)."""
-    for line_format in _formats:
-        match = line_format.pattern.match(line, start)
-        if match is None:
-            continue
-        groups = list(match.groups())
-        value = groups.pop(line_format.time_group)
-        try:
-            seconds = float(value)
-            for index, convert, text in zip(line_format.indices, line_format.converters,
-                                            groups):
-                fields[index] = convert(text)
-        except ValueError:
-            return None
-        text = value.strip()
-        dot = text.find(".")
-        decimals = 0 if dot < 0 else len(text) - dot - 1
-        if line_format.in_seconds:
-            fields[-2] = (_RESOLUTION_S[decimals] if decimals < 20
-                          else 0.5 * 10.0 ** -decimals)
-        else:
-            seconds /= 1000.0
-            fields[-2] = (_RESOLUTION_MS[decimals] if decimals < 20
-                          else 0.5e-3 * 10.0 ** -decimals)
-        fields[_SECONDS_INDEX] = seconds
-        return line_format.in_seconds
-    return None
+def _learned_fields(line_format: _LineFormat, match, fields: list) -> Optional[bool]:
+    """Fill ``fields`` from a line ``line_format`` matched (True: the time was printed in
+    seconds); None when a value does not convert (the general pass then reads the line)."""
+    groups = list(match.groups())
+    value = groups.pop(line_format.time_group)
+    try:
+        seconds = float(value)
+        for index, convert, text in zip(line_format.indices, line_format.converters, groups):
+            fields[index] = convert(text)
+    except ValueError:
+        return None
+    text = value.strip()
+    dot = text.find(".")
+    decimals = 0 if dot < 0 else len(text) - dot - 1
+    if line_format.in_seconds:
+        fields[-2] = _RESOLUTION_S[decimals] if decimals < 20 else 0.5 * 10.0 ** -decimals
+    else:
+        seconds /= 1000.0
+        fields[-2] = _RESOLUTION_MS[decimals] if decimals < 20 else 0.5e-3 * 10.0 ** -decimals
+    fields[_SECONDS_INDEX] = seconds
+    return line_format.in_seconds
 
 
 def _learn(line: str, start: int) -> None:
@@ -377,7 +369,12 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
     fields[2] = int(match.group(1))
     fields[3] = int(match.group(2))
     start = match.end() - 1
-    in_seconds = _learned_fields(line, start, fields)
+    in_seconds = None
+    for line_format in _formats:   # _learned_fields, inline: the per-line path
+        learned = line_format.pattern.match(line, start)
+        if learned is not None:
+            in_seconds = _learned_fields(line_format, learned, fields)
+            break
     if in_seconds is None:
         fields = list(_EMPTY)
         fields[0] = line_number

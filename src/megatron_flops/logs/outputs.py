@@ -84,7 +84,18 @@ class TableOutput(_BatchedLines):
 # ``json.dumps(interval.as_dict())`` by the C encoder on a list of the values, joined by a
 # separator no encoded value can hold (the encoder escapes a NUL in a string as \u0000), then
 # put into the object's text: the same bytes, several times faster (tests/logs check both)
-_VALUES_ENCODER = json.JSONEncoder(separators=("\0", ": "))
+try:
+    from _json import make_encoder as _make_encoder   # the encoder json.dumps uses
+except ImportError:  # pragma: no cover - CPython always has it
+    _make_encoder = None
+if _make_encoder is not None:
+    _encode_values = _make_encoder(None, None, json.encoder.encode_basestring_ascii, None,
+                                   ": ", "\0", False, False, True)
+else:  # pragma: no cover
+    _encoder = json.JSONEncoder(separators=("\0", ": "))
+
+    def _encode_values(values, _level):
+        return (_encoder.encode(values),)
 _JSON_KEYS = ("iteration", "line", "fork", "consumed_samples", "consumed_tokens",
               "logged_global_batch_size", "batch_size", "batch_source", "seq_length",
               "seq_source", "seconds_per_iteration", "time_source", "skipped_iterations",
@@ -108,7 +119,7 @@ def interval_json(interval: Interval) -> str:
               r.tflops, interval.fork_formula_tflops, rep.model_tflops_per_gpu,
               rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu, interval.error,
               LOGGED_COUNTS.get(fork), interval.startup]
-    return _JSON_TEMPLATE % tuple(_VALUES_ENCODER.encode(values)[1:-1].split("\0"))
+    return _JSON_TEMPLATE % tuple("".join(_encode_values(values, 0))[1:-1].split("\0"))
 
 
 class JsonOutput(_BatchedLines):
