@@ -136,12 +136,15 @@ class ThroughputMeter:
         self.consumed_samples += batch_size
         self.consumed_tokens += tokens
 
-    def add_iterations(self, count: int, samples: int, seq_length: int) -> None:
+    def add_iterations(self, count: int, samples: int, seq_length: int,
+                       token_dropping: Optional[Tuple[int, int]] = None) -> None:
+        """``count`` iterations that together consumed ``samples`` samples of ``seq_length``
+        tokens (``token_dropping``: as for :meth:`add_iteration`), in one call."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"an interval has at least one iteration, got {count!r}")
         # FLOPs are linear in the samples: one "iteration" of all the samples counts them
         # exactly; then the interval's other iterations are added to the count
-        self.add_iteration(samples, seq_length)
+        self.add_iteration(samples, seq_length, token_dropping=token_dropping)
         self._iterations += count - 1
 
     def interval_report(self, count: int, samples: int, seq_length: int,
