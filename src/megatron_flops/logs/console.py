@@ -117,6 +117,7 @@ class LogRecord(NamedTuple):
     timestamp: Optional[float] = None         # Megatron-LM's line prefix, POSIX seconds (as UTC)
     iterations: Optional[int] = None          # iterations the time covers, when the source
     job_start: bool = False                   # says (progress.txt); the span has a job start
+    stamp_precise: bool = False               # Megatron-LM's stamp has .%f (2026-01 on)
     time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
     truncated: bool = False
 
@@ -159,6 +160,20 @@ class Malformed(ValueError):
     """A line that has the anchor of an iteration line but cannot be trusted."""
 
 
+def current_value(text: str) -> str:
+    """The current value of a "current/average" pair as AMD Primus prints it
+    (``13372.8/13364.7``, ``567.6 (avg 568.0)``); any other text as it is."""
+    slash = text.find("/")
+    if slash >= 0:
+        return text[:slash]
+    average = text.find("(avg")
+    return text[:average] if average >= 0 else text
+
+
+def _current_float(text: str) -> float:
+    return float(current_value(text))
+
+
 def _percent(text: str) -> Optional[float]:
     """A hook field's percentage as a fraction: ``45.2`` or ``45.2%`` -> 0.452, ``n/a`` ->
     None (the hook's form before issue 10)."""
@@ -183,7 +198,11 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "TFLOPs": ("tflops", float),
     "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", float),
     # NVIDIA Megatron-LM (--log-throughput): its num_floating_point_operations, model FLOPs
-    "throughput per GPU (TFLOP/s/GPU)": ("tflops", float),
+    "throughput per GPU (TFLOP/s/GPU)": ("tflops", _current_float),
+    # AMD Primus (AMD-AGI/Primus fd1eeabb, primus/backends/megatron/patches/training_log/
+    # print_rank_last_patches.py): "compute per GPU (TFLOP/s/GPU): 567.6 (avg 568.0)", and
+    # before it the line above as "567.6/568.0"; the current value is read, the average not
+    "compute per GPU (TFLOP/s/GPU)": ("tflops", _current_float),
     # the megatron-flops hook's fields, new form and old form
     "model TFLOP/s per gpu": ("hook_model_tflops", float),
     "hardware TFLOP/s per gpu": ("hook_hardware_tflops", float),
@@ -193,8 +212,10 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "HFU": ("hook_hfu", _percent),
 }
 _TGS_INDEX = LogRecord._fields.index("tokens_per_gpu_per_second")
+_PRECISE_INDEX = LogRecord._fields.index("stamp_precise")
 _TIMESTAMP_INDEX = LogRecord._fields.index("timestamp")
 _MEGATRON_LM_THROUGHPUT = "| throughput per GPU (TFLOP/s/GPU): "
+_PRIMUS_COMPUTE = "| compute per GPU (TFLOP/s/GPU): "
 
 
 def megatron_lm_timestamp(seconds_text: str, fraction: Optional[str] = None) -> Optional[float]:
@@ -242,7 +263,8 @@ def _general_fields(line: str, start: int, fields: list, line_number: int) -> bo
         try:
             if entry is not None:
                 fields[entry[0]] = entry[1](value)
-            else:  # the elapsed time, in (s) or (ms)
+            else:  # the elapsed time, in (s) or (ms); Primus: "current/average" (ms)
+                value = current_value(value)
                 seconds = float(value)
                 decimals = _decimals(value)
                 if key == _ELAPSED_MS:
@@ -285,7 +307,10 @@ def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
     time field or with a field read twice (the general pass reads those lines)."""
     parts, indices, converters = [], [], []
     time_group, in_seconds = None, False
-    for segment in line[start + 1:].split("|")[:-1]:  # the text after the last "|": no field
+    segments = line[start + 1:].split("|")
+    if segments[-1].strip():
+        return None
+    for segment in segments[:-1]:
         colon = segment.find(":")
         key = segment[1:colon] if colon > 0 and segment[0] == " " else None
         if key == _ELAPSED_MS or key == _ELAPSED_SECONDS:
@@ -310,7 +335,9 @@ def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
     if time_group is None:
         return None
     del indices[time_group], converters[time_group]
-    pattern = re.compile(r"\|" + r"\|".join(parts) + r"\|[^|]*\Z")
+    # only lines that end at their last "|": a tail (a last field without its "|", a cut
+    # line) is read by the general pass
+    pattern = re.compile(r"\|" + r"\|".join(parts) + r"\|\s*\Z")
     return _LineFormat(pattern, tuple(indices), tuple(converters), time_group, in_seconds)
 
 
@@ -322,7 +349,7 @@ def _learned_fields(line_format: _LineFormat, match, fields: list) -> Optional[b
     """Fill ``fields`` from a line ``line_format`` matched (True: the time was printed in
     seconds); None when a value does not convert (the general pass then reads the line)."""
     groups = list(match.groups())
-    value = groups.pop(line_format.time_group)
+    value = current_value(groups.pop(line_format.time_group))
     try:
         seconds = float(value)
         for index, convert, text in zip(line_format.indices, line_format.converters, groups):
@@ -349,6 +376,27 @@ def _learn(line: str, start: int) -> None:
             if len(_formats) >= _MAX_FORMATS:
                 _formats.pop()
             _formats.insert(0, learned)
+
+
+# Megatron-LM's throughput field as the last text of a line without its closing "|" (some
+# forks end the line there: "... | throughput per GPU (TFLOP/s/GPU): 266.3"): complete when
+# its value is whole as Megatron-LM prints it ({:.1f}; Primus: a current/average pair), up to
+# the end of the line; any other text after the last "|" is a cut tail, not read
+_ONE_DECIMAL = r"\d+\.\d"
+_TAIL_FIELD = re.compile(r" ((?:throughput|compute) per GPU \(TFLOP/s/GPU\)): *("
+                         + _ONE_DECIMAL + r"(?:/" + _ONE_DECIMAL + r"| \(avg " + _ONE_DECIMAL
+                         + r"\))?)\s*\Z")
+
+
+def _complete_tail(line: str, fields: list) -> bool:
+    """Is the text after the last "|" Megatron-LM's whole throughput field (``_TAIL_FIELD``)?
+    Then it is read and the line is not truncated."""
+    tail = _TAIL_FIELD.match(line, line.rfind("|") + 1)
+    if tail is None:
+        return False
+    index, convert = _INDEX[tail.group(1)]
+    fields[index] = convert(tail.group(2))
+    return True
 
 
 def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
@@ -388,21 +436,22 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
         raise Malformed(f"line {line_number}: no elapsed time per iteration")
     if not 0 < seconds < math.inf:
         raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
+    fields[-1] = not line.rstrip().endswith("|") and not _complete_tail(line, fields)
     stamped = False
     if "[" in line[:match.start()]:
         stamp = _TIMESTAMP.search(line, 0, match.start())
         if stamp is not None:
             fields[_TIMESTAMP_INDEX] = megatron_lm_timestamp(stamp.group(1), stamp.group(2))
             stamped = fields[_TIMESTAMP_INDEX] is not None
+            fields[_PRECISE_INDEX] = stamped and stamp.group(2) is not None
     if fork is None:
         if fields[_TGS_INDEX] is not None or fields[_ACTUAL_SEQLEN_INDEX] is not None:
             fork = "microsoft"
         elif in_seconds:
             fork = "bigscience"
-        elif stamped or _MEGATRON_LM_THROUGHPUT in line:
+        elif stamped or _MEGATRON_LM_THROUGHPUT in line or _PRIMUS_COMPUTE in line:
             fork = MEGATRON_LM
     fields[1] = fork
-    fields[-1] = not line.rstrip().endswith("|")
     return _new_record(LogRecord, fields)
 
 

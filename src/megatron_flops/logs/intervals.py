@@ -44,6 +44,37 @@ LOGGED_COUNTS = {"bigscience": "hardware", "microsoft": "hardware", MEGATRON_LM:
 # the convention (megatron_flops.conventions) Megatron-LM lines are checked against
 MEGATRON_LM_CONVENTION = "megatron-lm"
 
+# the first Megatron-LM checkouts whose iteration line starts with a date stamp
+# (" [%Y-%m-%d %H:%M:%S]", f427c6f0) and with one to the microsecond (".%f", 6cf285b2):
+# tests/data/megatron_lm/README.md
+STAMP_SINCE = "2024-03-09"
+PRECISE_STAMP_SINCE = "2026-01-27"
+
+
+def megatron_lm_eras_allowed(record: LogRecord) -> Tuple[str, ...]:
+    """The distinct eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS,
+    oldest first) a line can have been logged by: its checkout is no newer than the line's
+    date stamp (the day it ran) and, by the stamp's format, no older than that format; a
+    line without a stamp (or a stamp that contradicts the eras) bounds nothing."""
+    import datetime
+    from ..conventions import MEGATRON_LM_DISTINCT_ERAS, MEGATRON_LM_ERAS
+    since = {era.name: era.since for era in MEGATRON_LM_ERAS}
+    high = low = None
+    if record.timestamp is not None:
+        high = datetime.datetime.fromtimestamp(record.timestamp, datetime.timezone.utc
+                                               ).strftime("%Y-%m-%d")
+        if record.iterations is None:   # a console line's stamp (progress.txt: no format)
+            low = PRECISE_STAMP_SINCE if record.stamp_precise else STAMP_SINCE
+    allowed = []
+    for index, name in enumerate(MEGATRON_LM_DISTINCT_ERAS):
+        until = (since[MEGATRON_LM_DISTINCT_ERAS[index + 1]]
+                 if index + 1 < len(MEGATRON_LM_DISTINCT_ERAS) else None)
+        if (high is None or since[name] <= high) and (low is None or until is None
+                                                     or until > low):
+            allowed.append(name)
+    return tuple(allowed) or MEGATRON_LM_DISTINCT_ERAS
+
+
 # the logged TFLOPs are printed with 2 decimals; beyond this the fork's formula with the
 # given flags does not reproduce them
 FORMULA_TOLERANCE = 0.01
@@ -76,6 +107,7 @@ class Interval(NamedTuple):
     error: Optional[float]      # logged TFLOPs / true TFLOP/s − 1 (what the fork counts)
     fork: Optional[str] = None  # the line's fork, else the segment's (its arguments dump)
     startup: bool = False       # Megatron-LM: its time includes start-up (not in statistics)
+    formula: Optional[str] = None  # the formula of fork_formula_tflops (Megatron-LM: its era)
 
     @property
     def iteration(self) -> int:
@@ -106,6 +138,7 @@ class Interval(NamedTuple):
             "tokens_per_second_per_gpu": rep.tokens_per_second_per_gpu,
             "logged_tflops": r.tflops,
             "fork_formula_tflops": self.fork_formula_tflops,
+            "fork_formula": self.formula,
             "tflops_per_gpu": {"model": rep.model_tflops_per_gpu,
                                "hardware": rep.hardware_tflops_per_gpu},
             "mfu": rep.mfu,
@@ -198,6 +231,7 @@ class Relogger:
         self.log_interval, self.default_fork = log_interval, default_fork
         self._meter = ThroughputMeter.for_run(model, run, self.peak_tflops, self.causal)
         self._formula_at_one_second = {}
+        self._eras_allowed: Dict[tuple, Tuple[str, ...]] = {}
         self._previous: Optional[LogRecord] = None
         self._unreset: Optional[Tuple[LogRecord, int]] = None  # Megatron-LM's iteration 1
         self._step = 0            # gcd of the segment's logged iterations
@@ -317,15 +351,18 @@ class Relogger:
         seconds, time_source = interval_seconds(record)
         report = self._meter.interval_report(iterations, samples, seq_length,
                                              seconds * iterations)
-        formula = None
+        formula = formula_name = None
         logged = record.tflops
-        if fork is not None:
+        if fork == MEGATRON_LM:
+            batch = record.global_batch_size or samples / iterations
+            formula_name, formula = self._megatron_lm_formula(record, logged, batch,
+                                                              seq_length, seconds)
+        elif fork is not None:
+            formula_name = fork
             batch = record.global_batch_size or samples / iterations
             at_one_second = self._formula_at_one_second.get((fork, batch, seq_length))
             formula = (at_one_second / seconds if at_one_second is not None
                        else self._fork_formula(fork, batch, seq_length, seconds))
-            if fork == MEGATRON_LM and logged is not None and math.isfinite(logged):
-                self._check_megatron_lm_eras(logged, batch, seq_length, seconds)
         true_tflops = (report.model_tflops_per_gpu if LOGGED_COUNTS.get(fork) == "model"
                        else report.hardware_tflops_per_gpu)
         if logged is None or not math.isfinite(logged) or not true_tflops > 0:
@@ -334,18 +371,41 @@ class Relogger:
             error = logged / true_tflops - 1.0   # legacy_error, inline
         return _new_interval(Interval, (
             record, iterations, samples / iterations, batch_source, seq_length, seq_source,
-            seconds, time_source, report, formula, error, fork, startup))
+            seconds, time_source, report, formula, error, fork, startup, formula_name))
+
+    def _megatron_lm_formula(self, record: LogRecord, logged: Optional[float], batch: float,
+                             seq_length: int, seconds: float) -> Tuple[str, float]:
+        """(era, its TFLOPs) for a Megatron-LM line: of the eras the line can come from
+        (:func:`megatron_lm_eras_allowed`: its date stamp and the stamp's format), the newest
+        that reproduces the logged figure, else the newest of them; every era is checked
+        too, for the summary (:meth:`_check_megatron_lm_eras`)."""
+        key = (record.timestamp is not None and int(record.timestamp // 86400),
+               record.stamp_precise, record.iterations is None)
+        allowed = self._eras_allowed.get(key)
+        if allowed is None:
+            allowed = self._eras_allowed[key] = megatron_lm_eras_allowed(record)
+        chosen = None
+        if logged is not None and math.isfinite(logged):
+            for era in self._check_megatron_lm_eras(logged, batch, seq_length, seconds):
+                if era in allowed:
+                    chosen = era          # oldest first: the newest that reproduces stays
+        if chosen is None:
+            chosen = allowed[-1]
+        return chosen, self._fork_formula(chosen, batch, seq_length, seconds)
 
     def _check_megatron_lm_eras(self, logged: float, batch: float, seq_length: int,
-                                seconds: float) -> None:
+                                seconds: float) -> List[str]:
         """Which eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS)
         reproduce this logged figure: ``megatron_lm_era_matches`` counts per era over the
         ``megatron_lm_era_checks`` lines checked."""
         from ..conventions import MEGATRON_LM_DISTINCT_ERAS
         self.megatron_lm_era_checks += 1
+        found = []
         for era in MEGATRON_LM_DISTINCT_ERAS:
             if reproduces(logged, self._fork_formula(era, batch, seq_length, seconds)):
                 self.megatron_lm_era_matches[era] = self.megatron_lm_era_matches.get(era, 0) + 1
+                found.append(era)
+        return found
 
     def megatron_lm_eras_reproducing(self) -> List[str]:
         """The eras whose formula reproduced every checked Megatron-LM line."""

@@ -100,8 +100,8 @@ _JSON_KEYS = ("iteration", "line", "fork", "consumed_samples", "consumed_tokens"
               "logged_global_batch_size", "batch_size", "batch_source", "seq_length",
               "seq_source", "seconds_per_iteration", "time_source", "skipped_iterations",
               "logged_samples_per_second", "samples_per_second", "tokens_per_second_per_gpu",
-              "logged_tflops", "fork_formula_tflops", "tflops_per_gpu", "mfu", "hfu", "error",
-              "logged_counts", "startup")
+              "logged_tflops", "fork_formula_tflops", "fork_formula", "tflops_per_gpu", "mfu",
+              "hfu", "error", "logged_counts", "startup")
 _JSON_TEMPLATE = ("{" + ", ".join(
     f'"{key}": ' + ('{"model": %s, "hardware": %s}' if key == "tflops_per_gpu" else "%s")
     for key in _JSON_KEYS) + "}\n")
@@ -116,8 +116,8 @@ def interval_json(interval: Interval) -> str:
               interval.batch_source, interval.seq_length, interval.seq_source,
               interval.seconds_per_iteration, interval.time_source, r.skipped_iterations,
               r.samples_per_second, rep.samples_per_second, rep.tokens_per_second_per_gpu,
-              r.tflops, interval.fork_formula_tflops, rep.model_tflops_per_gpu,
-              rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu, interval.error,
+              r.tflops, interval.fork_formula_tflops, interval.formula,
+              rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu, interval.error,
               LOGGED_COUNTS.get(fork), interval.startup]
     return _JSON_TEMPLATE % tuple("".join(_encode_values(values, 0))[1:-1].split("\0"))
 
@@ -332,6 +332,12 @@ def summary_lines(summary: dict) -> List[str]:
                 "none (the flags, the world size or the formula's era do not describe the run)")
             lines.append(f"Megatron-LM formula eras that reproduce all {eras['lines_checked']} "
                          f"logged figures: {found}")
+        per_line = {name: count for name, count in summary.get("fork_formulas", {}).items()
+                    if name.startswith("megatron-lm")}
+        if per_line:
+            lines.append("Megatron-LM formula per line (the newest era its date stamp allows "
+                         "that reproduces it, else the newest allowed): " + ", ".join(
+                             f"{name} ({count} lines)" for name, count in per_line.items()))
     startup = summary.get("startup_intervals")
     if startup:
         spans = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in startup)

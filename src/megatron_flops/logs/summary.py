@@ -2,7 +2,7 @@
 summary object of ``relog`` (its keys are public: docs/relog.md)."""
 
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..hardware import implausible_utilisation_warning
 from .console import ParseStats
@@ -40,6 +40,7 @@ class Summary:
         self.startup_iterations: List[Tuple[int, int]] = []  # (first, last) left out
         self.sum_true_where_logged = 0.0
         self.logged_counts = set()
+        self.formulas: Dict[str, int] = {}   # intervals per fork formula (Megatron-LM: era)
         self._shape_totals = [0, 0.0, 0.0, 0.0]   # the last segment's iterations, s, samples, tokens
 
     def add_segment(self, segment: Segment) -> None:
@@ -78,6 +79,9 @@ class Summary:
         fork = interval.fork
         if fork:
             self.forks.add(fork)
+        formula = interval.formula
+        if formula is not None:
+            self.formulas[formula] = self.formulas.get(formula, 0) + 1
         self.gpu_seconds += elapsed * world_size
         if mfu is not None:
             if mfu > self.max_mfu:     # max(), the first of equals kept
@@ -178,6 +182,7 @@ class Summary:
             "fork_formula_mismatches": self.formula_mismatches,
             "fork_formula_checked": self.formula_checked,
             "worst_fork_formula_deviation": self.worst_formula_deviation,
+            "fork_formulas": dict(sorted(self.formulas.items())),
             "megatron_lm_eras": {"lines_checked": relogger.megatron_lm_era_checks,
                                  "reproducing": relogger.megatron_lm_eras_reproducing()},
             "duplicate_lines": relogger.duplicates,
