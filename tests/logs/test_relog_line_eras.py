@@ -134,3 +134,11 @@ def test_primus_current_average_pairs_read_the_current_value(elapsed, throughput
     assert record.time_resolution_seconds == pytest.approx(0.5e-4)
     assert record.tflops == 1255.4
     assert record.fork == MEGATRON_LM and not record.truncated
+
+
+@pytest.mark.parametrize("elapsed", ["6046.6[default3]: glued 1/2", "6046.6/abc", "6046.6 (avg x)"])
+def test_a_pair_whose_average_is_no_number_is_not_read_as_one(elapsed):
+    from megatron_flops.logs.console import Malformed
+    with pytest.raises(Malformed):
+        parse_line(PRIMUS.format(elapsed=elapsed,
+                                 throughput="throughput per GPU (TFLOP/s/GPU): 1255.4"))

@@ -160,14 +160,17 @@ class Malformed(ValueError):
     """A line that has the anchor of an iteration line but cannot be trusted."""
 
 
+_PAIR = re.compile(r"\s*([^\s/(]+)\s*(?:/|\(avg )\s*[-+]?(?:\d+\.?\d*|\.\d+)\)?\s*\Z")
+
+
 def current_value(text: str) -> str:
     """The current value of a "current/average" pair as AMD Primus prints it
-    (``13372.8/13364.7``, ``567.6 (avg 568.0)``); any other text as it is."""
-    slash = text.find("/")
-    if slash >= 0:
-        return text[:slash]
-    average = text.find("(avg")
-    return text[:average] if average >= 0 else text
+    (``13372.8/13364.7``, ``567.6 (avg 568.0)``: the average a number); any other text as
+    it is (a glued line's value stays unreadable)."""
+    if "/" not in text and "(avg" not in text:
+        return text
+    pair = _PAIR.match(text)
+    return pair.group(1) if pair else text
 
 
 def _current_float(text: str) -> float:

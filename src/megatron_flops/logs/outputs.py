@@ -117,8 +117,8 @@ def interval_json(interval: Interval) -> str:
               interval.seconds_per_iteration, interval.time_source, r.skipped_iterations,
               r.samples_per_second, rep.samples_per_second, rep.tokens_per_second_per_gpu,
               r.tflops, interval.fork_formula_tflops, interval.formula,
-              rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu, interval.error,
-              LOGGED_COUNTS.get(fork), interval.startup]
+              rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
+              interval.error, LOGGED_COUNTS.get(fork), interval.startup]
     return _JSON_TEMPLATE % tuple("".join(_encode_values(values, 0))[1:-1].split("\0"))
 
 
