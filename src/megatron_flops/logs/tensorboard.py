@@ -166,24 +166,70 @@ def read_tensorboard_run(path: str, stats: Optional[ParseStats] = None,
 
 
 class EventWriter:
-    """A minimal TensorBoard writer: ``add_scalar(tag, value, step)`` and ``close()``.
+    """A minimal TensorBoard writer: ``add_scalar(tag, value, step)``, ``close()`` and
+    ``discard()``.
 
-    Uses tensorboard's own event-file writer, so no torch is needed to write a run.
+    Writes one event file in ``logdir`` synchronously (no writer thread: a full disk is an
+    ``OSError`` in the caller, not a thread's traceback) under a temporary name that
+    TensorBoard does not read (:class:`.pending.PendingFile`); ``close()`` renames it to
+    ``events.out.tfevents.…``, ``discard()`` removes it.  Uses tensorboard's own record
+    framing, so no torch is needed to write a run.
     """
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, flag: str = "--write-tensorboard"):
         _require_tensorboard()
+        import socket
+
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        os.makedirs(logdir, exist_ok=True)
+        from .pending import PendingFile, make_folder
+
         self._event, self._summary = Event, Summary
-        self._writer = EventFileWriter(logdir)
+        self._created = make_folder(flag, logdir)
+        self.name = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.relog" % (
+            time.time(), socket.gethostname(), os.getpid()))
+        try:
+            # the temporary name has no "tfevents": TensorBoard skips it while it is written
+            self._file = PendingFile(flag, self.name, binary=True, prefix=".relog-events.",
+                                     shown=logdir)
+        except BaseException:
+            self._remove_folders()
+            raise
+        self._records = RecordWriter(self._file)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        self._records.write(event.SerializeToString())
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))])
-        self._writer.add_event(self._event(wall_time=time.time(), step=int(step), summary=summary))
+        self._write(self._event(wall_time=time.time(), step=int(step), summary=summary))
 
     def close(self) -> None:
-        self._writer.close()
+        """The event file, renamed into place (a second writer in the same second gets its
+        own name)."""
+        name, number = self.name, 1
+        while os.path.lexists(name):
+            number += 1
+            name = f"{self.name}.{number}"
+        self._file.commit(name)
+        self.name = name
+
+    def discard(self) -> None:
+        """Nothing written: the temporary file removed, and the folders this writer made."""
+        self._file.discard()
+        self._remove_folders()
+
+    def _remove_folders(self) -> None:
+        from .pending import remove_folders
+        remove_folders(self._created)
+
+
+def event_files(directory: str) -> List[str]:
+    """The event files directly in ``directory`` (those TensorBoard reads as its run)."""
+    try:
+        return sorted(name for name in os.listdir(directory) if is_event_file(name))
+    except OSError:
+        return []
