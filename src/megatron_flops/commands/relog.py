@@ -223,6 +223,7 @@ def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, p
 def _summary(args, out, err, summary, stats, peak, last) -> None:
     """The checks that there was something to relog, then the summary."""
     from ..logs import outputs
+    from ..logs.console import MAX_LINE_CHARACTERS
     if summary.intervals == 0 and summary.startup_iterations:
         raise UsageError(
             f"only start-up intervals in {' '.join(map(repr, args.paths))} (Megatron-LM's "
@@ -231,11 +232,15 @@ def _summary(args, out, err, summary, stats, peak, last) -> None:
     if summary.intervals == 0:
         raise UsageError(
             f"no training_log iteration lines in {' '.join(map(repr, args.paths))} "
-            f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines)")
+            f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines"
+            + (f", {stats.overlong} longer than {MAX_LINE_CHARACTERS:,} characters skipped"
+               if stats.overlong else "") + ")")
     relogger, segment = last
     result = summary.as_dict(segment.run.world_size, stats, relogger, peak[0], args.convention)
     if args.json:
         print(json.dumps({"summary": result}), file=err)
+        for warning in outputs.read_warnings(result["parse"]):  # a person reads stderr too
+            print(f"megatron-flops: {warning}", file=err)
     else:
         print(file=out)
         for line in outputs.summary_lines(result):
@@ -245,5 +250,5 @@ def _summary(args, out, err, summary, stats, peak, last) -> None:
             print(file=out)
         for line in conventions:
             print(line, file=out)
-        for warning in result["warnings"]:  # the table's summary has them already
-            print(f"megatron-flops: {warning}", file=err)
+        for warning in result["warnings"] + outputs.read_warnings(result["parse"]):
+            print(f"megatron-flops: {warning}", file=err)  # the table's summary has them too

@@ -347,4 +347,5 @@ def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] =
         out.append(item)
     if segment is None:
         raise ValueError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
-    return out, notes
+    from .outputs import read_warnings
+    return out, notes + read_warnings(stats.as_dict())

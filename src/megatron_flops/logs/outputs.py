@@ -346,10 +346,25 @@ def summary_lines(summary: dict) -> List[str]:
         + (f", {summary['gaps']} gaps" if summary.get("gaps") else "")
         + (f", {len(summary['segments'])} run shapes (arguments dumps)"
            if len(summary.get("segments", ())) > 1 else ""))
+    lines += read_warnings(parse)
     if summary["inconsistent_consumed_samples"]:
         lines.append(f"{summary['inconsistent_consumed_samples']} intervals whose consumed "
                      "samples disagree with the logged batch sizes used the logged batch size")
     lines += summary.get("warnings", [])
+    return lines
+
+
+def read_warnings(parse: dict) -> List[str]:
+    """What was read only in part (the summary's ``parse`` object): damaged TensorBoard
+    files, lines cut at the line-length bound."""
+    from .console import MAX_LINE_CHARACTERS
+    from .tensorboard import damage_warning
+    lines = [damage_warning(damage) for damage in parse.get("damaged_files", ())]
+    if parse.get("overlong"):
+        lines.append(f"warning: {parse['overlong']} line(s) longer than "
+                     f"{MAX_LINE_CHARACTERS:,} characters skipped, not read whole "
+                     f"(first at line "
+                     f"{', '.join(map(str, parse['overlong_line_numbers']))})")
     return lines
 
 
