@@ -175,8 +175,8 @@ class CountingMode:
             if started:
                 # torch's FLOP formula or our attribution raised inside the step: the step
                 # did not complete; it runs again uncounted (its micro-batches drawn anew)
-                self._failed("counting the step (torch's FLOP formula or the attribution; "
-                             "the step runs again uncounted)", error)
+                self._failed("torch's FLOP formula or the attribution, inside the step "
+                             "(the step runs again uncounted)", error)
             else:
                 self._failed("starting the counter", error)
             return step(*args, **kwargs)
