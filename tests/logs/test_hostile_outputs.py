@@ -122,6 +122,16 @@ def test_a_successful_relog_replaces_the_csv_whole(tmp_path, capsys, logfmt):
     assert leftovers(tmp_path) == []
 
 
+def test_a_linked_csv_stays_a_link_and_its_target_is_replaced(tmp_path, capsys, logfmt):
+    log = write_log(tmp_path / "run.log", logfmt, intervals=3)
+    (tmp_path / "real.csv").write_bytes(PRECIOUS)
+    (tmp_path / "link.csv").symlink_to("real.csv")
+    code, _, err = run(capsys, "relog", log, *FLAGS, "--csv", tmp_path / "link.csv")
+    assert code == 0, err
+    assert os.path.islink(tmp_path / "link.csv")
+    assert len((tmp_path / "real.csv").read_text().splitlines()) == 1 + 3
+
+
 def _limit_file_size():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # write() fails with EFBIG instead
     resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))

@@ -7,6 +7,9 @@ failure (a bad log, a full disk, an interrupt) ends in :meth:`~PendingFile.disca
 removes the temporary file.  Concurrent writers of one name cannot splice: each writes its
 own temporary file and the last rename wins, whole.
 
+A link at the output's name stays a link: the file it points to is what gets replaced (in
+that file's folder).  A hard link is not kept: the name gets a new file.
+
 A write that fails is re-raised as :class:`OutputError` (an ``OSError``) whose message names
 the flag and the path as the user typed them.
 """
@@ -84,8 +87,10 @@ class PendingFile:
 
     def __init__(self, flag: str, path: str, binary: bool = False,
                  prefix: Optional[str] = None, shown: Optional[str] = None):
-        self.flag, self.path = flag, path
         self.shown = shown or path   # the path as the user typed it, for messages
+        if os.path.islink(path):     # a link stays a link: its target is what is replaced
+            path = os.path.realpath(path)
+        self.flag, self.path = flag, path
         check_writable(flag, path)
         folder = os.path.dirname(os.path.abspath(path))
         name = prefix if prefix is not None else f".{os.path.basename(path)}."

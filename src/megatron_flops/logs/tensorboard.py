@@ -17,7 +17,9 @@ Tags read (step = iteration in both forks):
   ``seqlen/curriculum_seqlen`` (microsoft).
 
 bigscience writes through ``add_scalar(..., new_style=True)`` with torch ≥ 1.9, so its
-scalars come back from the event accumulator as tensors; both kinds are read.
+scalars are stored as tensors; both kinds are read.  The event files are read here
+(:func:`read_scalars`), record by record with their checksums, so a damaged file is read up
+to the damage and said with counts.
 """
 
 import os
@@ -132,6 +134,7 @@ def read_scalars(path: str, tags=TAGS_READ, damaged: Optional[List[dict]] = None
     before it (a restart, as TensorBoard purges).  A file that is truncated or fails a
     checksum is read up to there and described in ``damaged`` (:func:`_event_records`)."""
     _require_tensorboard()
+    from google.protobuf.message import DecodeError
     from tensorboard.compat.proto.event_pb2 import Event, SessionLog
     from tensorboard.util import tensor_util
 
@@ -144,7 +147,11 @@ def read_scalars(path: str, tags=TAGS_READ, damaged: Optional[List[dict]] = None
     names = set()
     for name in files:
         for record in _event_records(name, damaged):
-            event = Event.FromString(record)
+            try:
+                event = Event.FromString(record)
+            except DecodeError:   # framed and checksummed, yet not an event: written so
+                raise ValueError(f"PATH {name!r} is not a TensorBoard event file (a record "
+                                 "that is not an event)") from None
             if (event.HasField("session_log")
                     and event.session_log.status == SessionLog.START):
                 for values in scalars.values():
