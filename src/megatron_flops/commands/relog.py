@@ -154,6 +154,7 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     # whole command has succeeded, and removed when anything fails (logs/pending.py)
     files = []
     done = False
+    rows = outputs.JsonOutput(out) if args.json else outputs.TableOutput(out)
     try:
         if args.csv:
             files.append(outputs.CsvOutput(args.csv))
@@ -163,9 +164,10 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
         if args.plot:
             plot = outputs.PlotOutput(args.plot)
             files.append(plot)
-        sinks = [outputs.JsonOutput(out) if args.json else outputs.TableOutput(out), *files]
+        sinks = [rows, *files]
         last = []  # the relogger and the segment of the last run shape
         _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, peak, last)
+        rows.flush()
         _summary(args, out, err, summary, stats, peak, last)
         if plot is not None:
             plot.draw()
@@ -176,6 +178,7 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
         if not done:
             for sink in files:
                 sink.discard()
+            rows.flush()   # the rows read before the failure, as they came
     if args.plot:
         print(f"plot written to {args.plot}", file=err)
     return EXIT_OK
@@ -197,6 +200,7 @@ def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, p
     for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
                                                          peak_tflops_for, args.causal, fork):
         if new_segment is not None:
+            sinks[0].flush()     # the rows so far before the new segment's heading
             first = relogger is None
             relogger, segment = relogger_now, new_segment
             summary.add_segment(segment)
