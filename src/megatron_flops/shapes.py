@@ -66,42 +66,69 @@ def parse_layer_pattern(text: str, flag: str = "--moe-layer-freq") -> Union[int,
     import ast
 
     text = text.strip()
+    shown = text if len(text) <= 60 else text[:57] + "..."
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         raise ShapeError(f"{flag} must be an integer or a list expression such as "
-                         f"([0]*3+[1]*29), got {text!r}", flag) from None
+                         f"([0]*3+[1]*29), got {shown!r}", flag) from None
+    except (RecursionError, MemoryError):   # Python's own parser: too deep to read
+        raise ShapeError(f"{flag} is nested or chained too deeply to read ({len(text):,} "
+                         f"characters); write the pattern as ([0]*3+[1]*29)", flag) from None
+    try:
+        result = _layer_pattern_value(tree.body)
+    except ValueError:
+        raise ShapeError(f"{flag} accepts only integers, lists, + and * (e.g. ([0]*3+[1]*29)), "
+                         f"got {shown!r}", flag) from None
+    return tuple(result) if isinstance(result, list) else result
 
-    def value(node):
+
+def _layer_pattern_value(root):
+    """The value of a layer-pattern expression tree: an int or a list of ints.  Evaluated
+    with an explicit stack, not recursion, so a long ``+`` chain (a left-deep tree) cannot
+    exhaust Python's stack; ValueError for anything but integer literals, flat list/tuple
+    displays, ``+`` and ``*``."""
+    import ast
+
+    def combine(node, left, right):
+        if isinstance(node.op, ast.Add):
+            if isinstance(left, list) != isinstance(right, list):
+                raise ValueError
+            return left + right
+        if isinstance(left, int) and isinstance(right, list):
+            left, right = right, left
+        if isinstance(left, list) and isinstance(right, int):
+            if len(left) * right > 100_000:  # no model has that many layers
+                raise ValueError
+            return left * right
+        return left * right   # int * int
+
+    values = []                   # results, in post-order
+    stack = [(root, False)]       # (node, its children already evaluated)
+    while stack:
+        node, children_done = stack.pop()
         if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [value(item) for item in node.elts]
+            values.append(node.value)
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            if not children_done:
+                stack.append((node, True))
+                stack.extend((item, False) for item in reversed(node.elts))
+                continue
+            items = values[len(values) - len(node.elts):] if node.elts else []
+            del values[len(values) - len(node.elts):]
             if any(isinstance(item, list) for item in items):
                 raise ValueError
-            return items
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Add):
-                if isinstance(left, list) != isinstance(right, list):
-                    raise ValueError
-                return left + right
-            if isinstance(left, int) and isinstance(right, list):
-                left, right = right, left
-            if isinstance(left, list) and isinstance(right, int):
-                if len(left) * right > 100_000:  # no model has that many layers
-                    raise ValueError
-                return left * right
-            if isinstance(left, int) and isinstance(right, int):
-                return left * right
-        raise ValueError
-
-    try:
-        result = value(tree.body)
-    except (ValueError, RecursionError):
-        raise ShapeError(f"{flag} accepts only integers, lists, + and * (e.g. ([0]*3+[1]*29)), "
-                         f"got {text!r}", flag) from None
-    return tuple(result) if isinstance(result, list) else result
+            values.append(items)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            if not children_done:
+                stack += [(node, True), (node.right, False), (node.left, False)]
+                continue
+            right = values.pop()
+            left = values.pop()
+            values.append(combine(node, left, right))
+        else:
+            raise ValueError
+    return values[0]
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def compare_main(argv: List[str]) -> int:
             if mfu is None:
                 raise UsageError(f"--min-mfu: {summary.path} has no MFU (give --gpu NAME or "
                                  "--peak-tflops X, or relog it with them)")
-            if mfu.median < min_mfu:
+            if not mfu.median >= min_mfu:  # fails closed: a NaN median never passes
                 low_mfu.append(summary)
     failed = bool(low_mfu) or (result is not None and result.regressed)
     if args.json:

@@ -45,11 +45,19 @@ def _check_outputs(args) -> None:
         if extension not in supported:
             raise UsageError(f"--plot {args.plot!r}: the file name must end in one of "
                              f"{', '.join('.' + e for e in sorted(supported))} (e.g. .png)")
+    inputs = [os.path.abspath(path) for path in args.paths if path != "-"]
+    targets = []
     for flag, target in (("--csv", args.csv), ("--plot", args.plot)):
         if target:
             folder = os.path.dirname(os.path.abspath(target))
             if not os.path.isdir(folder):
                 raise UsageError(f"{flag} {target!r}: folder {folder!r} does not exist")
+            if any(_same_file(target, path) for path in inputs):
+                raise UsageError(f"{flag} {target!r} is one of the logs read (PATH): write "
+                                 "the output to another file")
+            if any(_same_file(target, other) for _, other in targets):
+                raise UsageError(f"{flag} {target!r} is also {targets[0][0]}'s file")
+            targets.append((flag, target))
     if args.write_tensorboard:
         if any(os.path.abspath(args.write_tensorboard) == os.path.abspath(path)
                for path in args.paths):
@@ -63,6 +71,14 @@ def _check_outputs(args) -> None:
         except ImportError:
             raise UsageError(f"{WRITE_TENSORBOARD} needs tensorboard: "
                              "pip install -e '.[tensorboard]' in a megatron-flops clone") from None
+
+
+def _same_file(a: str, b: str) -> bool:
+    a, b = os.path.abspath(a), os.path.abspath(b)
+    try:
+        return a == b or os.path.samefile(a, b)
+    except OSError:   # one of them does not exist (yet)
+        return False
 
 
 def _parse(parser, argv: List[str]):
@@ -102,7 +118,11 @@ def relog_main(argv: List[str]) -> int:
                         help="one JSON object per interval on stdout; summary (JSON) on stderr")
     parser.add_argument("--csv", metavar="OUT", help="write one CSV row per interval")
     parser.add_argument(WRITE_TENSORBOARD, metavar="DIR", dest="write_tensorboard",
-                        help="write the corrected curves as a new TensorBoard run in DIR")
+                        help="write the corrected curves as a new TensorBoard run in DIR (a "
+                             "folder that holds event files already is refused: see --append)")
+    parser.add_argument("--append", action="store_true",
+                        help=f"with {WRITE_TENSORBOARD}: add the event file to a folder that "
+                             "holds a run already (TensorBoard then shows both as one run)")
     parser.add_argument("--plot", metavar="OUT.png",
                         help="draw logged vs corrected TFLOP/s (and MFU/HFU) over iterations")
     add_convention_arguments(parser)
@@ -129,55 +149,89 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
 
     fork = None if args.fork == "auto" else args.fork
     stats = ParseStats()
-    relogger = segment = None
     peak = []  # resolved once, for the first segment's dtype
     summary = Summary()
-    # the files are opened before the log is read (an unwritable one fails first) and
-    # closed whatever happens; the plot is drawn only once every interval is in
+    # every output file is made (as a temporary file beside its name) before the log is
+    # read, so an unwritable one fails first; each is renamed into place only once the
+    # whole command has succeeded, and removed when anything fails (logs/pending.py)
     files = []
+    done = False
     rows = outputs.JsonOutput(out) if args.json else outputs.TableOutput(out)
     try:
         if args.csv:
             files.append(outputs.CsvOutput(args.csv))
         if args.write_tensorboard:
-            files.append(outputs.TensorBoardOutput(args.write_tensorboard))
+            files.append(outputs.TensorBoardOutput(args.write_tensorboard, args.append))
+        plot = None
+        if args.plot:
+            plot = outputs.PlotOutput(args.plot)
+            files.append(plot)
         sinks = [rows, *files]
-
-        def peak_tflops_for(run):
-            peak.append(resolve_peak(args.gpu, run.dtype, args.peak_tflops))
-            return peak[0].tflops
-
-        for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
-                                                             peak_tflops_for, args.causal, fork):
-            if new_segment is not None:
-                rows.flush()     # the rows so far before the new segment's heading
-                first = relogger is None
-                relogger, segment = relogger_now, new_segment
-                summary.add_segment(segment)
-                for note in segment.notes:
-                    print(f"megatron-flops: {note}", file=err)
-                if not args.json:
-                    heading = ("sources" if first else f"from iteration "
-                               f"{segment.first_iteration} (a new arguments dump)")
-                    print(f"{heading}: {segment.world_size_line()}", file=out)
-                    for line in segment.provenance_lines():
-                        print(f"  {line}", file=out)
-                    print(file=out)
-                if first and args.plot:
-                    run = segment.run
-                    title = (f"{describe_model(segment.model)}\nrecompute "
-                             f"{run.recompute.label}; {gpus(run.world_size)}; "
-                             f"{os.path.basename(args.paths[0].rstrip('/'))}")
-                    plot = outputs.PlotOutput(args.plot, title, peak[0].tflops)
-                    sinks.append(plot)
-                continue
-            summary.add(interval)
-            for sink in sinks:
-                sink.add(interval)
-    finally:
+        last = []  # the relogger and the segment of the last run shape
+        _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, peak, last)
         rows.flush()
+        _summary(args, out, err, summary, stats, peak, last)
+        if plot is not None:
+            plot.draw()
         for sink in files:
             sink.close()
+        done = True
+    finally:
+        if not done:
+            for sink in files:
+                sink.discard()
+            rows.flush()   # the rows read before the failure, as they came
+    if args.plot:
+        print(f"plot written to {args.plot}", file=err)
+    return EXIT_OK
+
+
+def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, peak,
+                     last) -> None:
+    """Every interval of the logs into ``sinks`` and ``summary``."""
+    from ..hardware import resolve_peak
+    from ..logs.relog import relog_run
+    from ..report import describe_model, gpus
+
+    relogger = None
+
+    def peak_tflops_for(run):
+        peak.append(resolve_peak(args.gpu, run.dtype, args.peak_tflops))
+        return peak[0].tflops
+
+    for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
+                                                         peak_tflops_for, args.causal, fork):
+        if new_segment is not None:
+            sinks[0].flush()     # the rows so far before the new segment's heading
+            first = relogger is None
+            relogger, segment = relogger_now, new_segment
+            summary.add_segment(segment)
+            last[:] = [relogger, segment]
+            for note in segment.notes:
+                print(f"megatron-flops: {note}", file=err)
+            if not args.json:
+                heading = ("sources" if first else f"from iteration "
+                           f"{segment.first_iteration} (a new arguments dump)")
+                print(f"{heading}: {segment.world_size_line()}", file=out)
+                for line in segment.provenance_lines():
+                    print(f"  {line}", file=out)
+                print(file=out)
+            if first and plot is not None:
+                run = segment.run
+                plot.title = (f"{describe_model(segment.model)}\nrecompute "
+                              f"{run.recompute.label}; {gpus(run.world_size)}; "
+                              f"{os.path.basename(args.paths[0].rstrip('/'))}")
+                plot.peak_tflops = peak[0].tflops
+            continue
+        summary.add(interval)
+        for sink in sinks:
+            sink.add(interval)
+
+
+def _summary(args, out, err, summary, stats, peak, last) -> None:
+    """The checks that there was something to relog, then the summary."""
+    from ..logs import outputs
+    from ..logs.console import MAX_LINE_CHARACTERS
     if summary.intervals == 0 and summary.startup_iterations:
         raise UsageError(
             f"only start-up intervals in {' '.join(map(repr, args.paths))} (Megatron-LM's "
@@ -186,10 +240,15 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     if summary.intervals == 0:
         raise UsageError(
             f"no training_log iteration lines in {' '.join(map(repr, args.paths))} "
-            f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines)")
+            f"({stats.lines} lines read, {stats.malformed} unparsed iteration lines"
+            + (f", {stats.overlong} longer than {MAX_LINE_CHARACTERS:,} characters skipped"
+               if stats.overlong else "") + ")")
+    relogger, segment = last
     result = summary.as_dict(segment.run.world_size, stats, relogger, peak[0], args.convention)
     if args.json:
         print(json.dumps({"summary": result}), file=err)
+        for warning in outputs.read_warnings(result["parse"]):  # a person reads stderr too
+            print(f"megatron-flops: {warning}", file=err)
     else:
         print(file=out)
         for line in outputs.summary_lines(result):
@@ -199,9 +258,5 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
             print(file=out)
         for line in conventions:
             print(line, file=out)
-        for warning in result["warnings"]:  # the table's summary has them already
-            print(f"megatron-flops: {warning}", file=err)
-    if args.plot:
-        plot.close()
-        print(f"plot written to {args.plot}", file=err)
-    return EXIT_OK
+        for warning in result["warnings"] + outputs.read_warnings(result["parse"]):
+            print(f"megatron-flops: {warning}", file=err)  # the table's summary has them too

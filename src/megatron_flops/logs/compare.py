@@ -22,6 +22,7 @@ The candidate *regresses* when its median of the gated metric is more than ``thr
 """
 
 import json
+import math
 import os
 import statistics
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -29,6 +30,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 from ..errors import UsageError
 from ..report import format_percent, table
 from .console import ParseStats
+from .outputs import read_warnings
 from .relog import relog_run
 
 METRICS = ("tokens_per_second_per_gpu", "model_tflops_per_gpu", "hardware_tflops_per_gpu",
@@ -94,40 +96,108 @@ def _metric_values(record: dict) -> Dict[str, Optional[float]]:
             "mfu": record.get("mfu"), "hfu": record.get("hfu")}
 
 
+# a longer line is no relog record: read no further than this into one (relog's own lines
+# are a few hundred characters; a newline-free file is not read whole into memory)
+MAX_LINE_CHARACTERS = 1 << 20
+
+
 def is_json_lines(path: str) -> bool:
     """A file whose first line (past blank lines and relog's ``megatron-flops:`` notes)
     opens a JSON object: relog --json output."""
     if os.path.isdir(path):
         return False
     with open(path, "rb") as stream:
-        for line in stream:
+        while True:
+            line = stream.readline(MAX_LINE_CHARACTERS)
+            if not line:
+                return False
             line = line.strip()
             if line and not line.startswith(b"megatron-flops:"):
                 return line.startswith(b"{")
-    return False
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _metric(value, where: str, key: str) -> Optional[float]:
+    """A record's metric: null, or a finite number; anything else names the record (a gate
+    must fail closed: NaN compares false with every threshold)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{where}: {key} must be a number or null, got {_shown(value)}")
+    if not math.isfinite(value):
+        raise UsageError(f"{where}: {key} is {value!r}, not a finite number: no median or "
+                         "threshold can be judged on it")
+    return value
+
+
+def check_record(record: dict, where: str) -> dict:
+    """``record`` if it is a relog interval record whose metrics are finite numbers or null,
+    else UsageError naming ``where`` (the file and line, or the iteration)."""
+    iteration = record.get("iteration")
+    if isinstance(iteration, bool) or not isinstance(iteration, int):
+        raise UsageError(f"{where}: iteration must be an integer, got {_shown(iteration)}")
+    tflops = record.get("tflops_per_gpu")
+    if not isinstance(tflops, dict):
+        raise UsageError(f"{where}: tflops_per_gpu must be an object with 'model' and "
+                         f"'hardware', got {_shown(tflops)}")
+    for key in ("model", "hardware"):
+        _metric(tflops.get(key), where, f"tflops_per_gpu.{key}")
+    for key in ("tokens_per_second_per_gpu", "mfu", "hfu"):
+        _metric(record.get(key), where, key)
+    world_size = record.get("world_size")
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int)
+                                   or world_size < 1):
+        raise UsageError(f"{where}: world_size must be a positive integer, got "
+                         f"{_shown(world_size)}")
+    return record
 
 
 def read_json_lines(path: str) -> List[dict]:
-    """relog --json interval records (and the world size from a summary line, if any)."""
+    """relog --json interval records (and the world size from a summary line, if any); a
+    line that is not JSON, not a relog record, or holds a non-finite or non-numeric metric
+    is a UsageError naming the line."""
     records, world_size = [], None
     with open(path, encoding="utf-8", errors="replace") as stream:
-        for number, line in enumerate(stream, 1):
+        number = 0
+        while True:
+            line = stream.readline(MAX_LINE_CHARACTERS)
+            if not line:
+                break
+            number += 1
+            where = f"{path}: line {number}"
+            if len(line) == MAX_LINE_CHARACTERS and not line.endswith("\n"):
+                raise UsageError(f"{where} is longer than {MAX_LINE_CHARACTERS:,} characters: "
+                                 "not a relog interval record")
             line = line.strip()
             if not line or line.startswith("megatron-flops:"):
                 continue  # relog's notes on stderr, when saved with 2>&1
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
-                raise UsageError(f"{path}: line {number} is not JSON (expected the output of "
+                raise UsageError(f"{where} is not JSON (expected the output of "
                                  "'megatron-flops relog PATH --json')") from None
+            except RecursionError:
+                raise UsageError(f"{where} is nested too deeply to be a relog record") from None
             if not isinstance(item, dict):
-                raise UsageError(f"{path}: line {number} is not a JSON object")
+                raise UsageError(f"{where} is not a JSON object")
             if "summary" in item:
-                world_size = (item["summary"] or {}).get("world_size", world_size)
+                summary = item["summary"]
+                if summary is not None and not isinstance(summary, dict):
+                    raise UsageError(f"{where}: summary must be an object, got {_shown(summary)}")
+                found = (summary or {}).get("world_size", world_size)
+                if found is not None and (isinstance(found, bool) or not isinstance(found, int)
+                                          or found < 1):
+                    raise UsageError(f"{where}: summary.world_size must be a positive integer, "
+                                     f"got {_shown(found)}")
+                world_size = found
             elif "iteration" in item and "tflops_per_gpu" in item:
-                records.append(item)
+                records.append(check_record(item, where))
             else:
-                raise UsageError(f"{path}: line {number} is not a relog interval record "
+                raise UsageError(f"{where} is not a relog interval record "
                                  "(no 'iteration' and 'tflops_per_gpu' keys)")
     for record in records:
         record.setdefault("world_size", world_size)
@@ -143,6 +213,8 @@ def summarise(path: str, records: Sequence[dict], warmup: int,
         raise UsageError(f"{path}: {len(records)} logged interval(s), all warm-up under "
                          f"--warmup {warmup}; nothing left to compare")
     steady = records[warmup:]
+    for record in steady:  # recomputed from a log: checked the same way
+        check_record(record, f"{path}: iteration {record.get('iteration')}")
     metrics = {name: spread([_metric_values(r)[name] for r in steady]) for name in METRICS}
     world = world_size if world_size is not None else steady[-1].get("world_size")
     return RunSummary(path, len(records), warmup, steady[0]["iteration"], steady[-1]["iteration"],
@@ -162,7 +234,8 @@ class Comparison(NamedTuple):
 
     @property
     def regressed(self) -> bool:
-        return self.change is not None and self.change < -self.threshold
+        # fails closed: a change that is not a number >= -threshold is a regression
+        return self.change is not None and not self.change >= -self.threshold
 
     def to_dict(self) -> dict:
         return {"baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict(),
@@ -273,4 +346,4 @@ def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] =
         out.append(item)
     if segment is None:
         raise UsageError(f"{path}: no training_log iteration lines ({stats.lines} lines read)")
-    return out, notes
+    return out, notes + read_warnings(stats.as_dict())

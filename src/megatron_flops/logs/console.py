@@ -135,7 +135,7 @@ class ParseStats:
 
     __slots__ = ("lines", "records", "malformed", "truncated", "other", "malformed_lines",
                  "arguments", "argument_dumps", "arguments_line", "padded_vocab",
-                 "padded_vocab_line", "path")
+                 "padded_vocab_line", "path", "damaged", "overlong", "overlong_lines")
 
     def __init__(self):
         self.lines = 0
@@ -150,11 +150,16 @@ class ParseStats:
         self.padded_vocab: Optional[int] = None
         self.padded_vocab_line: Optional[int] = None
         self.path: Optional[str] = None        # the file being read (several: one run's)
+        self.damaged: List[dict] = []          # TensorBoard files read only in part
+        self.overlong = 0                      # lines cut at MAX_LINE_CHARACTERS
+        self.overlong_lines: List[int] = []    # the first few of them
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "records": self.records, "malformed": self.malformed,
                 "truncated": self.truncated, "other": self.other,
-                "malformed_line_numbers": list(self.malformed_lines)}
+                "malformed_line_numbers": list(self.malformed_lines),
+                "damaged_files": list(self.damaged), "overlong": self.overlong,
+                "overlong_line_numbers": list(self.overlong_lines)}
 
 
 class Malformed(UsageError):
@@ -475,6 +480,9 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
     number = 0
     dump = None  # the arguments block being read
     for number, line in enumerate(lines, 1):
+        if type(line) is CutLine:
+            count_cut_line(stats, number)
+            continue
         if anchor_word in line:
             try:
                 record = parse_line(line, number, fork)
@@ -512,8 +520,69 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
     stats.lines += number
 
 
-def open_log(path: str):
-    """A text stream over a log file (``-`` is stdin), undecodable bytes replaced."""
+# no log line is this long (an arguments dump's longest lines are a few kB): a longer one
+# (a newline-free file) is cut here rather than read whole into memory
+MAX_LINE_CHARACTERS = 1 << 20
+
+
+class CutLine(str):
+    """The first :data:`MAX_LINE_CHARACTERS` characters of a longer line."""
+
+
+class BoundedLines:
+    """A text stream's lines (``readline()``, iteration, a context manager), none longer than
+    :data:`MAX_LINE_CHARACTERS`: a longer line comes as a :class:`CutLine` and its rest is
+    skipped, read in pieces of that size."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readline(self) -> str:
+        line = self._stream.readline(MAX_LINE_CHARACTERS)
+        if len(line) < MAX_LINE_CHARACTERS or line.endswith("\n"):
+            return line
+        return self._cut(line)
+
+    def _cut(self, line: str) -> "CutLine":
+        """The start of an over-long line; its rest read in bounded pieces and dropped."""
+        while True:
+            rest = self._stream.readline(MAX_LINE_CHARACTERS)
+            if len(rest) < MAX_LINE_CHARACTERS or rest.endswith("\n"):
+                return CutLine(line)
+
+    def __iter__(self) -> Iterator[str]:
+        readline, limit = self._stream.readline, MAX_LINE_CHARACTERS   # the per-line path
+        while True:
+            line = readline(limit)
+            if len(line) == limit and not line.endswith("\n"):
+                line = self._cut(line)
+            elif not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def count_cut_line(stats: "ParseStats", number: int) -> None:
+    """A :class:`CutLine` is skipped, and counted."""
+    stats.overlong += 1
+    stats.other += 1
+    if len(stats.overlong_lines) < MAX_EXAMPLES:
+        stats.overlong_lines.append(number)
+
+
+def open_log(path: str) -> BoundedLines:
+    """The lines of a log file (``-`` is stdin), undecodable bytes replaced, each at most
+    :data:`MAX_LINE_CHARACTERS` long (:class:`BoundedLines`)."""
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-    return open(path, "r", encoding="utf-8", errors="replace", buffering=1 << 20)
+        return BoundedLines(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
+                                             errors="replace"))
+    return BoundedLines(open(path, "r", encoding="utf-8", errors="replace",
+                             buffering=1 << 20))

@@ -1,4 +1,6 @@
-"""Where ``relog``'s intervals go: each output is a sink with ``add(interval)`` and ``close()``.
+"""Where ``relog``'s intervals go: each output is a sink with ``add(interval)``, ``close()``
+(the output complete: a file is renamed into place) and ``discard()`` (the command failed:
+a file's previous content stays, the temporary file goes; see :mod:`.pending`).
 
 - :class:`TableOutput`: one aligned text row per interval (the header before the first);
 - :class:`JsonOutput`: one JSON object per interval (:meth:`.intervals.Interval.as_dict`);
@@ -15,15 +17,17 @@ dependencies (tensorboard, matplotlib) are imported by the output that needs the
 import csv
 import json
 import math
+import os
 from array import array
 from typing import List, Optional, TextIO
 
 from ..conventions import conventions_table, headline_line
+from ..errors import UsageError
 from ..report import format_optional as _number
 from ..report import format_percent
 from ..sinks import write_tensorboard
 from .intervals import LOGGED_COUNTS, Interval
-from .tensorboard import EventWriter
+from .tensorboard import EventWriter, event_files
 
 
 TABLE_HEADER = ("iteration", "batch", "seq", "s/iter", "logged TFLOPs", "model TFLOP/s",
@@ -83,6 +87,9 @@ class TableOutput(_BatchedLines):
             self._header_written = True
         self._append(table_row(interval) + "\n")
 
+    def discard(self) -> None:
+        pass
+
 
 # ``json.dumps(interval.as_dict())`` by the C encoder on a list of the values, joined by a
 # separator no encoded value can hold (the encoder escapes a NUL in a string as \u0000), then
@@ -131,6 +138,9 @@ class JsonOutput(_BatchedLines):
     def add(self, interval: Interval) -> None:
         self._append(interval_json(interval))
 
+    def discard(self) -> None:
+        pass
+
 
 CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
                "logged_global_batch_size", "batch_size", "seq_length", "seconds_per_iteration",
@@ -148,10 +158,12 @@ def csv_row(interval: Interval) -> list:
 
 
 class CsvOutput:
-    """A CSV file, the header written when opened; empty cells mean unknown."""
+    """A CSV file, the header first; empty cells mean unknown.  Written beside ``path`` and
+    renamed onto it by ``close()`` (:class:`.pending.PendingFile`)."""
 
-    def __init__(self, path: str):
-        self._file = open(path, "w", newline="", encoding="utf-8")
+    def __init__(self, path: str, flag: str = "--csv"):
+        from .pending import PendingFile
+        self._file = PendingFile(flag, path)
         self._writer = csv.writer(self._file)
         self._writer.writerow(CSV_COLUMNS)
 
@@ -159,7 +171,10 @@ class CsvOutput:
         self._writer.writerow(csv_row(interval))
 
     def close(self) -> None:
-        self._file.close()
+        self._file.commit()
+
+    def discard(self) -> None:
+        self._file.discard()
 
 
 LOGGED_TFLOPS_TAG = "relog/logged_tflops_per_gpu"
@@ -178,16 +193,28 @@ def write_interval_tensorboard(writer, interval: Interval) -> None:
 
 
 class TensorBoardOutput:
-    """A new TensorBoard run in ``directory`` (needs the ``tensorboard`` extra)."""
+    """A new event file in ``directory`` (needs the ``tensorboard`` extra), renamed into
+    place by ``close()``.  A folder that already holds event files is refused unless
+    ``append`` (TensorBoard would show both files' points as one run)."""
 
-    def __init__(self, directory: str):
-        self._writer = EventWriter(directory)
+    def __init__(self, directory: str, append: bool = False,
+                 flag: str = "--write-tensorboard"):
+        existing = event_files(directory)
+        if existing and not append:
+            raise UsageError(
+                f"{flag} {directory!r} already holds a TensorBoard run ({len(existing)} event "
+                f"file(s)): give a new folder (e.g. {os.path.join(directory, 'relog')!r}), or "
+                "--append to add this run's event file to that one")
+        self._writer = EventWriter(directory, flag)
 
     def add(self, interval: Interval) -> None:
         write_interval_tensorboard(self._writer, interval)
 
     def close(self) -> None:
         self._writer.close()
+
+    def discard(self) -> None:
+        self._writer.discard()
 
 
 class PlotSeries:
@@ -216,22 +243,45 @@ class PlotSeries:
 
 
 class PlotOutput:
-    """The plot, drawn to ``path`` (format from its extension) when closed; needs matplotlib."""
+    """The plot, drawn to ``path`` (format from its extension; needs matplotlib): into a
+    temporary file beside it by ``draw()`` (after the last interval), renamed into place by
+    ``close()``.  The temporary file is made when the output is, so an unwritable folder
+    fails before the log is read."""
 
-    def __init__(self, path: str, title: str, peak_tflops: Optional[float]):
+    def __init__(self, path: str, title: str = "", peak_tflops: Optional[float] = None,
+                 flag: str = "--plot"):
+        from .pending import PendingFile
         self.path, self.title, self.peak_tflops = path, title, peak_tflops
         self._series = PlotSeries()
+        self._file = PendingFile(flag, path, binary=True)
+        self._drawn = False
 
     def add(self, interval: Interval) -> None:
         self._series.add(interval)
 
-    def close(self) -> None:
+    def draw(self) -> None:
         series = self._series
-        draw_plot(series, self.path, self.title, self.peak_tflops, series.forks)
+        extension = os.path.splitext(self.path)[1].lstrip(".").lower()
+        from .pending import OutputError
+        try:
+            draw_plot(series, self._file.file, self.title, self.peak_tflops, series.forks,
+                      extension)
+        except OSError as error:
+            raise OutputError(self._file.flag, self._file.shown, error) from None
+        self._drawn = True
+
+    def close(self) -> None:
+        if not self._drawn:
+            self.draw()
+        self._file.commit()
+
+    def discard(self) -> None:
+        self._file.discard()
 
 
-def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[float],
-              forks) -> None:
+def draw_plot(series: PlotSeries, path, title: str, peak_tflops: Optional[float],
+              forks, file_format: Optional[str] = None) -> None:
+    """The figure, saved to ``path`` (a file name, or a file object with ``file_format``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -279,7 +329,7 @@ def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[f
         bottom.legend(loc="lower right")
     axes[-1][0].set_xlabel("iteration")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format=file_format)
     plt.close(figure)
 
 
@@ -363,10 +413,25 @@ def summary_lines(summary: dict) -> List[str]:
         + (f", {summary['gaps']} gaps" if summary.get("gaps") else "")
         + (f", {len(summary['segments'])} run shapes (arguments dumps)"
            if len(summary.get("segments", ())) > 1 else ""))
+    lines += read_warnings(parse)
     if summary["inconsistent_consumed_samples"]:
         lines.append(f"{summary['inconsistent_consumed_samples']} intervals whose consumed "
                      "samples disagree with the logged batch sizes used the logged batch size")
     lines += summary.get("warnings", [])
+    return lines
+
+
+def read_warnings(parse: dict) -> List[str]:
+    """What was read only in part (the summary's ``parse`` object): damaged TensorBoard
+    files, lines cut at the line-length bound."""
+    from .console import MAX_LINE_CHARACTERS
+    from .tensorboard import damage_warning
+    lines = [damage_warning(damage) for damage in parse.get("damaged_files", ())]
+    if parse.get("overlong"):
+        lines.append(f"warning: {parse['overlong']} line(s) longer than "
+                     f"{MAX_LINE_CHARACTERS:,} characters skipped, not read whole "
+                     f"(first at line "
+                     f"{', '.join(map(str, parse['overlong_line_numbers']))})")
     return lines
 
 

@@ -26,7 +26,7 @@ import datetime
 import re
 from typing import Iterable, Iterator, Optional
 
-from .console import MEGATRON_LM, LogRecord, ParseStats
+from .console import MEGATRON_LM, CutLine, LogRecord, ParseStats, count_cut_line
 
 _LINE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})\tJob ID: [^\t]*\t# GPUs: (\d+)\t(.*)$")
 _CHECKPOINT_EVENTS = ("Saved checkpoint", "Saving async checkpoint")
@@ -57,6 +57,9 @@ def parse_progress(lines: Iterable[str], stats: Optional[ParseStats] = None
     last_saved_iteration = 0           # where a new job resumes
     number = 0
     for number, line in enumerate(lines, 1):
+        if type(line) is CutLine:
+            count_cut_line(stats, number)
+            continue
         match = _LINE.match(line.rstrip("\r\n"))
         if match is None:
             stats.other += 1

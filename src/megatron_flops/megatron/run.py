@@ -3,7 +3,9 @@ with the megatron-flops hook installed, without editing it.  (``megatron_flops.r
 public alias of this module.)
 
 The script runs as ``__main__`` (like ``python SCRIPT ARGS``: its folder first on
-``sys.path``, ``sys.argv = [SCRIPT, ARGS…]``).  Works under launchers:
+``sys.path``, ``sys.argv = [SCRIPT, ARGS…]``); SCRIPT may also be a folder or zip file holding
+``__main__.py``, which goes first on ``sys.path`` itself, as ``python`` does.  ``-h`` prints
+the usage (exit 0).  Works under launchers:
 
 - ``torchrun --nproc_per_node=8 -m megatron_flops.run pretrain_gpt.py ARGS``
 - ``deepspeed --module megatron_flops.run pretrain_gpt.py ARGS`` — the launcher puts
@@ -35,6 +37,23 @@ USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] [--count-flops[=I
 COUNTING_OPTIONS = ("--count-flops", "--strict", "--tolerance")
 
 
+class HelpRequested(Exception):
+    """``-h`` / ``--help``: the usage on stdout, exit 0."""
+
+
+def runnable_as_path(script: str) -> bool:
+    """What ``python SCRIPT`` runs: a file, or a folder or zip file holding ``__main__.py``."""
+    if os.path.isdir(script):
+        return os.path.isfile(os.path.join(script, "__main__.py"))
+    return os.path.isfile(script)
+
+
+def is_package_path(script: str) -> bool:
+    """A folder or zip file (``runpy.run_path`` puts it on ``sys.path`` itself)."""
+    import zipfile
+    return os.path.isdir(script) or zipfile.is_zipfile(script)
+
+
 def split_command(argv: List[str]):
     """(launcher options to pass on, script, script arguments)."""
     passed_on = []
@@ -44,8 +63,10 @@ def split_command(argv: List[str]):
         if "=" not in option and rest:
             option = f"{option}={rest.pop(0)}"
         passed_on.append(option)
+    if rest and rest[0] in ("-h", "--help"):
+        raise HelpRequested(USAGE)
     if not rest or rest[0].startswith("-"):
-        raise UsageError(USAGE if not rest or rest[0] in ("-h", "--help")
+        raise UsageError(USAGE if not rest
                          else f"megatron-flops run: expected a script, got {rest[0]!r}\n{USAGE}")
     return passed_on, rest[0], rest[1:]
 
@@ -81,16 +102,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         options, rest = counting_options(sys.argv[1:] if argv is None else argv)
         passed_on, script, script_args = split_command(rest)
-        if not os.path.isfile(script):
-            raise UsageError(f"megatron-flops run: no such script: {script}")
+        if not runnable_as_path(script):
+            raise UsageError(f"megatron-flops run: no such script: {script}"
+                             + (" (a folder needs a __main__.py)"
+                                if os.path.isdir(script) else ""))
         CountSettings.resolve(**options)  # the environment's values too: exit 2 before the run
+    except HelpRequested as usage:
+        print(usage)
+        raise SystemExit(0) from None
     except UsageError as error:   # a ShapeError too
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
     install(**options)
     path = os.path.abspath(script)
     sys.argv = [script] + passed_on + script_args
-    sys.path.insert(0, os.path.dirname(path))
+    if not is_package_path(path):  # run_path puts a folder or zip file first itself
+        sys.path.insert(0, os.path.dirname(path))
     runpy.run_path(path, run_name="__main__")
 
 

@@ -17,8 +17,10 @@ right after the table when a component differs from the formula by more than ``t
 (``--tolerance``, ``MEGATRON_FLOPS_TOLERANCE``, a fraction or a percentage of that phase's
 formula FLOPs; default 0: exact), when FLOPs are unattributed or kernels could not be
 counted, or when counting failed.  Without ``strict`` a failure of the counting is reported
-once and training continues uncounted.  An exception raised inside the training step itself
-propagates as it would without counting.
+once and training continues uncounted: when torch's FLOP formula (or the attribution) raises
+inside the counted step, the step had not completed and runs again uncounted (a counter
+failure is told from the step's own by the traceback: :func:`raised_by_counter`).  An
+exception raised by the training step itself propagates as it would without counting.
 """
 
 import functools
@@ -82,6 +84,22 @@ class CountSettings:
         return cls(iteration, bool(strict), float(tolerance))
 
 
+def raised_by_counter(error: BaseException) -> bool:
+    """Whether ``error`` was raised by the FLOP counter rather than the step's own code: a
+    frame of its traceback is the counter's per-operator hook (``_count_flops``: torch's
+    FLOP formulas and our attribution run there, after the operator itself ran) or torch's
+    module tracker.  An operator's own error is raised before ``_count_flops`` is called,
+    so it never has such a frame."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if code.co_name == "_count_flops" or os.path.basename(
+                code.co_filename) == "module_tracker.py":
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 class CountingMode:
     """Wraps ``train_step`` of the patched training module; counts once."""
 
@@ -139,18 +157,29 @@ class CountingMode:
         except Exception as error:
             self._failed("preparing the count", error)
             return step(*args, **kwargs)
-        started = []
+        started, finished = [], []
 
         def run_step():
             started.append(True)
-            return step(*args, **kwargs)
+            value = step(*args, **kwargs)
+            finished.append(value)
+            return value
 
         try:
             counter, seconds, value = counted_step(run_step, model, rules)
         except Exception as error:
-            if started:
+            if finished:   # the step completed; the counter failed on the way out
+                self._failed("stopping the counter", error)
+                return finished[0]
+            if started and not raised_by_counter(error):
                 raise  # the training step's own error, as without counting
-            self._failed("starting the counter", error)
+            if started:
+                # torch's FLOP formula or our attribution raised inside the step: the step
+                # did not complete; it runs again uncounted (its micro-batches drawn anew)
+                self._failed("torch's FLOP formula or the attribution, inside the step "
+                             "(the step runs again uncounted)", error)
+            else:
+                self._failed("starting the counter", error)
             return step(*args, **kwargs)
         try:
             result = self.result = count_result(

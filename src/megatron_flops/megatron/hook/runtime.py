@@ -182,10 +182,11 @@ class MegatronHook:
                               and callable(getattr(training, "get_args", None))
                               and callable(getattr(training, "get_num_microbatches", None)))
         if not self.per_iteration:
+            if not strategy.log_time_fallback:  # one fault, one message: fail() says it
+                raise RuntimeError(f"{strategy.name} training_log has an unexpected signature "
+                                   f"{names}, without (…, iteration, …)")
             self.print(f"{PREFIX} training_log has an unexpected signature {names}: "
                        "throughput counted at log time (batch-size ramp-up not per iteration)")
-            if not strategy.log_time_fallback:
-                raise RuntimeError(f"{strategy.name} training_log without (…, iteration, …)")
             return
 
         @functools.wraps(original_log)
