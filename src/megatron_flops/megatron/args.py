@@ -13,8 +13,6 @@ Works on the ``argparse.Namespace`` that either Megatron-DeepSpeed fork builds (
 """
 
 import argparse
-import os
-import sys
 from dataclasses import replace
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -165,11 +163,12 @@ def deepspeed_pipeline(ns) -> bool:
     layers, and DeepSpeed refuses none of it.  Megatron's "layers divisible by stages" rule
     belongs to its own pipeline only.
     """
-    # a pasted command line's --deepspeed has its own destination, so that a command that
-    # defines --deepspeed for itself (the demo: DeepSpeed's engine, no pipeline model) overrides
-    # it (``conflict_handler="resolve"``) without meaning the pipeline model
-    name = "deepspeed_pipeline_model" if getattr(ns, "_cli", False) else "deepspeed"
-    return bool(getattr(ns, name, False)) and not getattr(ns, "no_pipeline_parallel", False)
+    # a pasted command line's --deepspeed has its own destination (None when not typed), so
+    # that a command defining --deepspeed for itself (the demo: DeepSpeed's engine, no pipeline
+    # model) overrides it without meaning the pipeline model; a run's args has ``deepspeed``
+    pasted = getattr(ns, "deepspeed_pipeline_model", None)
+    chosen = getattr(ns, "deepspeed", False) if pasted is None else pasted
+    return bool(chosen) and not getattr(ns, "no_pipeline_parallel", False)
 
 
 def pipeline_model_recompute(ns, recompute: Recompute) -> Recompute:
@@ -304,34 +303,9 @@ def _sequence_parallel(ns) -> int:
 
 
 def _world_size(ns) -> Optional[int]:
-    """``--world-size``, else (for a pasted command line) the launcher's ``WORLD_SIZE``."""
-    world = getattr(ns, "world_size", None)
-    if world is not None or not getattr(ns, "_cli", False):
-        if getattr(ns, "_cli", False):
-            ns._world_size_source = "--world-size"
-        return world
-    env = os.environ.get("WORLD_SIZE", "").strip()
-    if env:
-        try:
-            world = int(env)
-        except ValueError:
-            raise ShapeError(f"WORLD_SIZE in the environment must be an integer, got {env!r}",
-                             "--world-size") from None
-        ns._world_size_source = "WORLD_SIZE in the environment"
-        return world
-    ns._world_size_source = None  # assumed: one model replica
-    return None
-
-
-def world_size_note(ns, run: RunShape) -> str:
-    """Where the world size came from, for the screen that shows a result."""
-    source = getattr(ns, "_world_size_source", "--world-size")
-    if source:
-        return f"world size {run.world_size} (from {source})"
-    parts = ("TP × PP" + (" × SP" if run.sequence_parallel_size > 1 else "")
-             + (" × CP" if run.context_parallel_size > 1 else ""))
-    return (f"world size {run.world_size} ASSUMED ({parts}, one data-parallel replica): "
-            "give --world-size (or set WORLD_SIZE) for per-GPU figures")
+    """The run's world size (None: TP × PP × SP × CP, one replica).  A pasted command's comes
+    from :func:`megatron_flops.megatron.launch.world_size` (flag, launch line, environment)."""
+    return getattr(ns, "world_size", None)
 
 
 def _global_batch(ns, micro: int, data_parallel: int) -> Optional[int]:
@@ -582,10 +556,18 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--tensor-model-parallel-size", type=int, default=1)
     add("--pipeline-model-parallel-size", type=int, default=1)
     add("--vocab-size", type=int, help="tokenizer vocabulary size before Megatron's padding "
-        f"(default: GPT-2 BPE, {GPT2_BPE_VOCAB_SIZE})")
+        "(default: read from the tokenizer the command names, else said assumed)")
     add("--padded-vocab-size", type=int, help="the padded size outright (skips padding)")
     add("--make-vocab-size-divisible-by", type=int, default=128)
     add("--pad-vocab-size-to", type=int)
+    add("--tokenizer-type", type=str, help="read for the vocabulary (with --tokenizer-model, "
+        "--vocab-file): its size, then Megatron's padding")
+    add("--tokenizer-model", type=str, help="a local tokenizer.json, HF tokenizer directory, "
+        "SentencePiece .model or tiktoken JSON: its size is read")
+    add("--vocab-file", type=str, help="GPT-2 BPE vocab.json: its size is read")
+    add("--tokenizer-name-or-path", type=str, help="bigscience: a local HF tokenizer directory")
+    add("--tokenizer-special-tokens", nargs="*", dest="special_tokens")
+    add("--tokenizer-sentencepiece-legacy", action="store_true")
     add("--glu-activation", type=str)
     add("--swiglu", action="store_true")
     add("--num-key-value-heads", type=int)
@@ -624,7 +606,7 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--embed-layernorm", action="store_true")
     add("--fp16", action="store_true")
     add("--bf16", action="store_true")
-    add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model",
+    add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model", default=None,
         help="the fork builds DeepSpeed's pipeline model")
     add("--no-pipeline-parallel", action="store_true")
     add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
@@ -673,8 +655,14 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     ours.add_argument("--world-size", type=int,
                       help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP × CP, said so)")
     ours.add_argument("--strict", action="store_true", dest="strict_flags",
-                      help="an unknown flag is an error, not a warning")
-    parser.set_defaults(_cli=True)
+                      help="an unknown flag, an assumed vocabulary or an assumed framework "
+                      "default is an error, not a warning")
+    ours.add_argument("--lenient", action="store_true", dest="lenient_flags",
+                      help="a likely typo of a flag that changes FLOPs is a warning, not an "
+                      "error")
+    ours.add_argument("--framework", metavar="NAME", help="read the flags in this framework's "
+                      "dialect: megatron-lm, microsoft, bigscience, megatron-bridge (default: "
+                      "inferred from the command, said)")
     return parser
 
 
@@ -726,11 +714,25 @@ class FlagReport:
         return out
 
 
-def check_flags(unknown: Iterable[str], strict: bool = False) -> FlagReport:
+def _read_flags() -> frozenset:
+    """The option strings this tool's parser reads (each changes the count)."""
+    global _READ_FLAGS
+    if _READ_FLAGS is None:
+        _READ_FLAGS = frozenset(megatron_argument_parser()._option_string_actions)
+    return _READ_FLAGS
+
+
+_READ_FLAGS = None
+
+
+def check_flags(unknown: Iterable[str], strict: bool = False, lenient: bool = False
+                ) -> FlagReport:
     """Classify parse_known_args' leftovers; raise ShapeError for what cannot be counted.
 
     A known FLOP-changing flag this tool cannot count yet is an error naming it; an unknown
-    flag is a warning with a near miss suggested (an error with ``strict``).
+    flag close to one that changes FLOPs (``--hiden-size``) is an error naming it unless
+    ``lenient``; any other unknown flag is a warning with a near miss suggested (an error with
+    ``strict``).
     """
     neutral, noted, unknown_flags = [], [], []
     for flag in dict.fromkeys(ignored_flags(unknown)):
@@ -742,16 +744,13 @@ def check_flags(unknown: Iterable[str], strict: bool = False) -> FlagReport:
             neutral.append(flag)
         else:
             suggestion = catalogue.did_you_mean(flag)
+            hint = f" (did you mean {suggestion}?)" if suggestion else ""
+            changes = suggestion is not None and (suggestion in _read_flags() or
+                                                  suggestion in catalogue.UNSUPPORTED)
+            if changes and not lenient:
+                raise ShapeError(f"unknown flag {flag}{hint}: {suggestion} changes FLOPs, so a "
+                                 "typo would miscount (--lenient makes this a warning)", flag)
             if strict:
-                hint = f" (did you mean {suggestion}?)" if suggestion else ""
                 raise ShapeError(f"unknown flag {flag}{hint}", flag)
             unknown_flags.append((flag, suggestion))
     return FlagReport(neutral, noted, unknown_flags)
-
-
-def report_flags(unknown: Iterable[str], strict: bool = False, stream=None) -> FlagReport:
-    """:func:`check_flags`, its lines printed on ``stream`` (stderr)."""
-    report = check_flags(unknown, strict)
-    for line in report.lines():
-        print(line, file=stream or sys.stderr)
-    return report
