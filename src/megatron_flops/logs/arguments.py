@@ -120,8 +120,6 @@ def merge_flags(flags: argparse.Namespace, given: Iterable[str],
     for name, value in vars(dump).items():
         if name not in given:
             setattr(merged, name, value)
-    if arguments:
-        merged._cli = False  # a real run's namespace: its parser's defaults are all there
     if padded_vocab is not None and "padded_vocab_size" not in given:
         merged.padded_vocab_size = padded_vocab
     for name in SHAPE_VALUES + tuple(sorted(given - set(SHAPE_VALUES))):

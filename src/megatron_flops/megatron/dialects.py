@@ -228,14 +228,16 @@ def infer_dialect(flags: Iterable[str] = (), words: Iterable[str] = (),
     candidates = set(_ORDER)
     why: List[str] = []
     votes: Dict[str, int] = {name: 0 for name in _ORDER}
-    for flag in dict.fromkeys(flags):
+    flags = list(dict.fromkeys(flags))
+    removed = [f for f in flags if f in DIALECTS[MEGATRON_LM].removed]
+    for flag in flags:
         sources = set(_sources_of(flag))
-        if flag in DIALECTS[MEGATRON_LM].removed:
-            sources.discard(MEGATRON_LM)
+        if flag in removed:
+            continue  # read last: evidence for a fork unless the rest says Megatron-LM
         if not sources:
             continue
-        for name in sources:
-            votes[name] += 1
+        for name in sources:  # a flag only one framework has weighs most (mixed evidence)
+            votes[name] += 10 if len(sources) == 1 else 1
         if candidates & sources != candidates:
             left = candidates & sources
             if left:
@@ -249,6 +251,9 @@ def infer_dialect(flags: Iterable[str] = (), words: Iterable[str] = (),
     if deepspeed and MEGATRON_LM in candidates:
         candidates.discard(MEGATRON_LM)
         why.append("--deepspeed (a Megatron-DeepSpeed fork)")
+    if removed and candidates != {MEGATRON_LM} and candidates - {MEGATRON_LM}:
+        candidates.discard(MEGATRON_LM)
+        why.append(f"{removed[0]} (Megatron-LM exits on it)")
     script = _script_evidence(words)
     if script is not None and candidates & set(script[0]):
         candidates &= set(script[0])
