@@ -8,7 +8,7 @@ and the evidence that points to it (:func:`infer_dialect`).
 
 The defaults were read from each framework's own ``arguments.py`` (and Megatron-Core's
 ``TransformerConfig``, which Megatron-LM turns into flags) at the commit named in each entry;
-``tests/data/dialects.md`` is the same table for the closing note.  Standard library only.
+``docs/dialects.md`` is the same table, for people.  Standard library only.
 """
 
 import os
