@@ -42,3 +42,33 @@ def test_a_dump_value_that_was_given_not_derived_stays():
     assert merged.ffn_hidden_size == 28672
     merged, _ = merge_flags(argparse.Namespace(seq_length=2048), {"seq_length"}, dump())
     assert merged.seq_length == 2048 and getattr(merged, "encoder_seq_length", None) is None
+
+
+# ---- a dump read in its framework's dialect (issue 18.1) ---------------------------------
+def write_dump(tmp_path, values):
+    from megatron_flops.logs.arguments import DUMP_END, DUMP_START
+    lines = [DUMP_START]
+    for name, value in sorted(values.items(), key=lambda item: item[0].lower()):
+        lines.append("  {} {} {}".format(name, "." * (48 - len(name)), value))
+    path = tmp_path / "run.log"
+    path.write_text("\n".join(lines + [DUMP_END, ""]))
+    return str(path)
+
+
+SHAPE = {"num_layers": 4, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32,
+         "micro_batch_size": 1, "global_batch_size": 8, "world_size": 8,
+         "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
+         "padded_vocab_size": 1024, "num_experts": 4}
+
+
+def test_a_megatron_lm_dump_before_moe_layer_freq_is_every_layer_moe(tmp_path):
+    from megatron_flops.logs.segments import segment_from_log
+    # Megatron-LM 2024 (moe_router_topk, no moe_layer_freq yet): every layer was MoE
+    path = write_dump(tmp_path, dict(SHAPE, moe_router_topk=2, log_throughput=True))
+    segment = segment_from_log(argparse.Namespace(), set(), path)
+    assert segment.model.moe_layer_pattern == (1, 1, 1, 1)
+    # the microsoft fork's dump carries its expert_interval
+    path = write_dump(tmp_path, dict(SHAPE, num_experts=[4], expert_interval=2, topk=1,
+                                     deepspeed=True, swiglu=False))
+    segment = segment_from_log(argparse.Namespace(), set(), path)
+    assert segment.model.moe_layer_pattern == (0, 1, 0, 1)

@@ -204,29 +204,6 @@ def sources_lines(namespace: argparse.Namespace, sources: Dict[str, str]) -> Lis
     return lines
 
 
-# unsupported features whose argument is not a switch but a value that is None when unused
-_UNSUPPORTED_VALUES = frozenset((
-    "num_experts_switch", "mtp_num_layers", "moe_shared_expert_intermediate_size",
-    "window_size", "hybrid_override_pattern", "hybrid_layer_pattern",
-    "heterogeneous_layers_config_path"))
-
-
-def unsupported_features(arguments: Dict[str, str], unsupported: Dict[str, str]
-                         ) -> List[Tuple[str, str, str]]:
-    """(flag, printed value, why) for each FLOP-changing feature the run used that the count
-    does not support yet (``unsupported``: the flag catalogue's ``--flag -> why``): a switch
-    that is True, or a value-type feature that is set."""
-    out = []
-    for name, text in sorted(arguments.items()):
-        flag = "--" + name.replace("_", "-")
-        if flag not in unsupported:
-            continue
-        value = typed_value(text)
-        if value is True or (name in _UNSUPPORTED_VALUES and value not in (None, False)):
-            out.append((flag, text, unsupported[flag]))
-    return out
-
-
 # which fork printed a dump: arguments only one of them has
 _FORK_ARGUMENTS = (
     ("microsoft", ("swiglu", "num_key_value_heads", "ds_sequence_parallel_size", "mlp_type",

@@ -372,23 +372,36 @@ def _megatron_core_model_fields(ns) -> dict:
     return fields
 
 
-# The flag catalogue's unsupported NVIDIA Megatron-LM features (:data:`.flags.UNSUPPORTED`), as
-# a run's ``args`` carries them (destinations at d98e8a64; off: None / False / 0 / ""): a run
-# using one is refused, never miscounted (the runtime hook then steps aside)
-UNSUPPORTED_MEGATRON_LM_ARGS = (
-    "--attention-output-gate", "--experimental-attention-variant", "--dsa-indexer-topk",
-    "--hybrid-layer-pattern", "--hybrid-override-pattern", "--is-hybrid-model",
-    "--linear-attention-freq", "--heterogeneous-layers-config-path",
-    "--heterogeneous-layers-config-encoded-json", "--moe-latent-size", "--quick-geglu",
-)
+# The one list of unsupported features is the flag catalogue's (:data:`.flags.UNSUPPORTED`);
+# a run's ``args`` (or a log's dump) uses one when its switch is True, or, for these features
+# whose argument is a value (off: None / 0 / ""), when the value is set.  Values Megatron sets
+# on every run (``encoder_num_layers``) are not here: only a switch refuses those.
+UNSUPPORTED_VALUE_ARGS = frozenset((
+    "num_experts_switch", "moe_latent_size", "experimental_attention_variant",
+    "dsa_indexer_topk", "hybrid_override_pattern", "hybrid_layer_pattern",
+    "linear_attention_freq", "heterogeneous_layers_config_path",
+    "heterogeneous_layers_config_encoded_json",
+))
+
+
+def unsupported_features(values) -> List[Tuple[str, object, str]]:
+    """(flag, value, why) for each feature of :data:`.flags.UNSUPPORTED` that ``values`` (a
+    run's ``args`` as a dict, or a dump's typed values) uses, in the catalogue's order."""
+    out = []
+    for flag, why in catalogue.UNSUPPORTED.items():
+        dest = flag[2:].replace("-", "_")
+        if dest not in values:
+            continue
+        value = values[dest]
+        if value is True or (dest in UNSUPPORTED_VALUE_ARGS and value not in (None, False, 0, "")):
+            out.append((flag, value, why))
+    return out
 
 
 def refuse_unsupported(ns) -> None:
-    """ShapeError naming the first Megatron-LM feature in ``ns`` that is not counted yet."""
-    for flag in UNSUPPORTED_MEGATRON_LM_ARGS:
-        value = getattr(ns, flag[2:].replace("-", "_"), None)
-        if value not in (None, False, 0, ""):
-            raise ShapeError(f"{flag}: {catalogue.UNSUPPORTED[flag]}", flag)
+    """ShapeError naming the first feature in ``ns`` that is not counted yet."""
+    for flag, _, why in unsupported_features(vars(ns)):
+        raise ShapeError(f"{flag}: {why}", flag)
     shards = getattr(ns, "gtp_weight_remat_size", None)
     if isinstance(shards, int) and shards > 1:
         raise ShapeError("--tensor-parallel-num-weight-shards > 1 (GTP weight remat: each peer "

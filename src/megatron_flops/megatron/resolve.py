@@ -18,8 +18,8 @@ from . import dialects as dl
 from .launch import Launcher, WorldSize, split_launcher, world_size
 from .vocab import GPT2_BPE_VOCAB_SIZE, tokenizer_vocab
 
-__all__ = ["Assumption", "ResolvedRun", "resolve_command", "apply_dialect", "INFERRED",
-           "ASSUMED"]
+__all__ = ["Assumption", "ResolvedRun", "resolve_command", "resolve_namespace", "apply_dialect",
+           "vocabulary", "INFERRED", "ASSUMED"]
 
 INFERRED, ASSUMED = "inferred", "assumed"
 
@@ -124,7 +124,7 @@ def apply_dialect(ns: argparse.Namespace, choice: dl.DialectChoice
     return out, notes
 
 
-def _vocabulary(ns, choice: dl.DialectChoice) -> Tuple[Optional[int], List[Assumption]]:
+def vocabulary(ns, choice: dl.DialectChoice) -> Tuple[Optional[int], List[Assumption]]:
     """The tokenizer's size for :func:`.args.padded_vocab_size` (None: ``--padded-vocab-size``
     given), and what was inferred or assumed to find it."""
     from .args import padded_vocab_size
@@ -192,7 +192,7 @@ def resolve_namespace(ns: argparse.Namespace, argv: Sequence[str] = (),
     # pipeline model) is never read as the fork's pipeline model
     resolved.deepspeed = bool(getattr(ns, "deepspeed_pipeline_model", None))
     resolved.deepspeed_pipeline_model = resolved.deepspeed
-    vocab, vocab_notes = _vocabulary(ns, choice)
+    vocab, vocab_notes = vocabulary(ns, choice)
     if vocab is not None:
         resolved.vocab_size = vocab
     assumptions += vocab_notes
