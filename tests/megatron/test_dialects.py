@@ -267,6 +267,8 @@ def test_no_tokenizer_at_all_is_an_assumption_in_json(capsys):
     (["torchrun", "--nproc_per_node", "8", "--nnodes", "4"], 32),
     (["torchrun", "--nproc-per-node=8", "--nnodes=2:4"], 32),
     (["python", "-m", "torch.distributed.run", "--nproc_per_node", "4"], 4),
+    (["CUDA_DEVICE_MAX_CONNECTIONS=1", "python3", "-u", "-m", "torch.distributed.launch",
+      "--nproc_per_node=2", "--nnodes=3"], 6),
     (["deepspeed", "--num_gpus", "8", "--num_nodes", "2"], 16),
     (["srun", "--nodes", "2", "--ntasks-per-node", "8", "python"], 16),
     (["srun", "-n", "64", "python"], 64),

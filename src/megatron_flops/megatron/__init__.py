@@ -9,6 +9,9 @@ Public entry points:
   megatron-flops; see :mod:`megatron_flops.megatron.hook`.
 - :func:`megatron_flops.megatron.calculator.throughput_calculator` — drop-in for the
   microsoft fork's ``megatron.utils.throughput_calculator``.
+- :func:`megatron_flops.megatron.resolve.resolve_command` — a pasted launch line (launcher
+  and all) resolved in its framework's dialect: shapes, the dialect and why, and every value
+  inferred or assumed (:mod:`.resolve`, :mod:`.dialects`, :mod:`.vocab`, :mod:`.launch`).
 - ``python -m megatron_flops.run SCRIPT ARGS`` (:mod:`megatron_flops.megatron.run`) and
   ``megatron-flops patch CHECKOUT`` (:mod:`megatron_flops.megatron.patch`, command in
   :mod:`megatron_flops.commands.patch`).

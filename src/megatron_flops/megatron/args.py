@@ -10,6 +10,12 @@ Works on the ``argparse.Namespace`` that either Megatron-DeepSpeed fork builds (
 ``multi_latent_attention`` and its ranks/head dims, ``mtp_num_layers``, ``window_size``,
 ``window_attn_skip_freq``, ``context_parallel_size``) and on a command line parsed by
 :func:`megatron_argument_parser`, which uses the same flag names and destinations.  Standard library only.
+
+This module reads a namespace that is complete: a run's ``args`` (its parser filled every
+default) or a pasted command that :mod:`.resolve` has completed in its dialect
+(:mod:`.dialects`: the defaults that differ between frameworks), with its vocabulary
+(:mod:`.vocab`) and world size (:mod:`.launch`); the provenance of each value it filled is
+:mod:`.resolve`'s record, never an attribute written here.
 """
 
 import argparse

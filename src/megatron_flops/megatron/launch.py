@@ -89,13 +89,22 @@ def split_launcher(argv: Sequence[str]) -> Tuple[Optional[Launcher], List[str]]:
     argv = [a for a in argv if a != "\\"]
     if not argv:
         return None, argv
-    start = 0
-    name = os.path.basename(argv[0])
-    if name in _PYTHON and len(argv) > 2 and argv[1] == "-m" and argv[2] in _LAUNCHER_MODULES:
-        name, start = "torchrun", 3
-    elif name in ("torchrun", "deepspeed", "srun"):
-        start = 1
-    else:
+    first = 0  # a pasted line may start with environment assignments (CUDA_…=1 torchrun …)
+    while first < len(argv) and "=" in argv[first] and not argv[first].startswith("-") and \
+            argv[first].split("=", 1)[0].replace("_", "").isalnum():
+        first += 1
+    if first == len(argv):
+        return None, argv
+    name = os.path.basename(argv[first])
+    start = first + 1
+    if name in _PYTHON:  # python [-u …] -m torch.distributed.run
+        at = start
+        while at < len(argv) and argv[at].startswith("-") and argv[at] != "-m":
+            at += 1
+        if not (at + 1 < len(argv) and argv[at] == "-m" and argv[at + 1] in _LAUNCHER_MODULES):
+            return None, argv
+        name, start = "torchrun", at + 2
+    elif name not in ("torchrun", "deepspeed", "srun"):
         return None, argv
     end = start
     while end < len(argv) and not argv[end].endswith(".py"):
