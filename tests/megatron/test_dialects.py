@@ -305,3 +305,20 @@ def test_the_reader_returns_values_and_writes_nothing_on_the_namespace():
     assert not [name for name in vars(ns) if name.startswith("_")]
     assert ns.moe_layer_freq is None and ns.topk is None   # the defaults went to a copy
     assert resolved.model.moe_layer_freq == 1 and resolved.model.moe_topk == 2
+
+
+def test_one_list_of_unsupported_features_read_on_a_runs_args_and_a_dump_alike():
+    import argparse
+    from megatron_flops.megatron.args import refuse_unsupported, unsupported_features
+    from megatron_flops.shapes import ShapeError
+    # what Megatron-LM sets on every run (encoder_num_layers = num_layers) is no feature
+    ns = argparse.Namespace(num_layers=2, encoder_num_layers=2, decoder_num_layers=None,
+                            hybrid_override_pattern=None, is_hybrid_model=False,
+                            moe_latent_size=None, vision_pretraining=False)
+    assert unsupported_features(vars(ns)) == []
+    refuse_unsupported(ns)
+    ns.moe_latent_size = 128
+    assert [flag for flag, _, _ in unsupported_features(vars(ns))] == ["--moe-latent-size"]
+    ns.moe_latent_size, ns.vision_pretraining = None, True   # a switch of the microsoft fork
+    with pytest.raises(ShapeError, match="--vision-pretraining"):
+        refuse_unsupported(ns)
