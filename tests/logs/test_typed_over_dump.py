@@ -67,6 +67,9 @@ def test_a_megatron_lm_dump_before_moe_layer_freq_is_every_layer_moe(tmp_path):
     path = write_dump(tmp_path, dict(SHAPE, moe_router_topk=2, log_throughput=True))
     segment = segment_from_log(argparse.Namespace(), set(), path)
     assert segment.model.moe_layer_pattern == (1, 1, 1, 1)
+    said = {a["what"]: a for a in segment.as_dict()["assumptions"]}
+    assert said["dialect"]["value"] == "megatron-lm" and said["dialect"]["kind"] == "inferred"
+    assert said["MoE layers"]["value"] == "every layer"
     # the microsoft fork's dump carries its expert_interval
     path = write_dump(tmp_path, dict(SHAPE, num_experts=[4], expert_interval=2, topk=1,
                                      deepspeed=True, swiglu=False))

@@ -35,6 +35,9 @@ class Segment(NamedTuple):
     fork: Optional[str]             # from the dump (lines that do not name theirs)
     first_iteration: Optional[int]  # None: a shape read without iteration lines
     path: Optional[str] = None
+    #: what was inferred or assumed to read it (dialect, MoE defaults, vocabulary):
+    #: :class:`megatron_flops.megatron.resolve.Assumption` values
+    assumptions: Tuple = ()
 
     @property
     def world_size_source(self) -> str:
@@ -63,7 +66,8 @@ class Segment(NamedTuple):
                 "pipeline_model_parallel_size": run.pipeline_model_parallel_size,
                 "global_batch_size": run.global_batch_size, "dtype": run.dtype,
                 "log_interval": self.log_interval,
-                "fork": self.fork, "sources": dict(self.sources)}
+                "fork": self.fork, "sources": dict(self.sources),
+                "assumptions": [a.as_dict() for a in self.assumptions]}
 
 
 def argument_warnings(args: argparse.Namespace, arguments: dict,
@@ -94,14 +98,18 @@ def _in_dialect(namespace: argparse.Namespace, args: argparse.Namespace, given: 
     defaults for what the dump lacks (a dump before 2024-12 has no ``moe_layer_freq``), and the
     vocabulary from the tokenizer named when no padded size is known."""
     from ..megatron import dialects
-    from ..megatron.resolve import apply_dialect, vocabulary
+    from ..megatron.resolve import ASSUMED, INFERRED, Assumption, apply_dialect, vocabulary
     framework = getattr(args, "framework", None)
     detected = None if framework else (dialects.dialect_from_arguments(arguments)
                                        or dump_arguments.fork_from_arguments(arguments))
     choice = dialects.infer_dialect(["--" + name.replace("_", "-") for name in given],
                                     framework=framework, detected=detected,
                                     deepspeed=bool(getattr(namespace, "deepspeed", False)))
+    ambiguous = choice.differing_defaults(namespace)
+    said = Assumption("dialect", choice.name, choice.reason, ASSUMED if ambiguous else INFERRED,
+                      "--framework NAME" if ambiguous else None)
     namespace, read_as = apply_dialect(namespace, choice)
+    read_as.insert(0, said)
     if getattr(namespace, "padded_vocab_size", None) is None:
         size, found = vocabulary(namespace, choice)
         namespace.vocab_size = size
@@ -167,7 +175,7 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
                          f"--vocab-size: {assumption.line()}; padded to {model.vocab_size}")
         elif assumption.kind == "assumed":
             notes.append(f"warning: {assumption.line()}")
-        elif assumption.what != "dialect" or not arguments:
+        elif assumption.what != "dialect":  # an inferred dialect: in --json's assumptions
             notes.append(assumption.line())
     notes += [f"warning: {warning}" for warning in argument_warnings(args, arguments, given)]
     tgs = first.tokens_per_gpu_per_second if first is not None else None
@@ -183,7 +191,7 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
         log_interval = None
     return Segment(model, run, notes, sources, namespace, log_interval,
                    dump_arguments.fork_from_arguments(arguments),
-                   first.iteration if first is not None else None, path)
+                   first.iteration if first is not None else None, path, tuple(read_as))
 
 
 def segment_from_log(args: argparse.Namespace, given: Iterable[str], path: str) -> Segment:
