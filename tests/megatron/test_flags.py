@@ -29,7 +29,7 @@ def test_sources_are_the_three_frameworks_at_a_commit():
 
 
 def test_every_flag_this_tool_reads_is_a_real_flag():
-    ours = {"--world-size", "--strict"}
+    ours = {"--world-size", "--strict", "--lenient", "--framework"}
     for action in megatron_argument_parser()._actions:
         for option in action.option_strings:
             if option not in ours:
@@ -65,14 +65,27 @@ def test_the_runs_train_tokens_is_accepted_and_ours_is_renamed(capsys):
 
 
 def test_unknown_flag_is_reported_with_a_near_miss(capsys):
-    code, result, err = run(["--hiden-size", "512"], capsys)
+    # issue 24: a typo of a flag that changes FLOPs is an error (exit 0 with wrong numbers
+    # before); --lenient makes it the warning it was
+    code, result, err = run(["--hiden-size", "512", "--lenient"], capsys)
     assert code == 0
     assert "unknown flag --hiden-size" in err and "did you mean --hidden-size?" in err
     assert "do not change FLOPs" not in err  # never called FLOP-neutral
 
 
+def test_a_typo_of_a_flop_changing_flag_is_an_error_naming_the_flag(capsys):
+    code, _, err = run(["--hiden-size", "512"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "megatron-flops: error: unknown flag --hiden-size (did you mean --hidden-size?): "
+        "--hidden-size changes FLOPs, so a typo would miscount (--lenient makes this a warning)"]
+    # a near miss of a FLOP-neutral flag stays a warning
+    code, _, err = run(["--log-intervall", "10"], capsys)
+    assert code == 0 and "unknown flag --log-intervall" in err and "did you mean" in err
+
+
 def test_strict_makes_an_unknown_flag_an_error(capsys):
-    code, _, err = run(["--hiden-size", "512", "--strict"], capsys)
+    code, _, err = run(["--hiden-size", "512", "--strict", "--lenient"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [
         "megatron-flops: error: unknown flag --hiden-size (did you mean --hidden-size?)"]

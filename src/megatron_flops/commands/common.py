@@ -8,7 +8,8 @@ from typing import List, Sequence
 from ..errors import UsageError
 from ..logs.arguments import given_destinations
 from ..megatron.args import (add_megatron_arguments, check_flags, ignored_flags,
-                             megatron_argument_parser, parse_megatron_args, shapes_from_args)
+                             megatron_argument_parser, parse_megatron_args)
+from ..megatron.resolve import ASSUMED, resolve_command
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -41,23 +42,36 @@ def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_resolved(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False,
+                   warn_assumed: bool = True):
+    """Parse a pasted command (launcher words and all) and resolve it; report the ignored
+    flags and (``warn_assumed``) what was assumed once on stderr; return (args, resolved):
+    ``resolved`` (:class:`~megatron_flops.megatron.resolve.ResolvedRun`) holds the shapes,
+    the dialect and the provenance record."""
+    args, resolved, report, unknown = resolve_command(argv, parser)  # raises before printing
+    if not quiet:
+        print_flag_report(report, unknown, launcher=resolved.launcher is not None)
+        if warn_assumed:
+            for assumption in resolved.assumptions:
+                if assumption.kind == ASSUMED and assumption.warn:
+                    print(f"megatron-flops: warning: {assumption.line()}", file=sys.stderr)
+    return args, resolved
+
+
 def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool = False):
     """Parse known flags, report ignored ones once on stderr; return (args, model, run)."""
-    args, unknown = parse_megatron_args(argv, parser)
-    report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
-    model, run = shapes_from_args(args)  # before printing: an error stays one line
-    args._flag_notes = [f"{flag}: {note}" for flag, note in report.noted]  # for --json
-    if not quiet:
-        print_flag_report(report, unknown)
-    return args, model, run
+    args, resolved = parse_resolved(parser, argv, quiet)
+    return args, resolved.model, resolved.run
 
 
-def print_flag_report(report, unknown: List[str]) -> None:
+def print_flag_report(report, unknown: List[str], launcher: bool = False) -> None:
     """The flag catalogue's lines on stderr, then the stray words (not flags, not the pasted
     script) that were ignored, said once."""
     for line in report.lines():
         print(line, file=sys.stderr)
     stray = [u for u in unknown if not u.startswith("-")]
+    if launcher and stray and stray[0].endswith(".py"):
+        stray = stray[1:]  # the script a launcher ran
     if stray and not ignored_flags(unknown) and not all(s.endswith(".py") for s in stray):
         print(f"megatron-flops: ignoring arguments: {' '.join(stray)}", file=sys.stderr)
 
@@ -69,8 +83,10 @@ def parse_flags_over_log(parser: argparse.ArgumentParser, argv: List[str]):
     note on the ``unknown`` flags (unsupported ones raise), for the caller to print."""
     args, unknown = parse_megatron_args(argv, parser)
     megatron = {action.dest for action in megatron_argument_parser()._actions} | {"log_interval"}
-    given = given_destinations(parser, argv) & (megatron - {"strict_flags"})
-    report = check_flags(unknown, getattr(args, "strict_flags", False))
+    given = given_destinations(parser, argv) & (megatron - {"strict_flags", "lenient_flags",
+                                                             "framework"})
+    report = check_flags(unknown, getattr(args, "strict_flags", False),
+                         lenient=getattr(args, "lenient_flags", False))
     return args, given, report, unknown
 
 

@@ -8,13 +8,12 @@ from ..conventions import conventions_table, conventions_with_headline, headline
 from ..fp8 import Fp8Recipe, fp8_report
 from ..hardware import implausible_utilisation_warning, resolve_peak
 from ..legacy import legacy_error, legacy_tflops_for_shapes
-from ..megatron.args import world_size_note
 from ..meter import ThroughputMeter
 from ..params import parameter_count
 from ..planning import iteration_breakdown, training_time
 from ..report import format_optional, format_percent, gpus, summary_lines
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
-                     command_parser, parse_command, positive)
+                     command_parser, parse_resolved, positive)
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
@@ -140,20 +139,21 @@ def estimate_main(argv: List[str]) -> int:
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_convention_arguments(parser)
-    args, model, run = parse_command(parser, argv)
-    world_size_source = getattr(args, "_world_size_source", "--world-size")
+    args, resolved = parse_resolved(parser, argv, warn_assumed="--json" in argv)
+    model, run = resolved.model, resolved.run
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
                                           args.peak_tflops, args.causal, args.train_tokens,
                                           args.tflops_per_gpu, args.convention,
-                                          Fp8Recipe.from_args(args), world_size_source is None)
-    result["world_size_source"] = world_size_source  # None: assumed (TP × PP)
-    result["notes"] = getattr(args, "_flag_notes", [])  # flags accepted with a note
+                                          Fp8Recipe.from_args(args), resolved.world_size_assumed)
+    result["world_size_source"] = resolved.world_size_source  # None: assumed (TP × PP)
+    # the provenance record: dialect, assumptions (inferred or assumed), flags noted
+    result.update(resolved.as_dict())
     if args.json:
         print(json.dumps(result))
         for warning in result["warnings"]:
             print(f"megatron-flops: {warning}", file=sys.stderr)
     else:
         _print_estimate(result, model, run, breakdown, params, args.causal,
-                        world_size_note(args, run))
+                        "\n".join(resolved.lines()))
         _print_conventions(result, args.conventions)
     return EXIT_OK

@@ -189,10 +189,6 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
 def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, peak,
                      last) -> None:
     """Every interval of the logs into ``sinks`` and ``summary``."""
-    from ..hardware import resolve_peak
-    from ..logs.relog import relog_run
-    from ..report import describe_model, gpus
-
     relogger = None
 
     def peak_tflops_for(run):

@@ -117,11 +117,10 @@ def merge_flags(flags: argparse.Namespace, given: Iterable[str],
     merged = argparse.Namespace(**vars(flags))
     sources: Dict[str, str] = {}
     dump = namespace_from_arguments(arguments)
+    dragged = derived_from_typed(dump, given)
     for name, value in vars(dump).items():
-        if name not in given:
+        if name not in given and name not in dragged:
             setattr(merged, name, value)
-    if arguments:
-        merged._cli = False  # a real run's namespace: its parser's defaults are all there
     if padded_vocab is not None and "padded_vocab_size" not in given:
         merged.padded_vocab_size = padded_vocab
     for name in SHAPE_VALUES + tuple(sorted(given - set(SHAPE_VALUES))):
@@ -129,11 +128,59 @@ def merge_flags(flags: argparse.Namespace, given: Iterable[str],
             sources[name] = FROM_COMMAND_LINE
         elif name == "padded_vocab_size" and padded_vocab is not None:
             sources[name] = FROM_PADDED_VOCAB
+        elif name in dragged:
+            sources[name] = FROM_DEFAULT  # derived again from what was typed
         elif name in arguments:
             sources[name] = FROM_DUMP
         else:
             sources[name] = FROM_DEFAULT
     return merged, sources
+
+
+# a flag's other names in a dump (Megatron copies the value across: every real dump prints
+# encoder_seq_length beside seq_length); typing one name drops the dump's value of the others
+ALIASES = (("seq_length", "encoder_seq_length"), ("micro_batch_size", "batch_size"),
+           ("tensor_model_parallel_size", "model_parallel_size"),
+           ("pipeline_model_parallel_size", "pipe_parallel_size"),
+           ("recompute_method", "activations_checkpoint_method"),
+           ("recompute_num_layers", "activations_checkpoint_num_layers"),
+           ("num_experts", "num_moe_experts"), ("topk", "moe_router_topk"))
+
+
+def _derived(dump) -> Dict[str, Tuple[Tuple[str, ...], object]]:
+    """dest -> (the dests it is derived from, the value the framework derives from the dump's
+    own values): a dump value equal to it was (very likely) derived, not given."""
+    get = lambda name: getattr(dump, name, None)  # noqa: E731
+    h, n = get("hidden_size"), get("num_attention_heads")
+    out: Dict[str, Tuple[Tuple[str, ...], object]] = {}
+    if isinstance(h, int):
+        swiglu = bool(get("swiglu"))
+        out["ffn_hidden_size"] = (("hidden_size", "swiglu"),
+                                  int((4 * h * 2 / 3) / 64) * 64 if swiglu else 4 * h)
+        if isinstance(n, int) and n:
+            out["kv_channels"] = (("hidden_size", "num_attention_heads"), h // n)
+    micro, dp = get("micro_batch_size"), get("data_parallel_size")
+    if isinstance(micro, int) and isinstance(dp, int):
+        out["global_batch_size"] = (("micro_batch_size", "world_size",
+                                     "tensor_model_parallel_size",
+                                     "pipeline_model_parallel_size"), micro * dp)
+    return out
+
+
+def derived_from_typed(dump: argparse.Namespace, given: Iterable[str]) -> set:
+    """The dump's values that typed flags make stale: the other names of a typed flag, and
+    values the framework derived from a typed one (``ffn_hidden_size`` = 4h when the dump's
+    equals its own 4h and ``--hidden-size`` is typed) — dropped, so that the reader derives
+    them again from what was typed, as the framework would have."""
+    given = set(given)
+    out = set()
+    for names in ALIASES:
+        if given & set(names):
+            out |= set(names) - given
+    for name, (sources, value) in _derived(dump).items():
+        if name not in given and given & set(sources) and getattr(dump, name, None) == value:
+            out.add(name)
+    return out
 
 
 def sources_lines(namespace: argparse.Namespace, sources: Dict[str, str]) -> List[str]:
@@ -155,29 +202,6 @@ def sources_lines(namespace: argparse.Namespace, sources: Dict[str, str]) -> Lis
             lines.append(f"from the {source}: " + ", ".join(pairs)
                          if source != FROM_DEFAULT else "defaults: " + ", ".join(pairs))
     return lines
-
-
-# unsupported features whose argument is not a switch but a value that is None when unused
-_UNSUPPORTED_VALUES = frozenset((
-    "num_experts_switch", "mtp_num_layers", "moe_shared_expert_intermediate_size",
-    "window_size", "hybrid_override_pattern", "hybrid_layer_pattern",
-    "heterogeneous_layers_config_path"))
-
-
-def unsupported_features(arguments: Dict[str, str], unsupported: Dict[str, str]
-                         ) -> List[Tuple[str, str, str]]:
-    """(flag, printed value, why) for each FLOP-changing feature the run used that the count
-    does not support yet (``unsupported``: the flag catalogue's ``--flag -> why``): a switch
-    that is True, or a value-type feature that is set."""
-    out = []
-    for name, text in sorted(arguments.items()):
-        flag = "--" + name.replace("_", "-")
-        if flag not in unsupported:
-            continue
-        value = typed_value(text)
-        if value is True or (name in _UNSUPPORTED_VALUES and value not in (None, False)):
-            out.append((flag, text, unsupported[flag]))
-    return out
 
 
 # which fork printed a dump: arguments only one of them has

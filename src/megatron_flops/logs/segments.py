@@ -5,11 +5,11 @@ dump, launcher environment, else assumed): :func:`settle_segment`, :func:`segmen
 
 import argparse
 import os
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from ..errors import UsageError
-from ..megatron.args import shapes_from_args
-from ..megatron.flags import UNSUPPORTED
+from ..megatron.args import shapes_from_args, unsupported_features
+from ..megatron.launch import world_size
 from ..shapes import ModelShape, RunShape, ShapeError
 from . import arguments as dump_arguments
 from .console import LogRecord, ParseStats
@@ -37,6 +37,9 @@ class Segment(NamedTuple):
     fork: Optional[str]             # from the dump (lines that do not name theirs)
     first_iteration: Optional[int]  # None: a shape read without iteration lines
     path: Optional[str] = None
+    #: what was inferred or assumed to read it (dialect, MoE defaults, vocabulary):
+    #: :class:`megatron_flops.megatron.resolve.Assumption` values
+    assumptions: Tuple = ()
 
     @property
     def world_size_source(self) -> str:
@@ -65,7 +68,8 @@ class Segment(NamedTuple):
                 "pipeline_model_parallel_size": run.pipeline_model_parallel_size,
                 "global_batch_size": run.global_batch_size, "dtype": run.dtype,
                 "log_interval": self.log_interval,
-                "fork": self.fork, "sources": dict(self.sources)}
+                "fork": self.fork, "sources": dict(self.sources),
+                "assumptions": [a.as_dict() for a in self.assumptions]}
 
 
 def argument_warnings(args: argparse.Namespace, arguments: dict,
@@ -89,6 +93,32 @@ def argument_warnings(args: argparse.Namespace, arguments: dict,
     return out
 
 
+def _in_dialect(namespace: argparse.Namespace, args: argparse.Namespace, given: Iterable[str],
+                arguments: Mapping[str, str]):
+    """(the namespace with its dialect's defaults and vocabulary, what was inferred or assumed):
+    the dialect the dump's keys name (else the flags typed, else ``--framework``), its MoE
+    defaults for what the dump lacks (a dump before 2024-12 has no ``moe_layer_freq``), and the
+    vocabulary from the tokenizer named when no padded size is known."""
+    from ..megatron import dialects
+    from ..megatron.resolve import ASSUMED, INFERRED, Assumption, apply_dialect, vocabulary
+    framework = getattr(args, "framework", None)
+    detected = None if framework else (dialects.dialect_from_arguments(arguments)
+                                       or dump_arguments.fork_from_arguments(arguments))
+    choice = dialects.infer_dialect(["--" + name.replace("_", "-") for name in given],
+                                    framework=framework, detected=detected,
+                                    deepspeed=bool(getattr(namespace, "deepspeed", False)))
+    ambiguous = choice.differing_defaults(namespace)
+    said = Assumption("dialect", choice.name, choice.reason, ASSUMED if ambiguous else INFERRED,
+                      "--framework NAME" if ambiguous else None)
+    namespace, read_as = apply_dialect(namespace, choice)
+    read_as.insert(0, said)
+    if getattr(namespace, "padded_vocab_size", None) is None:
+        size, found = vocabulary(namespace, choice)
+        namespace.vocab_size = size
+        read_as += found
+    return namespace, read_as
+
+
 def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseStats,
                    first: Optional[LogRecord], environ: Optional[Mapping[str, str]] = None,
                    path: Optional[str] = None) -> Segment:
@@ -102,6 +132,7 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
     arguments = stats.arguments
     namespace, sources = dump_arguments.merge_flags(args, given, arguments, stats.padded_vocab)
     notes = []
+    namespace, read_as = _in_dialect(namespace, args, given, arguments)
     logged_world = arguments.get("world_size")
     if "world_size" in given and args.world_size is not None:
         if logged_world is not None and logged_world != str(args.world_size):
@@ -109,15 +140,15 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
                          f"--world-size {args.world_size} was given")
     elif isinstance(namespace.world_size, int) and namespace.world_size > 0:
         sources["world_size"] = dump_arguments.FROM_DUMP
-    else:
-        text = str(environ.get(WORLD_SIZE_ENVIRONMENT, "")).strip()
-        if text.isdigit() and int(text) > 0:
-            namespace.world_size = int(text)
-            sources["world_size"] = FROM_ENVIRONMENT
-        else:
-            namespace.world_size = None
-            sources["world_size"] = ASSUMED
-    for flag, value, why in dump_arguments.unsupported_features(arguments, UNSUPPORTED):
+    else:  # the one world-size resolver, for the environment (WORLD_SIZE, SLURM_NTASKS)
+        resolved = world_size(None, environ=environ)
+        namespace.world_size = resolved.value
+        sources["world_size"] = ASSUMED if resolved.assumed else \
+            FROM_ENVIRONMENT if resolved.source.startswith(WORLD_SIZE_ENVIRONMENT) else \
+            resolved.source
+    dump = vars(dump_arguments.namespace_from_arguments(arguments))
+    for flag, _, why in unsupported_features(dump):
+        value = arguments[flag[2:].replace("-", "_")]
         raise ShapeError(f"not supported yet: {flag} (the log's arguments: {value}): {why}", flag)
     try:
         model, run = shapes_from_args(namespace)
@@ -135,11 +166,17 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
         notes.append(f"world size {run.world_size} from the log's arguments")
     elif source == FROM_ENVIRONMENT:
         notes.append(f"world size {run.world_size} from the {FROM_ENVIRONMENT}")
+    elif "environment" in source:
+        notes.append(f"world size {run.world_size} from {source}")
+    for assumption in read_as:
+        if assumption.kind == "assumed" and assumption.what == "vocabulary" and arguments:
+            notes.append(f"warning: no padded vocab line in the log and no --padded-vocab-size or "
+                         f"--vocab-size: {assumption.line()}; padded to {model.vocab_size}")
+        elif assumption.kind == "assumed":
+            notes.append(f"warning: {assumption.line()}")
+        elif assumption.what != "dialect":  # an inferred dialect: in --json's assumptions
+            notes.append(assumption.line())
     notes += [f"warning: {warning}" for warning in argument_warnings(args, arguments, given)]
-    if (arguments and sources["padded_vocab_size"] == dump_arguments.FROM_DEFAULT
-            and getattr(namespace, "vocab_size", None) is None):
-        notes.append(f"warning: no padded vocab line in the log and no --padded-vocab-size or "
-                     f"--vocab-size: assuming GPT-2's vocabulary, padded to {model.vocab_size}")
     tgs = first.tokens_per_gpu_per_second if first is not None else None
     if tgs and first.samples_per_second and first.seq_length:
         implied = first.samples_per_second * first.seq_length / tgs
@@ -153,7 +190,7 @@ def settle_segment(args: argparse.Namespace, given: Iterable[str], stats: ParseS
         log_interval = None
     return Segment(model, run, notes, sources, namespace, log_interval,
                    dump_arguments.fork_from_arguments(arguments),
-                   first.iteration if first is not None else None, path)
+                   first.iteration if first is not None else None, path, tuple(read_as))
 
 
 def segment_from_log(args: argparse.Namespace, given: Iterable[str], path: str) -> Segment:

@@ -11,6 +11,9 @@ Public entry points (``__all__``, docs/api.md):
   ``megatron.utils.throughput_calculator``.
 - :func:`shapes_from_args` — the model and run shape of a Megatron ``args`` namespace (any
   fork or Megatron-LM); :func:`padded_vocab_size` — Megatron's vocabulary padding.
+- :func:`megatron_flops.megatron.resolve.resolve_command` — a pasted launch line (launcher
+  and all) resolved in its framework's dialect: shapes, the dialect and why, and every value
+  inferred or assumed (:mod:`.resolve`, :mod:`.dialects`, :mod:`.vocab`, :mod:`.launch`).
 - ``python -m megatron_flops.run SCRIPT ARGS`` (:mod:`megatron_flops.megatron.run`) and
   ``megatron-flops patch CHECKOUT`` (:mod:`megatron_flops.megatron.patch`, command in
   :mod:`megatron_flops.commands.patch`).

@@ -10,11 +10,15 @@ Works on the ``argparse.Namespace`` that either Megatron-DeepSpeed fork builds (
 ``multi_latent_attention`` and its ranks/head dims, ``mtp_num_layers``, ``window_size``,
 ``window_attn_skip_freq``, ``context_parallel_size``) and on a command line parsed by
 :func:`megatron_argument_parser`, which uses the same flag names and destinations.  Standard library only.
+
+This module reads a namespace that is complete: a run's ``args`` (its parser filled every
+default) or a pasted command that :mod:`.resolve` has completed in its dialect
+(:mod:`.dialects`: the defaults that differ between frameworks), with its vocabulary
+(:mod:`.vocab`) and world size (:mod:`.launch`); the provenance of each value it filled is
+:mod:`.resolve`'s record, never an attribute written here.
 """
 
 import argparse
-import os
-import sys
 from dataclasses import replace
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -165,11 +169,12 @@ def deepspeed_pipeline(ns) -> bool:
     layers, and DeepSpeed refuses none of it.  Megatron's "layers divisible by stages" rule
     belongs to its own pipeline only.
     """
-    # a pasted command line's --deepspeed has its own destination, so that a command that
-    # defines --deepspeed for itself (the demo: DeepSpeed's engine, no pipeline model) overrides
-    # it (``conflict_handler="resolve"``) without meaning the pipeline model
-    name = "deepspeed_pipeline_model" if getattr(ns, "_cli", False) else "deepspeed"
-    return bool(getattr(ns, name, False)) and not getattr(ns, "no_pipeline_parallel", False)
+    # a pasted command line's --deepspeed has its own destination (None when not typed), so
+    # that a command defining --deepspeed for itself (the demo: DeepSpeed's engine, no pipeline
+    # model) overrides it without meaning the pipeline model; a run's args has ``deepspeed``
+    pasted = getattr(ns, "deepspeed_pipeline_model", None)
+    chosen = getattr(ns, "deepspeed", False) if pasted is None else pasted
+    return bool(chosen) and not getattr(ns, "no_pipeline_parallel", False)
 
 
 def pipeline_model_recompute(ns, recompute: Recompute) -> Recompute:
@@ -304,34 +309,9 @@ def _sequence_parallel(ns) -> int:
 
 
 def _world_size(ns) -> Optional[int]:
-    """``--world-size``, else (for a pasted command line) the launcher's ``WORLD_SIZE``."""
-    world = getattr(ns, "world_size", None)
-    if world is not None or not getattr(ns, "_cli", False):
-        if getattr(ns, "_cli", False):
-            ns._world_size_source = "--world-size"
-        return world
-    env = os.environ.get("WORLD_SIZE", "").strip()
-    if env:
-        try:
-            world = int(env)
-        except ValueError:
-            raise ShapeError(f"WORLD_SIZE in the environment must be an integer, got {env!r}",
-                             "--world-size") from None
-        ns._world_size_source = "WORLD_SIZE in the environment"
-        return world
-    ns._world_size_source = None  # assumed: one model replica
-    return None
-
-
-def world_size_note(ns, run: RunShape) -> str:
-    """Where the world size came from, for the screen that shows a result."""
-    source = getattr(ns, "_world_size_source", "--world-size")
-    if source:
-        return f"world size {run.world_size} (from {source})"
-    parts = ("TP × PP" + (" × SP" if run.sequence_parallel_size > 1 else "")
-             + (" × CP" if run.context_parallel_size > 1 else ""))
-    return (f"world size {run.world_size} ASSUMED ({parts}, one data-parallel replica): "
-            "give --world-size (or set WORLD_SIZE) for per-GPU figures")
+    """The run's world size (None: TP × PP × SP × CP, one replica).  A pasted command's comes
+    from :func:`megatron_flops.megatron.launch.world_size` (flag, launch line, environment)."""
+    return getattr(ns, "world_size", None)
 
 
 def _global_batch(ns, micro: int, data_parallel: int) -> Optional[int]:
@@ -398,23 +378,36 @@ def _megatron_core_model_fields(ns) -> dict:
     return fields
 
 
-# The flag catalogue's unsupported NVIDIA Megatron-LM features (:data:`.flags.UNSUPPORTED`), as
-# a run's ``args`` carries them (destinations at d98e8a64; off: None / False / 0 / ""): a run
-# using one is refused, never miscounted (the runtime hook then steps aside)
-UNSUPPORTED_MEGATRON_LM_ARGS = (
-    "--attention-output-gate", "--experimental-attention-variant", "--dsa-indexer-topk",
-    "--hybrid-layer-pattern", "--hybrid-override-pattern", "--is-hybrid-model",
-    "--linear-attention-freq", "--heterogeneous-layers-config-path",
-    "--heterogeneous-layers-config-encoded-json", "--moe-latent-size", "--quick-geglu",
-)
+# The one list of unsupported features is the flag catalogue's (:data:`.flags.UNSUPPORTED`);
+# a run's ``args`` (or a log's dump) uses one when its switch is True, or, for these features
+# whose argument is a value (off: None / 0 / ""), when the value is set.  Values Megatron sets
+# on every run (``encoder_num_layers``) are not here: only a switch refuses those.
+UNSUPPORTED_VALUE_ARGS = frozenset((
+    "num_experts_switch", "moe_latent_size", "experimental_attention_variant",
+    "dsa_indexer_topk", "hybrid_override_pattern", "hybrid_layer_pattern",
+    "linear_attention_freq", "heterogeneous_layers_config_path",
+    "heterogeneous_layers_config_encoded_json",
+))
+
+
+def unsupported_features(values) -> List[Tuple[str, object, str]]:
+    """(flag, value, why) for each feature of :data:`.flags.UNSUPPORTED` that ``values`` (a
+    run's ``args`` as a dict, or a dump's typed values) uses, in the catalogue's order."""
+    out = []
+    for flag, why in catalogue.UNSUPPORTED.items():
+        dest = flag[2:].replace("-", "_")
+        if dest not in values:
+            continue
+        value = values[dest]
+        if value is True or (dest in UNSUPPORTED_VALUE_ARGS and value not in (None, False, 0, "")):
+            out.append((flag, value, why))
+    return out
 
 
 def refuse_unsupported(ns) -> None:
-    """ShapeError naming the first Megatron-LM feature in ``ns`` that is not counted yet."""
-    for flag in UNSUPPORTED_MEGATRON_LM_ARGS:
-        value = getattr(ns, flag[2:].replace("-", "_"), None)
-        if value not in (None, False, 0, ""):
-            raise ShapeError(f"{flag}: {catalogue.UNSUPPORTED[flag]}", flag)
+    """ShapeError naming the first feature in ``ns`` that is not counted yet."""
+    for flag, _, why in unsupported_features(vars(ns)):
+        raise ShapeError(f"{flag}: {why}", flag)
     shards = getattr(ns, "gtp_weight_remat_size", None)
     if isinstance(shards, int) and shards > 1:
         raise ShapeError("--tensor-parallel-num-weight-shards > 1 (GTP weight remat: each peer "
@@ -582,10 +575,18 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--tensor-model-parallel-size", type=int, default=1)
     add("--pipeline-model-parallel-size", type=int, default=1)
     add("--vocab-size", type=int, help="tokenizer vocabulary size before Megatron's padding "
-        f"(default: GPT-2 BPE, {GPT2_BPE_VOCAB_SIZE})")
+        "(default: read from the tokenizer the command names, else said assumed)")
     add("--padded-vocab-size", type=int, help="the padded size outright (skips padding)")
     add("--make-vocab-size-divisible-by", type=int, default=128)
     add("--pad-vocab-size-to", type=int)
+    add("--tokenizer-type", type=str, help="read for the vocabulary (with --tokenizer-model, "
+        "--vocab-file): its size, then Megatron's padding")
+    add("--tokenizer-model", type=str, help="a local tokenizer.json, HF tokenizer directory, "
+        "SentencePiece .model or tiktoken JSON: its size is read")
+    add("--vocab-file", type=str, help="GPT-2 BPE vocab.json: its size is read")
+    add("--tokenizer-name-or-path", type=str, help="bigscience: a local HF tokenizer directory")
+    add("--tokenizer-special-tokens", nargs="*", dest="special_tokens")
+    add("--tokenizer-sentencepiece-legacy", action="store_true")
     add("--glu-activation", type=str)
     add("--swiglu", action="store_true")
     add("--num-key-value-heads", type=int)
@@ -624,7 +625,7 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--embed-layernorm", action="store_true")
     add("--fp16", action="store_true")
     add("--bf16", action="store_true")
-    add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model",
+    add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model", default=None,
         help="the fork builds DeepSpeed's pipeline model")
     add("--no-pipeline-parallel", action="store_true")
     add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
@@ -673,8 +674,14 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     ours.add_argument("--world-size", type=int,
                       help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP × CP, said so)")
     ours.add_argument("--strict", action="store_true", dest="strict_flags",
-                      help="an unknown flag is an error, not a warning")
-    parser.set_defaults(_cli=True)
+                      help="an unknown flag, an assumed vocabulary or an assumed framework "
+                      "default is an error, not a warning")
+    ours.add_argument("--lenient", action="store_true", dest="lenient_flags",
+                      help="a likely typo of a flag that changes FLOPs is a warning, not an "
+                      "error")
+    ours.add_argument("--framework", metavar="NAME", help="read the flags in this framework's "
+                      "dialect: megatron-lm, microsoft, bigscience, megatron-bridge (default: "
+                      "inferred from the command, said)")
     return parser
 
 
@@ -726,11 +733,25 @@ class FlagReport:
         return out
 
 
-def check_flags(unknown: Iterable[str], strict: bool = False) -> FlagReport:
+def _read_flags() -> frozenset:
+    """The option strings this tool's parser reads (each changes the count)."""
+    global _READ_FLAGS
+    if _READ_FLAGS is None:
+        _READ_FLAGS = frozenset(megatron_argument_parser()._option_string_actions)
+    return _READ_FLAGS
+
+
+_READ_FLAGS = None
+
+
+def check_flags(unknown: Iterable[str], strict: bool = False, lenient: bool = False
+                ) -> FlagReport:
     """Classify parse_known_args' leftovers; raise ShapeError for what cannot be counted.
 
     A known FLOP-changing flag this tool cannot count yet is an error naming it; an unknown
-    flag is a warning with a near miss suggested (an error with ``strict``).
+    flag close to one that changes FLOPs (``--hiden-size``) is an error naming it unless
+    ``lenient``; any other unknown flag is a warning with a near miss suggested (an error with
+    ``strict``).
     """
     neutral, noted, unknown_flags = [], [], []
     for flag in dict.fromkeys(ignored_flags(unknown)):
@@ -742,16 +763,13 @@ def check_flags(unknown: Iterable[str], strict: bool = False) -> FlagReport:
             neutral.append(flag)
         else:
             suggestion = catalogue.did_you_mean(flag)
+            hint = f" (did you mean {suggestion}?)" if suggestion else ""
+            changes = suggestion is not None and (suggestion in _read_flags() or
+                                                  suggestion in catalogue.UNSUPPORTED)
+            if changes and not lenient:
+                raise ShapeError(f"unknown flag {flag}{hint}: {suggestion} changes FLOPs, so a "
+                                 "typo would miscount (--lenient makes this a warning)", flag)
             if strict:
-                hint = f" (did you mean {suggestion}?)" if suggestion else ""
                 raise ShapeError(f"unknown flag {flag}{hint}", flag)
             unknown_flags.append((flag, suggestion))
     return FlagReport(neutral, noted, unknown_flags)
-
-
-def report_flags(unknown: Iterable[str], strict: bool = False, stream=None) -> FlagReport:
-    """:func:`check_flags`, its lines printed on ``stream`` (stderr)."""
-    report = check_flags(unknown, strict)
-    for line in report.lines():
-        print(line, file=stream or sys.stderr)
-    return report

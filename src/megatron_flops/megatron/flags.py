@@ -519,11 +519,6 @@ def known_flags() -> FrozenSet[str]:
 KNOWN_FLAGS = known_flags()
 
 
-def sources_of(flag: str):
-    """Names of the sources (``bigscience``, ``microsoft``, ``megatron-lm``) that define ``flag``."""
-    return tuple(name for name, source in FORK_FLAGS.items() if flag in source.flags)
-
-
 def did_you_mean(flag: str, candidates=None) -> Optional[str]:
     """The closest known flag to a misspelt one, if one is close (difflib, cutoff 0.8)."""
     pool = sorted(candidates if candidates is not None else KNOWN_FLAGS)
