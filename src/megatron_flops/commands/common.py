@@ -47,6 +47,8 @@ def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool 
     args, unknown = parse_megatron_args(argv, parser)
     report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
     model, run = shapes_from_args(args)  # before printing: an error stays one line
+    from ..megatron.features import run_notes
+    report.noted.extend(run_notes(run))
     args._flag_notes = [f"{flag}: {note}" for flag, note in report.noted]  # for --json
     if not quiet:
         print_flag_report(report, unknown)

@@ -1,0 +1,157 @@
+"""Readers of NVIDIA Megatron-LM features that change the count: selective recompute modules
+(``--recompute-modules``, ``--moe-layer-recompute``), the step batch-size schedule
+(``--step-batch-size-schedule``) and the flexible pipeline layout
+(``--pipeline-model-parallel-layout``).
+
+Each reads a Megatron ``args`` namespace (or our parsed command line, same destinations) the
+way Megatron-LM does at d98e8a64 (``megatron/training/arguments.py``,
+``megatron/core/transformer/transformer_config.py``,
+``megatron/core/num_microbatches_calculator.py``,
+``megatron/core/transformer/pipeline_parallel_layer_layout.py``) and returns values; errors
+are :class:`ShapeError` naming the flag.  Standard library only.
+"""
+
+import re
+from typing import List, Optional, Tuple
+
+from ..shapes import SELECTIVE_RECOMPUTE_MODULES, ShapeError
+
+__all__ = ["selective_modules", "run_notes", "step_batch_schedule", "pipeline_layout_stages"]
+
+# Megatron-Core's other modules: each belongs to a feature this tool refuses (GatedDeltaNet /
+# GatedDeltaProduct attention variants, hyper-connections)
+_MODULES_OF_UNSUPPORTED_FEATURES = ("gdn_norm_out", "gdp_in_proj", "gdp_qkv", "mhc")
+_NO_MATMUL = ("moe_act", "layernorm")
+
+
+def selective_modules(ns, granularity: Optional[str]) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """``(granularity, modules)`` after ``--recompute-modules`` / ``--moe-layer-recompute``.
+
+    As TransformerConfig.__post_init__: the modules default to ``core_attn``;
+    ``--moe-layer-recompute`` is refused with full recompute, else turns recompute selective and
+    adds ``moe`` (so the default ``core_attn`` is re-run too).  The modules act only with
+    selective recompute; ``moe_act`` and ``layernorm`` re-run no matmul (accepted, with a note:
+    :func:`run_notes`).
+    """
+    modules = getattr(ns, "recompute_modules", None)
+    if isinstance(modules, str):
+        modules = modules.split()
+    modules = list(modules) if modules is not None else ["core_attn"]
+    if getattr(ns, "moe_layer_recompute", False):
+        if granularity == "full":
+            raise ShapeError("--moe-layer-recompute cannot be used with full recompute "
+                             "(Megatron-LM refuses it)", "--moe-layer-recompute")
+        granularity = "selective"
+        if "moe" not in modules:
+            modules.append("moe")
+    if granularity != "selective":
+        return granularity, ("core_attn",)
+    for module in modules:
+        if module in _MODULES_OF_UNSUPPORTED_FEATURES:
+            raise ShapeError(f"not supported yet: --recompute-modules {module} (it belongs to a "
+                             "feature that is not counted yet)", "--recompute-modules")
+        if module not in SELECTIVE_RECOMPUTE_MODULES:
+            raise ShapeError(f"--recompute-modules must be among "
+                             f"{', '.join(SELECTIVE_RECOMPUTE_MODULES + _MODULES_OF_UNSUPPORTED_FEATURES)}"
+                             f", got {module!r}", "--recompute-modules")
+    return granularity, tuple(dict.fromkeys(modules))
+
+
+def run_notes(run) -> List[Tuple[str, str]]:
+    """``(flag, note)`` for what a resolved run accepts without counting anything for it."""
+    kept = [m for m in run.recompute.modules if m in _NO_MATMUL]
+    if run.recompute.granularity == "selective" and kept:
+        return [("--recompute-modules", f"{' and '.join(kept)} recompute re-runs no matmul (an "
+                 "activation, a norm): it adds no FLOPs")]
+    return []
+
+
+_SUFFIX = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "T": 10 ** 12}
+
+
+def _schedule_number(text: str) -> int:
+    text = text.strip().upper()
+    scale = _SUFFIX.get(text[-1:], 1)
+    if text[-1:] in _SUFFIX:
+        text = text[:-1]
+    value = float(text)  # Megatron: int(float(value) * multiplier)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return int(value * scale)
+
+
+def step_batch_schedule(ns, seq_length: int) -> Optional[Tuple[Tuple[int, int], ...]]:
+    """``--step-batch-size-schedule "0:768 250B:1536 …"`` as ``((from_samples, batch), …)``.
+
+    Thresholds are tokens (Megatron-LM passes ``--seq-length``: samples = tokens // seq_length),
+    with K/M/B/T suffixes; commas count as spaces.  Megatron-LM refuses it together with
+    ``--global-batch-size`` or ``--decrease-batch-size-if-needed``, and so do we.
+    """
+    flag = "--step-batch-size-schedule"
+    text = getattr(ns, "step_batch_size_schedule", None)
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        text = " ".join(map(str, text))
+    # a live run's args carry the global batch validate_args derived (micro × DP): only a
+    # pasted command line can hold both flags
+    if getattr(ns, "_cli", False) and getattr(ns, "global_batch_size", None) is not None:
+        raise ShapeError(f"{flag} and --global-batch-size cannot both be given (Megatron-LM "
+                         "refuses it: the schedule sets the global batch)", flag)
+    if getattr(ns, "decrease_batch_size_if_needed", False):
+        raise ShapeError(f"{flag} and --decrease-batch-size-if-needed cannot both be given",
+                         flag)
+    schedule = []
+    for entry in str(text).replace(",", " ").split():
+        threshold, sep, batch = entry.partition(":")
+        try:
+            if not sep:
+                raise ValueError(entry)
+            schedule.append((_schedule_number(threshold) // seq_length, _schedule_number(batch)))
+        except (ValueError, OverflowError):
+            raise ShapeError(f"{flag}: expected THRESHOLD:BATCH_SIZE entries such as 0:768 "
+                             f"250B:1536, got {entry!r}", flag) from None
+    return tuple(sorted(schedule))
+
+
+_LAYOUT_REPEAT = (re.compile(r"\(([^)]+)\)\*(\d+)"), re.compile(r"(.)\*(\d+)"))
+
+
+def pipeline_layout_stages(layout: str, num_layers: int, pipeline_parallel_size: int,
+                           mtp_num_layers: int = 0) -> Tuple[Tuple[str, ...], ...]:
+    """The virtual pipeline stages of ``--pipeline-model-parallel-layout``, validated.
+
+    The syntax of Megatron-Core's PipelineParallelLayerLayout: ``E`` embedding, ``t`` a
+    transformer layer, ``m`` an MTP layer, ``L`` the loss, ``|`` between stages, ``(…)*n`` and
+    ``x*n`` repeat, commas are cosmetic.  Its rules: the stage count is a multiple of the
+    pipeline size, one ``E`` first, one ``L`` last, as many ``t`` as ``--num-layers`` and ``m``
+    as ``--mtp-num-layers``, MTP after every transformer layer.  With a layout Megatron-LM
+    skips the rule that the pipeline size divides the layers.  Stage ``i`` runs on pipeline
+    rank ``i % PP``.
+    """
+    flag = "--pipeline-model-parallel-layout"
+    text = str(layout).replace(",", "")
+    for pattern in _LAYOUT_REPEAT:
+        text = pattern.sub(lambda m: m.group(1) * int(m.group(2)), text)
+    stages = tuple(tuple(stage) for stage in text.split("|"))
+    flat = [c for stage in stages for c in stage]
+    bad = sorted(set(flat) - set("ELtm"))
+    if bad:
+        raise ShapeError(f"{flag}: unknown layer character(s) {' '.join(bad)} in {layout!r} "
+                         "(E embedding, t transformer, m MTP, L loss)", flag)
+    if len(stages) % pipeline_parallel_size:
+        raise ShapeError(f"{flag} has {len(stages)} stages, not a multiple of "
+                         f"--pipeline-model-parallel-size ({pipeline_parallel_size})", flag)
+    if not flat or flat[0] != "E" or flat.count("E") != 1:
+        raise ShapeError(f"{flag} must start with the embedding E, once", flag)
+    if flat[-1] != "L" or flat.count("L") != 1:
+        raise ShapeError(f"{flag} must end with the loss L, once", flag)
+    if flat.count("t") != num_layers:
+        raise ShapeError(f"{flag} holds {flat.count('t')} transformer layers (t), not "
+                         f"--num-layers ({num_layers})", flag)
+    if flat.count("m") != mtp_num_layers:
+        raise ShapeError(f"{flag} holds {flat.count('m')} MTP layers (m), not "
+                         f"--mtp-num-layers ({mtp_num_layers})", flag)
+    if "m" in flat and "t" in flat[flat.index("m"):]:
+        raise ShapeError(f"{flag}: MTP layers must come after every transformer layer", flag)
+    return stages
