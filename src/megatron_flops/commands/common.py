@@ -46,8 +46,11 @@ def parse_command(parser: argparse.ArgumentParser, argv: List[str], quiet: bool 
     from ..megatron.args import check_flags, parse_megatron_args, shapes_from_args
     args, unknown = parse_megatron_args(argv, parser)
     report = check_flags(unknown, getattr(args, "strict_flags", False))  # raises: unsupported
-    model, run = shapes_from_args(args)  # before printing: an error stays one line
-    from ..megatron.features import run_notes
+    from ..megatron.features import as_typed, run_notes
+    try:
+        model, run = shapes_from_args(args)  # before printing: an error stays one line
+    except ShapeError as error:
+        raise as_typed(error, argv) from None
     report.noted.extend(run_notes(run))
     args._flag_notes = [f"{flag}: {note}" for flag, note in report.noted]  # for --json
     if not quiet:

@@ -461,6 +461,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     DeepSpeed pipeline model, per real stage for Megatron's own pipeline).
     """
     refuse_unsupported(ns)
+    features.check_given_values(ns)
+
     def get(name, default=None):
         value = getattr(ns, name, None)
         return default if value is None else value

@@ -16,7 +16,8 @@ from typing import List, Optional, Tuple
 
 from ..shapes import SELECTIVE_RECOMPUTE_MODULES, ShapeError
 
-__all__ = ["selective_modules", "run_notes", "step_batch_schedule", "pipeline_layout_stages"]
+__all__ = ["selective_modules", "run_notes", "step_batch_schedule", "pipeline_layout_stages",
+           "check_given_values"]
 
 # Megatron-Core's other modules: each belongs to a feature this tool refuses (GatedDeltaNet /
 # GatedDeltaProduct attention variants, hyper-connections)
@@ -155,3 +156,76 @@ def pipeline_layout_stages(layout: str, num_layers: int, pipeline_parallel_size:
     if "m" in flat and "t" in flat[flat.index("m"):]:
         raise ShapeError(f"{flag}: MTP layers must come after every transformer layer", flag)
     return stages
+
+
+# (destination, the flag as typed): values that must be positive integers when given, each
+# spelling under its own destination so that the error names the flag the user typed.  Megatron
+# takes these as sizes or counts (a parallel size, a batch, a divisor, a layer count); 0 is no
+# "default" there (it fails or divides by zero later), so it is refused here like -1.
+POSITIVE_WHEN_GIVEN = (
+    ("micro_batch_size", "--micro-batch-size"), ("batch_size", "--batch-size"),
+    ("tensor_model_parallel_size", "--tensor-model-parallel-size"),
+    ("model_parallel_size", "--model-parallel-size"),
+    ("pipeline_model_parallel_size", "--pipeline-model-parallel-size"),
+    ("pipe_parallel_size", "--pipe-parallel-size"),
+    ("context_parallel_size", "--context-parallel-size"),
+    ("ds_sequence_parallel_size", "--ds-sequence-parallel-size"),
+    ("make_vocab_size_divisible_by", "--make-vocab-size-divisible-by"),
+    ("padded_vocab_size", "--padded-vocab-size"), ("vocab_size", "--vocab-size"),
+    ("num_query_groups", "--num-query-groups"), ("num_key_value_heads", "--num-key-value-heads"),
+    ("kv_channels", "--kv-channels"), ("ffn_hidden_size", "--ffn-hidden-size"),
+    ("topk", "--topk"), ("moe_router_topk", "--moe-router-topk"),
+    ("expert_interval", "--expert-interval"), ("moe_ffn_hidden_size", "--moe-ffn-hidden-size"),
+    ("checkpoint_num_layers", "--checkpoint-num-layers"),
+    ("recompute_num_layers", "--recompute-num-layers"),
+    ("activations_checkpoint_num_layers", "--activations-checkpoint-num-layers"),
+    ("num_layers_teacher", "--num-layers-teacher"),
+    ("hidden_size_teacher", "--hidden-size-teacher"),
+    ("num_attention_heads_teacher", "--num-attention-heads-teacher"),
+    ("decoder_first_pipeline_num_layers", "--decoder-first-pipeline-num-layers"),
+    ("decoder_last_pipeline_num_layers", "--decoder-last-pipeline-num-layers"),
+    ("num_layers_per_virtual_pipeline_stage", "--num-layers-per-virtual-pipeline-stage"),
+    ("num_virtual_stages_per_pipeline_rank", "--num-virtual-stages-per-pipeline-rank"),
+    ("encoder_seq_length", "--encoder-seq-length"), ("gas", "--gas"),
+)
+POSITIVE_LISTS_WHEN_GIVEN = (("num_experts", "--num-experts"), ("num_moe_experts", "--num-moe-experts"),
+                             ("num_experts_teacher", "--num-experts-teacher"))
+NON_NEGATIVE_WHEN_GIVEN = (("mtp_num_layers", "--mtp-num-layers"),)
+
+
+def check_given_values(ns) -> None:
+    """ShapeError naming the flag (as typed) whose given value is not a positive integer."""
+    def bad(value, low):
+        return isinstance(value, bool) or not isinstance(value, int) or value < low
+    for table, low, what in ((POSITIVE_WHEN_GIVEN, 1, "a positive integer"),
+                             (NON_NEGATIVE_WHEN_GIVEN, 0, "an integer ≥ 0")):
+        for name, flag in table:
+            value = getattr(ns, name, None)
+            if value is not None and bad(value, low):
+                raise ShapeError(f"{flag} must be {what}, got {value!r}", flag)
+    for name, flag in POSITIVE_LISTS_WHEN_GIVEN:
+        values = getattr(ns, name, None)
+        if values is None or isinstance(values, str):
+            continue
+        for value in (values if isinstance(values, (list, tuple)) else [values]):
+            if bad(value, 1):
+                raise ShapeError(f"{flag} must be positive integers, got {value!r}", flag)
+
+
+def as_typed(error: ShapeError, argv) -> ShapeError:
+    """``error`` with the modern flag names it uses spelled as the user typed them.
+
+    The old names (:data:`.flags.OLD_NAMES`: ``--batch-size`` for ``--micro-batch-size``, …)
+    are read as their modern meaning, and the checks made later name the modern flag: when the
+    command line holds the old spelling and not the modern one, the message says the old one.
+    """
+    from .flags import OLD_NAMES
+    typed = {word.split("=", 1)[0] for word in argv if str(word).startswith("--")}
+    message, flag = str(error), error.flag
+    for old, modern in OLD_NAMES.items():
+        if modern.startswith("--") and old in typed and modern not in typed:
+            message = re.sub(re.escape(modern) + r"(?![\w-])", old, message)
+            flag = old if flag == modern else flag
+    if message == str(error):
+        return error
+    return ShapeError(message, flag)
