@@ -94,7 +94,7 @@ def _cases():
         yield pytest.param(case, marks=[NEEDS_MEGATRON_LM_DEFAULTS] if needs else [])
 
 
-@pytest.mark.parametrize("case", _cases())
+@pytest.mark.parametrize("case", list(_cases()))
 def test_estimate_of_the_command_is_what_megatron_core_runs(megatron_core, case):
     spec = CASES[case]
     result = estimate_json(spec["argv"])

@@ -462,6 +462,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     """
     refuse_unsupported(ns)
     features.check_given_values(ns)
+    features.refuse_weight_shards(ns)
 
     def get(name, default=None):
         value = getattr(ns, name, None)
@@ -550,8 +551,9 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     run = RunShape(
         seq_length=seq_length,
         micro_batch_size=micro,
-        global_batch_size=(None if schedule is not None
-                           else _global_batch(ns, micro, probe.data_parallel_size)),
+        global_batch_size=(None if schedule is not None else features.decreased_global_batch(
+            ns, _global_batch(ns, micro, probe.data_parallel_size),
+            micro * probe.data_parallel_size)),
         batch_schedule=schedule,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
@@ -642,6 +644,12 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model",
         help="the fork builds DeepSpeed's pipeline model")
     add("--no-pipeline-parallel", action="store_true")
+    add("--decrease-batch-size-if-needed", action="store_true", help="Megatron-LM: round the "
+        "global batch down to a multiple of micro batch × data parallel")
+    add("--tensor-parallel-num-weight-shards", type=int, help="Megatron-LM: GTP weight shards "
+        "(refused above the TP size: each peer then trains its own micro-batch)")
+    add("--expert-tensor-parallel-num-weight-shards", type=int)
+    add("--expert-tensor-parallel-size", type=int)
     add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
     add("--kd", action="store_true", help="microsoft fork: knowledge distillation (a teacher "
         "forward per micro-batch, in hardware FLOPs only)")

@@ -115,6 +115,39 @@ def step_batch_schedule(ns, seq_length: int) -> Optional[Tuple[Tuple[int, int], 
     return tuple(sorted(schedule))
 
 
+def refuse_weight_shards(ns) -> None:
+    """``--(expert-)tensor-parallel-num-weight-shards`` above its TP size is GTP weight remat
+    (``resolve_tensor_parallel_weight_shards``: remat = shards // TP), not counted yet."""
+    tp = getattr(ns, "tensor_model_parallel_size", None) or 1
+    expert_tp = getattr(ns, "expert_tensor_parallel_size", None) or tp
+    for name, size, tp_flag in (("tensor_parallel_num_weight_shards", tp,
+                                 "--tensor-model-parallel-size"),
+                                ("expert_tensor_parallel_num_weight_shards", expert_tp,
+                                 "--expert-tensor-parallel-size")):
+        shards = getattr(ns, name, None)
+        flag = "--" + name.replace("_", "-")
+        if shards is None:
+            continue
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < size or shards % size:
+            raise ShapeError(f"{flag} ({shards}) must be a multiple of {tp_flag} ({size})", flag)
+        if shards // size > 1:
+            raise ShapeError(f"not supported yet: {flag} {shards} (GTP weight remat over "
+                             f"{shards // size} peers, each training its own micro-batch)", flag)
+
+
+def decreased_global_batch(ns, global_batch: Optional[int], per_step: int) -> Optional[int]:
+    """``--decrease-batch-size-if-needed``: Megatron-LM rounds the global batch down to a
+    multiple of micro batch × data parallel (``_round`` in num_microbatches_calculator.py)."""
+    if global_batch is None or not getattr(ns, "decrease_batch_size_if_needed", False):
+        return global_batch
+    rounded = global_batch // per_step * per_step
+    if rounded <= 0:
+        raise ShapeError(f"--global-batch-size ({global_batch}) is smaller than micro batch × "
+                         f"data parallel ({per_step}): --decrease-batch-size-if-needed leaves "
+                         "no batch", "--decrease-batch-size-if-needed")
+    return rounded
+
+
 _LAYOUT_REPEAT = (re.compile(r"\(([^)]+)\)\*(\d+)"), re.compile(r"(.)\*(\d+)"))
 
 
@@ -187,6 +220,10 @@ POSITIVE_WHEN_GIVEN = (
     ("num_layers_per_virtual_pipeline_stage", "--num-layers-per-virtual-pipeline-stage"),
     ("num_virtual_stages_per_pipeline_rank", "--num-virtual-stages-per-pipeline-rank"),
     ("encoder_seq_length", "--encoder-seq-length"), ("gas", "--gas"),
+    ("expert_tensor_parallel_size", "--expert-tensor-parallel-size"),
+    ("q_lora_rank", "--q-lora-rank"), ("kv_lora_rank", "--kv-lora-rank"),
+    ("qk_head_dim", "--qk-head-dim"), ("qk_pos_emb_head_dim", "--qk-pos-emb-head-dim"),
+    ("v_head_dim", "--v-head-dim"),
 )
 POSITIVE_LISTS_WHEN_GIVEN = (("num_experts", "--num-experts"), ("num_moe_experts", "--num-moe-experts"),
                              ("num_experts_teacher", "--num-experts-teacher"))

@@ -516,6 +516,8 @@ UNSUPPORTED: Dict[str, str] = {
     "--encoder-num-layers": "encoder-decoder layer counts are not counted; give --num-layers",
     "--no-pad-vocab-size": "an unpadded vocabulary is not supported yet; give --padded-vocab-size",
     "--disable-pad-vocab-size": "an unpadded vocabulary is not supported yet; give --padded-vocab-size",
+    "--enable-mhc-connections": "manifold hyper-connections (their stream-mixing matmuls) are "
+        "not counted yet",
     "--spec": "a custom layer spec builds whatever layers it names; not counted",
     "--mtp-use-repeated-layer": "MTP with one shared layer (its parameters counted once) is not "
         "counted yet",
