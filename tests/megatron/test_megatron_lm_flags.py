@@ -321,3 +321,20 @@ def test_multimodal_distillation_and_uncounted_layers_are_refused_in_one_line(ar
 def test_an_rl_step_is_accepted_with_a_note():
     code, result, _ = estimate("--perform-rl-step")
     assert code == 0 and any("rollouts" in note for note in result["notes"])
+
+
+@pytest.mark.parametrize("name, value", [("export_kd_teacher_load", "/ckpt/teacher"),
+                                         ("decoder_seq_length", 1024), ("spec", ["a.b", "c"]),
+                                         ("enable_mhc_connections", True),
+                                         ("moe_shared_expert_gate", True)])
+def test_a_live_runs_args_with_an_uncounted_feature_are_refused(name, value):
+    """The hook reads a run's ``args``: the same features are refused there (off by default)."""
+    import argparse
+    from megatron_flops.megatron.args import shapes_from_args
+    from megatron_flops.shapes import ShapeError
+    ns = argparse.Namespace(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=32,
+                            vocab_size=1000)
+    shapes_from_args(ns)
+    setattr(ns, name, value)
+    with pytest.raises(ShapeError, match="--" + name.replace("_", "-")):
+        shapes_from_args(ns)

@@ -401,6 +401,10 @@ UNSUPPORTED_MEGATRON_LM_ARGS = (
     "--hybrid-layer-pattern", "--hybrid-override-pattern", "--is-hybrid-model",
     "--linear-attention-freq", "--heterogeneous-layers-config-path",
     "--heterogeneous-layers-config-encoded-json", "--moe-latent-size", "--quick-geglu",
+    # off by default in every run's args (the vision flags --img-h/--patch-dim are not: they
+    # default to 224/16 in all of them, so a live run cannot be told multimodal by them)
+    "--decoder-seq-length", "--export-kd-teacher-load", "--spec", "--enable-mhc-connections",
+    "--moe-shared-expert-gate", "--mtp-use-repeated-layer",
 )
 
 
