@@ -288,7 +288,7 @@ def flops_breakdown(
                                                          windowed, causal, documents).items()}
         for name, flops in terms.items():
             forward[name] += layers * flops
-            if is_recomputed or (selective and REGISTRY[name].attention_core):
+            if is_recomputed or (selective and _selective_reruns(recompute, name, experts)):
                 recomputed[name] += layers * flops
     for name, spec in REGISTRY.items():
         if spec.occurs == ONCE and not spec.hardware_only:  # outside the layers: never recomputed
@@ -316,6 +316,27 @@ def flops_breakdown(
         recompute=recompute,
         causal=causal,
     )
+
+
+# What each selective recompute module re-runs (Megatron-Core at d98e8a64): ``core_attn`` the
+# attention core; ``moe`` the whole MoE layer (router, experts, shared experts: MoELayer.forward
+# under checkpoint); ``shared_experts`` the shared experts; ``mlp`` the MLP of dense layers only
+# (TransformerLayer: ``if not self.is_moe_layer``); ``mla_up_proj`` MLA's Q (up-)projection and
+# KV up-projection (qkv_up_proj_and_rope_apply).  ``moe_act`` and ``layernorm`` re-run no matmul.
+SELECTIVE_MODULES = {
+    "core_attn": lambda name, experts: REGISTRY[name].attention_core,
+    "moe": lambda name, experts: experts > 1 and REGISTRY[name].occurs == components.MOE_LAYERS,
+    "shared_experts": lambda name, experts: name.startswith("shared_expert_"),
+    "mlp": lambda name, experts: experts == 1 and REGISTRY[name].occurs == components.DENSE_LAYERS,
+    "mla_up_proj": lambda name, experts: name in ("mla_q", "mla_q_up", "mla_kv_up"),
+    "moe_act": lambda name, experts: False,
+    "layernorm": lambda name, experts: False,
+}
+
+
+def _selective_reruns(recompute: Recompute, name: str, experts: int) -> bool:
+    """Whether selective recompute re-runs component ``name`` in a layer of ``experts``."""
+    return any(SELECTIVE_MODULES[module](name, experts) for module in recompute.modules)
 
 
 # knowledge distillation (the microsoft fork's --kd and --mos): every micro-batch also runs a

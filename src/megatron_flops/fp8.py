@@ -16,6 +16,13 @@ and ``megatron/core/fp8_utils.py`` at d98e8a64):
 chooses the scaling, not which GEMMs run in FP8; ``hybrid`` vs ``e4m3`` chooses the gradient
 format, not the rate.
 
+FP4 (``--fp4-format e2m1``, Megatron-LM's only choice, with ``--fp4-recipe nvfp4``, its
+default): the same Transformer Engine linear layers run in NVFP4 (``get_fp4_context`` in
+``megatron/core/fp4_utils.py``, the same first/last BF16 layers), in forward, data and weight
+gradient; the core attention, the logits and the router stay BF16 (there is no FP4 dot-product
+attention or output projection).  Megatron-LM refuses FP4 and FP8 together.  The low-precision
+peak is then the device's dense FP4 one.
+
 A run's *mixed peak* is the rate it would reach if every GEMM ran at the dense peak of its own
 precision: total FLOPs / Σ (FLOPs of component in precision p / peak of p), the FLOP-weighted
 harmonic mean of the peaks.  MFU against it says how well the run used what it asked for;
@@ -34,7 +41,7 @@ from .shapes import ModelShape
 
 @dataclass(frozen=True)
 class Fp8Recipe:
-    """Which GEMMs run in FP8 (see the module docstring for the Megatron flags)."""
+    """Which GEMMs run in FP8 — or FP4 with ``precision="fp4"`` (see the module docstring)."""
 
     fp8_format: Optional[str] = None       # None: no FP8; "e4m3" or "hybrid"
     recipe: str = "delayed"
@@ -43,6 +50,7 @@ class Fp8Recipe:
     dot_product_attention: bool = False    # --fp8-dot-product-attention
     output_layer: bool = False             # fp8_output_proj (mxfp8 only)
     wgrad: bool = True                     # fp8_wgrad
+    precision: str = "fp8"                 # "fp8", or "fp4" with --fp4-format e2m1
 
     def __post_init__(self) -> None:
         for flag, value in (("--num-layers-at-start-in-bf16", self.bf16_layers_at_start),
@@ -61,6 +69,19 @@ class Fp8Recipe:
         if fp8_format is not None and fp8_format not in ("e4m3", "hybrid"):
             raise UsageError(f"--fp8-format must be e4m3 or hybrid, got {fp8_format!r}")
         keep = bool(getattr(args, "first_last_layers_bf16", False))
+        fp4_format = getattr(args, "fp4", None)
+        if fp4_format is not None:
+            if fp4_format != "e2m1":
+                raise UsageError(f"--fp4-format must be e2m1 (Megatron-LM's only choice; NVFP4 "
+                                 f"is --fp4-recipe nvfp4, its default), got {fp4_format!r}")
+            if fp8_format is not None:
+                raise UsageError("--fp4-format and --fp8-format cannot both be given "
+                                 "(Megatron-LM refuses it)")
+            return cls(
+                fp8_format=fp4_format, precision="fp4",
+                recipe=getattr(args, "fp4_recipe", None) or "nvfp4",
+                bf16_layers_at_start=int(getattr(args, "num_layers_at_start_in_bf16", 1)) if keep else 0,
+                bf16_layers_at_end=int(getattr(args, "num_layers_at_end_in_bf16", 1)) if keep else 0)
         recipe = getattr(args, "fp8_recipe", None) or "delayed"
         return cls(
             fp8_format=fp8_format,
@@ -154,14 +175,15 @@ def fp8_report(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,
                hardware_tflops_per_gpu: Optional[float] = None) -> dict:
     """What an FP8 run's utilisation means, as the JSON object ``estimate`` prints.
 
-    ``fp8_share``: fraction of the model FLOPs in FP8 GEMMs.  ``peak_tflops``: the dense BF16
-    and FP8 peaks of ``device`` and the mixed peak (harmonic mean weighted by model FLOPs,
+    ``precision``: ``fp8``, or ``fp4`` with ``--fp4-format`` (then ``fp8_share`` and the
+    ``fp4`` peak are FP4's).  ``fp8_share``: fraction of the model FLOPs in FP8 GEMMs.
+    ``peak_tflops``: the dense BF16 and FP8 (FP4) peaks of ``device`` and the mixed peak (harmonic mean weighted by model FLOPs,
     hardware FLOPs for HFU).  ``mfu`` / ``hfu``: against the BF16 peak and against the mixed
     one (None without a time or a known peak).
     """
     split = fp8_flops(breakdown, model, recipe)
     bf16 = peak_tflops(device, "bf16") if device else None
-    fp8 = peak_tflops(device, "fp8") if device else None
+    fp8 = peak_tflops(device, recipe.precision) if device else None  # the low precision's
     mixed = mixed_hw = None
     if bf16 and fp8:
         mixed = mixed_peak_tflops(breakdown, model, recipe, bf16, fp8)
@@ -170,10 +192,11 @@ def fp8_report(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,
     def ratio(value, peak):
         return value / peak if value is not None and peak else None
     return {
-        "format": recipe.fp8_format, "recipe": recipe.recipe,
+        "precision": recipe.precision, "format": recipe.fp8_format, "recipe": recipe.recipe,
         "bf16_layers": {"start": recipe.bf16_layers_at_start, "end": recipe.bf16_layers_at_end},
         "fp8_share": split["fp8"] / (split["fp8"] + split["bf16"]),
-        "peak_tflops": {"bf16": bf16, "fp8": fp8, "mixed": mixed, "mixed_hardware": mixed_hw},
+        "peak_tflops": {"bf16": bf16, recipe.precision: fp8, "mixed": mixed,
+                        "mixed_hardware": mixed_hw},
         "mfu": {"vs_bf16": ratio(model_tflops_per_gpu, bf16),
                 "vs_mixed": ratio(model_tflops_per_gpu, mixed)},
         "hfu": {"vs_bf16": ratio(hardware_tflops_per_gpu, bf16),

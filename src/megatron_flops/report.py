@@ -102,6 +102,9 @@ def describe_run(run: RunShape) -> str:
     if run.rampup_batch_size:
         start, inc, samples = run.rampup_batch_size
         text += f", batch ramp-up {start} +{inc} over {samples} samples"
+    if run.batch_schedule:
+        steps = " → ".join(f"{batch} from sample {start:,}" for start, batch in run.batch_schedule)
+        text += f", step batch schedule {steps}"
     return text
 
 

@@ -20,6 +20,11 @@ POSITION_EMBEDDINGS = ("learned", "rotary", "alibi", "none")
 NORMALIZATIONS = ("layernorm", "rmsnorm")
 RECOMPUTE_GRANULARITIES = ("full", "selective")
 RECOMPUTE_METHODS = ("uniform", "block")
+# Megatron-Core's selective recompute modules (``--recompute-modules``, TransformerConfig at
+# d98e8a64) that this tool counts: each re-runs the forward of the matmuls it names (see
+# flops.SELECTIVE_MODULES); ``moe_act`` and ``layernorm`` re-run no matmul at all.
+SELECTIVE_RECOMPUTE_MODULES = ("core_attn", "moe", "shared_experts", "mlp", "mla_up_proj",
+                               "moe_act", "layernorm")
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
 
 
@@ -449,6 +454,9 @@ class Recompute:
     method: str = "uniform"
     num_layers: Optional[int] = None
     stage_layers: Optional[Tuple[int, ...]] = None
+    modules: Tuple[str, ...] = ("core_attn",)
+    """What ``"selective"`` re-runs: Megatron-Core's ``--recompute-modules`` (default
+    ``core_attn``; ``--moe-layer-recompute`` adds ``moe``)."""
 
     def __post_init__(self) -> None:
         if self.granularity is not None and self.granularity not in RECOMPUTE_GRANULARITIES:
@@ -457,6 +465,13 @@ class Recompute:
                 f"got {self.granularity!r}",
                 "--recompute-granularity",
             )
+        modules = tuple(dict.fromkeys(self.modules))
+        unknown = [m for m in modules if m not in SELECTIVE_RECOMPUTE_MODULES]
+        if unknown:
+            raise ShapeError(f"--recompute-modules must be among "
+                             f"{', '.join(SELECTIVE_RECOMPUTE_MODULES)}, got {' '.join(unknown)}",
+                             "--recompute-modules")
+        object.__setattr__(self, "modules", modules)
         if self.method not in RECOMPUTE_METHODS:
             raise ShapeError(
                 f"--recompute-method must be one of uniform, block, got {self.method!r}",
@@ -476,7 +491,9 @@ class Recompute:
         if self.granularity is None:
             return "none"
         if self.granularity == "selective":
-            return "selective"
+            if self.modules == ("core_attn",):
+                return "selective"
+            return f"selective ({', '.join(self.modules) or 'nothing'})"
         if self.method == "block":
             return f"full (block, {self.num_layers} layers per stage)"
         return "full"
@@ -546,6 +563,10 @@ class RunShape:
     """Ranks one sequence is split over outside tensor parallelism: the microsoft fork's
     Ulysses ``--ds-sequence-parallel-size``.  They hold no model copy of their own (the
     fork's ``data_parallel_size``); the FLOPs of an iteration do not change."""
+    batch_schedule: Optional[Tuple[Tuple[int, int], ...]] = None
+    """Megatron-LM's ``--step-batch-size-schedule`` as ``((from_samples, batch), …)``, sorted,
+    the first from 0: the global batch is ``batch`` once ``from_samples`` samples are consumed
+    (the last one is ``global_batch_size``)."""
     # ---- Megatron-Core (NVIDIA Megatron-LM) -----------------------------------------------
     context_parallel_size: int = 1
     """Megatron-LM's ``--context-parallel-size``: like ``sequence_parallel_size``, ranks that
@@ -581,6 +602,9 @@ class RunShape:
                 "--world-size",
             )
         per_step = self.micro_batch_size * self.data_parallel_size
+        if self.batch_schedule is not None:
+            self._check_batch_schedule()
+            set_(self, "global_batch_size", self.batch_schedule[-1][1])
         if self.global_batch_size is None:
             set_(self, "global_batch_size", per_step)
         if self.global_batch_size % per_step:
@@ -614,6 +638,24 @@ class RunShape:
         if not isinstance(self.recompute, Recompute):
             raise ShapeError("recompute must be a Recompute value", "--recompute-granularity")
 
+    def _check_batch_schedule(self) -> None:
+        flag = "--step-batch-size-schedule"
+        schedule = tuple((start, batch) for start, batch in self.batch_schedule)
+        if not schedule:
+            raise ShapeError(f"{flag} needs at least one THRESHOLD:BATCH_SIZE entry", flag)
+        if self.rampup_batch_size is not None:
+            raise ShapeError(f"{flag} and --rampup-batch-size cannot both be given", flag)
+        if schedule[0][0] != 0:
+            raise ShapeError(f"{flag}: the first entry must start at 0, got {schedule[0][0]}",
+                             flag)
+        for (before, _), (after, _) in zip(schedule, schedule[1:]):
+            if after <= before:
+                raise ShapeError(f"{flag}: thresholds must increase, got {before} then {after} "
+                                 "samples", flag)
+        for _, batch in schedule:
+            _require_positive(batch, flag)
+        object.__setattr__(self, "batch_schedule", schedule)
+
     @property
     def model_parallel_size(self) -> int:
         """GPUs one data-parallel replica spans: TP × PP × SP (Ulysses) × CP."""
@@ -636,6 +678,8 @@ class RunShape:
         Follows Megatron's ramp-up calculator: the batch grows by ``increment`` every
         ``ramp_samples / number_of_increments`` samples, then stays at ``global_batch_size``.
         """
+        if self.batch_schedule is not None:  # Megatron-LM's step schedule: no rounding
+            return [batch for start, batch in self.batch_schedule if consumed_samples >= start][-1]
         if self.rampup_batch_size is None:
             return self.global_batch_size
         start, increment, ramp_samples = self.rampup_batch_size

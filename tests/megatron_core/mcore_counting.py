@@ -363,10 +363,13 @@ def _mla_core_attention():
     return MLADotProductAttention
 
 
-def build_gpt(model, recompute, max_sequence_length, device="cpu", **config_overrides):
+def build_gpt(model, recompute, max_sequence_length, device="cpu", unset=(), **config_overrides):
     """Megatron-Core's GPTModel built as pretrain_gpt.py builds it without Transformer Engine
     (``get_gpt_decoder_block_spec`` / ``get_gpt_mtp_block_spec`` with ``use_transformer_engine
-    = False``: the local layer spec per layer, MoE layers where the pattern says)."""
+    = False``: the local layer spec per layer, MoE layers where the pattern says).
+
+    ``unset``: TransformerConfig fields left to Megatron-Core's own default (a command line
+    that does not give the flag); ``config_overrides``: fields set as a flag would set them."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_decoder_block_spec,
                                                           get_gpt_mtp_block_spec)
@@ -375,6 +378,8 @@ def build_gpt(model, recompute, max_sequence_length, device="cpu", **config_over
 
     config_kwargs = transformer_config_kwargs(model, recompute)
     config_kwargs.update(config_overrides)
+    for name in unset:
+        config_kwargs.pop(name, None)
     if device == "meta":
         config_kwargs.update(perform_initialization=False)
     config_class = MLATransformerConfig if model.multi_latent_attention else TransformerConfig

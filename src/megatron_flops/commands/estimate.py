@@ -88,8 +88,9 @@ def _print_conventions(result: dict, show_table: bool) -> None:
     if f is not None:
         peaks, mfu = f["peak_tflops"], f["mfu"]
         mixed = format_optional(peaks["mixed"], ".1f")
-        print(f"\nFP8 ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model FLOPs "
-              f"in FP8 GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
+        low = f.get("precision", "fp8").upper()
+        print(f"\n{low} ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model "
+              f"FLOPs in {low} GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
               f"TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed peak ({mixed} TFLOP/s)")
 
 

@@ -24,6 +24,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..shapes import (GLU_ACTIVATIONS, ModelShape, Recompute, RunShape, ShapeError,
                       _require_positive)
+from . import features
 from . import flags as catalogue
 
 GPT2_BPE_VOCAB_SIZE = 50257
@@ -147,11 +148,12 @@ def _recompute(ns) -> Recompute:
                              "selective (full and selective recompute together are not "
                              "counted)", "--checkpoint-activations")
         granularity = "full"
+    granularity, modules = features.selective_modules(ns, granularity)
     if granularity == "selective" and method is not None:
         raise ShapeError("--recompute-method is not supported with --recompute-granularity "
                          "selective (the forks refuse it too)", "--recompute-method")
     if granularity != "full":
-        return Recompute(granularity)
+        return Recompute(granularity, modules=modules)
     method = method or "uniform"
     if method == "block" and num_layers is None:
         raise ShapeError("--recompute-method block needs --recompute-num-layers",
@@ -328,13 +330,6 @@ def _global_batch(ns, micro: int, data_parallel: int) -> Optional[int]:
     return implied
 
 
-def _check_recompute_modules(ns) -> None:
-    modules = getattr(ns, "recompute_modules", None)
-    if modules and list(modules) != ["core_attn"]:
-        raise ShapeError(f"not supported yet: --recompute-modules {' '.join(modules)} (only "
-                         "core_attn, the selective default, is counted)", "--recompute-modules")
-
-
 def _window(ns) -> Optional[int]:
     """Megatron-LM's ``--window-size`` (``(w, 0)`` or ``"w,0"``): the keys behind each query."""
     window = getattr(ns, "window_size", None)
@@ -387,6 +382,9 @@ UNSUPPORTED_VALUE_ARGS = frozenset((
     "dsa_indexer_topk", "hybrid_override_pattern", "hybrid_layer_pattern",
     "linear_attention_freq", "heterogeneous_layers_config_path",
     "heterogeneous_layers_config_encoded_json",
+    # off (None) in every run's args unless given (the vision flags --img-h/--patch-dim are
+    # not: they default to 224/16 in all of them, so a live run cannot be told multimodal by them)
+    "decoder_seq_length", "export_kd_teacher_load", "spec",
 ))
 
 
@@ -459,6 +457,9 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     DeepSpeed pipeline model, per real stage for Megatron's own pipeline).
     """
     refuse_unsupported(ns)
+    features.check_given_values(ns)
+    features.refuse_weight_shards(ns)
+
     def get(name, default=None):
         value = getattr(ns, name, None)
         return default if value is None else value
@@ -480,7 +481,6 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     hidden = ns.hidden_size
     glu = _glu(ns)
     ffn = _ffn(ns, hidden, glu)
-    _check_recompute_modules(ns)
     num_experts, interval = _experts(ns)
     untie = bool(get("untie_embeddings_and_output_weights", False))
     max_positions = get("max_position_embeddings", seq_length)
@@ -513,6 +513,18 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     recompute = _recompute(ns)
     if deepspeed_pipeline(ns):
         recompute = pipeline_model_recompute(ns, recompute)
+    elif getattr(ns, "pipeline_model_parallel_layout", None):
+        # Megatron-LM skips the divisibility rule: the layout places every layer itself
+        if any(getattr(ns, name, None) is not None for name in (
+                "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")):
+            raise ShapeError("--pipeline-model-parallel-layout cannot be combined with "
+                             "--decoder-first/last-pipeline-num-layers (Megatron-LM refuses it)",
+                             "--pipeline-model-parallel-layout")
+        features.pipeline_layout_stages(ns.pipeline_model_parallel_layout, model.num_layers, pp,
+                                        model.mtp_num_layers)
+        if recompute.method == "block" and recompute.granularity == "full":
+            raise ShapeError("not supported yet: --recompute-method block with a "
+                             "--pipeline-model-parallel-layout", "--recompute-method")
     else:
         stages = megatron_stage_layers(ns, model.num_layers, pp)
         if recompute.method == "block" and recompute.granularity == "full":
@@ -531,10 +543,14 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
                      world_size=world, sequence_parallel_size=sequence_parallel,
                      context_parallel_size=get("context_parallel_size", 1))
     rampup = get("rampup_batch_size")
+    schedule = features.step_batch_schedule(ns, seq_length)
     run = RunShape(
         seq_length=seq_length,
         micro_batch_size=micro,
-        global_batch_size=_global_batch(ns, micro, probe.data_parallel_size),
+        global_batch_size=(None if schedule is not None else features.decreased_global_batch(
+            ns, _global_batch(ns, micro, probe.data_parallel_size),
+            micro * probe.data_parallel_size)),
+        batch_schedule=schedule,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         world_size=world,
@@ -572,6 +588,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--micro-batch-size", type=int)
     add("--global-batch-size", type=int)
     add("--rampup-batch-size", nargs="*", default=None)
+    add("--step-batch-size-schedule", type=str, help="Megatron-LM: THRESHOLD:BATCH_SIZE steps "
+        "in tokens, e.g. \"0:768 250B:1536\" (instead of --global-batch-size)")
     add("--tensor-model-parallel-size", type=int, default=1)
     add("--pipeline-model-parallel-size", type=int, default=1)
     add("--vocab-size", type=int, help="tokenizer vocabulary size before Megatron's padding "
@@ -599,6 +617,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--recompute-method", type=str)
     add("--recompute-num-layers", type=int)
     add("--recompute-modules", nargs="*")
+    add("--moe-layer-recompute", action="store_true", help="Megatron-LM: selective recompute of "
+        "every MoE layer (as --recompute-modules core_attn moe)")
     add("--untie-embeddings-and-output-weights", action="store_true")
     add("--num-experts", type=int, nargs="+")
     add("--topk", type=int)
@@ -628,6 +648,12 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--deepspeed", action="store_true", dest="deepspeed_pipeline_model", default=None,
         help="the fork builds DeepSpeed's pipeline model")
     add("--no-pipeline-parallel", action="store_true")
+    add("--decrease-batch-size-if-needed", action="store_true", help="Megatron-LM: round the "
+        "global batch down to a multiple of micro batch × data parallel")
+    add("--tensor-parallel-num-weight-shards", type=int, help="Megatron-LM: GTP weight shards "
+        "(refused above the TP size: each peer then trains its own micro-batch)")
+    add("--expert-tensor-parallel-num-weight-shards", type=int)
+    add("--expert-tensor-parallel-size", type=int)
     add("--ds-sequence-parallel-size", type=int, help="microsoft fork: Ulysses sequence parallel")
     add("--kd", action="store_true", help="microsoft fork: knowledge distillation (a teacher "
         "forward per micro-batch, in hardware FLOPs only)")
@@ -638,10 +664,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--num-attention-heads-teacher", type=int)
     add("--num-experts-teacher", type=int, nargs="+")
     add("--context-parallel-size", type=int, help="Megatron-LM: context parallel")
-    add("--decoder-first-pipeline-num-layers", "--num-layers-in-first-pipeline-stage", type=int,
-        dest="decoder_first_pipeline_num_layers")
-    add("--decoder-last-pipeline-num-layers", "--num-layers-in-last-pipeline-stage", type=int,
-        dest="decoder_last_pipeline_num_layers")
+    add("--decoder-first-pipeline-num-layers", type=int)
+    add("--decoder-last-pipeline-num-layers", type=int)
     add("--account-for-embedding-in-pipeline-split", action="store_true")
     add("--account-for-loss-in-pipeline-split", action="store_true")
     add("--pipeline-model-parallel-layout", type=str)
@@ -667,9 +691,11 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     fp8.add_argument("--first-last-layers-bf16", action="store_true")
     fp8.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
     fp8.add_argument("--num-layers-at-end-in-bf16", type=int, default=1)
-    fp8.add_argument("--fp8-dot-product-attention", action="store_true")
     fp8.add_argument("--fp8-output-proj", action="store_true")
     fp8.add_argument("--no-fp8-wgrad", dest="fp8_wgrad", action="store_false")
+    fp8.add_argument("--fp4-format", dest="fp4", type=str, help="Megatron-LM: e2m1 (NVFP4 "
+                     "GEMMs in the layers, as FP8's; the mixed peak uses the FP4 one)")
+    fp8.add_argument("--fp4-recipe", choices=("nvfp4", "custom"))
     ours = parser.add_argument_group("megatron-flops options for the pasted flags")
     ours.add_argument("--world-size", type=int,
                       help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP × CP, said so)")

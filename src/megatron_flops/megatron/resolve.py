@@ -10,11 +10,12 @@ onto the caller's namespace.  :func:`apply_dialect` is the part a log's dump or 
 """
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from ..shapes import ModelShape, RunShape, ShapeError
 from . import dialects as dl
+from .features import as_typed, check_typed_schedule, run_notes
 from .launch import Launcher, WorldSize, split_launcher, world_size
 from .vocab import GPT2_BPE_VOCAB_SIZE, tokenizer_vocab
 
@@ -234,6 +235,15 @@ def resolve_command(argv: Sequence[str], parser: Optional[argparse.ArgumentParse
     ns, unknown = parse_megatron_args(rest, parser)
     report = check_flags(unknown, getattr(ns, "strict_flags", False),
                          lenient=getattr(ns, "lenient_flags", False))
-    resolved = resolve_namespace(ns, rest, launcher, getattr(ns, "strict_flags", False),
-                                 environ, [f"{flag}: {note}" for flag, note in report.noted])
+    check_typed_schedule(rest)
+    try:
+        resolved = resolve_namespace(ns, rest, launcher, getattr(ns, "strict_flags", False),
+                                     environ, [f"{flag}: {note}" for flag, note in report.noted])
+    except ShapeError as error:   # named as the user typed it (an old spelling)
+        raise as_typed(error, rest) from None
+    accepted = run_notes(resolved.run)   # features read with a note (recompute modules, …)
+    if accepted:
+        report.noted.extend(accepted)
+        resolved = replace(resolved, notes=resolved.notes + tuple(
+            f"{flag}: {note}" for flag, note in accepted))
     return ns, resolved, report, unknown

@@ -49,6 +49,10 @@ class Shell:
         self.unresolved = set()
 
     def sub(self, text):
+        # a whole array: "${X[@]}" keeps each element one word, unquoted ${X[@]} splits them
+        text = re.sub(r'"\$\{(\w+)\[@\]\}"', lambda m: self.vars.get(m.group(1), ""), text)
+        text = re.sub(r"\$\{(\w+)\[[@*]\]\}", lambda m: " ".join(
+            shlex.split(self.vars.get(m.group(1), ""))), text)
         text = self._arithmetic(text)
         text = self._commands(text)
 
@@ -99,8 +103,19 @@ class Shell:
                 value = str(eval(expr.replace("/", "//")))  # integer shell arithmetic
             text = text[:start] + value + text[i + 1:]
 
+    def elements(self, raw):
+        """The elements of a bash array literal ``( a "b c" $D )``, substituted."""
+        inner = self.sub(raw[1:raw.rfind(")")] if ")" in raw else raw[1:])
+        try:
+            return shlex.split(inner)
+        except ValueError:
+            return inner.split()
+
     def value(self, raw):
         raw = raw.strip()
+        if raw.startswith("(") and not raw.startswith("(("):
+            # a bash array: its words, substituted, kept as one space-separated string
+            return " ".join(shlex.quote(word) for word in self.elements(raw))
         # a value is one shell word: quoted or bare; strip quotes after substitution
         if raw.startswith('"'):
             end = raw.rfind('"')
@@ -144,17 +159,30 @@ def logical_lines(text):
             continue
         if buf and stripped.startswith("#"):
             continue  # a commented-out flag inside a quoted block
+        if _open_array(buf or line):
+            line = strip_comment(line)  # "--flag v  # note" inside an array: the note only
         buf += (" " if buf else "") + line.rstrip()
         if buf.endswith("\\"):
             buf = buf[:-1]
             continue
         if buf.count('"') % 2:
             continue
+        if _open_array(buf):
+            continue  # a bash array assignment X=( … ) spread over lines
         out.append(strip_comment(buf))
         buf = ""
     if buf:
         out.append(strip_comment(buf))
     return out
+
+
+def _open_array(text):
+    """True while a ``X=(`` / ``X+=(`` array assignment has not met its closing parenthesis."""
+    m = re.match(r"^\s*(?:export\s+|local\s+|declare\s+(?:-\w+\s+)?)?[A-Za-z_]\w*\+?=\(", text)
+    if not m:
+        return False
+    body = strip_comment(text[m.end() - 1:])
+    return body.count("(") > body.count(")")
 
 
 def strip_comment(line):
@@ -243,7 +271,8 @@ def run_script(text):
             if m:
                 name, plus, raw = m.groups()
                 value = shell.value(raw)
-                shell.vars[name] = shell.vars.get(name, "") + value if plus else value
+                joined = " " if plus and raw.strip().startswith("(") and shell.vars.get(name) else ""
+                shell.vars[name] = shell.vars.get(name, "") + joined + value if plus else value
                 if ".py" in value:
                     commands.append(value)
                 continue
