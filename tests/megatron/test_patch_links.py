@@ -173,8 +173,11 @@ def test_a_write_that_fails_leaves_no_temporary_file_and_the_module_intact(rever
     before = digest_tree(checkout)
     limit = len(read(path)) // 2  # the new content cannot be written whole
     argv = ["patch", checkout] + (["--revert"] if revert else [])
+    import megatron_flops  # the child imports the tree under test, wherever it is installed
+    src = os.path.dirname(os.path.dirname(os.path.abspath(megatron_flops.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *argv],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "nothing changed" in proc.stderr
