@@ -214,7 +214,18 @@ def test_damaged_traces_exit_0_with_a_note_or_2_with_one_line(cut, flip, gz, ind
     if code == 2:
         assert len(captured.err.strip().splitlines()) == 1, captured.err
     elif flip is None and cut < 1:
-        assert "truncated" in captured.err  # a shorter file is never read silently
+        # a shorter file is never read silently (a .json.gz cut in its 8-byte trailer holds the
+        # whole JSON: said as a stream that ends early, its checksum unverified)
+        assert "truncated" in captured.err or "ends early" in captured.err, captured.err
+
+
+def test_gzip_cut_in_its_trailer_is_noted(tmp_path, capsys):
+    whole = write_trace(tmp_path / "whole.json.gz", document(2))
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(whole.read_bytes()[:-4])  # the deflate data whole, the size field cut
+    code, captured = profile_json(capsys, cut)
+    assert code == 0 and "ends early" in captured.err and "checksum" in captured.err
+    assert len(json.loads(captured.out)["trace_notes"]) == 1
 
 
 @pytest.mark.parametrize("depth", [1500, 20_000])

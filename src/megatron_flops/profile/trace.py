@@ -179,7 +179,13 @@ class _Reader:
 
     def load(self, opener, path) -> None:
         with opener(path, "rb") as handle:
-            self.read(JSONStream(handle))
+            stream = JSONStream(handle)
+            self.read(stream)
+        if stream.cut:  # the JSON is whole, the compressed stream's end (its checksum) is not
+            self.notes.append(
+                f"TRACE {str(path)!r}: {stream.cut} after a whole JSON document: read all "
+                f"{self.kept:,} complete events ({self.seen:,} records), but the file is cut "
+                "and its checksum could not be verified")
 
     def read(self, stream: JSONStream) -> None:
         first = stream.peek()
