@@ -16,7 +16,8 @@ def patch_main(argv: List[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the unified diff, write nothing")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
-                      help="say whether the checkout is patched (exit 0 patched, 1 not)")
+                      help="say whether the checkout is patched (exit 0 patched, 1 not, or patched "
+                           "by an earlier version: `patch` upgrades it)")
     mode.add_argument("--revert", action="store_true", help="remove the block, restoring the file")
     args = parser.parse_args(argv)
     if args.check and args.dry_run:
@@ -24,6 +25,9 @@ def patch_main(argv: List[str]) -> int:
     if args.check:
         fork = patch.detect_fork(args.checkout)  # unknown layout: exit 2
         state = patch.status(args.checkout)
+        if state == "outdated":
+            state = ("outdated: patched by an earlier megatron-flops (its block catches only "
+                     f"ImportError); `megatron-flops patch {args.checkout}` upgrades it")
         print(f"{patch.training_path(args.checkout)}: {state} ({fork} fork)")
         return EXIT_OK if state == "patched" else EXIT_MISMATCH
     plan = patch.plan_revert(args.checkout) if args.revert else patch.plan_apply(args.checkout)
@@ -37,6 +41,9 @@ def patch_main(argv: List[str]) -> int:
     patch.write(plan)
     if args.revert:
         print(f"{plan.path}: restored (megatron-flops block removed)")
+    elif plan.upgrade:
+        print(f"{plan.path}: upgraded (an earlier megatron-flops block replaced by this version's; "
+              f"{plan.fork} fork); `megatron-flops patch --revert {args.checkout}` restores it")
     else:
         print(f"{plan.path}: patched ({plan.fork} fork); `megatron-flops patch --revert "
               f"{args.checkout}` restores it")

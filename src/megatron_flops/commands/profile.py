@@ -63,12 +63,22 @@ def profile_main(argv: List[str]) -> int:
     add_peak_arguments(parser)
     args, model, run, segment = _shapes(parser, argv)
     trace = load_trace(args.trace)
+    for note in trace.notes:  # a partial read (a cut file), with counts
+        print(f"megatron-flops: {note}", file=sys.stderr)
     peak = resolve_peak(args.gpu or trace.device_name(), run.dtype, args.peak_tflops)
-    profile = attribute(trace, model, run, args.steps, peak.tflops, peak.source)
+    try:
+        profile = attribute(trace, model, run, args.steps, peak.tflops, peak.source)
+    except MemoryError:
+        count = len(trace.events)
+        del trace
+        raise UsageError(f"TRACE {args.trace!r}: out of memory attributing its {count:,} complete "
+                         "events; profile fewer iterations (--steps), or run on a machine with "
+                         "more memory") from None
     if args.png:
         write_png(profile, args.png)
     if args.json:
         result = profile_dict(profile)
+        result["trace_notes"] = list(trace.notes)
         if segment is not None:
             result["arguments_from"] = {"path": args.arguments_from,
                                         "sources": dict(segment.sources)}

@@ -25,12 +25,34 @@ args, iteration_time, total_iterations)`` in ``megatron/utils.py`` imported by
 ``num_floating_point_operations`` beside ``training_log``); an unknown
 layout is refused before anything is written.  Applying twice changes nothing;
 ``--revert`` removes exactly the appended bytes, so the file is restored byte for byte.
+
+**Links.**  The patcher writes only inside the checkout and follows no link it did not expect:
+
+- the new content goes to a temporary file created exclusively (``O_CREAT | O_EXCL |
+  O_NOFOLLOW``, an unpredictable name beside the training module: :func:`tempfile.mkstemp`),
+  given the module's mode and owner through its descriptor and renamed over the module; on any
+  failure (a full disk) it is removed and the module is as it was;
+- a training module that is a symbolic link is edited at its target when the target is inside
+  the checkout, and refused with one line when it is outside (so is a ``megatron/`` folder
+  that links out of the checkout);
+- a training module with more than one hard link is refused with one line: editing it in
+  place would change its other names (which may be outside the checkout), replacing it would
+  split them;
+- the file is checked again just before the rename (same inode, same bytes as planned): a
+  change in between is refused, nothing written.
+
+**Earlier versions.**  The first version of the command appended a block that caught only
+``ImportError`` (:data:`LEGACY_BODIES`).  A checkout holding it is ``outdated``: ``patch``
+replaces the block with this version's, ``--revert`` removes it byte for byte, ``--check``
+says so (exit 1).
 """
 
 import difflib
 import os
 import re
-from typing import NamedTuple, Optional
+import stat
+import tempfile
+from typing import NamedTuple, Optional, Tuple
 
 from ..errors import UsageError
 
@@ -46,6 +68,18 @@ _BODY = (
     "except Exception as _megatron_flops_error:",
     "    print('megatron-flops: hook not installed (%r); throughput as the fork computes it'"
     " % (_megatron_flops_error,), flush=True)",
+)
+# the blocks earlier versions of the command appended (newest first): recognised to upgrade
+# or revert a checkout they patched.  The first version (commit 9d44bdb) caught ImportError only.
+LEGACY_BODIES = (
+    (
+        "try:",
+        "    import megatron_flops.megatron as _megatron_flops",
+        "    _megatron_flops.install(training_module=__name__)",
+        "except ImportError as _megatron_flops_error:",
+        "    print('megatron-flops: not importable (%s); throughput as the fork computes it'"
+        " % _megatron_flops_error, flush=True)",
+    ),
 )
 _HEADER = (" (added by `megatron-flops patch`: exact throughput reporting; "
            "`megatron-flops patch --revert` removes this block)")
@@ -64,10 +98,11 @@ _MICROSOFT_CALCULATOR = re.compile(
 _MICROSOFT_IMPORT = re.compile(rb"from\s+megatron\.utils\s+import\s[^\n]*\bthroughput_calculator\b")
 
 
-def block(newline: bytes = b"\n", had_final_newline: bool = True) -> bytes:
-    """The bytes appended to a file (for one newline style and final-newline case)."""
+def block(newline: bytes = b"\n", had_final_newline: bool = True, body=_BODY) -> bytes:
+    """The bytes appended to a file (for one newline style and final-newline case; ``body``:
+    this version's, or one of :data:`LEGACY_BODIES`)."""
     header = BEGIN + (_HEADER if had_final_newline else _HEADER_NO_EOL)
-    lines = ["", header, *_BODY, END]
+    lines = ["", header, *body, END]
     text = newline.decode().join(lines) + newline.decode()
     if not had_final_newline:
         text = newline.decode() + text
@@ -75,10 +110,11 @@ def block(newline: bytes = b"\n", had_final_newline: bool = True) -> bytes:
 
 
 class Plan(NamedTuple):
-    path: str
+    path: str                  # the file written (a symbolic link's target inside the checkout)
     fork: str
     original: bytes
     patched: bytes
+    upgrade: bool = False      # an earlier version's block replaced by this version's
 
 
 def _newline(data: bytes) -> bytes:
@@ -86,13 +122,30 @@ def _newline(data: bytes) -> bytes:
 
 
 def training_path(checkout: str) -> str:
-    """The training module a checkout is patched in (the forks' or Megatron-LM's)."""
+    """The training module a checkout is patched in (the forks' or Megatron-LM's): the file
+    itself, or the target of a symbolic link that stays inside the checkout.  PatchError for a
+    link out of the checkout or a file with several hard links (see the module's docstring)."""
     for relative in (TRAINING, MEGATRON_LM_TRAINING):
         path = os.path.join(checkout, relative)
         if os.path.isfile(path):
-            return path
+            return _inside(checkout, relative, path)
     raise PatchError(f"CHECKOUT {checkout!r} has no {TRAINING} (nor {MEGATRON_LM_TRAINING}): "
                      "not a Megatron-DeepSpeed or Megatron-LM checkout")
+
+
+def _inside(checkout: str, relative: str, path: str) -> str:
+    real = os.path.realpath(path)
+    root = os.path.realpath(checkout)
+    if os.path.commonpath([root, real]) != root:
+        raise PatchError(f"{path} is a link to {real}, outside CHECKOUT {checkout!r}: refusing to "
+                         "edit a file outside the checkout (nothing written); copy it into the "
+                         "checkout to patch it there")
+    if os.stat(real).st_nlink > 1:
+        raise PatchError(f"{path} has {os.stat(real).st_nlink} hard links: editing it would change "
+                         "its other names too (possibly outside the checkout), replacing it would "
+                         f"split them; refusing (nothing written): make {relative} a file of its own "
+                         "(cp it aside and back) to patch it")
+    return path if real == os.path.abspath(path) else real
 
 
 def detect_fork(checkout: str) -> str:
@@ -125,22 +178,32 @@ def detect_fork(checkout: str) -> str:
         "megatron/training.py training_log)")
 
 
-def patched_suffix(data: bytes) -> Optional[bytes]:
-    """The appended block at the end of ``data`` (exact bytes), or None when not patched."""
-    for newline in (b"\n", b"\r\n"):
-        for had_final_newline in (True, False):
-            suffix = block(newline, had_final_newline)
-            if data.endswith(suffix):
-                return suffix
+def _suffix(data: bytes) -> Optional[Tuple[bytes, bool, bool]]:
+    """(the block ending ``data``, whether an earlier version wrote it, had_final_newline)."""
+    for current, body in ((True, _BODY), *((False, b) for b in LEGACY_BODIES)):
+        for newline in (b"\n", b"\r\n"):
+            for had_final_newline in (True, False):
+                suffix = block(newline, had_final_newline, body)
+                if data.endswith(suffix):
+                    return suffix, not current, had_final_newline
     return None
 
 
+def patched_suffix(data: bytes) -> Optional[bytes]:
+    """The appended block at the end of ``data`` (exact bytes, this version's or an earlier
+    one's), or None when not patched."""
+    found = _suffix(data)
+    return found[0] if found is not None else None
+
+
 def status(checkout: str) -> str:
-    """``"patched"``, ``"unpatched"`` or ``"modified"`` (a marker without our exact block)."""
+    """``"patched"``, ``"outdated"`` (an earlier version's block), ``"unpatched"`` or
+    ``"modified"`` (a marker without an exact block)."""
     with open(training_path(checkout), "rb") as f:
         data = f.read()
-    if patched_suffix(data) is not None:
-        return "patched"
+    found = _suffix(data)
+    if found is not None:
+        return "outdated" if found[1] else "patched"
     return "modified" if BEGIN.encode() in data else "unpatched"
 
 
@@ -150,10 +213,15 @@ def plan_apply(checkout: str) -> Optional[Plan]:
     path = training_path(checkout)
     with open(path, "rb") as f:
         original = f.read()
-    state = status(checkout)
-    if state == "patched":
+    found = _suffix(original)
+    if found is not None and not found[1]:
         return None
-    if state == "modified":
+    if found is not None:  # an earlier version's block: replaced by this version's
+        suffix, _, had_final_newline = found
+        newline = b"\r\n" if suffix.endswith(b"\r\n") else b"\n"
+        return Plan(path, fork, original,
+                    original[:-len(suffix)] + block(newline, had_final_newline), upgrade=True)
+    if BEGIN.encode() in original:
         raise PatchError(f"{path} holds a '{BEGIN}' marker but not the block this version writes: "
                          "edit it out by hand (nothing written)")
     newline = _newline(original)
@@ -176,22 +244,55 @@ def plan_revert(checkout: str) -> Optional[Plan]:
 
 
 def unified_diff(plan: Plan, checkout: str) -> str:
-    relative = os.path.relpath(plan.path, checkout)
+    # a link's target is named from the checkout's real path (it was resolved)
+    base = os.path.realpath(checkout) if os.path.realpath(plan.path) == plan.path else checkout
+    relative = os.path.relpath(plan.path, base)
     before = plan.original.decode("utf-8", "replace").splitlines(keepends=True)
     after = plan.patched.decode("utf-8", "replace").splitlines(keepends=True)
     return "".join(difflib.unified_diff(before, after, f"a/{relative}", f"b/{relative}"))
 
 
 def write(plan: Plan) -> None:
-    """Write the planned bytes (through a temporary file: never half-written)."""
-    temporary = plan.path + ".megatron-flops.tmp"
-    with open(temporary, "wb") as f:
-        f.write(plan.patched)
-    original, created = os.stat(plan.path), os.stat(temporary)  # keep the mode and owner
-    if hasattr(os, "chown") and (original.st_uid, original.st_gid) != (created.st_uid, created.st_gid):
+    """Write the planned bytes through a temporary file created exclusively beside the module
+    (never half-written, never through a link; removed on failure).  PatchError when the
+    module changed since it was planned or cannot be written (nothing changed then)."""
+    folder, name = os.path.split(plan.path)
+    before = os.lstat(plan.path)
+    if not stat.S_ISREG(before.st_mode) or before.st_nlink > 1:
+        raise PatchError(f"{plan.path} is no longer a file of its own: nothing written")
+    try:
+        # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, a name no one can plant in advance
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".megatron-flops.tmp",
+                                                 dir=folder or ".")
+    except OSError as error:
+        raise PatchError(f"{plan.path}: cannot create a temporary file in {folder or '.'} "
+                         f"({error.strerror or error}); nothing written") from None
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(plan.patched)
+            f.flush()
+            os.fsync(f.fileno())
+            created = os.fstat(f.fileno())
+            if hasattr(os, "fchown") and (before.st_uid, before.st_gid) != (created.st_uid,
+                                                                             created.st_gid):
+                try:  # keep the owner; only root may give a file away
+                    os.fchown(f.fileno(), before.st_uid, before.st_gid)
+                except OSError:
+                    pass
+            os.fchmod(f.fileno(), before.st_mode & 0o7777)  # keep the mode
+        now = os.lstat(plan.path)
+        with open(plan.path, "rb") as f:
+            unchanged = f.read() == plan.original
+        if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino) or not unchanged:
+            raise PatchError(f"{plan.path} changed while it was being patched: nothing written "
+                             "(run the command again)")
+        os.replace(temporary, plan.path)
+    except BaseException as error:
         try:
-            os.chown(temporary, original.st_uid, original.st_gid)
-        except OSError:  # only root may give a file away; the mode is kept all the same
+            os.unlink(temporary)
+        except OSError:
             pass
-    os.chmod(temporary, original.st_mode & 0o7777)
-    os.replace(temporary, plan.path)
+        if isinstance(error, OSError):
+            raise PatchError(f"{plan.path}: cannot write the patched file "
+                             f"({error.strerror or error}); nothing changed") from None
+        raise
