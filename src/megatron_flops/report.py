@@ -23,6 +23,27 @@ def format_flops(value: float) -> str:
     return f"{value / scale:.3f} {name}"
 
 
+def format_significant(value: Optional[float], digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits in plain notation: the one way a rate
+    (TFLOP/s, tokens/s) is printed, whatever its scale.
+
+    ``0.0011834`` -> ``"0.00118"``, ``62.917`` -> ``"62.9"``, ``312.0`` -> ``"312"``,
+    ``11024.4`` -> ``"11024"`` (no digit dropped left of the point), ``None`` -> ``"n/a"``;
+    below 1e-6, scientific notation (``"1.23e-07"``)."""
+    if value is None:
+        return "n/a"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    magnitude = abs(value)
+    if magnitude < 1e-6:
+        return f"{value:.{digits - 1}e}"
+    exponent = math.floor(math.log10(magnitude))
+    rounded = float(f"{magnitude:.{digits - 1}e}")   # rounding may carry: 9.996 -> 10.0
+    exponent = max(exponent, math.floor(math.log10(rounded)))
+    decimals = max(0, digits - 1 - exponent)
+    return f"{value:.{decimals}f}"
+
+
 def format_optional(value: Optional[float], spec: str) -> str:
     """``value`` formatted with ``spec``; ``"n/a"`` when there is none (no time, no peak)."""
     return "n/a" if value is None else format(value, spec)

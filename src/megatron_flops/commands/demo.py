@@ -11,7 +11,7 @@ from .common import Parser, UsageError, add_peak_arguments, parse_command, posit
 SHAPE_DEFAULTS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
                   "micro_batch_size", "vocab_size")
 OPTIONS = [name for name in DemoConfig.__dataclass_fields__
-           if name not in ("model", "run", "world_size", "deepspeed_settings")]
+           if name not in ("model", "run", "world_size", "deepspeed_settings", "arguments")]
 
 
 class DemoParser(Parser):
@@ -105,7 +105,8 @@ def parse_demo_config(argv: List[str]) -> DemoConfig:
     if args.vocab_size is not None and args.vocab_size < BYTE_VOCAB_SIZE:
         raise UsageError(f"--vocab-size ({args.vocab_size}) must be at least {BYTE_VOCAB_SIZE}: "
                          "the demo's tokens are bytes")
-    return DemoConfig(model=model, run=run, world_size=world_size,
+    arguments = {name: value for name, value in vars(args).items() if not name.startswith("_")}
+    return DemoConfig(model=model, run=run, world_size=world_size, arguments=arguments,
                       **{name: getattr(args, name) for name in OPTIONS})
 
 
