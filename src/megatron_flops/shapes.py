@@ -485,6 +485,10 @@ class RunShape:
     rampup_batch_size: Optional[Tuple[int, int, int]] = None
     dtype: str = "fp32"
     sequence_parallel_size: int = 1  # the microsoft fork's Ulysses, --ds-sequence-parallel-size
+    flags_recompute: Optional[Recompute] = None
+    """Recompute as the flags declare it, where that differs from ``recompute`` (what runs):
+    the DeepSpeed pipeline model runs no recompute for ``--recompute-method block``, but the
+    forks' own TFLOPs formulas read the flags (``declared_recompute``).  None: the same."""
     # ---- Megatron-Core (NVIDIA Megatron-LM) -----------------------------------------------
     context_parallel_size: int = 1
 
@@ -550,6 +554,12 @@ class RunShape:
             raise ShapeError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "--bf16")
         if not isinstance(self.recompute, Recompute):
             raise ShapeError("recompute must be a Recompute value", "--recompute-granularity")
+
+    @property
+    def declared_recompute(self) -> Recompute:
+        """What the flags say is recomputed (the forks' formulas count this), see
+        ``flags_recompute``."""
+        return self.flags_recompute if self.flags_recompute is not None else self.recompute
 
     @property
     def model_parallel_size(self) -> int:

@@ -97,7 +97,7 @@ def _print_conventions(result: dict, show_table: bool) -> None:
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
                     world_note: str = "") -> None:
-    from ..report import format_percent, gpus, summary_lines
+    from ..report import format_percent, format_tflops, gpus, summary_lines
     for line in summary_lines(model, run, breakdown, params):
         print(line)
     if world_note:
@@ -111,8 +111,8 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
         print(f"  samples per second:        {t['samples_per_second']:.3f}")
         print(f"  tokens per second:         {t['tokens_per_second']:.1f} "
               f"({t['tokens_per_second_per_gpu']:.1f} per GPU)")
-        print(f"  model TFLOP/s per GPU:     {t['tflops_per_gpu']['model']:.2f}")
-        print(f"  hardware TFLOP/s per GPU:  {t['tflops_per_gpu']['hardware']:.2f}")
+        print(f"  model TFLOP/s per GPU:     {format_tflops(t['tflops_per_gpu']['model'])}")
+        print(f"  hardware TFLOP/s per GPU:  {format_tflops(t['tflops_per_gpu']['hardware'])}")
         print(f"  MFU / HFU:                 {format_percent(t['mfu'])} / "
               f"{format_percent(t['hfu'])}   (peak: {result['peak']['source']})")
         for warning in result["warnings"]:
@@ -120,7 +120,8 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
             label = f"{fork} fork would log:"
-            print(f"  {label:<27}{value:.2f} TFLOPs ({format_percent(error, '+.1f')} vs hardware)")
+            print(f"  {label:<27}{format_tflops(value)} TFLOPs ({format_percent(error, '+.1f')} "
+                  "vs hardware)")
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")

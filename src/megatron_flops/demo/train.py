@@ -332,7 +332,7 @@ def write_interval(session: Session, report, iteration: int, batch_size: int,
 
 def print_summary(session: Session, progress: Progress, started: float, last_iteration: int) -> int:
     from ..legacy import legacy_error, legacy_tflops_for_shapes
-    from ..report import format_count, format_percent
+    from ..report import format_count, format_percent, format_tflops
     config, say, meter = session.config, session.say, session.meter
     summary_meter = session.summary_meter
     if session.peak_measured:
@@ -362,8 +362,8 @@ def print_summary(session: Session, progress: Progress, started: float, last_ite
     say(f"  samples per second:           {summary.samples_per_second:.2f}")
     say(f"  tokens per second:            {summary.tokens_per_second:.1f} "
         f"({summary.tokens_per_second_per_gpu:.1f} {per_device})")
-    say(f"  {'model TFLOP/s ' + per_device + ':':<30}{summary.model_tflops_per_gpu:.4g}")
-    say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{summary.hardware_tflops_per_gpu:.4g}")
+    say(f"  {'model TFLOP/s ' + per_device + ':':<30}{format_tflops(summary.model_tflops_per_gpu)}")
+    say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{format_tflops(summary.hardware_tflops_per_gpu)}")
     say(f"  MFU / HFU:                    {format_percent(summary.mfu)} / "
         f"{format_percent(summary.hfu)}   ({session.peak_source})")
     warning = utilisation_warning(session, summary)
@@ -374,6 +374,6 @@ def print_summary(session: Session, progress: Progress, started: float, last_ite
     say("what the forks' formulas would log for this run at the same iteration time:")
     for fork, value in legacy.items():
         error = legacy_error(value, summary.hardware_tflops_per_gpu)
-        say(f"  {fork:<10} fork: {value:.4g} TFLOP/s per device ({100 * error:+.1f}% vs the "
+        say(f"  {fork:<10} fork: {format_tflops(value)} TFLOP/s per device ({100 * error:+.1f}% vs the "
             f"exact hardware count)")
     return EXIT_OK

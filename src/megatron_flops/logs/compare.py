@@ -26,6 +26,8 @@ import os
 import statistics
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from ..report import format_tflops
+
 METRICS = ("tokens_per_second_per_gpu", "model_tflops_per_gpu", "hardware_tflops_per_gpu",
            "mfu", "hfu")
 LABELS = {"tokens_per_second_per_gpu": "tokens/s per GPU",
@@ -193,7 +195,7 @@ def _value(name: str, value: Optional[float]) -> str:
     if abs(value) >= 100:
         text = f"{value:,.0f}"
     else:  # tiny CI models run at a small fraction of one TFLOP/s: keep 3 digits
-        text = f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+        text = format_tflops(value)
     return text + ("%" if name in ("mfu", "hfu") else "")
 
 

@@ -19,7 +19,7 @@ from array import array
 from typing import List, Optional, TextIO
 
 from ..report import format_optional as _number
-from ..report import format_percent
+from ..report import format_percent, format_tflops
 from .relog import Interval
 
 
@@ -34,8 +34,8 @@ def table_row(interval: Interval) -> str:
     batch_text = f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}"
     return _TABLE_FORMAT.format(
         interval.iteration, batch_text, interval.seq_length,
-        f"{interval.seconds_per_iteration:.4g}", _number(interval.logged_tflops, ".2f"),
-        f"{rep.model_tflops_per_gpu:.2f}", f"{rep.hardware_tflops_per_gpu:.2f}",
+        f"{interval.seconds_per_iteration:.4g}", format_tflops(interval.logged_tflops),
+        format_tflops(rep.model_tflops_per_gpu), format_tflops(rep.hardware_tflops_per_gpu),
         format_percent(rep.mfu, unit=""), format_percent(rep.hfu, unit=""),
         format_percent(interval.error, "+.1f"))
 
@@ -245,10 +245,10 @@ def summary_lines(summary: dict) -> List[str]:
         f"–{summary['last_iteration']}; fork {', '.join(summary['forks']) or 'unknown'}; "
         f"world size {summary['world_size']}{world_source})",
         f"mean model / hardware TFLOP/s per GPU: "
-        f"{_number(summary['mean_tflops_per_gpu']['model'], '.2f')} / "
-        f"{_number(summary['mean_tflops_per_gpu']['hardware'], '.2f')} "
-        f"(over the whole time: {_number(summary['overall_tflops_per_gpu']['model'], '.2f')} / "
-        f"{_number(summary['overall_tflops_per_gpu']['hardware'], '.2f')})",
+        f"{format_tflops(summary['mean_tflops_per_gpu']['model'])} / "
+        f"{format_tflops(summary['mean_tflops_per_gpu']['hardware'])} "
+        f"(over the whole time: {format_tflops(summary['overall_tflops_per_gpu']['model'])} / "
+        f"{format_tflops(summary['overall_tflops_per_gpu']['hardware'])})",
     ]
     if summary["mean_mfu"] is not None:
         lines.append(f"mean MFU / HFU: {format_percent(summary['mean_mfu'])} / "
@@ -258,8 +258,8 @@ def summary_lines(summary: dict) -> List[str]:
     if summary["intervals_with_logged_tflops"]:
         counts = summary.get("logged_counts") or ["hardware"]
         lines.append(
-            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true "
-            f"({' / '.join(counts)}) {summary['mean_true_tflops_where_logged']:.2f} over "
+            f"mean logged TFLOPs: {format_tflops(summary['mean_logged_tflops'])} vs true "
+            f"({' / '.join(counts)}) {format_tflops(summary['mean_true_tflops_where_logged'])} over "
             f"{summary['intervals_with_logged_tflops']} intervals: mean error "
             f"{pct(summary['mean_error'])} (from {pct(summary['min_error'])} to "
             f"{pct(summary['max_error'])})")
