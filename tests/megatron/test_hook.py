@@ -542,3 +542,26 @@ def test_start_summary_conventions_table(fork, how, runner, tools, monkeypatch):
     # Megatron-LM 2024-03: 12·B·s·l·h²·(1 + g/n + s/h + f/h) + 6·B·s·h·V is, for MHA with
     # f = 4h and no GLU, 72·s·h² + 12·s²·h per layer and sample plus 3 × the logits: exact
     assert rows["megatron-lm@2024-03"][-1] == "+0.0%"
+
+
+# ---- issue 24: the microsoft fork says tokens per GPU once; a small run's TFLOPs keep their
+# significant digits (the forks' {:.2f} prints 0.00, and a relog of such a line read -100 %)
+
+
+def test_microsoft_line_has_tokens_per_gpu_once(runner, tools):
+    line = tools.log_lines(runner.run(tools.fixture_dir("microsoft"), args_for()))[0]
+    assert line.count("tokens per gpu per second") == 1
+    assert " tokens per gpu per second (tgs): " in line
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_small_tflops_keep_three_significant_digits(fork, runner, tools):
+    seconds = 0.01   # the fixtures' virtual clock: a few 0.0001 TFLOP/s
+    argv = [a if a != "1e-06" else str(seconds) for a in args_for()]
+    assert argv != args_for() and "--fake-seconds-per-iteration" in BASE
+    line = tools.log_lines(runner.run(tools.fixture_dir(fork), argv))[0]
+    exact = 2 * hand_hardware_flops(32) / (seconds * 1e12)   # 2 samples per iteration
+    assert exact < 0.01                         # {:.2f} would keep one digit at most
+    logged = tools.field(line, "TFLOPs")
+    assert float(logged) == pytest.approx(exact, rel=5e-3)
+    assert logged == f"{exact:.3g}"
