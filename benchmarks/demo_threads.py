@@ -39,7 +39,10 @@ def one_run(threads, iterations):
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     started = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
+    out = done.stdout
     wall = time.perf_counter() - started
     used = re.search(r"(\d+) CPU threads per process", out)
     return float(ITERATION_MS.findall(out)[-1]), wall, used.group(1) if used else "?"

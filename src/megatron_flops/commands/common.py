@@ -8,6 +8,7 @@ from typing import List, Sequence
 from ..shapes import ShapeError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130   # 128 + SIGINT: what a shell reports for Ctrl-C
 
 
 class UsageError(Exception):
