@@ -101,6 +101,7 @@ def add_convention_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu", help="device name for the peak table (a100, h100-sxm, h200, …)")
+    parser.add_argument("--gpu", help="device name for the peak table (a100, h100-sxm, h200, "
+                                      "…; `megatron-flops peak --list` lists them)")
     parser.add_argument("--peak-tflops", type=positive(float, "--peak-tflops"),
                         help="dense peak TFLOP/s per GPU, overrides the table")

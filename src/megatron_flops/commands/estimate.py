@@ -78,6 +78,7 @@ def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, conventi
 
 def _print_conventions(result: dict, show_table: bool) -> None:
     from ..conventions import conventions_table, headline_line
+    from ..hardware import LIST_HINT
     from ..report import format_optional, format_percent
     peak = result["peak"]["source"]
     head = result.get("headline")
@@ -89,10 +90,16 @@ def _print_conventions(result: dict, show_table: bool) -> None:
     f = result.get("fp8")
     if f is not None:
         peaks, mfu = f["peak_tflops"], f["mfu"]
-        mixed = format_optional(peaks["mixed"], ".1f")
-        print(f"\nFP8 ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model FLOPs "
-              f"in FP8 GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
-              f"TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed peak ({mixed} TFLOP/s)")
+        share = (f"\nFP8 ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model "
+                 "FLOPs in FP8 GEMMs; ")
+        if peaks["bf16"] is None:   # no device: no peak to name
+            print(share + "MFU vs the bf16 and the mixed FP8/bf16 peak: n/a (give --gpu NAME "
+                  f"{LIST_HINT})")
+        else:
+            mixed = format_optional(peaks["mixed"], ".1f")
+            print(share + f"MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak "
+                  f"({peaks['bf16']:g} TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed "
+                  f"peak ({mixed} TFLOP/s)")
 
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
