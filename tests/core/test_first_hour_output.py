@@ -56,3 +56,28 @@ def test_peak_list_names_every_gpu(capsys):
 def test_an_unknown_gpu_points_at_the_list():
     assert "`megatron-flops peak --list`" in resolve_peak("foo", "bf16").source
     assert "`megatron-flops peak --list`" in resolve_peak(None, "bf16").source
+
+
+def test_run_help_exits_0_and_lists_the_hook_environment():
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = dict(os.environ, PYTHONPATH=str(src))
+    done = subprocess.run([sys.executable, "-m", "megatron_flops.run", "--help"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: python -m megatron_flops.run")
+    # every variable the hook reads, found in its source rather than listed here by hand
+    hook = src / "megatron_flops" / "megatron"
+    read = set()
+    for path in [hook / "calculator.py", *sorted((hook / "hook").glob("*.py"))]:
+        read |= set(re.findall(r'"(MEGATRON_FLOPS_[A-Z_]+)"', path.read_text()))
+    assert {"MEGATRON_FLOPS_GPU", "MEGATRON_FLOPS_PEAK_TFLOPS"} <= read
+    for variable in read:
+        assert variable in done.stdout, variable
+    empty = subprocess.run([sys.executable, "-m", "megatron_flops.run"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert empty.returncode == 2 and "usage:" in empty.stderr
