@@ -81,3 +81,11 @@ def test_run_help_exits_0_and_lists_the_hook_environment():
     empty = subprocess.run([sys.executable, "-m", "megatron_flops.run"], capture_output=True,
                            text=True, env=env, timeout=120)
     assert empty.returncode == 2 and "usage:" in empty.stderr
+
+
+def test_profile_names_a_missing_trace_before_a_missing_flag(tmp_path, capsys):
+    missing = tmp_path / "trace.json"
+    assert main(["profile", str(missing)]) == 2        # and no --num-layers either
+    err = capsys.readouterr().err
+    assert err == (f"megatron-flops: error: TRACE {str(missing)!r} cannot be read: it does not "
+                   "exist\n")
