@@ -72,7 +72,12 @@ class JsonOutput:
 CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
                "logged_global_batch_size", "batch_size", "seq_length", "seconds_per_iteration",
                "logged_tflops", "fork_formula_tflops", "model_tflops_per_gpu",
-               "hardware_tflops_per_gpu", "mfu", "hfu", "error")
+               "hardware_tflops_per_gpu", "mfu_percent", "hfu_percent", "error_percent")
+
+
+def _percent(fraction: Optional[float]) -> Optional[float]:
+    """A fraction as the percentage the screen shows (the CSV's ``*_percent`` columns)."""
+    return None if fraction is None else 100.0 * fraction
 
 
 def csv_row(interval: Interval) -> list:
@@ -80,8 +85,8 @@ def csv_row(interval: Interval) -> list:
     return [r.iteration, interval.fork or "", r.consumed_samples, r.consumed_tokens,
             r.global_batch_size, interval.batch_size, interval.seq_length,
             interval.seconds_per_iteration, r.tflops, interval.fork_formula_tflops,
-            rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
-            interval.error]
+            rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, _percent(rep.mfu),
+            _percent(rep.hfu), _percent(interval.error)]
 
 
 class CsvOutput:
@@ -169,6 +174,14 @@ class PlotOutput:
         draw_plot(series, self.path, self.title, self.peak_tflops, series.forks)
 
 
+def wrap_title(title: str, width: int = 120) -> str:
+    """The plot's title broken into lines of at most ``width`` characters (a long model
+    description ran off both sides of the figure): each of its lines wrapped at spaces."""
+    import textwrap
+    return "\n".join(textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False)
+                     for line in title.splitlines())
+
+
 def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[float],
               forks) -> None:
     import matplotlib
@@ -198,7 +211,7 @@ def draw_plot(series: PlotSeries, path: str, title: str, peak_tflops: Optional[f
     top.set_ylim(bottom=0)
     top.grid(True, alpha=0.3)
     top.legend(loc="lower right")
-    top.set_title(title, fontsize=9)
+    top.set_title(wrap_title(title), fontsize=9)
     if has_peak:
         bottom = axes[1][0]
         if same:
