@@ -130,3 +130,16 @@ def test_the_start_says_how_the_threads_were_chosen(capsys):
     code, out, err = run_demo(SMALL + ["--train-iters", "1", "--log-interval", "1",
                                        "--peak-tflops", "1", "--threads", "1"], capsys)
     assert "1 CPU threads per process (--threads)" in out
+
+
+def test_a_silent_child_is_stopped_but_a_slow_one_is_not(tmp_path):
+    """The subprocess helper judges progress, not wall time (issue 24: a fixed 170 s timeout
+    failed a DeepSpeed test on a loaded runner)."""
+    import subprocess
+
+    from demo_helpers import run_module
+    slow = ("import time\nfor i in range(4):\n    print(i, flush=True)\n    time.sleep(0.6)\n")
+    done = run_module(["-c", slow], tmp_path, stall_seconds=1.5)   # 2.4 s in all, never silent
+    assert done.returncode == 0 and done.stdout.split() == ["0", "1", "2", "3"]
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_module(["-c", "import time; time.sleep(30)"], tmp_path, stall_seconds=1.5)
