@@ -42,52 +42,17 @@ def subprocess_env(tmp_path):
     return env
 
 
-# seconds a child may go without printing a line before it counts as stuck; the demo prints
-# its start summary, then a line per log interval, so a slow machine only makes it later
-STALL_SECONDS = float(os.environ.get("MEGATRON_FLOPS_TEST_STALL_SECONDS", "600"))
-
-
 def run_module(args, tmp_path, stall_seconds=None, env=None):
     """``python ARGS`` to completion, output captured: a ``CompletedProcess``.
 
     No wall-clock limit (a loaded machine is slow, not wrong: issue 24 saw a fixed 170 s fail
     on a busy CI runner); the child is killed and ``subprocess.TimeoutExpired`` raised only
     when it prints nothing, on stdout or stderr, for ``stall_seconds`` (default
-    :data:`STALL_SECONDS`, ``MEGATRON_FLOPS_TEST_STALL_SECONDS`` sets it)."""
+    ``MEGATRON_FLOPS_TEST_STALL_SECONDS`` or 600)."""
+    from subprocess_progress import STALL_SECONDS, run_with_progress
     return run_with_progress([sys.executable, *args], tmp_path,
                              env if env is not None else subprocess_env(tmp_path),
                              stall_seconds or STALL_SECONDS)
-
-
-def run_with_progress(command, cwd, env, stall_seconds):
-    import threading
-    import time
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env, cwd=cwd)
-    chunks = {"out": [], "err": []}
-    last_output = [time.monotonic()]
-
-    def drain(stream, into):
-        for line in stream:
-            into.append(line)
-            last_output[0] = time.monotonic()
-
-    readers = [threading.Thread(target=drain, args=(process.stdout, chunks["out"]), daemon=True),
-               threading.Thread(target=drain, args=(process.stderr, chunks["err"]), daemon=True)]
-    for reader in readers:
-        reader.start()
-    while process.poll() is None:
-        if time.monotonic() - last_output[0] > stall_seconds:
-            process.kill()
-            process.wait()
-            raise subprocess.TimeoutExpired(command, stall_seconds,
-                                            output="".join(chunks["out"]),
-                                            stderr="".join(chunks["err"]))
-        time.sleep(0.5)
-    for reader in readers:
-        reader.join()
-    return subprocess.CompletedProcess(command, process.returncode, "".join(chunks["out"]),
-                                       "".join(chunks["err"]))
 
 
 def run_demo(argv, capsys):

@@ -143,3 +143,18 @@ def test_a_silent_child_is_stopped_but_a_slow_one_is_not(tmp_path):
     assert done.returncode == 0 and done.stdout.split() == ["0", "1", "2", "3"]
     with pytest.raises(subprocess.TimeoutExpired):
         run_module(["-c", "import time; time.sleep(30)"], tmp_path, stall_seconds=1.5)
+
+
+def test_peak_shows_progress_on_a_terminal_only(monkeypatch, capsys):
+    argv = ["peak", "--dtype", "fp32", "--size", "32", "--repeats", "1"]
+    assert main(argv) == 0
+    piped = capsys.readouterr()
+    assert "\r" not in piped.out + piped.err and "measuring" not in piped.err
+    line = next(l for l in piped.out.splitlines() if l.strip().startswith("fp32"))
+    assert " 0.000 " not in line     # significant digits, not a fixed three decimals
+    from megatron_flops import terminal
+    monkeypatch.setattr(terminal, "on_terminal", lambda *streams: True)
+    assert main(argv) == 0
+    shown = capsys.readouterr()
+    assert "\rmeasuring fp32 (1/1): 32×32 matmuls" in shown.err
+    assert shown.err.endswith("\r\x1b[K")   # erased before the results

@@ -249,10 +249,10 @@ def test_run_module_under_launcher_style_arguments(tools, tmp_path):
     checkout = tools.fixture_dir("microsoft")
     src = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src")
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
-    result = subprocess.run(
+    from subprocess_progress import run_with_progress   # no wall-clock limit: a busy
+    result = run_with_progress(                            # machine failed a fixed 60 s
         [sys.executable, "-m", "megatron_flops.run", "--local_rank=0",
-         os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
-        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
+         os.path.join(checkout, "pretrain_gpt.py"), *args_for()], cwd=str(tmp_path), env=env)
     assert result.returncode == 0, result.stderr
     lines = tools.log_lines(result.stdout)
     exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
@@ -281,11 +281,12 @@ def test_torchrun_two_processes(tools, tmp_path):
     pytest.importorskip("torch")
     checkout = tools.fixture_dir("bigscience")
     src = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src"))
-    result = subprocess.run(
+    from subprocess_progress import run_with_progress   # progress, not wall time
+    result = run_with_progress(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
          "megatron_flops.run", os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src),
-        cwd=str(tmp_path), timeout=120)  # --standalone: a free port (other jobs may hold 29500)
+        env=dict(os.environ, PYTHONPATH=src),
+        cwd=str(tmp_path))  # --standalone: a free port (other jobs may hold 29500)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.count("megatron-flops: hooked the bigscience") == 1
