@@ -60,8 +60,9 @@ def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
     g.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda when available, else cpu)")
     g.add_argument("--threads", type=positive(int, "--threads"), default=None,
-                   help="CPU threads per process (default: torch's choice; under a launcher "
-                        "with N local processes, cores / N unless OMP_NUM_THREADS is set)")
+                   help="CPU threads per process (default: chosen for this machine, the "
+                        "cores its load average leaves free / local processes, at least 1; "
+                        "OMP_NUM_THREADS, when set, decides instead)")
     g.add_argument("--attention", choices=ATTENTION_KINDS, default="matmul",
                    help="matmul: explicit Q·Kᵀ and attention·V products (exact ground truth, "
                         "the default); sdpa: PyTorch's fused scaled_dot_product_attention "
