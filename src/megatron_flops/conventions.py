@@ -42,6 +42,13 @@ class RunFacts:
     seq_length: int
     recompute: Recompute = NO_RECOMPUTE
     pipeline_parallel_size: int = 1
+    # what the flags declare where it differs from what runs (RunShape.flags_recompute): the
+    # forks' own formulas read the flags
+    flags_recompute: Optional[Recompute] = None
+
+    @property
+    def declared_recompute(self) -> Recompute:
+        return self.flags_recompute if self.flags_recompute is not None else self.recompute
 
     @property
     def tokens(self) -> int:
@@ -204,7 +211,8 @@ def _maxtext(f: RunFacts, causal: bool = True) -> float:
 def _bigscience(f: RunFacts) -> float:
     m = f.model
     return bigscience_flops_per_iteration(f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
-                                          m.vocab_size, m.glu, f.recompute.granularity == "full")
+                                          m.vocab_size, m.glu,
+                                          f.declared_recompute.granularity == "full")
 
 
 def _microsoft(f: RunFacts) -> float:
@@ -212,7 +220,7 @@ def _microsoft(f: RunFacts) -> float:
     return microsoft_flops_per_iteration(f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
                                          m.num_attention_heads, m.num_query_groups,
                                          m.ffn_hidden_size, m.vocab_size, m.glu,
-                                         f.recompute.granularity,
+                                         f.declared_recompute.granularity,
                                          m.moe_topk if m.is_moe else 1)
 
 
@@ -487,7 +495,8 @@ def compare_conventions(model: ModelShape, batch_size: int, seq_length: int,
                         recompute: Recompute = NO_RECOMPUTE, pipeline_parallel_size: int = 1,
                         seconds_per_iteration: Optional[float] = None, world_size: int = 1,
                         peak_tflops: Optional[float] = None,
-                        names: Optional[Iterable[str]] = None) -> Dict[str, ConventionResult]:
+                        names: Optional[Iterable[str]] = None,
+                        flags_recompute: Optional[Recompute] = None) -> Dict[str, ConventionResult]:
     """Every convention (or ``names``) for one iteration of ``batch_size`` × ``seq_length``.
 
     TFLOP/s per GPU = FLOPs / (seconds × world_size × 1e12); ``mfu`` = that / ``peak_tflops``
@@ -495,7 +504,8 @@ def compare_conventions(model: ModelShape, batch_size: int, seq_length: int,
     ``hfu`` only where the convention defines its own HFU numerator.  The one function relog,
     the hook's start summary and ``estimate`` call.
     """
-    facts = RunFacts(model, batch_size, seq_length, recompute, pipeline_parallel_size)
+    facts = RunFacts(model, batch_size, seq_length, recompute, pipeline_parallel_size,
+                     flags_recompute)
     exact = _exact(facts)
     chosen = [convention(n) for n in names] if names is not None else list(CONVENTIONS)
     results: Dict[str, ConventionResult] = {}
@@ -526,7 +536,8 @@ def conventions_for_run(model: ModelShape, run, seconds_per_iteration: Optional[
     results = compare_conventions(model, batch_size or run.global_batch_size,
                                   seq_length or run.seq_length, run.recompute,
                                   run.pipeline_model_parallel_size, seconds_per_iteration,
-                                  run.world_size, peak_tflops, names)
+                                  run.world_size, peak_tflops, names,
+                                  getattr(run, "flags_recompute", None))
     return {name: r.to_dict() for name, r in results.items()}
 
 

@@ -16,7 +16,7 @@ H200, MI300A not MI300X).  Each part's ``source`` names the document its figures
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import UsageError
 
@@ -138,6 +138,22 @@ _NAME_PATTERNS: Tuple[Tuple[str, str], ...] = (
 )
 
 
+LIST_HINT = "from `megatron-flops peak --list`"
+
+
+def peak_table_lines() -> List[str]:
+    """The peak table as ``peak --list`` prints it: one line per ``--gpu`` name, its dense
+    TFLOP/s per dtype and the datasheet."""
+    dtypes = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")
+    width = max(len(p.key) for p in PARTS)
+    lines = [f"{'--gpu':<{width}}  " + "".join(f"{d:>9}" for d in dtypes) + "  source"]
+    for part in PARTS:
+        cells = "".join(f"{part.tflops[d]:>9g}" if d in part.tflops else f"{'-':>9}"
+                        for d in dtypes)
+        lines.append(f"{part.key:<{width}}  {cells}  {part.source}")
+    return lines
+
+
 def _normalise(name: str) -> str:
     """Lower case, every run of other characters one space: "NVIDIA A100-SXM4" -> "nvidia a100 sxm4"."""
     return " ".join(re.split(r"[^a-z0-9]+", name.strip().lower())).strip()
@@ -195,7 +211,8 @@ def resolve_peak(device: Optional[str] = None, dtype: str = "bf16",
             raise UsageError(f"--peak-tflops must be positive, got {override_tflops}")
         return Peak(float(override_tflops), f"given ({override_tflops:g} TFLOP/s)")
     if device is None:
-        return Peak(None, "unknown device: no MFU (give --gpu or --peak-tflops)")
+        return Peak(None, f"unknown device: no MFU (give --gpu NAME {LIST_HINT}, or "
+                          "--peak-tflops X)")
     value = peak_tflops(device, dtype)
     if value is None:
         key = canonical_device(device)
@@ -203,7 +220,8 @@ def resolve_peak(device: Optional[str] = None, dtype: str = "bf16",
             why = ambiguous_device(device)
             if why is not None:
                 return Peak(None, f"device {device!r} is {why}: no MFU")
-            return Peak(None, f"no peak known for device {device!r}: no MFU (give --peak-tflops)")
+            return Peak(None, f"no peak known for device {device!r}: no MFU (give --peak-tflops, "
+                              f"or a --gpu name {LIST_HINT})")
         return Peak(None, f"no {dtype} peak known for {key}: no MFU (give --peak-tflops)")
     key = canonical_device(device)
     return Peak(value, f"{key} dense {dtype} datasheet peak ({value:g} TFLOP/s)",

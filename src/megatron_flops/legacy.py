@@ -110,9 +110,12 @@ def legacy_tflops_for_shapes(model, run, batch_size: int, seq_length: int,
     """Both legacy figures for our shapes, as each fork would log this run.
 
     The bigscience figure treats any GLU as its ``--glu-activation``; the microsoft figure
-    treats any GLU as ``--swiglu`` and full/selective recompute as its granularity.
+    treats any GLU as ``--swiglu`` and full/selective recompute as its granularity.  Both
+    read the recompute the flags declare (``run.declared_recompute``), as the forks do: the
+    microsoft fork adds a forward for ``--recompute-granularity full`` even where its DeepSpeed
+    pipeline model runs none (``--recompute-method block``).
     """
-    recompute = run.recompute.granularity
+    recompute = run.declared_recompute.granularity
     return {
         "bigscience": bigscience_tflops(batch_size, seq_length, model.num_layers,
                                         model.hidden_size, model.vocab_size, model.glu,

@@ -24,6 +24,35 @@ def format_flops(value: float) -> str:
     return f"{value / scale:.3f} {name}"
 
 
+def format_significant(value: Optional[float], digits: int = 3, min_decimals: int = 0) -> str:
+    """``value`` with ``digits`` significant digits in plain notation: the one way a rate
+    (TFLOP/s, tokens/s) is printed, whatever its scale.
+
+    ``0.0011834`` -> ``"0.00118"``, ``62.917`` -> ``"62.9"``, ``312.0`` -> ``"312"``,
+    ``11024.4`` -> ``"11024"`` (no digit dropped left of the point), ``None`` -> ``"n/a"``;
+    below 1e-6, scientific notation (``"1.23e-07"``).  ``min_decimals`` keeps at least that
+    many digits after the point (``62.9`` -> ``"62.90"`` with 2)."""
+    if value is None:
+        return "n/a"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    magnitude = abs(value)
+    if magnitude < 1e-6:
+        return f"{value:.{digits - 1}e}"
+    exponent = math.floor(math.log10(magnitude))
+    rounded = float(f"{magnitude:.{digits - 1}e}")   # rounding may carry: 9.996 -> 10.0
+    exponent = max(exponent, math.floor(math.log10(rounded)))
+    decimals = max(min_decimals, digits - 1 - exponent)
+    return f"{value:.{decimals}f}"
+
+
+def format_tflops(value: Optional[float]) -> str:
+    """A TFLOP/s figure, everywhere one is printed (console lines, tables, summaries): two
+    decimals as Megatron prints ``TFLOPs: 123.45``, and at least three significant digits,
+    so a small run's ``0.00118`` never reads ``0.00``; ``"n/a"`` for None."""
+    return format_significant(value, 3, min_decimals=2)
+
+
 def format_optional(value: Optional[float], spec: str) -> str:
     """``value`` formatted with ``spec``; ``"n/a"`` when there is none (no time, no peak)."""
     return "n/a" if value is None else format(value, spec)

@@ -567,6 +567,10 @@ class RunShape:
     """Megatron-LM's ``--step-batch-size-schedule`` as ``((from_samples, batch), …)``, sorted,
     the first from 0: the global batch is ``batch`` once ``from_samples`` samples are consumed
     (the last one is ``global_batch_size``)."""
+    flags_recompute: Optional[Recompute] = None
+    """Recompute as the flags declare it, where that differs from ``recompute`` (what runs):
+    the DeepSpeed pipeline model runs no recompute for ``--recompute-method block``, but the
+    forks' own TFLOPs formulas read the flags (``declared_recompute``).  None: the same."""
     # ---- Megatron-Core (NVIDIA Megatron-LM) -----------------------------------------------
     context_parallel_size: int = 1
     """Megatron-LM's ``--context-parallel-size``: like ``sequence_parallel_size``, ranks that
@@ -655,6 +659,12 @@ class RunShape:
         for _, batch in schedule:
             _require_positive(batch, flag)
         object.__setattr__(self, "batch_schedule", schedule)
+
+    @property
+    def declared_recompute(self) -> Recompute:
+        """What the flags say is recomputed (the forks' formulas count this), see
+        ``flags_recompute``."""
+        return self.flags_recompute if self.flags_recompute is not None else self.recompute
 
     @property
     def model_parallel_size(self) -> int:

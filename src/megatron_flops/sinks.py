@@ -8,7 +8,7 @@ module imports nothing outside the standard library.
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .meter import ThroughputReport
-from .report import format_percent
+from .report import format_percent, format_tflops
 
 # report field -> TensorBoard / W&B tag
 TAGS: Tuple[Tuple[str, str], ...] = (
@@ -60,12 +60,6 @@ def write_wandb(log: Callable[..., None], report: ThroughputReport, iteration: i
     log(scalars(report), step=iteration)
 
 
-def _tflops(value: float) -> str:
-    """Two decimals like Megatron's ``TFLOPs: 123.45``; three significant digits below 1
-    (a CPU's 0.0123 would otherwise print as 0.01)."""
-    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
-
-
 def console_fields(report: ThroughputReport) -> List[Tuple[str, str]]:
     """(key, formatted value) pairs in the order they are printed.
 
@@ -77,8 +71,8 @@ def console_fields(report: ThroughputReport) -> List[Tuple[str, str]]:
         ("samples per second", f"{report.samples_per_second:.3f}"),
         ("tokens per second", f"{report.tokens_per_second:.1f}"),
         ("tokens per gpu per second", f"{report.tokens_per_second_per_gpu:.1f}"),
-        ("model TFLOP/s per gpu", _tflops(report.model_tflops_per_gpu)),
-        ("hardware TFLOP/s per gpu", _tflops(report.hardware_tflops_per_gpu)),
+        ("model TFLOP/s per gpu", format_tflops(report.model_tflops_per_gpu)),
+        ("hardware TFLOP/s per gpu", format_tflops(report.hardware_tflops_per_gpu)),
     ]
     for key, fraction in (("MFU (%)", report.mfu), ("HFU (%)", report.hfu)):
         if fraction is not None:

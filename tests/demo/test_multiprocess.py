@@ -8,8 +8,6 @@ they run in CI.
 import contextlib
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -135,10 +133,10 @@ def test_deepspeed_config_file_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_default_demo_command(tmp_path):
-    """`megatron-flops demo` exactly as a new user types it (one thread: shared CI cores)."""
-    env = dict(subprocess_env(tmp_path), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "megatron_flops", "demo"], capture_output=True,
-                            text=True, env=env, timeout=300, cwd=tmp_path)
+    """`megatron-flops demo` exactly as a new user types it (its thread count is its own
+    choice for a shared machine); no wall-clock limit, only one on going silent."""
+    env = {k: v for k, v in subprocess_env(tmp_path).items() if k != "OMP_NUM_THREADS"}
+    result = run_module(["-m", "megatron_flops", "demo"], tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = parse_lines(result.stdout)
     assert [r["iteration"] for r in rows] == list(range(20, 201, 20))

@@ -71,8 +71,10 @@ def test_csv_matches_json(tmp_path, small_log, logfmt, capsys):
         assert int(row["iteration"]) == interval["iteration"]
         assert float(row["hardware_tflops_per_gpu"]) == pytest.approx(
             interval["tflops_per_gpu"]["hardware"], rel=1e-12)
-        assert float(row["error"]) == pytest.approx(interval["error"], rel=1e-12)
-        assert row["mfu"] == ""  # no peak given
+        # issue 24: in percent as every screen shows it, the unit in the column's name
+        # (until then `error`, `mfu`, `hfu` held fractions)
+        assert float(row["error_percent"]) == pytest.approx(100 * interval["error"], rel=1e-12)
+        assert row["mfu_percent"] == ""  # no peak given
 
 
 def test_plot_is_a_png_with_content(tmp_path, small_log, logfmt, capsys):

@@ -329,14 +329,13 @@ def test_a_failure_of_the_counting_steps_aside_unless_strict(runner, capsys, mon
 
 @pytest.mark.slow
 def test_runner_options_and_exit_status(tmp_path):
-    import subprocess
     script = os.path.join(FIXTURES, "microsoft_fork", "pretrain_gpt.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 
     def launch(*options, extra=()):
-        return subprocess.run([sys.executable, "-m", "megatron_flops.run", "--local_rank=0",
-                               *options, script, *RUN, *extra], capture_output=True, text=True,
-                              env=env, timeout=300)
+        from subprocess_progress import run_with_progress   # progress, not wall time
+        return run_with_progress([sys.executable, "-m", "megatron_flops.run", "--local_rank=0",
+                                  *options, script, *RUN, *extra], env=env)
 
     good = launch("--count-flops", "--strict")
     assert good.returncode == 0, good.stdout + good.stderr

@@ -263,10 +263,10 @@ def test_run_module_under_launcher_style_arguments(tools, tmp_path):
     checkout = tools.fixture_dir("microsoft")
     src = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src")
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
-    result = subprocess.run(
+    from subprocess_progress import run_with_progress   # no wall-clock limit: a busy
+    result = run_with_progress(                            # machine failed a fixed 60 s
         [sys.executable, "-m", "megatron_flops.run", "--local_rank=0",
-         os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
-        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
+         os.path.join(checkout, "pretrain_gpt.py"), *args_for()], cwd=str(tmp_path), env=env)
     assert result.returncode == 0, result.stderr
     lines = tools.log_lines(result.stdout)
     exact = 2 * hand_hardware_flops(32) / (SECONDS_PER_ITERATION * 1e12)
@@ -295,11 +295,12 @@ def test_torchrun_two_processes(tools, tmp_path):
     pytest.importorskip("torch")
     checkout = tools.fixture_dir("bigscience")
     src = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src"))
-    result = subprocess.run(
+    from subprocess_progress import run_with_progress   # progress, not wall time
+    result = run_with_progress(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
          "megatron_flops.run", os.path.join(checkout, "pretrain_gpt.py"), *args_for()],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src),
-        cwd=str(tmp_path), timeout=120)  # --standalone: a free port (other jobs may hold 29500)
+        env=dict(os.environ, PYTHONPATH=src),
+        cwd=str(tmp_path))  # --standalone: a free port (other jobs may hold 29500)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.count("megatron-flops: hooked the bigscience") == 1
@@ -569,3 +570,26 @@ def test_start_summary_conventions_table(fork, how, runner, tools, monkeypatch):
     # Megatron-LM 2024-03: 12·B·s·l·h²·(1 + g/n + s/h + f/h) + 6·B·s·h·V is, for MHA with
     # f = 4h and no GLU, 72·s·h² + 12·s²·h per layer and sample plus 3 × the logits: exact
     assert rows["megatron-lm@2024-03"][-1] == "+0.0%"
+
+
+# ---- issue 24: the microsoft fork says tokens per GPU once; a small run's TFLOPs keep their
+# significant digits (the forks' {:.2f} prints 0.00, and a relog of such a line read -100 %)
+
+
+def test_microsoft_line_has_tokens_per_gpu_once(runner, tools):
+    line = tools.log_lines(runner.run(tools.fixture_dir("microsoft"), args_for()))[0]
+    assert line.count("tokens per gpu per second") == 1
+    assert " tokens per gpu per second (tgs): " in line
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_small_tflops_keep_three_significant_digits(fork, runner, tools):
+    seconds = 0.01   # the fixtures' virtual clock: a few 0.0001 TFLOP/s
+    argv = [a if a != "1e-06" else str(seconds) for a in args_for()]
+    assert argv != args_for() and "--fake-seconds-per-iteration" in BASE
+    line = tools.log_lines(runner.run(tools.fixture_dir(fork), argv))[0]
+    exact = 2 * hand_hardware_flops(32) / (seconds * 1e12)   # 2 samples per iteration
+    assert exact < 0.01                         # {:.2f} would keep one digit at most
+    logged = tools.field(line, "TFLOPs")
+    assert float(logged) == pytest.approx(exact, rel=5e-3)
+    assert logged == f"{exact:.3g}"

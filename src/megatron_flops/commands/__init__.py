@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from .. import __version__
-from .common import EXIT_OK, EXIT_USAGE, fail, run_guarded
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, fail, run_guarded
 
 # name -> (module, function, one-line help)
 COMMANDS = {
@@ -44,6 +44,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the reader stopped early (`| head -1`): what it wanted, it has
         _discard_stdout()
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT (the demo
+        # catches it inside its loop first, to print its summary)
+        print("megatron-flops: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as error:  # stdout itself cannot take the output (`> /dev/full`)
         _discard_stdout()
         return fail(f"cannot write the output: {error.strerror or error}")

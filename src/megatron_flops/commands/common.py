@@ -12,6 +12,7 @@ from ..megatron.args import (add_megatron_arguments, check_flags, ignored_flags,
 from ..megatron.resolve import ASSUMED, resolve_command
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130   # 128 + SIGINT: what a shell reports for Ctrl-C
 
 
 def fail(message: str) -> int:
@@ -112,6 +113,7 @@ def add_convention_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu", help="device name for the peak table (a100, h100-sxm, h200, …)")
+    parser.add_argument("--gpu", help="device name for the peak table (a100, h100-sxm, h200, "
+                                      "…; `megatron-flops peak --list` lists them)")
     parser.add_argument("--peak-tflops", type=positive(float, "--peak-tflops"),
                         help="dense peak TFLOP/s per GPU, overrides the table")

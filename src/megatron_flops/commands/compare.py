@@ -11,15 +11,16 @@ from ..logs import compare as work
 from ..logs.console import FORKS
 from ..report import describe_model, format_percent, parse_fraction
 from .common import (EXIT_MISMATCH, EXIT_OK, UsageError, add_peak_arguments, command_parser,
-                     parse_command)
+                     parse_flags_over_log, print_flag_report)
+from .relog import dump_peak
 
 DESCRIPTION = (
     "Compare the steady-state throughput of two finished runs: median tokens/s per GPU, model "
     "and hardware TFLOP/s per GPU, MFU and HFU over the logged intervals after --warmup, with "
     "their interquartile range. Exit 1 when the candidate's --metric is more than --threshold "
     "below the baseline's, or (one run or two) when the median MFU is below --min-mfu. Each run "
-    "is relog --json output (JSON lines), or a console log / TensorBoard run recomputed with the "
-    "Megatron model flags given.")
+    "is relog --json output (JSON lines), or a console log / TensorBoard run recomputed as relog "
+    "does: the model flags from the log's arguments dump, flags given here override it.")
 
 
 def compare_main(argv: List[str]) -> int:
@@ -54,32 +55,42 @@ def compare_main(argv: List[str]) -> int:
         if not os.path.exists(path):
             raise UsageError(f"{path!r} does not exist (BASELINE and CANDIDATE come first)")
     need_flags = any(not work.is_json_lines(p) for p in paths)
-    if need_flags:
-        args, model, run = parse_command(parser, argv)
+    given = None
+    if need_flags:   # console logs and TensorBoard runs: the flags over each log's dump
+        args, given, report, unknown = parse_flags_over_log(parser, argv)
+        print_flag_report(report, unknown)
     else:
-        args, model, run = parser.parse_known_args(argv)[0], None, None
+        args = parser.parse_known_args(argv)[0]
+    model = run = None
     threshold = parse_fraction(args.threshold, "--threshold")
     min_mfu = None if args.min_mfu is None else parse_fraction(args.min_mfu, "--min-mfu")
     if args.warmup < 0:
         raise UsageError(f"--warmup must not be negative, got {args.warmup}")
     if args.candidate is None and min_mfu is None:
         raise UsageError("give CANDIDATE to compare with BASELINE, or --min-mfu to check one run")
-    peak = None
-    if run is not None:
-        peak = resolve_peak(args.gpu, run.dtype, args.peak_tflops)
+    segments = []
+
+    def peak_tflops_for(segment):
+        """As relog: --gpu / --peak-tflops, else the peak the log's dump names."""
+        peak = dump_peak(args, segment) or resolve_peak(args.gpu, segment.run.dtype,
+                                                        args.peak_tflops)
+        return peak.tflops
 
     def load(path):
         if work.is_json_lines(path):
             records = work.read_json_lines(path)
         else:
-            records, notes = work.read_log_records(path, args, model, run, peak.tflops,
+            records, notes = work.read_log_records(path, args, None, None, peak_tflops_for,
                                                    args.causal,
-                                                   None if args.fork == "auto" else args.fork)
+                                                   None if args.fork == "auto" else args.fork,
+                                                   given, segments)
             for note in notes:
                 print(f"megatron-flops: {path}: {note}", file=sys.stderr)
         return work.summarise(path, records, args.warmup)
 
     runs = [load(p) for p in (args.baseline, args.candidate) if p is not None]
+    if segments:   # the shapes the markdown table names: the first log's
+        model, run = segments[0].model, segments[0].run
     result = work.compare(runs[0], runs[1], args.metric, threshold) if len(runs) == 2 else None
     low_mfu = []
     if min_mfu is not None:

@@ -14,7 +14,7 @@ from .common import Parser, UsageError, add_peak_arguments, parse_command, posit
 SHAPE_DEFAULTS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
                   "micro_batch_size", "vocab_size")
 OPTIONS = [name for name in DemoConfig.__dataclass_fields__
-           if name not in ("model", "run", "world_size", "deepspeed_settings")]
+           if name not in ("model", "run", "world_size", "deepspeed_settings", "arguments")]
 
 
 class DemoParser(Parser):
@@ -62,8 +62,9 @@ def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
     g.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda when available, else cpu)")
     g.add_argument("--threads", type=positive(int, "--threads"), default=None,
-                   help="CPU threads per process (default: torch's choice; under a launcher "
-                        "with N local processes, cores / N unless OMP_NUM_THREADS is set)")
+                   help="CPU threads per process (default: chosen for this machine, the "
+                        "cores its load average leaves free / local processes, at least 1; "
+                        "OMP_NUM_THREADS, when set, decides instead)")
     g.add_argument("--attention", choices=ATTENTION_KINDS, default="matmul",
                    help="matmul: explicit Q·Kᵀ and attention·V products (exact ground truth, "
                         "the default); sdpa: PyTorch's fused scaled_dot_product_attention "
@@ -106,7 +107,8 @@ def parse_demo_config(argv: List[str]) -> DemoConfig:
     if args.vocab_size is not None and args.vocab_size < BYTE_VOCAB_SIZE:
         raise UsageError(f"--vocab-size ({args.vocab_size}) must be at least {BYTE_VOCAB_SIZE}: "
                          "the demo's tokens are bytes")
-    return DemoConfig(model=model, run=run, world_size=world_size,
+    arguments = {name: value for name, value in vars(args).items() if not name.startswith("_")}
+    return DemoConfig(model=model, run=run, world_size=world_size, arguments=arguments,
                       **{name: getattr(args, name) for name in OPTIONS})
 
 

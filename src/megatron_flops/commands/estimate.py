@@ -6,12 +6,12 @@ from typing import List
 
 from ..conventions import conventions_table, conventions_with_headline, headline_line
 from ..fp8 import Fp8Recipe, fp8_report
-from ..hardware import implausible_utilisation_warning, resolve_peak
+from ..hardware import LIST_HINT, implausible_utilisation_warning, resolve_peak
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..meter import ThroughputMeter
 from ..params import parameter_count
 from ..planning import iteration_breakdown, training_time
-from ..report import format_optional, format_percent, gpus, summary_lines
+from ..report import format_optional, format_percent, format_tflops, gpus, summary_lines
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_resolved, positive)
 
@@ -87,11 +87,17 @@ def _print_conventions(result: dict, show_table: bool) -> None:
     f = result.get("fp8")
     if f is not None:
         peaks, mfu = f["peak_tflops"], f["mfu"]
-        mixed = format_optional(peaks["mixed"], ".1f")
         low = f.get("precision", "fp8").upper()
-        print(f"\n{low} ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model "
-              f"FLOPs in {low} GEMMs; MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak ({peaks['bf16']} "
-              f"TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed peak ({mixed} TFLOP/s)")
+        share = (f"\n{low} ({f['format']}, {f['recipe']}): {100 * f['fp8_share']:.1f}% of model "
+                 f"FLOPs in {low} GEMMs; ")
+        if peaks["bf16"] is None:   # no device: no peak to name
+            print(share + f"MFU vs the bf16 and the mixed {low}/bf16 peak: n/a (give --gpu NAME "
+                  f"{LIST_HINT})")
+        else:
+            mixed = format_optional(peaks["mixed"], ".1f")
+            print(share + f"MFU {format_percent(mfu['vs_bf16'])} vs the bf16 peak "
+                  f"({peaks['bf16']:g} TFLOP/s), {format_percent(mfu['vs_mixed'])} vs the mixed "
+                  f"peak ({mixed} TFLOP/s)")
 
 
 def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
@@ -109,8 +115,8 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
         print(f"  samples per second:        {t['samples_per_second']:.3f}")
         print(f"  tokens per second:         {t['tokens_per_second']:.1f} "
               f"({t['tokens_per_second_per_gpu']:.1f} per GPU)")
-        print(f"  model TFLOP/s per GPU:     {t['tflops_per_gpu']['model']:.2f}")
-        print(f"  hardware TFLOP/s per GPU:  {t['tflops_per_gpu']['hardware']:.2f}")
+        print(f"  model TFLOP/s per GPU:     {format_tflops(t['tflops_per_gpu']['model'])}")
+        print(f"  hardware TFLOP/s per GPU:  {format_tflops(t['tflops_per_gpu']['hardware'])}")
         print(f"  MFU / HFU:                 {format_percent(t['mfu'])} / "
               f"{format_percent(t['hfu'])}   (peak: {result['peak']['source']})")
         for warning in result["warnings"]:
@@ -118,7 +124,8 @@ def _print_estimate(result: dict, model, run, breakdown, params, causal: bool,
         for fork, value in t["legacy_tflops_per_gpu"].items():
             error = t["legacy_error"][fork]
             label = f"{fork} fork would log:"
-            print(f"  {label:<27}{value:.2f} TFLOPs ({format_percent(error, '+.1f')} vs hardware)")
+            print(f"  {label:<27}{format_tflops(value)} TFLOPs ({format_percent(error, '+.1f')} "
+                  "vs hardware)")
     if result["training_days"] is not None:
         print()
         print(f"training time: {result['training_days']:.2f} days")

@@ -5,6 +5,7 @@ arguments dump (:func:`megatron_flops.logs.segments.segment_from_log`, as ``relo
 with the flags typed laid over it."""
 
 import json
+import os
 import sys
 from typing import List
 
@@ -28,6 +29,9 @@ def _shapes(parser, argv: List[str]):
     came from; None without a log).  Nothing is printed before the shapes are settled, so an
     error stays one line."""
     args, given, report, unknown = parse_flags_over_log(parser, argv)
+    # the file first: a wrong path is the first thing to hear about, not a missing flag
+    if not os.path.exists(args.trace):
+        raise UsageError(f"TRACE {args.trace!r} cannot be read: it does not exist")
     segment = None
     if args.arguments_from is None:
         model, run = shapes_from_args(args)

@@ -16,7 +16,7 @@ import sys
 from typing import List, TextIO
 
 from ..conventions import convention
-from ..hardware import resolve_peak
+from ..hardware import Peak, resolve_peak
 from ..logs import outputs
 from ..logs.console import FORKS, ParseStats
 from ..logs.relog import relog_run
@@ -145,6 +145,24 @@ def relog_main(argv: List[str]) -> int:
     return _relog_command(args, given, sys.stdout, sys.stderr)
 
 
+def dump_peak(args, segment):
+    """The peak the log's own arguments dump names (``megatron-flops demo`` writes the one its
+    MFU was measured against: ``peak_tflops``, or ``gpu``) when neither --gpu nor
+    --peak-tflops is typed here; else None.  Megatron's own dumps have neither."""
+    if args.gpu is not None or args.peak_tflops is not None:
+        return None
+    logged_peak = getattr(segment.namespace, "peak_tflops", None)
+    if isinstance(logged_peak, (int, float)) and not isinstance(logged_peak, bool) \
+            and logged_peak > 0:
+        return Peak(float(logged_peak), f"the log's arguments: peak_tflops {logged_peak:g} "
+                                        "TFLOP/s (the run's own peak)")
+    logged_gpu = getattr(segment.namespace, "gpu", None)
+    if isinstance(logged_gpu, str) and logged_gpu:
+        found = resolve_peak(logged_gpu, segment.run.dtype)
+        return found if found.tflops else None
+    return None
+
+
 def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
 
     fork = None if args.fork == "auto" else args.fork
@@ -191,8 +209,10 @@ def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, p
     """Every interval of the logs into ``sinks`` and ``summary``."""
     relogger = None
 
-    def peak_tflops_for(run):
-        peak.append(resolve_peak(args.gpu, run.dtype, args.peak_tflops))
+    def peak_tflops_for(segment):
+        """--gpu / --peak-tflops, else the peak the log's own dump names (the demo's)."""
+        peak.append(dump_peak(args, segment) or resolve_peak(args.gpu, segment.run.dtype,
+                                                             args.peak_tflops))
         return peak[0].tflops
 
     for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,

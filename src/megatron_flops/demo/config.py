@@ -59,6 +59,8 @@ class DemoConfig:
     profile_iters: int = 2
     profile_dir: str = "profile"
     deepspeed_settings: Optional[dict] = field(default=None, compare=False)
+    # the flags as parsed (name -> value), for the Megatron-style arguments dump at start
+    arguments: Optional[dict] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_demo_config(self)
@@ -69,12 +71,36 @@ class DemoConfig:
         """Plain values (for W&B's run config)."""
         out = asdict(self)
         out.pop("deepspeed_settings")
+        out.pop("arguments")
         return out
 
     @property
     def profiled_iterations(self) -> range:
         return range(self.profile_start, min(self.profile_start + self.profile_iters,
                                              self.train_iters + 1))
+
+
+def auto_threads(cores: int, load_average: float, local_processes: int = 1) -> int:
+    """CPU threads per process when ``--threads`` is not given: the cores nothing else keeps
+    busy, shared among this machine's processes, at least one.
+
+    An OpenMP team waits at every barrier for its slowest thread, so a thread on a core that
+    another busy process also wants slows the whole team (issue 24 measured torch's one thread
+    per core 5.6x slower than one thread on a loaded 2-core machine):
+    ``max(1, min(cores, cores - round(load_average)) // local_processes)``, where
+    ``load_average`` is the 1-minute load before the demo starts (the machine's other work).
+    ``benchmarks/demo_threads.py`` measures the choice against fixed counts.
+    """
+    free = min(cores, cores - round(load_average))
+    return max(1, free // max(1, local_processes))
+
+
+def machine_cores() -> int:
+    """The CPUs this process may run on (its affinity mask), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def launcher_world_size() -> int:

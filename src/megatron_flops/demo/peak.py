@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from ..errors import UsageError
 
@@ -84,13 +84,15 @@ def _matmul_seconds(a, b, out, repeats: int, synchronize) -> float:
 def measure_matmul_tflops(device: str = "cpu", dtype: str = "fp32",
                           sizes: Optional[Sequence[int]] = None, repeats: int = 5,
                           min_seconds_per_size: float = 0.25,
-                          max_seconds_per_size: float = 2.0) -> PeakMeasurement:
+                          max_seconds_per_size: float = 2.0,
+                          on_size: Optional[Callable[[int], None]] = None) -> PeakMeasurement:
     """Best dense matmul TFLOP/s over ``sizes`` (square ``n×n·n×n`` products).
 
     Each size: two warm-up products, then at least ``repeats`` timed products, more while
     under ``min_seconds_per_size`` (a busy machine gets more chances at its best), fewer when
     ``max_seconds_per_size`` runs out first (slow dtypes on CPU, e.g. fp16 without native
-    kernels).  The fastest product counts.
+    kernels).  The fastest product counts.  ``on_size(n)`` is called as each size starts
+    (``peak``'s progress line).
     """
     import torch
     if dtype not in DTYPES:
@@ -102,6 +104,8 @@ def measure_matmul_tflops(device: str = "cpu", dtype: str = "fp32",
     per_size: Dict[int, float] = {}
     generator = torch.Generator(device="cpu").manual_seed(0)
     for n in sizes:
+        if on_size is not None:
+            on_size(n)
         a = torch.randn(n, n, generator=generator).to(device=device, dtype=torch_dtype(dtype))
         b = torch.randn(n, n, generator=generator).to(device=device, dtype=torch_dtype(dtype))
         out = torch.empty_like(a)

@@ -51,6 +51,8 @@ class Session:
     meter: Any                     # every iteration
     summary_meter: Any             # the iterations after the first interval
     breakdown: Any
+    threads_source: str = ""       # how the CPU thread count was chosen, in words
+    status: Any = None             # the terminal's progress line (terminal.ProgressLine)
     writer: Any = None             # TensorBoard SummaryWriter
     wandb_run: Any = None
 
@@ -80,10 +82,7 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
 
     model, run = config.model, config.run
     cuda = device.startswith("cuda")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif not cuda and dist.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
+    threads_source = choose_threads(config, cuda, dist.local_world_size)
     data = load_corpus(config.data_path)
     batches = ByteBatches(data, run.seq_length, config.seed, dist.rank, dist.world_size)
     gpt, network, optimizer, scheduler = _model_and_optimizer(config, device)
@@ -118,10 +117,32 @@ def build_session(config: DemoConfig, device: str, dist: Distributed) -> Session
         peak_source=peak_source, peak_measured=peak_measured,
         meter=ThroughputMeter.for_run(model, run, peak_tflops),
         summary_meter=ThroughputMeter.for_run(model, run, peak_tflops),
+        threads_source=threads_source,
         breakdown=iteration_breakdown(model, run))
     if dist.is_last_rank:
         _open_writers(session)
     return session
+
+
+def choose_threads(config: DemoConfig, cuda: bool, local_processes: int) -> str:
+    """Set torch's intra-op threads; how they were chosen, in words (the start summary).
+
+    ``--threads N`` wins, then ``OMP_NUM_THREADS`` (``torchrun`` sets 1); on CUDA torch's
+    choice stays; else :func:`~.config.auto_threads` from the load average."""
+    import torch
+    if config.threads:
+        torch.set_num_threads(config.threads)
+        return "--threads"
+    if "OMP_NUM_THREADS" in os.environ:
+        return "OMP_NUM_THREADS"
+    if cuda:
+        return "torch's choice"
+    from .config import auto_threads, machine_cores
+    cores, load = machine_cores(), os.getloadavg()[0]
+    torch.set_num_threads(auto_threads(cores, load, local_processes))
+    return (f"chosen for this machine: {cores} cores, load average {load:.1f} before the start"
+            f"{f', {local_processes} processes' if local_processes > 1 else ''}; "
+            "--threads N to set")
 
 
 def _model_and_optimizer(config: DemoConfig, device: str):

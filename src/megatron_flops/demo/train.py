@@ -30,20 +30,22 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from .. import sinks
 from ..errors import UsageError
 from ..hardware import implausible_utilisation_warning
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..params import parameter_count
-from ..report import format_count, format_percent, summary_lines
+from ..report import format_count, format_percent, format_tflops, summary_lines
+from ..terminal import format_duration
 from .config import DemoConfig
 from .distributed import Distributed
 from .profiling import DemoProfiler
 from .session import Session, build_session, measure_peak
 
 EXIT_OK = 0
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def device_for(config: DemoConfig) -> str:
@@ -96,7 +98,10 @@ class Progress:
 
 
 def train(session: Session, started: float) -> int:
+    """The loop; Ctrl-C ends it after the iterations done so far, with their log line and the
+    summary, exit code 130 (as a shell reports SIGINT)."""
     import torch
+    from ..terminal import ProgressLine
     config = session.config
     print_start(session)
     profiler = None
@@ -106,30 +111,60 @@ def train(session: Session, started: float) -> int:
     session.synchronize()
     session.dist.barrier()
     progress = Progress(time.perf_counter(), torch.zeros((), device=session.device))
-    for iteration in range(1, config.train_iters + 1):
-        if profiler is not None:
-            profiler.before_iteration(iteration)
-        batch_size = config.run.batch_size_at(session.meter.consumed_samples)
-        progress.interval_loss += train_iteration(session, batch_size)
-        session.meter.add_iteration(batch_size=batch_size, seq_length=config.run.seq_length)
-        if progress.summary_first_iteration is not None:
-            session.summary_meter.add_iteration(batch_size=batch_size,
-                                                seq_length=config.run.seq_length)
-        progress.interval_iterations += 1
-        if profiler is not None:
-            profiler.after_iteration(iteration)
-        if iteration % config.log_interval == 0 or iteration == config.train_iters:
-            close_interval(session, progress, iteration, batch_size)
+    status = ProgressLine(enabled=None if session.dist.is_last_rank else False)
+    session.status = status
+    loop_start, done = progress.interval_start, 0
+    status.show(f"iteration 1/{config.train_iters} running ...")
+    try:
+        for iteration in range(1, config.train_iters + 1):
+            if profiler is not None:
+                profiler.before_iteration(iteration)
+            batch_size = config.run.batch_size_at(session.meter.consumed_samples)
+            progress.interval_loss += train_iteration(session, batch_size)
+            session.meter.add_iteration(batch_size=batch_size, seq_length=config.run.seq_length)
+            if progress.summary_first_iteration is not None:
+                session.summary_meter.add_iteration(batch_size=batch_size,
+                                                    seq_length=config.run.seq_length)
+            progress.interval_iterations += 1
+            done = iteration
+            if profiler is not None:
+                profiler.after_iteration(iteration)
+            if iteration % config.log_interval == 0 or iteration == config.train_iters:
+                close_interval(session, progress, iteration, batch_size)
+            show_progress(status, iteration, config.train_iters, time.perf_counter() - loop_start)
+    except KeyboardInterrupt:
+        status.clear()
+        if progress.interval_iterations:
+            close_interval(session, progress, done, batch_size)
+        session.say(f"\ninterrupted (Ctrl-C) after iteration {done} of {config.train_iters}")
+        session.close_writers()
+        print_summary(session, progress, started, done)
+        return EXIT_INTERRUPTED
+    status.clear()
     session.close_writers()
-    code = print_summary(session, progress, started)
+    code = print_summary(session, progress, started, config.train_iters)
     if profiler is not None:
         profiler.report()
     return code
 
 
+def show_progress(status, iteration: int, train_iters: int, seconds: float) -> None:
+    """``iteration 37/200 | 0.95 s/iteration | ETA 2m35s`` on a terminal, between log lines."""
+    if iteration >= train_iters:
+        status.clear()
+        return
+    per_iteration = seconds / iteration
+    status.show(f"iteration {iteration + 1}/{train_iters} running | "
+                f"{per_iteration:.2f} s/iteration | ETA "
+                f"{format_duration(per_iteration * (train_iters - iteration))} | Ctrl-C ends "
+                "with the summary")
+
+
 def print_start(session: Session) -> None:
     import torch
     config, say = session.config, session.say
+    for line in arguments_dump(session):
+        say(line)
     params = parameter_count(config.model)
     for line in summary_lines(config.model, config.run, session.breakdown, params):
         say(line)
@@ -143,10 +178,32 @@ def print_start(session: Session) -> None:
     say(f"data: {source}, {len(session.data):,} bytes (byte tokens, vocab "
         f"{config.model.vocab_size} after padding); device: {session.device}; "
         f"{session.dist.world_size} process(es), {session.backend}; "
-        f"{torch.get_num_threads()} CPU threads per process")
+        f"{torch.get_num_threads()} CPU threads per process ({session.threads_source})")
     say(f"peak for MFU/HFU: {session.peak_source}")
     say(f"training for {config.train_iters} iterations, logging every {config.log_interval} ...")
     sys.stdout.flush()
+
+
+def arguments_dump(session: Session) -> List[str]:
+    """Megatron's start-up dump of its arguments (the same framing, dots and ``str()``
+    values), then its padded-vocabulary line: ``relog`` and ``compare`` read the demo's own
+    log flag-free from them, as they read a real run's.  The values are the run's resolved
+    ones (the global batch, the world size, the peak MFU is measured against)."""
+    from ..logs.arguments import DUMP_END, DUMP_START
+    config = session.config
+    values = dict(config.arguments or {})
+    values.update(world_size=session.dist.world_size, global_batch_size=config.run.global_batch_size,
+                  num_layers=config.model.num_layers, hidden_size=config.model.hidden_size,
+                  num_attention_heads=config.model.num_attention_heads,
+                  seq_length=config.run.seq_length, micro_batch_size=config.run.micro_batch_size,
+                  peak_tflops=session.peak_tflops)
+    lines = [DUMP_START]
+    for name in sorted(values, key=str.lower):
+        lines.append(f"  {name} {'.' * max(3, 48 - len(name) - 2)} {values[name]}")
+    lines.append(DUMP_END)
+    vocab = config.model.vocab_size
+    lines.append(f" > padded vocab (size: {vocab}) with 0 dummy tokens (new size: {vocab})")
+    return lines
 
 
 def train_iteration(session: Session, batch_size: int):
@@ -209,6 +266,8 @@ def close_interval(session: Session, progress: Progress, iteration: int, batch_s
     progress.first_loss = loss if progress.first_loss is None else progress.first_loss
     progress.last_loss = loss
     if session.dist.is_last_rank:
+        if session.status is not None:
+            session.status.clear()
         warn_low_peak(session, progress, report)
         write_interval(session, report, iteration, batch_size, elapsed, loss)
     progress.interval_loss.zero_()
@@ -261,7 +320,7 @@ def write_interval(session: Session, report, iteration: int, batch_size: int,
         session.wandb_run.log({"lm loss": loss}, step=iteration)
 
 
-def print_summary(session: Session, progress: Progress, started: float) -> int:
+def print_summary(session: Session, progress: Progress, started: float, last_iteration: int) -> int:
     config, say, meter = session.config, session.say, session.meter
     summary_meter = session.summary_meter
     if session.peak_measured:
@@ -271,17 +330,18 @@ def print_summary(session: Session, progress: Progress, started: float) -> int:
         summary_meter.peak_tflops = session.peak_tflops
     total_seconds = time.perf_counter() - started
     say("")
-    say(f"done: {config.train_iters} iterations, {meter.consumed_samples:,} samples, "
+    say(f"done: {last_iteration} iterations, {meter.consumed_samples:,} samples, "
         f"{format_count(meter.consumed_tokens)} tokens; {total_seconds:.1f} s wall in all "
         f"(start-up and the first interval included)")
-    say(f"lm loss: {progress.first_loss:.3f} (first interval) -> {progress.last_loss:.3f} "
-        "(last interval)")
+    if progress.first_loss is not None:
+        say(f"lm loss: {progress.first_loss:.3f} (first interval) -> {progress.last_loss:.3f} "
+            "(last interval)")
     if not summary_meter.pending_iterations:
         say("(too few intervals for a steady-state summary: give more --train-iters than "
             "--log-interval)")
         return EXIT_OK
     summary = summary_meter.report(progress.summary_seconds)
-    window = (f"iterations {progress.summary_first_iteration}-{config.train_iters}, "
+    window = (f"iterations {progress.summary_first_iteration}-{last_iteration}, "
               "after the first interval")
     seconds_per_iteration = summary.elapsed_seconds / summary.iterations
     per_device = "per GPU" if session.cuda else "per device"
@@ -290,8 +350,8 @@ def print_summary(session: Session, progress: Progress, started: float) -> int:
     say(f"  samples per second:           {summary.samples_per_second:.2f}")
     say(f"  tokens per second:            {summary.tokens_per_second:.1f} "
         f"({summary.tokens_per_second_per_gpu:.1f} {per_device})")
-    say(f"  {'model TFLOP/s ' + per_device + ':':<30}{summary.model_tflops_per_gpu:.4g}")
-    say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{summary.hardware_tflops_per_gpu:.4g}")
+    say(f"  {'model TFLOP/s ' + per_device + ':':<30}{format_tflops(summary.model_tflops_per_gpu)}")
+    say(f"  {'hardware TFLOP/s ' + per_device + ':':<30}{format_tflops(summary.hardware_tflops_per_gpu)}")
     say(f"  MFU / HFU:                    {format_percent(summary.mfu)} / "
         f"{format_percent(summary.hfu)}   ({session.peak_source})")
     warning = utilisation_warning(session, summary)
@@ -302,6 +362,6 @@ def print_summary(session: Session, progress: Progress, started: float) -> int:
     say("what the forks' formulas would log for this run at the same iteration time:")
     for fork, value in legacy.items():
         error = legacy_error(value, summary.hardware_tflops_per_gpu)
-        say(f"  {fork:<10} fork: {value:.4g} TFLOP/s per device ({100 * error:+.1f}% vs the "
+        say(f"  {fork:<10} fork: {format_tflops(value)} TFLOP/s per device ({100 * error:+.1f}% vs the "
             f"exact hardware count)")
     return EXIT_OK

@@ -28,7 +28,7 @@ import statistics
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from ..errors import UsageError
-from ..report import format_percent, table
+from ..report import format_percent, format_tflops, table
 from .console import ParseStats
 from .outputs import read_warnings
 from .relog import relog_run
@@ -267,7 +267,7 @@ def _value(name: str, value: Optional[float]) -> str:
     if abs(value) >= 100:
         text = f"{value:,.0f}"
     else:  # tiny CI models run at a small fraction of one TFLOP/s: keep 3 digits
-        text = f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+        text = format_tflops(value)
     return text + ("%" if name in ("mfu", "hfu") else "")
 
 
@@ -325,20 +325,27 @@ def markdown_table(runs: Sequence[RunSummary], model: str = "n/a", precision: st
 
 # ---- reading a run -------------------------------------------------------------------------
 
-def read_log_records(path: str, args, model, run, peak_tflops: Optional[float] = None,
-                     causal: bool = False, fork: Optional[str] = None):
+def read_log_records(path: str, args, model, run, peak_tflops=None,
+                     causal: bool = False, fork: Optional[str] = None, given=None,
+                     segments: Optional[list] = None):
     """A console log, a folder of one run's logs or a TensorBoard run, recomputed through
     relog's compute (:func:`~.relog.relog_run`: restarts and re-shapes included) with the model
-    flags in ``args`` (a parsed namespace; every flag set there counts as typed, the log's
-    arguments dump fills the rest): ``(interval records, notes)``."""
+    flags in ``args`` (a parsed namespace) laid over the log's arguments dump, as ``relog``
+    reads it: ``given`` names the flags typed (None: every flag set in ``args`` counts as
+    typed).  ``peak_tflops``: a number, or a function of the first segment (``relog``'s).
+    Each run segment is appended to ``segments`` when given.  ``(interval records, notes)``."""
     stats = ParseStats()
-    given = {name for name, value in vars(args).items()
-             if value is not None and not name.startswith("_")}
+    if given is None:
+        given = {name for name, value in vars(args).items()
+                 if value is not None and not name.startswith("_")}
+    peak_for = peak_tflops if callable(peak_tflops) else (lambda _: peak_tflops)
     out, notes, segment = [], [], None
-    for _, new_segment, interval in relog_run([path], args, given, stats,
-                                              lambda _: peak_tflops, causal, fork):
+    for _, new_segment, interval in relog_run([path], args, given, stats, peak_for, causal,
+                                              fork):
         if new_segment is not None:
             segment = new_segment
+            if segments is not None:
+                segments.append(segment)
             notes += segment.notes
             continue
         item = interval.as_dict()

@@ -24,7 +24,7 @@ from typing import List, Optional, TextIO
 from ..conventions import conventions_table, headline_line
 from ..errors import UsageError
 from ..report import format_optional as _number
-from ..report import format_percent
+from ..report import format_percent, format_tflops
 from ..sinks import write_tensorboard
 from .intervals import LOGGED_COUNTS, Interval
 from .tensorboard import EventWriter, event_files
@@ -41,8 +41,8 @@ def table_row(interval: Interval) -> str:
     batch_text = f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}"
     return _TABLE_FORMAT.format(
         interval.iteration, batch_text, interval.seq_length,
-        f"{interval.seconds_per_iteration:.4g}", _number(interval.logged_tflops, ".2f"),
-        f"{rep.model_tflops_per_gpu:.2f}", f"{rep.hardware_tflops_per_gpu:.2f}",
+        f"{interval.seconds_per_iteration:.4g}", format_tflops(interval.logged_tflops),
+        format_tflops(rep.model_tflops_per_gpu), format_tflops(rep.hardware_tflops_per_gpu),
         format_percent(rep.mfu, unit=""), format_percent(rep.hfu, unit=""),
         format_percent(interval.error, "+.1f"))
 
@@ -145,7 +145,12 @@ class JsonOutput(_BatchedLines):
 CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
                "logged_global_batch_size", "batch_size", "seq_length", "seconds_per_iteration",
                "logged_tflops", "fork_formula_tflops", "model_tflops_per_gpu",
-               "hardware_tflops_per_gpu", "mfu", "hfu", "error")
+               "hardware_tflops_per_gpu", "mfu_percent", "hfu_percent", "error_percent")
+
+
+def _percent(fraction: Optional[float]) -> Optional[float]:
+    """A fraction as the percentage the screen shows (the CSV's ``*_percent`` columns)."""
+    return None if fraction is None else 100.0 * fraction
 
 
 def csv_row(interval: Interval) -> list:
@@ -153,8 +158,8 @@ def csv_row(interval: Interval) -> list:
     return [r.iteration, interval.fork or "", r.consumed_samples, r.consumed_tokens,
             r.global_batch_size, interval.batch_size, interval.seq_length,
             interval.seconds_per_iteration, r.tflops, interval.fork_formula_tflops,
-            rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
-            interval.error]
+            rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, _percent(rep.mfu),
+            _percent(rep.hfu), _percent(interval.error)]
 
 
 class CsvOutput:
@@ -279,6 +284,14 @@ class PlotOutput:
         self._file.discard()
 
 
+def wrap_title(title: str, width: int = 120) -> str:
+    """The plot's title broken into lines of at most ``width`` characters (a long model
+    description ran off both sides of the figure): each of its lines wrapped at spaces."""
+    import textwrap
+    return "\n".join(textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False)
+                     for line in title.splitlines())
+
+
 def draw_plot(series: PlotSeries, path, title: str, peak_tflops: Optional[float],
               forks, file_format: Optional[str] = None) -> None:
     """The figure, saved to ``path`` (a file name, or a file object with ``file_format``)."""
@@ -309,7 +322,7 @@ def draw_plot(series: PlotSeries, path, title: str, peak_tflops: Optional[float]
     top.set_ylim(bottom=0)
     top.grid(True, alpha=0.3)
     top.legend(loc="lower right")
-    top.set_title(title, fontsize=9)
+    top.set_title(wrap_title(title), fontsize=9)
     if has_peak:
         bottom = axes[1][0]
         if same:
@@ -355,10 +368,10 @@ def summary_lines(summary: dict) -> List[str]:
         f"–{summary['last_iteration']}; fork {', '.join(summary['forks']) or 'unknown'}; "
         f"world size {summary['world_size']}{world_source})",
         f"mean model / hardware TFLOP/s per GPU: "
-        f"{_number(summary['mean_tflops_per_gpu']['model'], '.2f')} / "
-        f"{_number(summary['mean_tflops_per_gpu']['hardware'], '.2f')} "
-        f"(over the whole time: {_number(summary['overall_tflops_per_gpu']['model'], '.2f')} / "
-        f"{_number(summary['overall_tflops_per_gpu']['hardware'], '.2f')})",
+        f"{format_tflops(summary['mean_tflops_per_gpu']['model'])} / "
+        f"{format_tflops(summary['mean_tflops_per_gpu']['hardware'])} "
+        f"(over the whole time: {format_tflops(summary['overall_tflops_per_gpu']['model'])} / "
+        f"{format_tflops(summary['overall_tflops_per_gpu']['hardware'])})",
     ]
     if summary["mean_mfu"] is not None:
         lines.append(f"mean MFU / HFU: {format_percent(summary['mean_mfu'])} / "
@@ -368,8 +381,8 @@ def summary_lines(summary: dict) -> List[str]:
     if summary["intervals_with_logged_tflops"]:
         counts = summary.get("logged_counts") or ["hardware"]
         lines.append(
-            f"mean logged TFLOPs: {summary['mean_logged_tflops']:.2f} vs true "
-            f"({' / '.join(counts)}) {summary['mean_true_tflops_where_logged']:.2f} over "
+            f"mean logged TFLOPs: {format_tflops(summary['mean_logged_tflops'])} vs true "
+            f"({' / '.join(counts)}) {format_tflops(summary['mean_true_tflops_where_logged'])} over "
             f"{summary['intervals_with_logged_tflops']} intervals: mean error "
             f"{pct(summary['mean_error'])} (from {pct(summary['min_error'])} to "
             f"{pct(summary['max_error'])})")

@@ -41,14 +41,15 @@ def relog(records: Iterable[LogRecord], model: ModelShape, run: RunShape,
 
 
 def relog_run(paths: Iterable[str], args: argparse.Namespace, given: Iterable[str],
-              stats: ParseStats, peak_tflops_for: Callable[[RunShape], Optional[float]],
+              stats: ParseStats, peak_tflops_for: Callable[[Segment], Optional[float]],
               causal: bool = False, fork: Optional[str] = None
               ) -> Iterator[Tuple[Relogger, Optional[Segment], Optional[Interval]]]:
     """One run's logs (:func:`read_run`: files or folders, in iteration order) relogged segment
     by segment: ``(relogger, segment, None)`` at the first line and at each restart's new
     arguments dump (the run shape settled by :func:`settle_segment`, the relogger reshaped),
     ``(relogger, None, interval)`` for every interval.  ``peak_tflops_for`` is asked once, with
-    the first segment's run shape.  The relog command and ``compare`` both read logs this way."""
+    the first segment (its run shape, and its namespace: a peak the log's dump holds).  The
+    relog command and ``compare`` both read logs this way."""
     relogger: Optional[Relogger] = None
     dumps_seen = -1
     for record in read_run(paths, stats, fork):
@@ -56,7 +57,7 @@ def relog_run(paths: Iterable[str], args: argparse.Namespace, given: Iterable[st
             dumps_seen = stats.argument_dumps
             segment = settle_segment(args, given, stats, record, path=stats.path)
             if relogger is None:
-                relogger = Relogger(segment.model, segment.run, peak_tflops_for(segment.run),
+                relogger = Relogger(segment.model, segment.run, peak_tflops_for(segment),
                                     causal, fork, segment.log_interval, segment.fork)
             else:
                 relogger.reshape(segment.model, segment.run, segment.log_interval, segment.fork)

@@ -510,7 +510,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     if getattr(ns, "no_pipeline_parallel", False) and pp != 1:
         raise ShapeError(f"--pipeline-model-parallel-size ({pp}) must be 1 with "
                          "--no-pipeline-parallel", "--no-pipeline-parallel")
-    recompute = _recompute(ns)
+    recompute = declared = _recompute(ns)
     if deepspeed_pipeline(ns):
         recompute = pipeline_model_recompute(ns, recompute)
     elif getattr(ns, "pipeline_model_parallel_layout", None):
@@ -555,6 +555,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         pipeline_model_parallel_size=pp,
         world_size=world,
         recompute=recompute,
+        flags_recompute=declared if declared.granularity != recompute.granularity else None,
         rampup_batch_size=_int_list(rampup),
         dtype=_dtype(ns),
         sequence_parallel_size=sequence_parallel,

@@ -35,6 +35,21 @@ USAGE = ("usage: python -m megatron_flops.run [--local_rank=N] [--count-flops[=I
          "--count-flops counts one iteration's matmul FLOPs with torch and prints them beside "
          "the formula's, --strict ends the run (exit 1) when they differ beyond --tolerance")
 COUNTING_OPTIONS = ("--count-flops", "--strict", "--tolerance")
+# what --help prints after the usage: the environment variables that set the hook up (a
+# launcher passes no flag of ours)
+ENVIRONMENT_HELP = """
+environment (the hook's settings; launchers need no extra flag):
+  MEGATRON_FLOPS_GPU=NAME          the device for the MFU/HFU peak (a100, h100-sxm, h200, ...;
+                                   `megatron-flops peak --list` lists them); default: the
+                                   name torch reports for the GPU
+  MEGATRON_FLOPS_PEAK_TFLOPS=X     the dense peak TFLOP/s per GPU (overrides the table)
+  MEGATRON_FLOPS_CAUSAL=1          count half of the attention score and A·V products
+  MEGATRON_FLOPS_CONVENTIONS=1     print what each framework's formula reports at start
+  MEGATRON_FLOPS_DISABLE=1         run the script untouched (no hook)
+  MEGATRON_FLOPS_COUNT_FLOPS=N     the counting mode (as --count-flops=N)
+  MEGATRON_FLOPS_STRICT=1          as --strict
+  MEGATRON_FLOPS_TOLERANCE=F       as --tolerance=F
+docs: docs/megatron.md (the hook), docs/ci.md (the counting mode)"""
 
 
 class HelpRequested(Exception):
@@ -99,8 +114,12 @@ def counting_options(argv: List[str]):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in ("-h", "--help"):   # asked for: the usage on stdout, exit 0
+        print(USAGE + "\n" + ENVIRONMENT_HELP)
+        raise SystemExit(0)
     try:
-        options, rest = counting_options(sys.argv[1:] if argv is None else argv)
+        options, rest = counting_options(argv)
         passed_on, script, script_args = split_command(rest)
         if not runnable_as_path(script):
             raise UsageError(f"megatron-flops run: no such script: {script}"

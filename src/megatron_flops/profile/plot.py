@@ -5,6 +5,9 @@ of the peak it costs — beside each component's achieved TFLOP/s against the pe
 from ..errors import UsageError
 from .attribute import MODEL, Profile
 
+# the component bars get a log axis when the fastest is below this fraction of the peak
+LOG_SCALE_BELOW = 0.1
+
 
 def write_png(profile: Profile, path: str, title: str = "") -> None:
     try:
@@ -47,11 +50,23 @@ def write_png(profile: Profile, path: str, title: str = "") -> None:
     labels = [r.name for r in rows]
     rates = [profile.tflops(r) or 0.0 for r in rows]
     colors = ["tab:orange" if r.kind == MODEL else "tab:purple" for r in rows]
-    bars.barh(range(len(rows)), rates, color=colors)
+    positive = [r for r in rates if r > 0]
+    # far below the peak (a CPU, a tiny model) linear bars next to the peak line are a few
+    # pixels wide or none: a log axis from below the slowest component up to the peak
+    log_scale = bool(profile.peak_tflops and positive
+                     and max(positive) < LOG_SCALE_BELOW * profile.peak_tflops)
+    if log_scale:
+        floor = min(positive) / 3
+        bars.barh(range(len(rows)), [max(r, floor) - floor for r in rates], left=floor,
+                  color=colors)
+        bars.set_xscale("log")
+        bars.set_xlim(floor, 2 * profile.peak_tflops)
+    else:
+        bars.barh(range(len(rows)), rates, color=colors)
     bars.set_yticks(range(len(rows)))
     bars.set_yticklabels(labels, fontsize=8)
     bars.invert_yaxis()
-    bars.set_xlabel("achieved TFLOP/s")
+    bars.set_xlabel("achieved TFLOP/s" + (" (log scale: far below the peak)" if log_scale else ""))
     if profile.peak_tflops:
         bars.axvline(profile.peak_tflops, color="tab:green", linestyle="--", label="peak")
         bars.legend(fontsize=8)

@@ -188,12 +188,14 @@ class Strategy:
         raise NotImplementedError
 
     def append_fields(self, interval: Interval, message: str) -> str:
-        """Our console fields after the framework's, leaving out keys the line already has."""
+        """Our console fields after the framework's, leaving out keys the line already has,
+        also under a unit suffix (the microsoft fork's ``tokens per gpu per second (tgs)``
+        is our ``tokens per gpu per second``: printed once)."""
         fields = sinks.console_fields(interval.report)
         skip = self._keys_in_line
         if skip is None:  # the line has the same keys every interval: look once
             skip = self._keys_in_line = frozenset(
-                key for key, _ in fields if f" {key}: " in message)
+                key for key, _ in fields if f" {key}: " in message or f" {key} (" in message)
         return message + "".join(f" {key}: {value} |" for key, value in fields if key not in skip)
 
     def tensorboard_writer(self):

@@ -10,6 +10,7 @@ runs: they are wrapped at the first log iteration.
 """
 
 from ... import legacy
+from ...report import format_tflops
 from .. import module_names as names
 from .base import (ORIGINAL_ADD_SCALAR, WATCHED, Interval, Strategy, code_strings, replace_field,
                    watch_interval_timer)
@@ -80,10 +81,12 @@ class BigscienceFork(Strategy):
         setattr(writer, WATCHED, True)
 
     def edit_line(self, interval: Interval, message: str) -> str:
-        """The fork's format for these two fields: samples/s ``{:.3f}``, TFLOPs ``{:.2f}``."""
+        """The fork's format for samples/s (``{:.3f}``); TFLOPs as every TFLOP/s figure here
+        (``report.format_tflops``: the fork's two decimals, and three significant digits at
+        small scale, where ``{:.2f}`` prints 0.00 and a relog of the line reads -100 %)."""
         report = interval.report
         message = replace_field(message, "samples per second", "%.3f" % report.samples_per_second)
-        message = replace_field(message, "TFLOPs", "%.2f" % report.hardware_tflops_per_gpu)
+        message = replace_field(message, "TFLOPs", format_tflops(report.hardware_tflops_per_gpu))
         return self.append_fields(interval, message)
 
     def legacy_flops(self, args, batch_size: int, seq_length: int) -> float:

@@ -13,6 +13,7 @@ import functools
 import sys
 
 from ... import legacy
+from ...report import format_tflops
 from .. import calculator as calc
 from .. import module_names as names
 from .base import Interval, Strategy, parameter_names, replace_field
@@ -64,9 +65,13 @@ class MicrosoftFork(Strategy):
 
     def edit_line(self, interval: Interval, message: str) -> str:
         """The fork computes tgs at log time (samples/s × the current seqlen / world size),
-        wrong across a curriculum change; its format is ``{:.3f}``."""
+        wrong across a curriculum change; its format is ``{:.3f}``.  TFLOPs as every TFLOP/s
+        figure here (``report.format_tflops``: the fork's ``{:.2f}`` prints 0.00 at small
+        scale)."""
         message = replace_field(message, "tokens per gpu per second (tgs)",
                                 "%.3f" % interval.report.tokens_per_second_per_gpu)
+        message = replace_field(message, "TFLOPs",
+                                format_tflops(interval.report.hardware_tflops_per_gpu))
         return self.append_fields(interval, message)
 
     def legacy_flops(self, args, batch_size: int, seq_length: int) -> float:
