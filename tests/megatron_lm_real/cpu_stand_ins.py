@@ -237,10 +237,22 @@ def install() -> None:
     CudaToCpu().__enter__()  # for the rest of the process
 
 
+def install_megatron() -> None:
+    """Once the checkout is importable: Megatron-LM ≤ core_v0.15 compiles its legacy CUDA
+    softmax kernels at start-up (``megatron.legacy.fused_kernels.load``, needs nvcc) even with
+    ``--no-masked-softmax-fusion``; nothing here uses them, so loading them is skipped."""
+    try:
+        import megatron.legacy.fused_kernels as fused_kernels
+    except ImportError:
+        return  # later releases have none
+    fused_kernels.load = lambda args: None
+
+
 if __name__ == "__main__":  # python cpu_stand_ins.py pretrain_gpt.py ARGS…
     install()
     import runpy
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    install_megatron()
     runpy.run_path(script, run_name="__main__")

@@ -20,11 +20,30 @@ sys.path.insert(0, HERE)
 import cpu_stand_ins  # noqa: E402
 
 
+def extra_matmul() -> None:
+    """A deliberately wrong model: every RowParallelLinear whose input is as wide as its output
+    (``linear_proj`` here: n·d = h; never ``linear_fc2``, ffn ≠ h) multiplies its output by
+    an h×h identity once more — the loss unchanged, one matmul too many."""
+    import torch
+    from megatron.core.tensor_parallel import layers
+
+    forward = layers.RowParallelLinear.forward
+
+    def wrong(self, *args, **kwargs):
+        output, bias = forward(self, *args, **kwargs)
+        if self.input_size == self.output_size:
+            output = output @ torch.eye(self.output_size, dtype=output.dtype)
+        return output, bias
+
+    layers.RowParallelLinear.forward = wrong
+
+
 def main() -> None:
     mode, result_path, script = sys.argv[1:4]
     cpu_stand_ins.install()
     sys.argv = sys.argv[3:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    cpu_stand_ins.install_megatron()
     result = {"truth": {}, "reports": [], "count": None, "count_failure": None}
     hook = None
     if mode == "hooked":
@@ -58,6 +77,8 @@ def main() -> None:
             return write_outputs(interval)
 
         hook.strategy.write_outputs = record
+    if os.environ.get("MEGATRON_LM_REAL_EXTRA_MATMUL"):
+        extra_matmul()
     status = 0
     try:
         runpy.run_path(script, run_name="__main__")
