@@ -83,7 +83,11 @@ def release_of(checkout: Path) -> str:
 
 def run(checkout: Path, mode: str, extra: str, tmp_path: Path, port: int, env_extra=None):
     result = tmp_path / f"{mode}.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), str(SRC)]),
+    # the checkout first (before an installed megatron-core), then ours, then the caller's
+    # (e.g. a folder with the packages an older release imports: six, regex, yaml)
+    path = [str(checkout), str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
                LOCAL_RANK="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for name in ("MEGATRON_FLOPS_COUNT_FLOPS", "MEGATRON_FLOPS_STRICT", "MEGATRON_FLOPS_DISABLE"):
