@@ -7,6 +7,8 @@ before Megatron-LM is imported, and outside it every real ``train_step`` runs un
 ``FlopCounterMode`` (the truth, per iteration).  RESULT.json gets, per iteration, the counted
 FLOPs (``truth``), per log interval the hook's report (``reports``) and the counting mode's
 table (``count``), written even when the run ends with an exit status (``--strict``).
+``MEGATRON_LM_REAL_STAND_INS=0``: no CPU stand-ins (a real GPU:
+benchmarks/megatron_lm_gpu_check.py).
 """
 
 import json
@@ -40,10 +42,13 @@ def extra_matmul() -> None:
 
 def main() -> None:
     mode, result_path, script = sys.argv[1:4]
-    cpu_stand_ins.install()
+    stand_ins = os.environ.get("MEGATRON_LM_REAL_STAND_INS", "1") != "0"  # 0: a real GPU
+    if stand_ins:
+        cpu_stand_ins.install()
     sys.argv = sys.argv[3:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    cpu_stand_ins.install_megatron()
+    if stand_ins:
+        cpu_stand_ins.install_megatron()
     result = {"truth": {}, "reports": [], "count": None, "count_failure": None}
     hook = None
     if mode == "hooked":

@@ -81,7 +81,8 @@ def release_of(checkout: Path) -> str:
     return checkout.name
 
 
-def run(checkout: Path, mode: str, extra: str, tmp_path: Path, port: int, env_extra=None):
+def run(checkout: Path, mode: str, extra: str, tmp_path: Path, port: int, env_extra=None,
+        flags: str = CPU, stand_ins: bool = True):
     result = tmp_path / f"{mode}.json"
     # the checkout first (before an installed megatron-core), then ours, then the caller's
     # (e.g. a folder with the packages an older release imports: six, regex, yaml)
@@ -94,9 +95,11 @@ def run(checkout: Path, mode: str, extra: str, tmp_path: Path, port: int, env_ex
         env.pop(name, None)
     if mode == "hooked":
         env.update(MEGATRON_FLOPS_COUNT_FLOPS=str(COUNTED), MEGATRON_FLOPS_STRICT="1")
+    if not stand_ins:
+        env["MEGATRON_LM_REAL_STAND_INS"] = "0"
     env.update(env_extra or {})
     argv = [sys.executable, str(HERE / "launch.py"), mode, str(result),
-            str(checkout / "pretrain_gpt.py"), *f"{TINY} {CPU} {extra}".split()]
+            str(checkout / "pretrain_gpt.py"), *f"{TINY} {flags} {extra}".split()]
     done = subprocess.run(argv, cwd=str(checkout), env=env, capture_output=True, text=True,
                           timeout=900)
     (tmp_path / f"{mode}.log").write_text(done.stdout)
@@ -139,15 +142,15 @@ def table_line(release, name, hook, truth, count, relog, loss_equal) -> None:
                       f"{loss_equal} |\n")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(CONFIGURATIONS))
-def test_real_megatron_lm_loop(megatron_lm_checkout, tmp_path, name):
-    extra = CONFIGURATIONS[name]
-    port = 29600 + list(CONFIGURATIONS).index(name)
-    plain, _ = run(megatron_lm_checkout, "plain", extra, tmp_path, port)
+def check_configuration(checkout: Path, name: str, extra: str, tmp_path: Path, port: int,
+                        flags: str = CPU, stand_ins: bool = True) -> None:
+    """Plain and hooked runs of one configuration and every check of the module docstring
+    (also run by benchmarks/megatron_lm_gpu_check.py on a GPU, without stand-ins)."""
+    plain, _ = run(checkout, "plain", extra, tmp_path, port, flags=flags, stand_ins=stand_ins)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    hooked, data = run(megatron_lm_checkout, "hooked", extra, tmp_path, port)
-    release = release_of(megatron_lm_checkout)
+    hooked, data = run(checkout, "hooked", extra, tmp_path, port, flags=flags,
+                       stand_ins=stand_ins)
+    release = release_of(checkout)
     assert data is not None, hooked.stderr[-3000:]
     assert data["hook_failure"] is None and data["per_iteration"], data
     # the hook's FLOPs = FlopCounterMode around the real steps, interval by interval
@@ -185,6 +188,13 @@ def test_real_megatron_lm_loop(megatron_lm_checkout, tmp_path, name):
     table_line(release, name, per_iteration[ITERATIONS], truth[ITERATIONS],
                f"{count['counted_total']} = formula, strict exit 0",
                relogged.get(ITERATIONS), "yes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CONFIGURATIONS))
+def test_real_megatron_lm_loop(megatron_lm_checkout, tmp_path, name):
+    check_configuration(megatron_lm_checkout, name, CONFIGURATIONS[name], tmp_path,
+                        29600 + list(CONFIGURATIONS).index(name))
 
 
 @pytest.mark.slow
