@@ -8,6 +8,9 @@
   profile/, and any new one) may import the core and one another, never
   ``megatron_flops.commands`` or ``megatron_flops.cli`` (``demo/__main__.py``, an entry point,
   excepted).
+- no import circles: no module of the package reaches itself again through the imports of
+  the package's own modules (module-level and function-level ones alike: a function-level
+  import only hides a circle until the function runs).
 """
 
 import ast
@@ -120,3 +123,101 @@ def test_the_checker_sees_function_level_and_relative_imports():
     in_package = [name for _, name in imported_modules("from .relog import relog\n",
                                                        f"{PACKAGE}.logs", is_package=True)]
     assert in_package == [f"{PACKAGE}.logs.relog"]
+
+
+def _module_file(name: str):
+    """The source file of the package's module ``name`` (a module or a package), else None."""
+    parts = name.split(".")[1:]
+    base = os.path.join(ROOT, *parts)
+    for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _import_edges(source: str, module: str, is_package: bool = False):
+    """The package's modules that ``source`` (of ``module``) imports: ``from .x import y``
+    names the submodule ``x.y`` where there is one, else ``x`` itself."""
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = ".".join(base[:len(base) - (node.level - 1)])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module
+            names = [f"{target}.{alias.name}" if _module_file(f"{target}.{alias.name}")
+                     else target for alias in node.names]
+        for name in names:
+            if name == PACKAGE or name.startswith(PACKAGE + "."):
+                while name != PACKAGE and _module_file(name) is None:
+                    name = name.rpartition(".")[0]   # an attribute: its module
+                yield name
+
+
+def import_graph(sources=None):
+    """module -> the package's modules it imports; ``sources`` (module -> (source,
+    is_package)) defaults to the package's files."""
+    if sources is None:
+        sources = {}
+        for relative, path in _files():
+            module, is_package = _module_name(relative)
+            with open(path, encoding="utf-8") as stream:
+                sources[module] = (stream.read(), is_package)
+    return {module: sorted(set(_import_edges(source, module, is_package)) - {module})
+            for module, (source, is_package) in sources.items()}
+
+
+def import_circles(graph):
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, on_stack, stack, circles = {}, {}, set(), [], []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(circles)
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    assert f"{PACKAGE}.flops" in graph and graph[f"{PACKAGE}.flops"]
+    circles = import_circles(graph)
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_sees_function_level_and_submodule_imports():
+    sources = {
+        f"{PACKAGE}.flops": ("from .components import REGISTRY\n", False),
+        f"{PACKAGE}.components": ("def late():\n    from .flops import flops_breakdown\n", False),
+        f"{PACKAGE}.demo.train": ("from .session import Session\n", False),
+        f"{PACKAGE}.demo.session": ("def f():\n    from . import train\n", False),
+        f"{PACKAGE}.shapes": ("import os\n", False),
+    }
+    assert import_circles(import_graph(sources)) == [
+        [f"{PACKAGE}.components", f"{PACKAGE}.flops"],
+        [f"{PACKAGE}.demo.session", f"{PACKAGE}.demo.train"]]

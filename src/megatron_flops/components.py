@@ -11,7 +11,9 @@ torch's ``utils/flop_counter.py`` ``register_flop_formula``: its name, where it 
 matmul it comes from, the same count as text (the README table), and the formula itself
 — forward FLOPs of one sample, ``formula(model, s, experts)`` with ``experts`` the layer's
 expert count (1 in a dense layer).  The breakdown (:mod:`megatron_flops.flops`), its order,
-``--json``, the README table and the verifier all read :data:`REGISTRY`.
+``--json``, the README table and the verifier all read :data:`REGISTRY`.  The last row, a
+distillation teacher's forward (``teacher_forward``), is declared in :mod:`megatron_flops.flops`:
+the teacher is a whole model, counted by a breakdown of its own.
 
 The default layer (d = h/n, g = n, f = 4h), forward, per sample, as a sum of named parts::
 
@@ -298,22 +300,6 @@ def logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 @register_component("mtp_logits", ONCE, "MTP logits", "m × [T × h]·[h × V]", "m·2·T·h·V")
 def mtp_logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return model.mtp_num_layers * logits_flops(model, s)
-
-
-# knowledge distillation (the microsoft fork's --kd and --mos): every micro-batch also runs a
-# teacher model, under torch.no_grad, on the student's tokens (pretrain_gpt.py
-# calculate_mos_loss): its whole forward (layers and logits), no backward, no recompute
-# (Ft: one sample's forward through the teacher, by the rows above with its shape)
-@register_component("teacher_forward", ONCE, "teacher forward (--kd/--mos)",
-                    "the rows above, teacher shape, forward only", "B·Ft",
-                    hardware_only=True)
-def teacher_forward_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    """Forward FLOPs of one sample through ``model.teacher`` (0 without a teacher), dense
-    attention; :func:`megatron_flops.flops.flops_breakdown` passes its own counting convention."""
-    if model.teacher is None:
-        return 0
-    from .flops import flops_breakdown  # a whole model of its own: its own breakdown
-    return flops_breakdown(model.teacher, s).forward_flops
 
 
 def markdown_table() -> str:

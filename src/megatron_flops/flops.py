@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import components
-from .components import ONCE, REGISTRY
+from .components import ONCE, REGISTRY, register_component
 from .shapes import NO_RECOMPUTE, ModelShape, Recompute
 
 
@@ -315,6 +315,24 @@ def flops_breakdown(
         recompute=recompute,
         causal=causal,
     )
+
+
+# knowledge distillation (the microsoft fork's --kd and --mos): every micro-batch also runs a
+# teacher model, under torch.no_grad, on the student's tokens (pretrain_gpt.py
+# calculate_mos_loss): its whole forward (layers and logits), no backward, no recompute
+# (Ft: one sample's forward through the teacher, by the rows above with its shape).  Declared
+# here, after every other component (the last row of every table), because the teacher is a
+# whole model of its own: its count is a breakdown, which flops_breakdown above computes
+# itself under the student's attention convention and documents.
+@register_component("teacher_forward", ONCE, "teacher forward (--kd/--mos)",
+                    "the rows above, teacher shape, forward only", "B·Ft",
+                    hardware_only=True)
+def teacher_forward_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    """Forward FLOPs of one sample through ``model.teacher`` (0 without a teacher), dense
+    attention; :func:`flops_breakdown` passes its own counting convention."""
+    if model.teacher is None:
+        return 0
+    return flops_breakdown(model.teacher, s).forward_flops
 
 
 class FlopsPerSample:

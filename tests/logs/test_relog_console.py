@@ -427,7 +427,8 @@ def test_library_summary_counts_formula_checks_only_with_a_fork():
     whose tags name no fork) has a logged figure and an error but no fork formula to check."""
     from megatron_flops.hardware import resolve_peak
     from megatron_flops.logs.console import LogRecord, ParseStats
-    from megatron_flops.logs.relog import Relogger, Summary
+    from megatron_flops.logs.intervals import Relogger
+    from megatron_flops.logs.summary import Summary
     from megatron_flops.shapes import ModelShape, RunShape
     model = ModelShape(num_layers=L, hidden_size=H, num_attention_heads=N, vocab_size=V)
     run = RunShape(seq_length=2048, world_size=8, global_batch_size=64)

@@ -1,7 +1,7 @@
 """``megatron-flops profile TRACE [model/run flags] [--arguments-from LOG]``: where an
 iteration's time went, per component, from a PyTorch profiler trace (the work is
 :mod:`megatron_flops.profile`).  The shapes come from the flags, or from a training log's
-arguments dump (:func:`megatron_flops.logs.relog.segment_from_log`, as ``relog`` reads it)
+arguments dump (:func:`megatron_flops.logs.segments.segment_from_log`, as ``relog`` reads it)
 with the flags typed laid over it."""
 
 import json
@@ -20,7 +20,7 @@ def _shapes(parser, argv: List[str]):
     the log's arguments dump with the flags typed laid over it (``segment``: where each value
     came from; None without a log).  Nothing is printed before the shapes are settled, so an
     error stays one line."""
-    from ..logs.relog import segment_from_log
+    from ..logs.segments import segment_from_log
     from ..megatron.args import shapes_from_args
     args, given, report, unknown = parse_flags_over_log(parser, argv)
     segment = None

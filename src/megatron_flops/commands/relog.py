@@ -1,7 +1,9 @@
 """``megatron-flops relog``: the true TFLOP/s, MFU and HFU of every interval a past run logged.
 
-The flags and the printing; the work is :mod:`megatron_flops.logs.relog` (intervals and
-statistics) and :mod:`megatron_flops.logs.outputs` (the sinks each interval goes to).
+The flags and the printing; the work is :mod:`megatron_flops.logs.relog` (the driver: files
+in, intervals out, through :mod:`~megatron_flops.logs.reading`, :mod:`~megatron_flops.logs.segments`
+and :mod:`~megatron_flops.logs.intervals`), :mod:`megatron_flops.logs.summary` (the statistics)
+and :mod:`megatron_flops.logs.outputs` (the sinks each interval goes to).
 
 The model flags are optional: what the log's arguments dump holds is read from it, and a
 flag typed here overrides it.  Shapes are therefore settled only once the log's first
@@ -122,7 +124,8 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     from ..hardware import resolve_peak
     from ..logs import outputs
     from ..logs.console import ParseStats
-    from ..logs.relog import Summary, relog_run
+    from ..logs.relog import relog_run
+    from ..logs.summary import Summary
     from ..report import describe_model, gpus
 
     fork = None if args.fork == "auto" else args.fork

@@ -1,12 +1,25 @@
 """One demo run's objects, built once from a :class:`~.config.DemoConfig`: the data, the
 model, the optimizer (or DeepSpeed engine), the peak, the meters and the writers."""
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .config import DemoConfig
 from .distributed import Distributed
+
+
+def lr_factor(iteration: int, warmup_iters: int, decay_iters: int, min_ratio: float) -> float:
+    """Megatron's default shape: linear warm-up, then cosine decay to ``min_lr``.
+
+    ``iteration`` counts optimizer steps already taken (0 for the first step).
+    """
+    if warmup_iters and iteration < warmup_iters:
+        return (iteration + 1) / warmup_iters
+    span = max(decay_iters - warmup_iters, 1)
+    progress = min(max(iteration - warmup_iters, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -112,7 +125,6 @@ def _model_and_optimizer(config: DemoConfig, device: str):
     """(the GPT, the GPT with its loss, AdamW, the learning-rate schedule)."""
     import torch
     from ..reference.model import ReferenceGPT
-    from .train import lr_factor
     run = config.run
     torch.manual_seed(config.seed)
     gpt = ReferenceGPT(config.model, run.seq_length, run.recompute,

@@ -26,7 +26,6 @@ The pieces: :class:`~.config.DemoConfig` (the flags, parsed once by ``megatron-f
 :func:`print_summary`.
 """
 
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -38,18 +37,6 @@ from .distributed import Distributed
 from .session import Session, build_session, measure_peak
 
 EXIT_OK = 0
-
-
-def lr_factor(iteration: int, warmup_iters: int, decay_iters: int, min_ratio: float) -> float:
-    """Megatron's default shape: linear warm-up, then cosine decay to ``min_lr``.
-
-    ``iteration`` counts optimizer steps already taken (0 for the first step).
-    """
-    if warmup_iters and iteration < warmup_iters:
-        return (iteration + 1) / warmup_iters
-    span = max(decay_iters - warmup_iters, 1)
-    progress = min(max(iteration - warmup_iters, 0) / span, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def device_for(config: DemoConfig) -> str:

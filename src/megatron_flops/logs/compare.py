@@ -1,6 +1,6 @@
 """Compare the steady-state throughput of finished runs (``megatron-flops compare``).
 
-A run is read as relog's per-interval records (:meth:`megatron_flops.logs.relog.Interval.as_dict`):
+A run is read as relog's per-interval records (:meth:`megatron_flops.logs.intervals.Interval.as_dict`):
 
 - a file of JSON lines as ``megatron-flops relog PATH --json`` writes them (one object per
   interval; a ``{"summary": …}`` line, if the file has one, gives the world size);

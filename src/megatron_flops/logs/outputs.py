@@ -1,13 +1,13 @@
 """Where ``relog``'s intervals go: each output is a sink with ``add(interval)`` and ``close()``.
 
 - :class:`TableOutput`: one aligned text row per interval (the header before the first);
-- :class:`JsonOutput`: one JSON object per interval (:meth:`.relog.Interval.as_dict`);
+- :class:`JsonOutput`: one JSON object per interval (:meth:`.intervals.Interval.as_dict`);
 - :class:`CsvOutput`: one CSV row per interval (:data:`CSV_COLUMNS`);
 - :class:`TensorBoardOutput`: the hook's tags (through ``sinks.write_tensorboard``) plus the
   logged figure and its error, as a new TensorBoard run;
 - :class:`PlotOutput`: logged vs true TFLOP/s (and MFU/HFU with a peak), drawn on ``close``.
 
-:func:`summary_lines` renders :meth:`.relog.Summary.as_dict` for people, and
+:func:`summary_lines` renders :meth:`.summary.Summary.as_dict` for people, and
 :func:`convention_lines` its ``conventions`` (``--conventions``, ``--convention NAME``).  Optional
 dependencies (tensorboard, matplotlib) are imported by the output that needs them.
 """
@@ -20,7 +20,7 @@ from typing import List, Optional, TextIO
 
 from ..report import format_optional as _number
 from ..report import format_percent
-from .relog import Interval
+from .intervals import Interval
 
 
 TABLE_HEADER = ("iteration", "batch", "seq", "s/iter", "logged TFLOPs", "model TFLOP/s",
@@ -232,7 +232,7 @@ MEGATRON_LM_NOTE = (
 
 
 def summary_lines(summary: dict) -> List[str]:
-    """The summary for people, from :meth:`.relog.Summary.as_dict`."""
+    """The summary for people, from :meth:`.summary.Summary.as_dict`."""
     def pct(value):
         return format_percent(value, "+.1f")
 
