@@ -238,14 +238,20 @@ def install() -> None:
 
 
 def install_megatron() -> None:
-    """Once the checkout is importable: Megatron-LM ≤ core_v0.15 compiles its legacy CUDA
-    softmax kernels at start-up (``megatron.legacy.fused_kernels.load``, needs nvcc) even with
+    """Once the checkout is importable (not changing a matmul either): Megatron-LM ≤
+    core_v0.15 compiles its legacy CUDA softmax kernels at start-up
+    (``megatron.legacy.fused_kernels.load``, needs nvcc) even with
     ``--no-masked-softmax-fusion``; nothing here uses them, so loading them is skipped."""
     try:
         import megatron.legacy.fused_kernels as fused_kernels
+        fused_kernels.load = lambda args: None
     except ImportError:
-        return  # later releases have none
-    fused_kernels.load = lambda args: None
+        pass  # later releases have none
+    # core_v0.13.0's MoE router tests te_general_gemm without defining it when Transformer
+    # Engine is absent (a NameError); None is what its import guard means: the torch path
+    from megatron.core.transformer.moe import moe_utils
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 if __name__ == "__main__":  # python cpu_stand_ins.py pretrain_gpt.py ARGS…

@@ -59,7 +59,7 @@ CONFIGURATIONS = {
     # top-1 needs the pre-softmax router; MoE needs bias-free linears at TP = EP = 1
     "moe top-1": f"{MOE} --moe-router-topk 1 --moe-router-pre-softmax",
     "moe top-2": f"{MOE} --moe-router-topk 2",
-    "mtp 1 layer": "--mtp-num-layers 1",
+    "mtp 1 layer": "--mtp-num-layers 1 --position-embedding-type rope",  # (MTP asserts it)
     "mla": ("--multi-latent-attention --q-lora-rank 32 --kv-lora-rank 24 --qk-head-dim 16 "
             "--qk-pos-emb-head-dim 8 --v-head-dim 12 --position-embedding-type rope"),
 }
