@@ -252,6 +252,20 @@ def install_megatron() -> None:
     from megatron.core.transformer.moe import moe_utils
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
+    # HEAD's MTP layer asks isinstance(module, (Inference…Linear)) of classes derived from
+    # Transformer Engine's, which without Transformer Engine are not classes (a TypeError):
+    # without it there is no inference linear, so the answer is False
+    try:
+        from megatron.core.tensor_parallel import inference_layers
+        from megatron.core.transformer import multi_token_prediction
+    except ImportError:
+        return
+    classes = (getattr(inference_layers, "InferenceColumnParallelLinear", None),
+               getattr(inference_layers, "InferenceLayerNormColumnParallelLinear", None))
+    if not all(isinstance(c, type) for c in classes):
+        for module in (inference_layers, multi_token_prediction):
+            if hasattr(module, "is_inference_column_parallel_linear"):
+                module.is_inference_column_parallel_linear = lambda module: False
 
 
 if __name__ == "__main__":  # python cpu_stand_ins.py pretrain_gpt.py ARGS…
