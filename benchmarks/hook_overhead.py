@@ -6,10 +6,16 @@ hooked, and reports the difference per call:
 - per iteration: ``training_log`` at an iteration that does not log (the hook adds the
   iteration's batch and sequence length to its meter);
 - per log interval: ``training_log`` at a log iteration, minus the per-iteration part (the
-  hook closes the interval, rewrites/extends the console line, writes the 7 ``throughput/*``
-  tags × 3 axes and, in the microsoft fork, W&B).  The writer is a no-op object so the
-  figure is the hook's own work; the cost of a real SummaryWriter's 21 extra ``add_scalar``
-  calls is reported separately.
+  hook closes the interval, rewrites/extends the console line, writes its ``throughput/*``
+  tags × 3 axes (iteration, samples, tokens) and, in the microsoft fork, W&B).  The writer
+  is a no-op object so the figure is the hook's own work; how many ``add_scalar`` calls the
+  hook makes is counted on a counting writer (with a peak: the 8 tags of ``sinks.TAGS``
+  × 3 = 24), and the cost of that many calls on a real SummaryWriter is reported
+  separately.
+
+Plain and hooked runs are timed interleaved (one repeat of each in turn, best of the
+repeats), so that a change in the machine's load between them does not show as the hook's
+cost.
 
 By instrumentation: a ``sys.setprofile`` hook records every Python and C function the hooked
 calls enter; the run fails if any is in ``torch`` (so: no collective, no device
@@ -27,6 +33,7 @@ import time
 from contextlib import redirect_stdout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
 FIXTURES = os.path.join(ROOT, "tests", "megatron", "fixtures")
 ARGV = ["--num-layers", "24", "--hidden-size", "2048", "--num-attention-heads", "16",
         "--seq-length", "2048", "--micro-batch-size", "4", "--global-batch-size", "64",
@@ -173,13 +180,25 @@ def best_of(function, calls, repeat):
     return best
 
 
+class CountingWriter(NullWriter):
+    """A no-op writer that counts the scalars written (untimed)."""
+
+    def __init__(self):
+        self.tags = []
+
+    def add_scalar(self, tag, value, step=None, **kwargs):
+        self.tags.append(tag)
+
+
 def hook_parts(fork, calls, repeat):
     """Direct timings of the hook's work at a log interval, on a warmed-up hooked fixture.
 
     accounting (every rank): close the interval — the report from the observed iterations
     (what the timer wrapper or the replaced calculator does);
-    output (last rank only): edit the console line and write the 7 tags × 3 axes (+ W&B for
+    output (last rank only): edit the console line and write the tags × 3 axes (+ W&B for
     microsoft) to a no-op writer, plus (bigscience) the 5 substituted fork tags.
+    Returns (accounting s, output s, s for as many bare add_scalar calls as the hook's own
+    tags, that number of tags).
     """
     from megatron_flops.megatron import hook as hook_module
     time_calls(fork, 1, True, 10, 1)  # install, build shapes, print the start summary
@@ -214,14 +233,24 @@ def hook_parts(fork, calls, repeat):
     if accounting.meter.pending_iterations == 1:
         interval.close(0.5, 1, strategy.num_microbatches)
     output = best_of(output_step, calls, repeat)
+    counting = CountingWriter()   # one untimed pass: the scalars the hook really writes
+    hook.interval = interval
+    real_writer = writer
+    from megatron import global_vars
+    global_vars._GLOBAL_TENSORBOARD_WRITER = counting
+    strategy.write_outputs(interval)
+    global_vars._GLOBAL_TENSORBOARD_WRITER = real_writer
+    hook.interval = None
+    tags = len([tag for tag in counting.tags if tag.startswith("throughput/")])
     bare = NullWriter().add_scalar
-    null_calls = best_of(lambda: [bare("t", 1.0, 1) for _ in range(21)], calls, repeat)
+    null_calls = best_of(lambda: [bare("t", 1.0, 1) for _ in range(tags)], calls, repeat)
     hook_module.uninstall()
-    return interval_accounting, output, null_calls
+    return interval_accounting, output, null_calls, tags
 
 
 def real_writer_cost(calls):
-    """Seconds for the 21 add_scalar calls of one interval on a real SummaryWriter."""
+    """Seconds for one interval's add_scalar calls (every tag × 3 axes, with a peak) on a
+    real SummaryWriter."""
     import tempfile
     from torch.utils.tensorboard import SummaryWriter
     from megatron_flops import sinks
@@ -240,12 +269,16 @@ def real_writer_cost(calls):
 
 
 def main():
+    from megatron_flops.sinks import TAGS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=25)
     parser.add_argument("--no-writer-cost", action="store_true")
     options = parser.parse_args()
-    sys.path.insert(0, os.path.join(ROOT, "src"))
+    # a known peak, as on a GPU, so that MFU, HFU and the peak are written too; far above the
+    # fixture's made-up throughput (an A100's 312 would put MFU above 100 %, whose one-time
+    # warning asks torch.distributed for the rank: not the steady cost measured here)
+    os.environ.setdefault("MEGATRON_FLOPS_PEAK_TFLOPS", "100000")
     print(f"python {sys.version.split()[0]}, {options.calls} calls × best of {options.repeat} "
           f"(best of many short runs: this machine is shared)")
     value = [123.456]
@@ -254,9 +287,11 @@ def main():
           f"{reference * 1e6:.3f} µs here")
     worst = 0.0
     for fork in ("bigscience", "microsoft"):
-        plain_iter = time_calls(fork, 10 ** 9, False, options.calls, options.repeat)
-        hooked_iter = time_calls(fork, 10 ** 9, True, options.calls, options.repeat)
-        accounting, output, null_calls = hook_parts(fork, options.calls, options.repeat)
+        plain_iter = hooked_iter = float("inf")
+        for _ in range(options.repeat):   # interleaved: one plain, one hooked, in turn
+            plain_iter = min(plain_iter, time_calls(fork, 10 ** 9, False, options.calls, 1))
+            hooked_iter = min(hooked_iter, time_calls(fork, 10 ** 9, True, options.calls, 1))
+        accounting, output, null_calls, tags = hook_parts(fork, options.calls, options.repeat)
         watch = TorchCallWatch()  # a separate, untimed pass over log and other iterations
         time_calls(fork, 3, True, 300, 1, watch=watch)
         worst = max(worst, accounting)
@@ -264,9 +299,9 @@ def main():
         print(f"  per iteration, every rank:       {(hooked_iter - plain_iter) * 1e6:6.2f} µs "
               f"(fixture training_log {plain_iter * 1e6:.2f} -> {hooked_iter * 1e6:.2f} µs)")
         print(f"  per log interval, every rank:    {accounting * 1e6:6.2f} µs (close the interval: report)")
-        print(f"  per log interval, last rank:   + {output * 1e6:6.2f} µs (console line + 21 tags"
-              f"{' + W&B' if fork == 'microsoft' else ' + 5 fork tags'} to a no-op writer, of which "
-              f"{null_calls * 1e6:.2f} µs are 21 bare add_scalar calls)")
+        print(f"  per log interval, last rank:   + {output * 1e6:6.2f} µs (console line + {tags} "
+              f"tags{' + W&B' if fork == 'microsoft' else ' + 5 fork tags'} to a no-op writer, "
+              f"of which {null_calls * 1e6:.2f} µs are {tags} bare add_scalar calls)")
         print(f"  calls into torch while hooked: {sorted(watch.torch_calls) or 'none'}; "
               f"collectives and synchronize calls: {sum(watch.counts.values())}")
         if watch.torch_calls or watch.counts:
@@ -274,7 +309,7 @@ def main():
     if not options.no_writer_cost:
         seconds = real_writer_cost(2000)
         print(f"for scale: a real torch SummaryWriter takes {seconds * 1e6:.1f} µs per log interval "
-              "for the same 21 scalars (+ report), on the last rank only")
+              f"for the same {3 * len(TAGS)} scalars (+ report), on the last rank only")
     print(f"worst per-interval hook cost on every rank: {worst * 1e6:.2f} µs (target <= 10 µs)")
 
 

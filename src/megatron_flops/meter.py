@@ -45,6 +45,9 @@ class ThroughputReport(NamedTuple):
     peak_tflops: Optional[float] = None
 
 
+_new_report = tuple.__new__
+
+
 class ThroughputMeter:
     """Accumulates iterations; :meth:`report` turns an interval into a :class:`ThroughputReport`.
 
@@ -133,13 +136,49 @@ class ThroughputMeter:
         self.consumed_samples += batch_size
         self.consumed_tokens += tokens
 
-    def add_iterations(self, count: int, samples: int, seq_length: int) -> None:
+    def add_iterations(self, count: int, samples: int, seq_length: int,
+                       token_dropping: Optional[Tuple[int, int]] = None) -> None:
+        """``count`` iterations that together consumed ``samples`` samples of ``seq_length``
+        tokens (``token_dropping``: as for :meth:`add_iteration`), in one call."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"an interval has at least one iteration, got {count!r}")
         # FLOPs are linear in the samples: one "iteration" of all the samples counts them
         # exactly; then the interval's other iterations are added to the count
-        self.add_iteration(samples, seq_length)
+        self.add_iteration(samples, seq_length, token_dropping=token_dropping)
         self._iterations += count - 1
+
+    def interval_report(self, count: int, samples: int, seq_length: int,
+                        elapsed_seconds: float) -> ThroughputReport:
+        """``add_iterations(count, samples, seq_length)`` then ``report(elapsed_seconds)`` in
+        one call, for an interval with nothing pending (``relog``'s per-line path): the same
+        report, the same consumed totals, without the general per-iteration options."""
+        if self._iterations:
+            self.add_iterations(count, samples, seq_length)
+            return self.report(elapsed_seconds)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"an interval has at least one iteration, got {count!r}")
+        if not elapsed_seconds > 0:
+            raise ValueError(f"elapsed time must be positive, got {elapsed_seconds!r} s")
+        model_flops, hardware_flops = self._per_sample(seq_length)
+        model_flops, hardware_flops = samples * model_flops, samples * hardware_flops
+        tokens = samples * seq_length
+        self.consumed_samples += samples
+        self.consumed_tokens += tokens
+        world_size = self.world_size
+        per_gpu_seconds = elapsed_seconds * world_size
+        model_tflops = model_flops / (per_gpu_seconds * 1e12)
+        hardware_tflops = hardware_flops / (per_gpu_seconds * 1e12)
+        peak = self.peak_tflops
+        if peak:
+            return _new_report(ThroughputReport, (
+                count, elapsed_seconds, samples, tokens, model_flops, hardware_flops, world_size,
+                samples / elapsed_seconds, tokens / elapsed_seconds, tokens / per_gpu_seconds,
+                model_tflops, hardware_tflops, model_tflops / peak, hardware_tflops / peak,
+                float(peak)))
+        return _new_report(ThroughputReport, (
+            count, elapsed_seconds, samples, tokens, model_flops, hardware_flops, world_size,
+            samples / elapsed_seconds, tokens / elapsed_seconds, tokens / per_gpu_seconds,
+            model_tflops, hardware_tflops, None, None, None))
 
     @property
     def counts_token_dropping(self) -> bool:

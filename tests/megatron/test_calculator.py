@@ -210,3 +210,30 @@ def test_block_recompute_outside_the_pipeline_model_counts_the_first_layers():
     _, tflops, _ = calculator.throughput_calculator(None, args, 1.0, 1)
     flops = 8 * (3 * (L * layer_forward() + logits_forward()) + 1 * layer_forward())
     assert tflops == pytest.approx(flops / (1.0 * 2 * 1e12))
+
+
+@pytest.mark.parametrize("make_args", [ms_args, ltd_args])
+def test_without_the_hook_the_interval_is_counted_in_one_call(make_args, monkeypatch):
+    """Issue 25: counted at log time, an interval of 100 iterations is one bulk
+    ``add_iterations`` (not 100 replayed iterations), with the same report as the replay:
+    100 × (micro 2 × DP 2 × 2 microbatches) = 800 samples."""
+    from megatron_flops.meter import ThroughputMeter
+    args = make_args()
+    replay = calculator.accounting_for(args)
+    seq = calculator.iteration_seq_length(args)
+    for _ in range(100):   # what the drop-in did before: one iteration at a time
+        replay.observe_iteration(8, seq)
+    want = replay.meter.report(7.0)
+    calculator.forget()
+    calls = []
+    original = ThroughputMeter.add_iteration
+
+    def counting(self, *a, **k):
+        calls.append(a)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(ThroughputMeter, "add_iteration", counting)
+    samples_per_second, tflops, _ = calculator.throughput_calculator(None, args, 7.0, 100)
+    assert len(calls) == 1
+    assert samples_per_second == want.samples_per_second == 800 / 7.0
+    assert tflops == want.hardware_tflops_per_gpu

@@ -136,12 +136,13 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
     # the files are opened before the log is read (an unwritable one fails first) and
     # closed whatever happens; the plot is drawn only once every interval is in
     files = []
+    rows = outputs.JsonOutput(out) if args.json else outputs.TableOutput(out)
     try:
         if args.csv:
             files.append(outputs.CsvOutput(args.csv))
         if args.write_tensorboard:
             files.append(outputs.TensorBoardOutput(args.write_tensorboard))
-        sinks = [outputs.JsonOutput(out) if args.json else outputs.TableOutput(out), *files]
+        sinks = [rows, *files]
 
         def peak_tflops_for(run):
             peak.append(resolve_peak(args.gpu, run.dtype, args.peak_tflops))
@@ -150,6 +151,7 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
         for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
                                                              peak_tflops_for, args.causal, fork):
             if new_segment is not None:
+                rows.flush()     # the rows so far before the new segment's heading
                 first = relogger is None
                 relogger, segment = relogger_now, new_segment
                 summary.add_segment(segment)
@@ -174,6 +176,7 @@ def _relog_command(args, given, out: TextIO, err: TextIO) -> int:
             for sink in sinks:
                 sink.add(interval)
     finally:
+        rows.flush()
         for sink in files:
             sink.close()
     if summary.intervals == 0 and summary.startup_iterations:

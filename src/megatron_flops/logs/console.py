@@ -117,6 +117,7 @@ class LogRecord(NamedTuple):
     timestamp: Optional[float] = None         # Megatron-LM's line prefix, POSIX seconds (as UTC)
     iterations: Optional[int] = None          # iterations the time covers, when the source
     job_start: bool = False                   # says (progress.txt); the span has a job start
+    stamp_precise: bool = False               # Megatron-LM's stamp has .%f (2026-01 on)
     time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
     truncated: bool = False
 
@@ -159,6 +160,23 @@ class Malformed(ValueError):
     """A line that has the anchor of an iteration line but cannot be trusted."""
 
 
+_PAIR = re.compile(r"\s*([^\s/(]+)\s*(?:/|\(avg )\s*[-+]?(?:\d+\.?\d*|\.\d+)\)?\s*\Z")
+
+
+def current_value(text: str) -> str:
+    """The current value of a "current/average" pair as AMD Primus prints it
+    (``13372.8/13364.7``, ``567.6 (avg 568.0)``: the average a number); any other text as
+    it is (a glued line's value stays unreadable)."""
+    if "/" not in text and "(avg" not in text:
+        return text
+    pair = _PAIR.match(text)
+    return pair.group(1) if pair else text
+
+
+def _current_float(text: str) -> float:
+    return float(current_value(text))
+
+
 def _percent(text: str) -> Optional[float]:
     """A hook field's percentage as a fraction: ``45.2`` or ``45.2%`` -> 0.452, ``n/a`` ->
     None (the hook's form before issue 10)."""
@@ -183,7 +201,11 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "TFLOPs": ("tflops", float),
     "tokens per gpu per second (tgs)": ("tokens_per_gpu_per_second", float),
     # NVIDIA Megatron-LM (--log-throughput): its num_floating_point_operations, model FLOPs
-    "throughput per GPU (TFLOP/s/GPU)": ("tflops", float),
+    "throughput per GPU (TFLOP/s/GPU)": ("tflops", _current_float),
+    # AMD Primus (AMD-AGI/Primus fd1eeabb, primus/backends/megatron/patches/training_log/
+    # print_rank_last_patches.py): "compute per GPU (TFLOP/s/GPU): 567.6 (avg 568.0)", and
+    # before it the line above as "567.6/568.0"; the current value is read, the average not
+    "compute per GPU (TFLOP/s/GPU)": ("tflops", _current_float),
     # the megatron-flops hook's fields, new form and old form
     "model TFLOP/s per gpu": ("hook_model_tflops", float),
     "hardware TFLOP/s per gpu": ("hook_hardware_tflops", float),
@@ -193,8 +215,10 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
     "HFU": ("hook_hfu", _percent),
 }
 _TGS_INDEX = LogRecord._fields.index("tokens_per_gpu_per_second")
+_PRECISE_INDEX = LogRecord._fields.index("stamp_precise")
 _TIMESTAMP_INDEX = LogRecord._fields.index("timestamp")
 _MEGATRON_LM_THROUGHPUT = "| throughput per GPU (TFLOP/s/GPU): "
+_PRIMUS_COMPUTE = "| compute per GPU (TFLOP/s/GPU): "
 
 
 def megatron_lm_timestamp(seconds_text: str, fraction: Optional[str] = None) -> Optional[float]:
@@ -232,6 +256,152 @@ _KEYS = ("consumed samples", "consumed tokens", _ELAPSED_SECONDS, _ELAPSED_MS,
 _FIELD = re.compile(r"\| (" + "|".join(re.escape(k) for k in _KEYS) + r"): *([^|]*)(?=\|)")
 
 
+def _general_fields(line: str, start: int, fields: list, line_number: int) -> bool:
+    """Fill ``fields`` from the `` key: value |`` fields after ``start`` (one regular-expression
+    pass in C); True when the elapsed time was printed in seconds.  Raises :class:`Malformed`."""
+    in_seconds = False
+    index = _INDEX
+    for key, value in _FIELD.findall(line, start):
+        entry = index.get(key)
+        try:
+            if entry is not None:
+                fields[entry[0]] = entry[1](value)
+            else:  # the elapsed time, in (s) or (ms); Primus: "current/average" (ms)
+                value = current_value(value)
+                seconds = float(value)
+                decimals = _decimals(value)
+                if key == _ELAPSED_MS:
+                    seconds /= 1000.0
+                    fields[-2] = 0.5e-3 * 10.0 ** -decimals
+                else:
+                    fields[-2] = 0.5 * 10.0 ** -decimals
+                    in_seconds = True
+                fields[_SECONDS_INDEX] = seconds
+        except ValueError:
+            raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
+    return in_seconds
+
+
+# A log repeats one line format (the same fields in the same order) millions of times.  The
+# first line of a format is read by the general pass above, and its format is learned as one
+# regular expression that matches exactly the lines whose fields are the same keys in the
+# same order (each field read by the general pass is matched by its key, every other field by
+# its text up to its first ":", a field without ":" by the absence of one): one C call then
+# gives every value, in the order the general pass would assign them, so the record is the
+# same.  A line that matches no learned format, or whose values do not convert, takes the
+# general pass (the same record, the same Malformed message).
+_MAX_FORMATS = 8          # tried in turn, the latest learned first
+_MAX_LEARNED = 256        # then no more are learned (a log of ever-new formats: general pass)
+# half a unit of the printed time's last digit, by decimals: seconds, milliseconds
+_RESOLUTION_S = tuple(0.5 * 10.0 ** -decimals for decimals in range(20))
+_RESOLUTION_MS = tuple(0.5e-3 * 10.0 ** -decimals for decimals in range(20))
+
+
+class _LineFormat(NamedTuple):
+    pattern: "re.Pattern"
+    indices: tuple        # the LogRecord field of each group but the time's, in line order
+    converters: tuple
+    time_group: int       # the elapsed time's group
+    in_seconds: bool      # printed in seconds (else ms)
+
+
+def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
+    """The format of ``line`` from ``start`` (the anchor's ``|``); None without exactly one
+    time field or with a field read twice (the general pass reads those lines)."""
+    parts, indices, converters = [], [], []
+    time_group, in_seconds = None, False
+    segments = line[start + 1:].split("|")
+    if segments[-1].strip():
+        return None
+    for segment in segments[:-1]:
+        colon = segment.find(":")
+        key = segment[1:colon] if colon > 0 and segment[0] == " " else None
+        if key == _ELAPSED_MS or key == _ELAPSED_SECONDS:
+            if time_group is not None:
+                return None
+            parts.append(" " + re.escape(key) + r": *([^|]*)")
+            time_group = len(indices)
+            in_seconds = key == _ELAPSED_SECONDS
+            indices.append(_SECONDS_INDEX)
+            converters.append(None)
+        elif key in _INDEX:
+            index, convert = _INDEX[key]
+            if index in indices:
+                return None
+            parts.append(" " + re.escape(key) + r": *([^|]*)")
+            indices.append(index)
+            converters.append(convert)
+        elif colon >= 0:   # a field not read: known by its text up to its first ":"
+            parts.append(re.escape(segment[:colon + 1]) + "[^|]*")
+        else:
+            parts.append("[^|:]*")
+    if time_group is None:
+        return None
+    del indices[time_group], converters[time_group]
+    # only lines that end at their last "|": a tail (a last field without its "|", a cut
+    # line) is read by the general pass
+    pattern = re.compile(r"\|" + r"\|".join(parts) + r"\|\s*\Z")
+    return _LineFormat(pattern, tuple(indices), tuple(converters), time_group, in_seconds)
+
+
+_formats: List[_LineFormat] = []
+_learned = [0]
+
+
+def _learned_fields(line_format: _LineFormat, match, fields: list) -> Optional[bool]:
+    """Fill ``fields`` from a line ``line_format`` matched (True: the time was printed in
+    seconds); None when a value does not convert (the general pass then reads the line)."""
+    groups = list(match.groups())
+    value = current_value(groups.pop(line_format.time_group))
+    try:
+        seconds = float(value)
+        for index, convert, text in zip(line_format.indices, line_format.converters, groups):
+            fields[index] = convert(text)
+    except ValueError:
+        return None
+    text = value.strip()
+    dot = text.find(".")
+    decimals = 0 if dot < 0 else len(text) - dot - 1
+    if line_format.in_seconds:
+        fields[-2] = _RESOLUTION_S[decimals] if decimals < 20 else 0.5 * 10.0 ** -decimals
+    else:
+        seconds /= 1000.0
+        fields[-2] = _RESOLUTION_MS[decimals] if decimals < 20 else 0.5e-3 * 10.0 ** -decimals
+    fields[_SECONDS_INDEX] = seconds
+    return line_format.in_seconds
+
+
+def _learn(line: str, start: int) -> None:
+    if _learned[0] < _MAX_LEARNED:
+        learned = _learn_format(line, start)
+        if learned is not None:
+            _learned[0] += 1
+            if len(_formats) >= _MAX_FORMATS:
+                _formats.pop()
+            _formats.insert(0, learned)
+
+
+# Megatron-LM's throughput field as the last text of a line without its closing "|" (some
+# forks end the line there: "... | throughput per GPU (TFLOP/s/GPU): 266.3"): complete when
+# its value is whole as Megatron-LM prints it ({:.1f}; Primus: a current/average pair), up to
+# the end of the line; any other text after the last "|" is a cut tail, not read
+_ONE_DECIMAL = r"\d+\.\d"
+_TAIL_FIELD = re.compile(r" ((?:throughput|compute) per GPU \(TFLOP/s/GPU\)): *("
+                         + _ONE_DECIMAL + r"(?:/" + _ONE_DECIMAL + r"| \(avg " + _ONE_DECIMAL
+                         + r"\))?)\s*\Z")
+
+
+def _complete_tail(line: str, fields: list) -> bool:
+    """Is the text after the last "|" Megatron-LM's whole throughput field (``_TAIL_FIELD``)?
+    Then it is read and the line is not truncated."""
+    tail = _TAIL_FIELD.match(line, line.rfind("|") + 1)
+    if tail is None:
+        return False
+    index, convert = _INDEX[tail.group(1)]
+    fields[index] = convert(tail.group(2))
+    return True
+
+
 def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
                ) -> Optional[LogRecord]:
     """The record on ``line``; None when the line is not an iteration line.
@@ -249,45 +419,42 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
     fields[0] = line_number
     fields[2] = int(match.group(1))
     fields[3] = int(match.group(2))
-    in_seconds = False
-    index = _INDEX
-    for key, value in _FIELD.findall(line, match.end() - 1):
-        entry = index.get(key)
-        try:
-            if entry is not None:
-                fields[entry[0]] = entry[1](value)
-            else:  # the elapsed time, in (s) or (ms)
-                seconds = float(value)
-                decimals = _decimals(value)
-                if key == _ELAPSED_MS:
-                    seconds /= 1000.0
-                    fields[-2] = 0.5e-3 * 10.0 ** -decimals
-                else:
-                    fields[-2] = 0.5 * 10.0 ** -decimals
-                    in_seconds = True
-                fields[_SECONDS_INDEX] = seconds
-        except ValueError:
-            raise Malformed(f"line {line_number}: {key!r} has value {value.strip()!r}") from None
+    start = match.end() - 1
+    in_seconds = None
+    for line_format in _formats:   # _learned_fields, inline: the per-line path
+        learned = line_format.pattern.match(line, start)
+        if learned is not None:
+            in_seconds = _learned_fields(line_format, learned, fields)
+            break
+    if in_seconds is None:
+        fields = list(_EMPTY)
+        fields[0] = line_number
+        fields[2] = int(match.group(1))
+        fields[3] = int(match.group(2))
+        in_seconds = _general_fields(line, start, fields, line_number)
+        if fields[_SECONDS_INDEX] is not None:
+            _learn(line, start)
     seconds = fields[_SECONDS_INDEX]
     if seconds is None:
         raise Malformed(f"line {line_number}: no elapsed time per iteration")
     if not 0 < seconds < math.inf:
         raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
+    fields[-1] = not line.rstrip().endswith("|") and not _complete_tail(line, fields)
     stamped = False
     if "[" in line[:match.start()]:
         stamp = _TIMESTAMP.search(line, 0, match.start())
         if stamp is not None:
             fields[_TIMESTAMP_INDEX] = megatron_lm_timestamp(stamp.group(1), stamp.group(2))
             stamped = fields[_TIMESTAMP_INDEX] is not None
+            fields[_PRECISE_INDEX] = stamped and stamp.group(2) is not None
     if fork is None:
         if fields[_TGS_INDEX] is not None or fields[_ACTUAL_SEQLEN_INDEX] is not None:
             fork = "microsoft"
         elif in_seconds:
             fork = "bigscience"
-        elif stamped or _MEGATRON_LM_THROUGHPUT in line:
+        elif stamped or _MEGATRON_LM_THROUGHPUT in line or _PRIMUS_COMPUTE in line:
             fork = MEGATRON_LM
     fields[1] = fork
-    fields[-1] = not line.rstrip().endswith("|")
     return _new_record(LogRecord, fields)
 
 

@@ -44,6 +44,37 @@ LOGGED_COUNTS = {"bigscience": "hardware", "microsoft": "hardware", MEGATRON_LM:
 # the convention (megatron_flops.conventions) Megatron-LM lines are checked against
 MEGATRON_LM_CONVENTION = "megatron-lm"
 
+# the first Megatron-LM checkouts whose iteration line starts with a date stamp
+# (" [%Y-%m-%d %H:%M:%S]", f427c6f0) and with one to the microsecond (".%f", 6cf285b2):
+# tests/data/megatron_lm/README.md
+STAMP_SINCE = "2024-03-09"
+PRECISE_STAMP_SINCE = "2026-01-27"
+
+
+def megatron_lm_eras_allowed(record: LogRecord) -> Tuple[str, ...]:
+    """The distinct eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS,
+    oldest first) a line can have been logged by: its checkout is no newer than the line's
+    date stamp (the day it ran) and, by the stamp's format, no older than that format; a
+    line without a stamp (or a stamp that contradicts the eras) bounds nothing."""
+    import datetime
+    from ..conventions import MEGATRON_LM_DISTINCT_ERAS, MEGATRON_LM_ERAS
+    since = {era.name: era.since for era in MEGATRON_LM_ERAS}
+    high = low = None
+    if record.timestamp is not None:
+        high = datetime.datetime.fromtimestamp(record.timestamp, datetime.timezone.utc
+                                               ).strftime("%Y-%m-%d")
+        if record.iterations is None:   # a console line's stamp (progress.txt: no format)
+            low = PRECISE_STAMP_SINCE if record.stamp_precise else STAMP_SINCE
+    allowed = []
+    for index, name in enumerate(MEGATRON_LM_DISTINCT_ERAS):
+        until = (since[MEGATRON_LM_DISTINCT_ERAS[index + 1]]
+                 if index + 1 < len(MEGATRON_LM_DISTINCT_ERAS) else None)
+        if (high is None or since[name] <= high) and (low is None or until is None
+                                                     or until > low):
+            allowed.append(name)
+    return tuple(allowed) or MEGATRON_LM_DISTINCT_ERAS
+
+
 # the logged TFLOPs are printed with 2 decimals; beyond this the fork's formula with the
 # given flags does not reproduce them
 FORMULA_TOLERANCE = 0.01
@@ -76,6 +107,7 @@ class Interval(NamedTuple):
     error: Optional[float]      # logged TFLOPs / true TFLOP/s − 1 (what the fork counts)
     fork: Optional[str] = None  # the line's fork, else the segment's (its arguments dump)
     startup: bool = False       # Megatron-LM: its time includes start-up (not in statistics)
+    formula: Optional[str] = None  # the formula of fork_formula_tflops (Megatron-LM: its era)
 
     @property
     def iteration(self) -> int:
@@ -106,6 +138,7 @@ class Interval(NamedTuple):
             "tokens_per_second_per_gpu": rep.tokens_per_second_per_gpu,
             "logged_tflops": r.tflops,
             "fork_formula_tflops": self.fork_formula_tflops,
+            "fork_formula": self.formula,
             "tflops_per_gpu": {"model": rep.model_tflops_per_gpu,
                                "hardware": rep.hardware_tflops_per_gpu},
             "mfu": rep.mfu,
@@ -114,6 +147,9 @@ class Interval(NamedTuple):
             "logged_counts": LOGGED_COUNTS.get(self.fork or r.fork),
             "startup": self.startup,
         }
+
+
+_new_interval = tuple.__new__
 
 
 def interval_seconds(record: LogRecord) -> Tuple[float, str]:
@@ -195,6 +231,7 @@ class Relogger:
         self.log_interval, self.default_fork = log_interval, default_fork
         self._meter = ThroughputMeter.for_run(model, run, self.peak_tflops, self.causal)
         self._formula_at_one_second = {}
+        self._eras_allowed: Dict[tuple, Tuple[str, ...]] = {}
         self._previous: Optional[LogRecord] = None
         self._unreset: Optional[Tuple[LogRecord, int]] = None  # Megatron-LM's iteration 1
         self._step = 0            # gcd of the segment's logged iterations
@@ -234,16 +271,20 @@ class Relogger:
         """(iterations the logged time covers, their samples, where the batch came from)."""
         previous = self._previous
         logged = record.global_batch_size
-        length = self._interval_length()
+        length = self.log_interval or (self._step if self._lines >= 2 else None)
         if previous is not None:
             iterations = record.iteration - previous.iteration
+            consumed, before = record.consumed_samples, previous.consumed_samples
             if length is not None and iterations != length:
                 self.gaps += 1
-            elif (record.consumed_samples is not None and previous.consumed_samples is not None
-                    and record.consumed_samples > previous.consumed_samples):
-                samples = record.consumed_samples - previous.consumed_samples
-                low = min(filter(None, (previous.global_batch_size, logged)), default=None)
-                high = max(filter(None, (previous.global_batch_size, logged)), default=None)
+            elif consumed is not None and before is not None and consumed > before:
+                samples = consumed - before
+                # the range the two logged batch sizes allow (a batch printed as 0: none)
+                earlier = previous.global_batch_size
+                if earlier and logged:
+                    low, high = (earlier, logged) if earlier <= logged else (logged, earlier)
+                else:
+                    low = high = earlier or logged or None
                 if low is None or low * iterations <= samples <= high * iterations:
                     return iterations, samples, "consumed samples"
                 self.inconsistent_samples += 1
@@ -263,54 +304,97 @@ class Relogger:
 
     def add(self, record: LogRecord) -> Optional[Interval]:
         previous = self._previous
+        iteration = record.iteration
         if previous is not None:
-            if record.iteration == previous.iteration:
+            if iteration == previous.iteration:
                 self.duplicates += 1          # the same line printed twice (tee, two ranks)
                 return None
-            if record.iteration < previous.iteration:
+            if iteration < previous.iteration:
                 self.restarts += 1            # a resumed run: start over
                 previous = self._previous = None
         fork = self.fork or record.fork or self.default_fork
-        unreset, self._unreset = self._unreset, None
+        unreset = self._unreset
         startup = True
-        if record.iterations is not None:  # progress.txt: the record says its span
-            startup = record.job_start
-            iterations = record.iterations
-            samples, batch_source = self._samples_by_iteration(record.iteration, iterations)
-        elif unreset is not None and previous is unreset[0]:
-            iterations, samples, batch_source = self._after_first_iteration(record, *unreset)
-        elif fork == MEGATRON_LM and previous is None and self._first_iteration_line(record):
-            iterations, batch_source = 1, "logged batch size"
-            samples = record.global_batch_size or self.run.batch_size_at(0)
-            self._unreset = (record, samples)
-        else:
+        if unreset is None and record.iterations is None and (
+                fork != MEGATRON_LM or previous is not None):
+            # the common line: one log interval after the previous (or the first)
             startup = False
-            if record.iteration > 0:
-                self._step = math.gcd(self._step, record.iteration)
+            if iteration > 0:
+                self._step = math.gcd(self._step, iteration)
                 self._lines += 1
             iterations, samples, batch_source = self._batch(record)
+        else:
+            self._unreset = None
+            if record.iterations is not None:  # progress.txt: the record says its span
+                startup = record.job_start
+                iterations = record.iterations
+                samples, batch_source = self._samples_by_iteration(iteration, iterations)
+            elif unreset is not None and previous is unreset[0]:
+                iterations, samples, batch_source = self._after_first_iteration(record, *unreset)
+            elif fork == MEGATRON_LM and previous is None and self._first_iteration_line(record):
+                iterations, batch_source = 1, "logged batch size"
+                samples = record.global_batch_size or self.run.batch_size_at(0)
+                self._unreset = (record, samples)
+            else:
+                startup = False
+                if iteration > 0:
+                    self._step = math.gcd(self._step, iteration)
+                    self._lines += 1
+                iterations, samples, batch_source = self._batch(record)
         self._previous = record
-        seq_length = record.seq_length
-        seq_source = "actual seqlen" if record.actual_seqlen is not None else "curriculum seqlen"
-        if seq_length is None:
+        if record.actual_seqlen is not None:
+            seq_length, seq_source = record.actual_seqlen, "actual seqlen"
+        elif record.curriculum_seqlen is not None:
+            seq_length, seq_source = record.curriculum_seqlen, "curriculum seqlen"
+        else:
             seq_length, seq_source = self.run.seq_length, "--seq-length"
         seconds, time_source = interval_seconds(record)
-        self._meter.add_iterations(iterations, samples, seq_length)
-        report = self._meter.report(seconds * iterations)
-        formula = None
-        if fork is not None:
+        report = self._meter.interval_report(iterations, samples, seq_length,
+                                             seconds * iterations)
+        formula = formula_name = None
+        logged = record.tflops
+        if fork == MEGATRON_LM:
             batch = record.global_batch_size or samples / iterations
-            formula = self._fork_formula(fork, batch, seq_length, seconds)
-            if fork == MEGATRON_LM and record.tflops is not None and math.isfinite(record.tflops):
-                self._check_megatron_lm_eras(record.tflops, batch, seq_length, seconds)
+            formula_name, formula = self._megatron_lm_formula(record, logged, batch,
+                                                              seq_length, seconds)
+        elif fork is not None:
+            formula_name = fork
+            batch = record.global_batch_size or samples / iterations
+            at_one_second = self._formula_at_one_second.get((fork, batch, seq_length))
+            formula = (at_one_second / seconds if at_one_second is not None
+                       else self._fork_formula(fork, batch, seq_length, seconds))
         true_tflops = (report.model_tflops_per_gpu if LOGGED_COUNTS.get(fork) == "model"
                        else report.hardware_tflops_per_gpu)
-        error = legacy_error(record.tflops, true_tflops)
-        return Interval(record, iterations, samples / iterations, batch_source, seq_length,
-                        seq_source, seconds, time_source, report, formula, error, fork, startup)
+        if logged is None or not math.isfinite(logged) or not true_tflops > 0:
+            error = None
+        else:
+            error = logged / true_tflops - 1.0   # legacy_error, inline
+        return _new_interval(Interval, (
+            record, iterations, samples / iterations, batch_source, seq_length, seq_source,
+            seconds, time_source, report, formula, error, fork, startup, formula_name))
+
+    def _megatron_lm_formula(self, record: LogRecord, logged: Optional[float], batch: float,
+                             seq_length: int, seconds: float) -> Tuple[str, float]:
+        """(era, its TFLOPs) for a Megatron-LM line: of the eras the line can come from
+        (:func:`megatron_lm_eras_allowed`: its date stamp and the stamp's format), the newest
+        that reproduces the logged figure, else the newest of them; every era is checked
+        too, for the summary (:meth:`_check_megatron_lm_eras`)."""
+        key = (record.timestamp is not None and int(record.timestamp // 86400),
+               record.stamp_precise, record.iterations is None)
+        allowed = self._eras_allowed.get(key)
+        if allowed is None:
+            allowed = self._eras_allowed[key] = megatron_lm_eras_allowed(record)
+        chosen = None
+        if logged is not None and math.isfinite(logged):
+            for era in self._check_megatron_lm_eras(logged, batch, seq_length, seconds):
+                if era in allowed:
+                    chosen = era          # oldest first: the newest that reproduces stays
+        if chosen is None:
+            chosen = allowed[-1]
+        return chosen, self._fork_formula(chosen, batch, seq_length, seconds)
 
     def _check_megatron_lm_eras(self, logged: float, batch: float, seq_length: int,
-                                seconds: float) -> None:
+                                seconds: float) -> List[str]:
         """Which eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS)
         reproduce this logged figure: ``megatron_lm_era_matches`` counts per era over the
         ``megatron_lm_era_checks`` lines checked.  A logged 0.0 (a tiny run's
@@ -320,9 +404,12 @@ class Relogger:
         if not logged > 0:
             return
         self.megatron_lm_era_checks += 1
+        found = []
         for era in MEGATRON_LM_DISTINCT_ERAS:
             if reproduces(logged, self._fork_formula(era, batch, seq_length, seconds)):
                 self.megatron_lm_era_matches[era] = self.megatron_lm_era_matches.get(era, 0) + 1
+                found.append(era)
+        return found
 
     def megatron_lm_eras_reproducing(self) -> List[str]:
         """The eras whose formula reproduced every checked Megatron-LM line."""

@@ -2,7 +2,7 @@
 summary object of ``relog`` (its keys are public: docs/relog.md)."""
 
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..hardware import implausible_utilisation_warning
 from .console import ParseStats
@@ -40,6 +40,7 @@ class Summary:
         self.startup_iterations: List[Tuple[int, int]] = []  # (first, last) left out
         self.sum_true_where_logged = 0.0
         self.logged_counts = set()
+        self.formulas: Dict[str, int] = {}   # intervals per fork formula (Megatron-LM: era)
         self._shape_totals = [0, 0.0, 0.0, 0.0]   # the last segment's iterations, s, samples, tokens
 
     def add_segment(self, segment: Segment) -> None:
@@ -48,53 +49,66 @@ class Summary:
         self._shape_totals = [0, 0.0, 0.0, 0.0]   # the conventions are of the last shape
 
     def add(self, interval: Interval) -> None:
+        # one line of the log each: the same sums in the same order as ever, with the
+        # report's fields read once (relog's per-line path)
         if interval.startup:  # Megatron-LM's first-iteration line and the next: start-up
             if len(self.startup_iterations) < 100:
                 self.startup_iterations.append(
                     (interval.iteration - interval.iterations + 1, interval.iteration))
             return
-        rep = interval.report
+        (iterations, elapsed, samples, tokens, model_flops, hardware_flops, world_size,
+         _, _, _, model, hardware, mfu, hfu, _) = interval.report
+        iteration = interval.record.iteration
         self.intervals += 1
         if self.first_iteration is None:
-            self.first_iteration = interval.iteration
-        self.last_iteration = interval.iteration
-        self.seconds += rep.elapsed_seconds
+            self.first_iteration = iteration
+        self.last_iteration = iteration
+        self.seconds += elapsed
         totals = self._shape_totals
-        totals[0] += rep.iterations
-        totals[1] += rep.elapsed_seconds
-        totals[2] += rep.samples
-        totals[3] += rep.tokens
-        self.model_flops += rep.model_flops
-        self.hardware_flops += rep.hardware_flops
-        self.sum_model += rep.model_tflops_per_gpu
-        self.sum_hardware += rep.hardware_tflops_per_gpu
-        if rep.mfu is not None:
-            self.sum_mfu += rep.mfu
-            self.sum_hfu += rep.hfu
-        if interval.fork:
-            self.forks.add(interval.fork)
-        self.gpu_seconds += rep.elapsed_seconds * rep.world_size
-        if rep.mfu is not None:
-            self.max_mfu = max(self.max_mfu, rep.mfu)
-            self.max_hfu = max(self.max_hfu, rep.hfu)
-        if interval.error is None:    # nothing logged, or not a finite number
+        totals[0] += iterations
+        totals[1] += elapsed
+        totals[2] += samples
+        totals[3] += tokens
+        self.model_flops += model_flops
+        self.hardware_flops += hardware_flops
+        self.sum_model += model
+        self.sum_hardware += hardware
+        if mfu is not None:
+            self.sum_mfu += mfu
+            self.sum_hfu += hfu
+        fork = interval.fork
+        if fork:
+            self.forks.add(fork)
+        formula = interval.formula
+        if formula is not None:
+            self.formulas[formula] = self.formulas.get(formula, 0) + 1
+        self.gpu_seconds += elapsed * world_size
+        if mfu is not None:
+            if mfu > self.max_mfu:     # max(), the first of equals kept
+                self.max_mfu = mfu
+            if hfu > self.max_hfu:
+                self.max_hfu = hfu
+        error = interval.error
+        if error is None:    # nothing logged, or not a finite number
             return
-        logged = interval.logged_tflops
+        logged = interval.record.tflops
         self.logged += 1
         self.sum_logged += logged
-        self.sum_hardware_where_logged += rep.hardware_tflops_per_gpu
-        counts = LOGGED_COUNTS.get(interval.fork, "hardware")
+        self.sum_hardware_where_logged += hardware
+        counts = LOGGED_COUNTS.get(fork, "hardware")
         self.logged_counts.add(counts)
-        self.sum_true_where_logged += (rep.model_tflops_per_gpu if counts == "model"
-                                       else rep.hardware_tflops_per_gpu)
-        self.sum_error += interval.error
-        self.min_error = min(self.min_error, interval.error)
-        self.max_error = max(self.max_error, interval.error)
+        self.sum_true_where_logged += model if counts == "model" else hardware
+        self.sum_error += error
+        if error < self.min_error:
+            self.min_error = error
+        if error > self.max_error:
+            self.max_error = error
         formula = interval.fork_formula_tflops
         if formula:
             self.formula_checked += 1
             deviation = abs(logged - formula) / formula
-            self.worst_formula_deviation = max(self.worst_formula_deviation, deviation)
+            if deviation > self.worst_formula_deviation:
+                self.worst_formula_deviation = deviation
             if not reproduces(logged, formula):
                 self.formula_mismatches += 1
 
@@ -168,6 +182,7 @@ class Summary:
             "fork_formula_mismatches": self.formula_mismatches,
             "fork_formula_checked": self.formula_checked,
             "worst_fork_formula_deviation": self.worst_formula_deviation,
+            "fork_formulas": dict(sorted(self.formulas.items())),
             "megatron_lm_eras": {"lines_checked": relogger.megatron_lm_era_checks,
                                  "reproducing": relogger.megatron_lm_eras_reproducing()},
             "duplicate_lines": relogger.duplicates,

@@ -208,8 +208,14 @@ class RunAccounting:
             meter.discard_interval()  # a partial interval, if any
             batch = iteration_batch_size(self.args, num_microbatches)
             seq = iteration_seq_length(self.args)
-            for _ in range(total_iterations):
-                self.observe_iteration(batch, seq)
+            if total_iterations > 0:  # all at once (FLOPs are linear in the samples)
+                dropped = random_ltd_tokens(self.args)
+                if dropped is not None and meter.counts_token_dropping:
+                    full, reserved, layers = dropped
+                    meter.add_iterations(total_iterations, batch * total_iterations, full,
+                                         token_dropping=(reserved, layers))
+                else:
+                    meter.add_iterations(total_iterations, batch * total_iterations, seq)
         return meter.report(elapsed_seconds)
 
 
