@@ -402,7 +402,7 @@ class Relogger:
         a check: an era "reproduces" only non-zero figures."""
         from ..conventions import MEGATRON_LM_DISTINCT_ERAS
         if not logged > 0:
-            return
+            return []
         self.megatron_lm_era_checks += 1
         found = []
         for era in MEGATRON_LM_DISTINCT_ERAS:
