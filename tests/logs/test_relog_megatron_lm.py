@@ -313,6 +313,25 @@ def test_the_eras_of_megatron_lms_formula_that_reproduce_a_log_are_named(tmp_pat
         in result.out
 
 
+def test_logged_throughputs_of_0_0_are_not_said_to_be_reproduced_by_any_era(tmp_path, capsys,
+                                                                            logfmt):
+    """A tiny run (CPU) logs ``throughput per GPU (TFLOP/s/GPU): 0.0`` on every line: every
+    era's formula rounds to 0.0 too, so none may be said to reproduce the log (before issue 19
+    relog named all eight)."""
+    ms = 1e8  # 10⁵ s per iteration: every era's formula prints 0.0 (well below 0.05)
+    assert megatron_lm_logged(B, ms / 1000) < 0.05
+    lines = megatron_lm_dump(logfmt)
+    lines += [megatron_lm_line(i, i * B, ms, stamp=None) for i in (4, 8, 12)]
+    assert all("(TFLOP/s/GPU): 0.0 |" in line for line in lines[-3:])
+    path = tmp_path / "tiny.log"
+    path.write_text("\n".join(lines) + "\n")
+    result = logfmt.run_cli(capsys, path, "--json")
+    assert result.code == 0, result.err
+    assert logfmt.json_summary(result)["megatron_lm_eras"] == {"lines_checked": 0,
+                                                               "reproducing": []}
+    assert "formula eras that reproduce" not in logfmt.run_cli(capsys, path).out
+
+
 def test_a_log_of_start_up_intervals_only_says_so(tmp_path, capsys, logfmt):
     lines = megatron_lm_dump(logfmt) + [megatron_lm_line(1, B, 40_000.0),
                                         megatron_lm_line(4, 4 * B, 10_000.0)]

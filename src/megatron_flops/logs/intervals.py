@@ -397,7 +397,11 @@ class Relogger:
                                 seconds: float) -> List[str]:
         """Which eras of Megatron-LM's formula (conventions.MEGATRON_LM_DISTINCT_ERAS)
         reproduce this logged figure: ``megatron_lm_era_matches`` counts per era over the
-        ``megatron_lm_era_checks`` lines checked."""
+        ``megatron_lm_era_checks`` lines checked.  A logged 0.0 (a tiny run's
+        ``{throughput:.1f}``) tells no era apart — every formula rounds to it — so it is not
+        a check: an era "reproduces" only non-zero figures."""
+        if not logged > 0:
+            return []
         self.megatron_lm_era_checks += 1
         found = []
         for era in MEGATRON_LM_DISTINCT_ERAS:

@@ -96,6 +96,7 @@ class ModelFlopCounter(ComponentFlopCounter):
         self._module_units: Dict[torch.nn.Module, object] = {}
         self._modules: List[Tuple[torch.nn.Module, object]] = []  # every module running
         self._hook_handles = []
+        self._pooled: Counter = Counter()  # (fused unit, phase) -> FLOPs, split on exit
 
     # -- module tracking (global hooks: the model need not be handed over)
 
@@ -109,6 +110,7 @@ class ModelFlopCounter(ComponentFlopCounter):
         try:
             return super().__exit__(*exc)
         finally:
+            self._settle()
             for handle in self._hook_handles:
                 handle.remove()
             self._hook_handles = []
@@ -193,6 +195,21 @@ class ModelFlopCounter(ComponentFlopCounter):
         return out
 
     # -- attribution
+
+    def _split(self, unit, phase, flops, op) -> None:
+        """A fused unit's FLOPs are pooled per phase and split by output columns once, at the
+        end: a module whose calls are shares of one count (Megatron-Core's ``output_layer``,
+        1 logits + m MTP-logits calls of the same shape) need not divide per call."""
+        if len(unit) == 1:
+            super()._split(unit, phase, flops, op)
+        else:
+            self._pooled[(unit, phase)] += flops
+
+    def _settle(self) -> None:
+        pooled, self._pooled = self._pooled, Counter()
+        for (unit, phase), flops in pooled.items():
+            names = "+".join(component for component, _ in unit)
+            super()._split(unit, phase, flops, f"the fused {names} module")
 
     def _attribute(self, func_packet, args) -> Tuple[Optional[Unit], str]:
         node = torch._C._current_autograd_node()

@@ -45,8 +45,8 @@ def mlp_in(prefix: str) -> Callable[[ModelShape], Unit]:
 
 
 def core_attention(shape: ModelShape) -> Dict[str, Unit]:
-    """The attention core both forks compute inline with torch ops: QKᵀ is ``baddbmm``,
-    attention·V is ``bmm``."""
+    """The attention core computed with torch ops (both forks inline, Megatron-Core's local
+    ``DotProductAttention``): QKᵀ is ``baddbmm``, attention·V is ``bmm``."""
     return {"baddbmm": (("attention_scores", 1),), "bmm": (("attention_over_values", 1),)}
 
 
@@ -82,3 +82,49 @@ MICROSOFT = (
 ) + _MLP
 
 
+
+
+def output_layer(shape: ModelShape) -> Unit:
+    """Megatron-Core's ``output_layer``: the logits, and once per MTP layer the MTP logits
+    (the same module, called 1 + m times on inputs of the same shape): split 1 : m."""
+    m = shape.mtp_num_layers
+    return (("logits", 1), ("mtp_logits", m)) if m else (("logits", 1),)
+
+
+def _experts(prefix: str, component: str):
+    return (NameRule(f"{prefix}.linear_fc1", mlp_in(component)),
+            NameRule(f"{prefix}.linear_fc2", one(f"{component}_down")))
+
+
+# Megatron-Core (megatron/core/transformer/..., read at Megatron-LM d98e8a64 and core_v0.13.0;
+# the same names in the local and the Transformer Engine specs): SelfAttention linear_qkv
+# (TE: TELayerNormColumnParallelLinear, the layer norm fused in; the same columns
+# [q | k | v] per query group, split by output columns), core_attention (local
+# DotProductAttention: torch.baddbmm for QKᵀ, torch.bmm for A·V; TE's fused attention is
+# listed as uncountable), linear_proj; MLASelfAttention linear_q_proj or
+# linear_q_down_proj + linear_q_up_proj, linear_kv_down_proj, linear_kv_up_proj; MLP
+# linear_fc1 (h -> 2f with a GLU: the two halves) and linear_fc2; MoELayer router (its
+# gating linear), experts — SequentialMLP experts.local_experts.N.linear_fc1/fc2,
+# TEGroupedMLP experts.linear_fc1/fc2 — and shared_experts.linear_fc1/fc2;
+# MultiTokenPredictionLayer eh_proj (its transformer_layer is found by the rules above);
+# GPTModel output_layer (logits and the MTP logits).  The legacy GroupedMLP (experts with
+# weight1/weight2, the grouped_gemm extension) has no per-GEMM module: its kernels are
+# listed as uncountable, its FLOPs are missing.
+MEGATRON_CORE = (
+    NameRule("self_attention.linear_qkv", fused_qkv),
+    NameRule("self_attention.linear_q_proj", one("mla_q")),
+    NameRule("self_attention.linear_q_down_proj", one("mla_q_down")),
+    NameRule("self_attention.linear_q_up_proj", one("mla_q_up")),
+    NameRule("self_attention.linear_kv_down_proj", one("mla_kv_down")),
+    NameRule("self_attention.linear_kv_up_proj", one("mla_kv_up")),
+    NameRule("self_attention.core_attention", core_attention),
+    NameRule("self_attention.linear_proj", one("attention_output")),
+    NameRule("mlp.router", one("moe_router")),
+    *_experts("mlp.experts.local_experts.*", "expert"),
+    *_experts("mlp.experts", "expert"),
+    *_experts("mlp.shared_experts", "shared_expert"),
+    NameRule("mlp.linear_fc1", mlp_in("mlp")),
+    NameRule("mlp.linear_fc2", one("mlp_down")),
+    NameRule("eh_proj", one("mtp_projection")),
+    NameRule("output_layer", output_layer),
+)

@@ -148,7 +148,6 @@ class Strategy:
     logged_name = "TFLOPs"    # the framework's throughput figure (start summary)
     feature = ""              # what detect() looks for (the "not one the hook knows" message)
     line_marker = " TFLOPs: "  # the throughput line among print_rank_last's messages
-    iteration_position = 3    # training_log(loss_dict, total_loss_dict, lr, iteration, …)
     log_time_fallback = True  # without per-iteration accounting, still install (log time)
     module_names = ()         # NameRules: which of its model's modules compute which
     #                           component (megatron_flops.megatron.module_names; counting mode)

@@ -3,14 +3,20 @@
 Turned on by ``install(count_flops=ITERATION)``, ``python -m megatron_flops.run
 --count-flops[=ITERATION] …`` or ``MEGATRON_FLOPS_COUNT_FLOPS=ITERATION``.  The hook wraps
 ``megatron.training.train_step``; the first iteration numbered ``ITERATION`` or later
-(``args.iteration + 1`` when ``train_step`` is called; default 1: the first one that runs)
-runs under :func:`megatron_flops.megatron.counting.counted_step` with the framework
+(default 1: the first one that runs) runs under :func:`megatron_flops.megatron.counting.counted_step` with the framework
 strategy's ``module_names``, and rank 0 prints the table (component × counted, formula,
 difference; unattributed FLOPs; the kernels that could not be counted; the cost in seconds).
 The formula is :func:`~megatron_flops.flops.flops_breakdown` of the run's shapes for the
 samples this rank trained in that iteration (micro-batch × micro-batches) at the iteration's
 sequence length, with dense attention (what the fork's ``baddbmm``/``bmm`` compute).  Every
 other iteration runs untouched; training continues after the counted one.
+
+The iteration a ``train_step`` call trains is the loop's own number: the ``iteration``
+keyword Megatron-LM passes (core_v0.16.0 on: the iterations done before this one), else the
+iteration the run started from (``args.iteration`` at the first call: a resumed checkpoint's)
+plus the calls made so far — Megatron-LM does not update ``args.iteration`` while it trains;
+the forks do, and both readings agree there.  A run that ends before the chosen iteration is
+told so at exit (``--strict``: exit status 1).
 
 ``strict`` (``--strict``, ``MEGATRON_FLOPS_STRICT=1``) ends the run with exit status 1
 right after the table when a component differs from the formula by more than ``tolerance``
@@ -23,8 +29,10 @@ failure is told from the step's own by the traceback: :func:`raised_by_counter`)
 exception raised by the training step itself propagates as it would without counting.
 """
 
+import atexit
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -109,6 +117,10 @@ class CountingMode:
         self.done = False
         self.result = None   # the CountResult, once counted
         self.failure: Optional[str] = None
+        self.calls = 0         # train_step calls seen
+        self._start = None     # args.iteration at the first call
+        self.iteration = None  # the loop's number of the iteration being trained
+        self._installed = (None, None)
 
     def install(self, training) -> None:
         step = getattr(training, "train_step", None)
@@ -120,19 +132,44 @@ class CountingMode:
 
         @functools.wraps(step)
         def train_step(*args, **kwargs):
-            if mode.done or not mode._due(training):
+            if mode.done or not mode._due(training, kwargs):
                 return step(*args, **kwargs)
             mode.done = True
             return mode._count(training, step, args, kwargs)
 
         self.hook.replace(training, "train_step", train_step)
+        self._installed = (training, train_step)
+        atexit.register(self._never_reached)
 
-    def _due(self, training) -> bool:
+    def _due(self, training, kwargs) -> bool:
+        """Is the iteration this call trains the chosen one (or later)?"""
         try:
-            return training.get_args().iteration + 1 >= self.settings.iteration
+            self.calls += 1
+            done = kwargs.get("iteration")
+            if not isinstance(done, int) or isinstance(done, bool):
+                if self._start is None:
+                    self._start = int(training.get_args().iteration)
+                done = max(self._start + self.calls - 1, int(training.get_args().iteration))
+            self.iteration = done + 1
+            return self.iteration >= self.settings.iteration
         except Exception as error:
-            self._failed("reading args.iteration", error)
+            self._failed("numbering the iteration", error)
             return False
+
+    def _never_reached(self) -> None:
+        """At exit: a count asked for and never made is said, never silent."""
+        training, wrapper = self._installed
+        if self.done or getattr(training, "train_step", None) is not wrapper:
+            return  # counted, failed (said), or the hook was removed
+        last = f"the last was iteration {self.iteration}" if self.iteration else "none ran"
+        self.hook.print(f"{PREFIX} counting mode: iteration {self.settings.iteration} was never "
+                        f"trained ({self.calls} train_step call{'s' if self.calls != 1 else ''}; "
+                        f"{last}): nothing was counted", ranks=("first",))
+        if self.settings.strict:  # an atexit handler cannot set the status otherwise
+            self.hook.print(f"{PREFIX} --strict: exit status {EXIT_MISMATCH}", ranks=("first",))
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(EXIT_MISMATCH)
 
     def _failed(self, where: str, error: BaseException) -> None:
         self.done = True
@@ -150,7 +187,7 @@ class CountingMode:
             train_args = training.get_args()
             accounting = self.hook.accounts.for_args(train_args)
             model, run = accounting.model, accounting.run
-            iteration = train_args.iteration + 1
+            iteration = self.iteration
             samples = train_args.micro_batch_size * self.hook.strategy.num_microbatches()
             seq_length = calc.iteration_seq_length(train_args)
             rules = self.hook.strategy.module_names
@@ -189,7 +226,10 @@ class CountingMode:
             lines = [f"{PREFIX} counting mode: iteration {iteration} counted with "
                      f"torch.utils.flop_counter by {self.hook.strategy.name}'s module names"]
             lines += result.lines(tolerance)
-            self.hook.print("\n".join(lines), ranks=("first",))
+            self.hook.start_summary(train_args, accounting)  # the summary first, then the table
+            lines = "\n".join(lines).split("\n")  # every line of the table carries the prefix
+            self.hook.print("\n".join(line if line.startswith(PREFIX) else f"{PREFIX} {line}"
+                                       for line in lines), ranks=("first",))
         except Exception as error:
             self._failed("building the table", error)
             return value

@@ -33,6 +33,7 @@ import functools
 
 from ...flops import FlopsPerSample
 from .. import calculator as calc
+from .. import module_names as names
 from .base import Interval, Strategy, parameter_names, watch_interval_timer
 
 
@@ -45,6 +46,7 @@ class MegatronLM(Strategy):
     logged_name = "throughput per GPU"
     feature = "megatron.training.training.num_floating_point_operations(args, batch_size)"
     line_marker = " throughput per GPU (TFLOP/s/GPU): "
+    module_names = names.MEGATRON_CORE
 
     def __init__(self, hook, training):
         super().__init__(hook, training)

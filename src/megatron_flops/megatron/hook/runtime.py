@@ -177,16 +177,23 @@ class MegatronHook:
         hook, strategy = self, self.strategy
         original_log = training.training_log
         names = parameter_names(original_log)
-        position = strategy.iteration_position
-        self.per_iteration = (len(names) > position and names[position] == "iteration"
-                              and callable(getattr(training, "get_args", None))
-                              and callable(getattr(training, "get_num_microbatches", None)))
+        # by name, not position: Megatron-LM core_v0.6.0 … core_v0.15.x has
+        # decoupled_learning_rate before iteration, the forks and 0.16+ do not
+        position = names.index("iteration") if "iteration" in names else None
+        losses = names.index("total_loss_dict") if "total_loss_dict" in names else None
+        missing = [name for name in ("get_args", "get_num_microbatches")
+                   if not callable(getattr(training, name, None))]
+        self.per_iteration = position is not None and not missing
         if not self.per_iteration:
+            why = (f"training_log has no 'iteration' parameter ({', '.join(names)})"
+                   if position is None else
+                   f"the training module has no {' or '.join(missing)}")
             if not strategy.log_time_fallback:  # one fault, one message: fail() says it
-                raise RuntimeError(f"{strategy.name} training_log has an unexpected signature "
-                                   f"{names}, without (…, iteration, …)")
-            self.print(f"{PREFIX} training_log has an unexpected signature {names}: "
-                       "throughput counted at log time (batch-size ramp-up not per iteration)")
+                raise RuntimeError(f"{strategy.name} {why}: the hook cannot close its intervals")
+            self.print(f"{PREFIX} {why}: training_log is not wrapped; lost: the start "
+                       "summary, our console fields and the throughput/* tags; the "
+                       f"framework's own throughput counted at log time ({strategy.logged_name}"
+                       " exact, a batch-size ramp-up at the log iteration's batch size)")
             return
 
         @functools.wraps(original_log)
@@ -196,7 +203,8 @@ class MegatronHook:
                 try:
                     interval = hook._begin(
                         args[position] if len(args) > position else kwargs["iteration"],
-                        args[1] if len(args) > 1 else kwargs.get("total_loss_dict"))
+                        args[losses] if losses is not None and len(args) > losses
+                        else kwargs.get("total_loss_dict"))
                 except Exception as error:
                     hook.fail("training_log (before)", error)
             hook.interval = interval
@@ -218,9 +226,7 @@ class MegatronHook:
         """Count the iteration just trained; the Interval of this training_log call."""
         args = self.training_module.get_args()
         accounting = self.accounts.for_args(args)
-        if not self._summary_done:
-            self._summary_done = True
-            self._start_summary(args, accounting)
+        self.start_summary(args, accounting)
         self.strategy.observe(args, accounting)
         interval = Interval(iteration, accounting, loss_counts)
         if iteration % args.log_interval == 0:
@@ -229,7 +235,13 @@ class MegatronHook:
 
     # ---- start ------------------------------------------------------------------------
 
-    def _start_summary(self, args, accounting: calc.RunAccounting) -> None:
+    def start_summary(self, args, accounting: calc.RunAccounting) -> None:
+        """Once per run (rank 0): at the first training_log, or before the counting mode's
+        table when that comes first; not without per-iteration accounting (training_log not
+        wrapped: the run's loop is not one the hook follows)."""
+        if self._summary_done or not self.per_iteration:
+            return
+        self._summary_done = True
         rank, _ = rank_and_world()
         if rank != 0:
             return
