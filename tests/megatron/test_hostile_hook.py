@@ -100,7 +100,7 @@ def test_a_long_plus_chain_in_moe_layer_freq_is_no_recursion_error(capsys, terms
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     layers = terms * bit.count(",") + terms
-    if layers == 4 and bit != "[0]":
+    if layers == 4:   # a pattern of the model's length, all-dense [0]s too (Megatron accepts it)
         assert code == 0, captured.err
         return
     assert code == 2
@@ -154,5 +154,5 @@ def test_one_hook_fault_gives_one_message(runner, tmp_path):
     out = runner.run(str(checkout), RUN)
     messages = [line for line in out.splitlines() if line.startswith("megatron-flops:")]
     assert len(messages) == 1, out
-    assert "unexpected signature" in messages[0] and "disabled" in messages[0]
+    assert "has no 'iteration' parameter" in messages[0] and "disabled" in messages[0]
     assert len(log_lines(out)) == 2
