@@ -96,3 +96,29 @@ def test_nothing_is_said_once_counted_or_when_the_hook_is_removed(monkeypatch):
     hook2.restore()  # uninstall(): train_step is the original again
     mode2._never_reached()
     assert hook2.out.getvalue() == ""
+
+
+
+def test_the_exit_check_runs_once_and_leaves_no_handler_behind():
+    """A process that installed a strict counting mode and had its verdict said already (a
+    test runner, a notebook) must not end with status 1 from a handler still registered: the
+    whole suite exited 1 after every test had passed before this."""
+    import subprocess
+    import sys
+    script = "\n".join([
+        "import io, os, types",
+        "from megatron_flops.megatron import hook as hook_module",
+        "from megatron_flops.megatron.hook import count_mode",
+        "training = types.ModuleType('fake_training')",
+        "training.train_step = lambda *a, **k: 'loss'",
+        "training.get_args = lambda: types.SimpleNamespace(iteration=0)",
+        "hook = hook_module.MegatronHook(hook_module.STRATEGIES, out=io.StringIO())",
+        "mode = count_mode.CountingMode(hook, count_mode.CountSettings(iteration=9, strict=True))",
+        "mode.install(training)",
+        "real_exit, count_mode.os._exit = count_mode.os._exit, lambda status: None",
+        "mode._never_reached()   # said once, here",
+        "count_mode.os._exit = real_exit",
+    ])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -157,7 +157,10 @@ class CountingMode:
             return False
 
     def _never_reached(self) -> None:
-        """At exit: a count asked for and never made is said, never silent."""
+        """At exit: a count asked for and never made is said, never silent.  Runs once: a
+        direct call (a test, a notebook) takes it off the exit handlers, so a process that
+        hosted a counting mode without training (a test runner) does not end with status 1."""
+        atexit.unregister(self._never_reached)
         training, wrapper = self._installed
         if self.done or getattr(training, "train_step", None) is not wrapper:
             return  # counted, failed (said), or the hook was removed
