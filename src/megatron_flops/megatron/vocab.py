@@ -12,7 +12,7 @@ the caller labels what it assumes.
 
 import json
 import os
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 __all__ = ["TokenizerSize", "tokenizer_vocab", "sentencepiece_piece_count",
            "huggingface_vocab_size", "GPT2_BPE_VOCAB_SIZE", "LLAMA2_VOCAB_SIZE"]
@@ -47,48 +47,42 @@ def _varint(data: bytes, at: int) -> Tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _sentencepiece_pieces(data: bytes) -> List[bytes]:
-    """Each ``pieces`` entry's ``piece`` string (field 1 of the SentencePiece message)."""
-    pieces, at = [], 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, at = _varint(data, at)
-        elif wire == 1:
-            at += 8
-        elif wire == 5:
-            at += 4
-        elif wire == 2:
-            length, at = _varint(data, at)
-            if at + length > len(data):
-                raise ValueError("truncated field")
-            if number == 1:
-                pieces.append(_piece_text(data[at:at + length]))
-            at += length
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-    return pieces
-
-
-def _piece_text(message: bytes) -> bytes:
+def _fields(message: bytes) -> Iterator[Tuple[int, Optional[bytes]]]:
+    """(field number, payload) of each field of a protobuf message: the bytes of a
+    length-delimited field (wire type 2), None for the others (skipped)."""
     at = 0
     while at < len(message):
         key, at = _varint(message, at)
         number, wire = key >> 3, key & 7
-        if wire == 2:
-            length, at = _varint(message, at)
-            if number == 1:
-                return message[at:at + length]
-            at += length
-        elif wire == 0:
+        if wire == 0:
             _, at = _varint(message, at)
-        elif wire == 5:
-            at += 4
+            yield number, None
         elif wire == 1:
             at += 8
+            yield number, None
+        elif wire == 5:
+            at += 4
+            yield number, None
+        elif wire == 2:
+            length, at = _varint(message, at)
+            if at + length > len(message):
+                raise ValueError("truncated field")
+            yield number, message[at:at + length]
+            at += length
         else:
             raise ValueError(f"unsupported wire type {wire}")
+
+
+def _sentencepiece_pieces(data: bytes) -> List[bytes]:
+    """Each ``pieces`` entry's ``piece`` string (field 1 of the SentencePiece message)."""
+    return [_piece_text(payload) for number, payload in _fields(data)
+            if number == 1 and payload is not None]
+
+
+def _piece_text(message: bytes) -> bytes:
+    for number, payload in _fields(message):
+        if number == 1 and payload is not None:
+            return payload
     return b""
 
 
