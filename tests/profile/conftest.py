@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))  # demo_helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # trace_helpers
 
 
 @pytest.fixture(autouse=True)

@@ -17,24 +17,8 @@ import pytest
 from megatron_flops.commands import main
 from megatron_flops.profile.attribute import attribute
 from megatron_flops.profile.trace import load_trace
-from megatron_flops.shapes import ModelShape, RunShape
-
-# h 64, 4 heads of 16, one KV group: fused QKV [T × 64]·[64 × (64 + 2·16)]; T = 2 × 24
-MODEL = ModelShape(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=1,
-                   vocab_size=256)
-FLAGS = ["--num-layers", "1", "--hidden-size", "64", "--num-attention-heads", "4",
-         "--num-key-value-heads", "1", "--vocab-size", "256", "--seq-length", "24",
-         "--micro-batch-size", "2"]
-
-
-def op(name, ts, dur, cat="cpu_op", tid=1, **args):
-    return {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur, "pid": 1, "tid": tid,
-            "args": args}
-
-
-def kernel(name, ts, dur, correlation, stream=7):
-    return {"ph": "X", "name": name, "cat": "kernel", "ts": ts, "dur": dur, "pid": 0,
-            "tid": stream, "args": {"correlation": correlation}}
+from megatron_flops.shapes import RunShape
+from trace_helpers import FLAGS, MODEL, kernel, op  # noqa: E402
 
 
 def gpu_trace(path):
