@@ -29,7 +29,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from ..errors import UsageError
 from ..report import format_percent, format_tflops, table
-from .console import ParseStats
+from .console import MAX_LINE_CHARACTERS, ParseStats
 from .outputs import read_warnings
 from .relog import relog_run
 
@@ -94,11 +94,6 @@ def _metric_values(record: dict) -> Dict[str, Optional[float]]:
             "model_tflops_per_gpu": tflops.get("model"),
             "hardware_tflops_per_gpu": tflops.get("hardware"),
             "mfu": record.get("mfu"), "hfu": record.get("hfu")}
-
-
-# a longer line is no relog record: read no further than this into one (relog's own lines
-# are a few hundred characters; a newline-free file is not read whole into memory)
-MAX_LINE_CHARACTERS = 1 << 20
 
 
 def is_json_lines(path: str) -> bool:
