@@ -389,6 +389,133 @@ def megatron_lm_era(when: str) -> MegatronLMEra:
     return chosen
 
 
+# ---- NVIDIA Megatron-Bridge, by era -----------------------------------------------------
+# Read from NVIDIA-NeMo/Megatron-Bridge src/megatron/bridge/training/utils/flop_utils.py
+# ``num_floating_point_operations(cfg, batch_size, seqlen_sum, seqlen_squared_sum, …)`` at each
+# commit below (git log on the file).  Its transformer path is Megatron-LM's 2025-04 formula
+# read from ``cfg.model`` (a Megatron-Core TransformerConfig): padded vocabulary, causal ½,
+# MTP and MLA terms, no router, never recompute.  Where it differs: which GLU it counts, and
+# sliding-window layers.  Model FLOPs only.
+
+def _bridge_window_layers(m: ModelShape, layers: int) -> int:
+    """How many of Bridge's ``layers`` (decoder + MTP) it counts as sliding-window: with no
+    ``window_attn_skip_freq`` all, an int N all but every N-th (1-based), a list its first
+    ``layers`` entries (MTP layers past the list count as full attention)."""
+    skip = m.window_attn_skip_freq
+    if skip is None:
+        return layers
+    if isinstance(skip, int):
+        return sum(1 for i in range(layers) if (i + 1) % skip != 0)
+    return sum(skip[:layers])
+
+
+def _megatron_bridge_flops(facts: RunFacts, glu_any: bool, window: Optional[str],
+                           seqlen_squared_sum: Optional[float] = None) -> float:
+    # glu_any False: the 3/2 GLU factor only with activation_func == F.silu (SwiGLU): GeGLU,
+    # ReGLU count as a plain MLP.  window None: every layer full causal; "min": a window
+    # layer's core attention × min(W, s)/s (eaddead3f); "band": W − W(W−1)/(2s) keys per
+    # query (baa0259b).  W = window + 1 (Megatron-Core's (w, 0) window: w keys behind + self).
+    m = facts.model
+    if m.glu and not glu_any and m.glu_activation != "swiglu":
+        facts = replace(facts, model=replace(m, glu_activation=None))  # counted as 2 GEMMs
+    total = _megatron_lm_flops(facts, True, seqlen_squared_sum)
+    if window is None or m.window_size is None or m.multi_latent_attention:
+        return total
+    s = facts.seq_length
+    squares = facts.batch_size * s ** 2 if seqlen_squared_sum is None else seqlen_squared_sum
+    full_context = squares / facts.tokens / 2  # keys per query, causal (s/2 for BSHD)
+    w = m.window_size + 1
+    if window == "min":
+        context = min(w, s) / 2
+    else:
+        context = w - w * (w - 1) / (2 * s) if w < s else full_context
+    windowed = _bridge_window_layers(m, m.num_layers + m.mtp_num_layers)
+    # core attention per layer: 6 (3 passes × 2 per MAC) · 2 matmuls · n·d · keys per query
+    per_key = 12 * m.query_projection_size * facts.tokens
+    return total + windowed * per_key * (context - full_context)
+
+
+def megatron_bridge_current_flops(facts: RunFacts,
+                                  seqlen_squared_sum: Optional[float] = None) -> float:
+    """Megatron-Bridge's formula today (4a3f2c2e, 2026-08-21; unchanged for our shapes since
+    baa0259b, 2026-05-28): Megatron-LM's 2025-04 terms (:func:`megatron_lm_current_flops`,
+    every GLU × 3/2) with sliding-window layers' core attention over the causal band,
+    ``W − W·(W−1)/(2s)`` keys per query (``W`` = window + 1; ``s/2`` once ``W ≥ s``).
+    ``seqlen_squared_sum``: Σsᵢ² of the *unpadded* packed sub-sequences (its THD statistic,
+    from ``cu_seqlens_unpadded``); the linear terms stay on the padded ``B·s`` tokens."""
+    return _megatron_bridge_flops(facts, glu_any=True, window="band",
+                                  seqlen_squared_sum=seqlen_squared_sum)
+
+
+@dataclass(frozen=True)
+class MegatronBridgeEra:
+    """One state of Megatron-Bridge's ``num_floating_point_operations``."""
+
+    name: str          # convention name, megatron-bridge@YYYY-MM
+    since: str         # commit date (ISO)
+    commit: str        # the commit that introduced it
+    change: str
+    flops: Callable[[RunFacts], float]
+
+
+MEGATRON_BRIDGE_ERAS: Tuple[MegatronBridgeEra, ...] = (
+    MegatronBridgeEra("megatron-bridge@2025-09", "2025-09-26", "d42316e94",
+                      "added: Megatron-LM's 2025-04 terms from cfg.model; GLU × 3/2 only with "
+                      "activation_func F.silu; windows ignored (releases 0.1–0.3.x)",
+                      lambda f: _megatron_bridge_flops(f, glu_any=False, window=None)),
+    MegatronBridgeEra("megatron-bridge@2026-03", "2026-03-31", "eaddead3f",
+                      "sliding-window layers: core attention × min(W, s)/s",
+                      lambda f: _megatron_bridge_flops(f, glu_any=False, window="min")),
+    MegatronBridgeEra("megatron-bridge@2026-05", "2026-05-28", "baa0259bd",
+                      "every GLU × 3/2; window layers over the causal band W − W(W−1)/(2s)",
+                      megatron_bridge_current_flops),
+    MegatronBridgeEra("megatron-bridge@2026-06", "2026-06-30", "d12548a3c",
+                      "THD: core attention from Σsᵢ² of the unpadded sub-sequences (linear terms "
+                      "on padded tokens); over-counted × VPP chunks until 2a3c297f (2026-07-08)",
+                      megatron_bridge_current_flops),
+)
+
+# Eras whose count differs for the shapes we describe (BSHD; the rest equal their predecessor).
+MEGATRON_BRIDGE_DISTINCT_ERAS = ("megatron-bridge@2025-09", "megatron-bridge@2026-03")
+
+
+def megatron_bridge_era(when: str) -> MegatronBridgeEra:
+    """The era of Megatron-Bridge's formula at ``when``: a date (``2026-04-01``; a month
+    ``2026-03`` means its last day), an era commit (7+ hex digits) or a release (``0.3.1``,
+    ``v0.4.0``)."""
+    text = when.strip().lower()
+    release = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:rc\d+)?", text)
+    if release:
+        # each release's flop_utils.py read at its tag: 0.1.0rc3 … 0.4.2 the 2025-09 formula,
+        # 0.5.x the 2026-05 one (Σsᵢ² already), 0.6.0 (2026-08-19) today's
+        minor = (int(release.group(1)), int(release.group(2)))
+        name = ("megatron-bridge@2025-09" if minor < (0, 5) else
+                "megatron-bridge@2026-05" if minor < (0, 6) else "megatron-bridge@2026-06")
+        return next(era for era in MEGATRON_BRIDGE_ERAS if era.name == name)
+    if re.fullmatch(r"[0-9a-f]{7,40}", text):
+        for era in MEGATRON_BRIDGE_ERAS:
+            if era.commit.startswith(text) or text.startswith(era.commit):
+                return era
+        raise UsageError(f"Megatron-Bridge commit {when!r} is not one of the commits that "
+                         "changed num_floating_point_operations; give its date instead "
+                         "(git log -1 --format=%cs COMMIT)")
+    month = re.fullmatch(r"(\d{4})-(\d{2})", text)
+    if month:
+        text = f"{text}-31"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise UsageError(f"Megatron-Bridge era {when!r} must be a date YYYY-MM[-DD], a commit "
+                         "or a release (0.3.1)")
+    chosen = None
+    for era in MEGATRON_BRIDGE_ERAS:
+        if era.since <= text:
+            chosen = era
+    if chosen is None:
+        raise UsageError(f"Megatron-Bridge logged no TFLOP/s before "
+                         f"{MEGATRON_BRIDGE_ERAS[0].commit} ({MEGATRON_BRIDGE_ERAS[0].since}); "
+                         f"{when!r} is earlier")
+    return chosen
+
+
 # ---- the registry ----------------------------------------------------------------------
 
 _NN = "N = all parameters (tied embedding once, untied output layer in, positions in)"
@@ -444,6 +571,20 @@ CONVENTIONS: Tuple[Convention, ...] = (
                era.flops)
     for era in MEGATRON_LM_ERAS if era.name in MEGATRON_LM_DISTINCT_ERAS
 ) + (
+    # NVIDIA Megatron-Bridge (issue 21)
+    Convention("megatron-bridge", "Megatron-Bridge today (Megatron-LM 2025-04 terms, every "
+               "GLU, window layers over the causal band)",
+               "NVIDIA-NeMo/Megatron-Bridge src/megatron/bridge/training/utils/flop_utils.py "
+               "num_floating_point_operations at 4a3f2c2e",
+               "no N: GEMMs from cfg.model (logits in, router out, recompute never)", "model",
+               megatron_bridge_current_flops),
+) + tuple(
+    Convention(era.name, era.change, f"NVIDIA-NeMo/Megatron-Bridge {era.commit} ({era.since}) "
+               "flop_utils.py num_floating_point_operations",
+               "no N: GEMMs from cfg.model (logits in, router out, recompute never)", "model",
+               era.flops)
+    for era in MEGATRON_BRIDGE_ERAS if era.name in MEGATRON_BRIDGE_DISTINCT_ERAS
+) + (
     Convention("bigscience", "Narayanan et al. Eq. 3 × 32/24 with GLU, factor 4 with "
                "--checkpoint-activations",
                "bigscience-workshop/Megatron-DeepSpeed 8387ae17 training.py training_log "
@@ -468,8 +609,14 @@ def convention(name: str) -> Convention:
         era = megatron_lm_era(name.split("@", 1)[1])
         return Convention(era.name, era.change, f"NVIDIA/Megatron-LM {era.commit} ({era.since})",
                           "no N: GEMMs from args", "model", era.flops)
+    if name.startswith("megatron-bridge@"):
+        bridge = megatron_bridge_era(name.split("@", 1)[1])
+        return Convention(bridge.name, bridge.change,
+                          f"NVIDIA-NeMo/Megatron-Bridge {bridge.commit} ({bridge.since})",
+                          "no N: GEMMs from cfg.model", "model", bridge.flops)
     raise UsageError(f"--convention must be one of {', '.join(CONVENTIONS_BY_NAME)} "
-                     f"(or megatron-lm@YYYY-MM[-DD] / megatron-lm@COMMIT), got {name!r}")
+                     f"(or megatron-lm@YYYY-MM[-DD] / megatron-lm@COMMIT, "
+                     f"megatron-bridge@YYYY-MM[-DD] / @COMMIT / @RELEASE), got {name!r}")
 
 
 @dataclass(frozen=True)
