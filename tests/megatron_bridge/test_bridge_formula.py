@@ -63,11 +63,11 @@ CASES = {"windowed": (WINDOWED, 2, 8), "llama3-8b": (LLAMA3_8B, 1, 128), "qwen3-
 @pytest.fixture(scope="module")
 def bridge():
     """(Bridge's flop_utils module, the convention era of that source)."""
-    pytest.importorskip("megatron.core")
     root = bridge_formula.bridge_source_root()
     if root is None:
         pytest.skip("Megatron-Bridge's source is not here (pip install --no-deps "
                     "megatron-bridge==0.3.1, or MEGATRON_BRIDGE_SRC=…/src)")
+    pytest.importorskip("megatron.core")
     era = os.environ.get("MEGATRON_BRIDGE_ERA")
     if era is None:
         try:
