@@ -69,9 +69,10 @@ import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import UsageError
+from . import bridge as bridge_log
 from .arguments import ARGUMENT_LINE, DUMP_END, padded_vocab_size
 
-FORKS = ("bigscience", "microsoft", "megatron-lm")
+FORKS = ("bigscience", "microsoft", "megatron-lm", "megatron-bridge")
 MEGATRON_LM = "megatron-lm"
 
 _ANCHOR = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)\s*\|")
@@ -479,13 +480,19 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
     anchor_word = "iteration"
     number = 0
     dump = None  # the arguments block being read
+    # Megatron-Bridge (issue 21): its configuration summary stands for the arguments dump, its
+    # Step Time line gives the interval's TFLOP/s when the iteration line has none
+    summary = bridge_log.SummaryReader()
+    bridge_run = fork == bridge_log.MEGATRON_BRIDGE
+    step_tflops = None
     for number, line in enumerate(lines, 1):
         if type(line) is CutLine:
             count_cut_line(stats, number)
             continue
         if anchor_word in line:
             try:
-                record = parse_line(line, number, fork)
+                record = parse_line(line, number,
+                                    None if fork == bridge_log.MEGATRON_BRIDGE else fork)
             except Malformed:
                 stats.malformed += 1
                 if len(stats.malformed_lines) < MAX_EXAMPLES:
@@ -495,8 +502,28 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
                 stats.records += 1
                 if record.truncated:
                     stats.truncated += 1
+                if bridge_run and record.fork in (None, MEGATRON_LM):
+                    record = record._replace(fork=bridge_log.MEGATRON_BRIDGE)
+                    if record.tflops is None and step_tflops is not None:
+                        record = record._replace(tflops=step_tflops)
+                step_tflops = None
                 yield record
                 continue
+        if summary.inside or "Configuration Summary" in line:
+            opened = not summary.inside
+            if summary.feed(line):
+                if opened:
+                    stats.arguments_line = number
+                elif not summary.inside:   # closed: the summary is this segment's dump
+                    stats.arguments = bridge_log.arguments_from_config(summary.sections)
+                    stats.argument_dumps += 1
+                    bridge_run = True
+                stats.other += 1
+                continue
+        if "Step Time" in line:
+            step = bridge_log.step_time(line)
+            if step is not None:
+                step_tflops, bridge_run = step[1], True
         if " ..." in line:
             match = ARGUMENT_LINE.search(line)
             if match is not None:

@@ -78,19 +78,24 @@ def _activation_name(value: Any) -> str:
     return name.rsplit(".", 1)[-1].strip("'\"<> ").replace("built-in function ", "")
 
 
-def bridge_namespace(config: Any) -> Namespace:
+def bridge_namespace(config: Any, provider_defaults: bool = True) -> Namespace:
     """A Megatron-LM ``args`` namespace from a Bridge ``ConfigContainer`` (an object, or its YAML
-    as a mapping of sections).  Fields a section leaves out take Megatron-Core's and the
-    GPTModelProvider's defaults."""
+    as a mapping of sections).  Fields a section leaves out take Megatron-Core's and (with
+    ``provider_defaults``; not for the Configuration Summary, which never prints them) the
+    GPTModelProvider's defaults; without them a missing sequence length or vocabulary stays
+    None (the flags typed supply it)."""
     given = _section(config, "model")
-    model = {**MEGATRON_CORE_DEFAULTS, **GPT_PROVIDER_DEFAULTS, **given}
+    provider = GPT_PROVIDER_DEFAULTS if provider_defaults else {
+        "make_vocab_size_divisible_by": 128, "should_pad_vocab": False,
+        "share_embeddings_and_output_weights": True, "position_embedding_type": None}
+    model = {**MEGATRON_CORE_DEFAULTS, **provider, **given}
     if model.get("multi_latent_attention"):
         model = {**_MLA_DEFAULTS, **model}
     for name, what in _UNSUPPORTED_MODEL_FIELDS.items():
         if model.get(name):
             raise UsageError(f"model.{name} ({model[name]!r}): {what} is not counted yet")
     train, dataset = _section(config, "train"), _section(config, "dataset")
-    if model.get("vocab_size") is None:
+    if model.get("vocab_size") is None and provider_defaults:
         raise UsageError("model.vocab_size is required (the tokenizer's vocabulary)")
     seq_length = dataset.get("seq_length") or model.get("seq_length")
     if dataset.get("seq_length") and given.get("seq_length") and \
@@ -105,7 +110,7 @@ def bridge_namespace(config: Any) -> Namespace:
             raise UsageError(f"model.activation_func ({activation}) with gated_linear_unit is "
                              f"not one of {', '.join(_GLU_OF_ACTIVATION)}")
     tp = model.get("tensor_model_parallel_size") or 1
-    vocab = int(model["vocab_size"])
+    vocab = None if model.get("vocab_size") is None else int(model["vocab_size"])
     ns = Namespace(
         num_layers=model.get("num_layers"), hidden_size=model.get("hidden_size"),
         num_attention_heads=model.get("num_attention_heads"),
@@ -142,7 +147,7 @@ def bridge_namespace(config: Any) -> Namespace:
         bf16=bool(model.get("bf16")), fp16=bool(model.get("fp16")),
         # the model pads only with should_pad_vocab (GPTModelProvider.provide); Bridge's
         # FLOPs formula always pads (a named difference: docs/megatron-bridge.md)
-        padded_vocab_size=None if model.get("should_pad_vocab") else vocab,
+        padded_vocab_size=None if model.get("should_pad_vocab") or vocab is None else vocab,
         vocab_size=vocab, make_vocab_size_divisible_by=model.get("make_vocab_size_divisible_by"),
     )
     if isinstance(ns.window_size, (list, tuple)) and len(ns.window_size) == 2 \
