@@ -103,3 +103,54 @@ def test_sequence_length_is_asked_for_by_name(capsys, logfmt):
     result = logfmt.run_cli(capsys, LOG, "--world-size", WORLD)
     assert result.code == 2
     assert "--seq-length" in result.err and "Traceback" not in result.err
+
+
+CONFIG = LOG.with_name("config_0.3.1.yaml")
+
+
+def test_saved_config_yaml_makes_the_relog_flag_free_but_the_world_size(capsys, logfmt):
+    pytest.importorskip("yaml")
+    result = logfmt.run_cli(capsys, LOG, "--bridge-config", CONFIG, "--world-size", WORLD,
+                            "--json")
+    assert result.code == 0, result.err
+    intervals = logfmt.json_intervals(result)
+    assert [round(i["fork_formula_tflops"], 1) for i in intervals] == [59.3, 65.8, 65.9, 65.9]
+    assert all(i["seq_length"] == S for i in intervals)
+
+
+def test_saved_config_yaml_without_the_summary_in_the_log(tmp_path, capsys, logfmt):
+    pytest.importorskip("yaml")
+    text = LOG.read_text()
+    path = tmp_path / "lines_only.log"
+    path.write_text("\n".join(line for line in text.splitlines()
+                              if "iteration" in line and "|" in line) + "\n")
+    result = logfmt.run_cli(capsys, path, "--bridge-config", CONFIG, "--world-size", WORLD,
+                            "--json")
+    assert result.code == 0, result.err
+    intervals = logfmt.json_intervals(result)
+    assert {i["fork"] for i in intervals} == {"megatron-bridge"}
+    assert [i["logged_tflops"] for i in intervals] == [59.3, 65.8, 65.9, 65.9]
+    for interval in intervals:
+        assert interval["tflops_per_gpu"]["model"] == pytest.approx(
+            hand_exact_flops() / (interval["seconds_per_iteration"] * WORLD * 1e12), rel=1e-12)
+
+
+def test_a_config_that_is_not_bridges_is_one_line(tmp_path, capsys, logfmt):
+    pytest.importorskip("yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {micro_batch_size: 1}\n")
+    result = logfmt.run_cli(capsys, LOG, "--bridge-config", bad)
+    assert result.code == 2 and "no 'model' section" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_compare_reads_bridge_logs(capsys):
+    from megatron_flops.cli import main
+    code = main(["compare", str(LOG), str(LOG), "--seq-length", str(S), "--world-size",
+                 str(WORLD), "--gpu", "h100-sxm"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    # the steady-state median of iterations 20–40 (seconds 12.8127, 12.7931, 12.8019)
+    median_seconds = 12.8019
+    expected = hand_exact_flops() / (median_seconds * WORLD * 1e12)
+    assert f"{expected:.2f}" in out.out

@@ -21,7 +21,7 @@ from ..shapes import ModelShape, RunShape
 from .args import shapes_from_args
 
 __all__ = ["MEGATRON_CORE_DEFAULTS", "GPT_PROVIDER_DEFAULTS", "bridge_namespace",
-           "shapes_from_bridge_config"]
+           "shapes_from_bridge_config", "load_config_yaml", "typed_flags"]
 
 # Megatron-Core 0.16.1 TransformerConfig defaults of the fields that change the count (the
 # Configuration Summary leaves a field out when it equals these).
@@ -163,3 +163,38 @@ def shapes_from_bridge_config(config: Any, world_size: Optional[int] = None
     ns = bridge_namespace(config)
     ns.world_size = world_size
     return shapes_from_args(ns)
+
+
+def load_config_yaml(path: str, flag: str = "--bridge-config") -> Mapping[str, Any]:
+    """A saved ``ConfigContainer`` YAML (Bridge's ``to_yaml``: callables and dtypes as
+    ``{_target_: …, _call_: false}`` mappings) as a mapping of sections; needs PyYAML (the
+    ``bridge`` extra)."""
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError(f"{flag} needs PyYAML: pip install -e '.[bridge]' in a megatron-flops "
+                         "clone") from None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            config = yaml.safe_load(stream)
+    except OSError as error:
+        raise UsageError(f"{flag} {path!r}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"{flag} {path!r} is not YAML: "
+                         f"{str(error).splitlines()[0]}") from None
+    if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
+        raise UsageError(f"{flag} {path!r} is not a Megatron-Bridge ConfigContainer (no "
+                         "'model' section)")
+    return config
+
+
+def typed_flags(config: Any) -> dict:
+    """The Megatron-LM flag destinations a Bridge config sets (None values left out), as if
+    typed: a command lays them over a log's arguments.  SwiGLU as ``swiglu`` (Megatron-LM's
+    flag), other GLUs as ``glu_activation``."""
+    values = {name: value for name, value in vars(bridge_namespace(config)).items()
+              if value is not None}
+    if values.get("glu_activation") == "swiglu":
+        del values["glu_activation"]
+        values["swiglu"] = True
+    return values
