@@ -21,7 +21,8 @@ from ..shapes import ModelShape, RunShape
 from .args import shapes_from_args
 
 __all__ = ["MEGATRON_CORE_DEFAULTS", "GPT_PROVIDER_DEFAULTS", "bridge_namespace",
-           "shapes_from_bridge_config", "load_config_yaml", "typed_flags"]
+           "shapes_from_bridge_config", "load_config_yaml", "typed_flags",
+           "exact_num_floating_point_operations"]
 
 # Megatron-Core 0.16.1 TransformerConfig defaults of the fields that change the count (the
 # Configuration Summary leaves a field out when it equals these).
@@ -198,3 +199,26 @@ def typed_flags(config: Any) -> dict:
         del values["glu_activation"]
         values["swiglu"] = True
     return values
+
+
+def exact_num_floating_point_operations(cfg: Any, batch_size: int = 1,
+                                        seqlen_sum: Optional[int] = None,
+                                        seqlen_squared_sum: Optional[int] = None,
+                                        *rest: Any, **kwargs: Any) -> float:
+    """A drop-in for Megatron-Bridge's ``num_floating_point_operations(cfg, batch_size, …)``
+    (``training/utils/flop_utils.py``) that returns the exact model FLOPs (forward + backward,
+    every GEMM, dense attention, the router) of ``batch_size`` samples of the config's model:
+    assigned to ``megatron.bridge.training.utils.train_utils.num_floating_point_operations``,
+    Bridge's own Step Time line, ``throughput per GPU`` field and ``throughput/tflops*``
+    scalars become exact.  ``seqlen_squared_sum`` (Bridge's THD statistic Σsᵢ²) counts the
+    core attention of packed documents; the other GEMMs run over all ``batch × seq_length``
+    tokens (``seqlen_sum`` is that, padded).  Vision and cross-attention statistics are not
+    counted (refused models never get here)."""
+    from ..flops import FlopsPerSample, flops_breakdown
+
+    model, run = shapes_from_bridge_config(cfg)
+    if seqlen_squared_sum is not None:
+        model_flops, _ = FlopsPerSample(model).packed_batch_from_squares(
+            run.seq_length, batch_size, seqlen_squared_sum)
+        return float(model_flops)
+    return float(flops_breakdown(model, run.seq_length, batch_size).model_flops)
