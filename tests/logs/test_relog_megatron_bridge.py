@@ -30,7 +30,6 @@ def hand_exact_flops():
 
 def hand_bridge_flops():
     """Bridge 0.3.1 for this shape: the same with half the core attention."""
-    T = B * S
     return hand_exact_flops() - 3 * L * 2 * B * S * S * H
 
 

@@ -17,6 +17,7 @@ from argparse import Namespace
 from typing import Any, Mapping, Optional, Tuple
 
 from ..errors import UsageError
+from ..flops import FlopsPerSample, flops_breakdown
 from ..shapes import ModelShape, RunShape
 from .args import shapes_from_args
 
@@ -214,8 +215,6 @@ def exact_num_floating_point_operations(cfg: Any, batch_size: int = 1,
     core attention of packed documents; the other GEMMs run over all ``batch × seq_length``
     tokens (``seqlen_sum`` is that, padded).  Vision and cross-attention statistics are not
     counted (refused models never get here)."""
-    from ..flops import FlopsPerSample, flops_breakdown
-
     model, run = shapes_from_bridge_config(cfg)
     if seqlen_squared_sum is not None:
         model_flops, _ = FlopsPerSample(model).packed_batch_from_squares(
