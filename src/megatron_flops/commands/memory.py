@@ -1,0 +1,161 @@
+"""Memory per rank for ``estimate --memory``, ``verify --memory`` and the hook: the run's
+memory-relevant Megatron flags read from the pasted command, and the table.
+
+The flags are read by a parser of their own (unknown words left alone), so the FLOPs
+commands' flag report is unchanged: dropout (``--hidden-dropout``, ``--attention-dropout``,
+Megatron's default 0.1 each), the attention kernel (``--use-flash-attn``; Megatron-LM's
+Transformer Engine default ``--transformer-impl transformer_engine`` runs a fused kernel unless
+``--attention-backend unfused``), ``--sequence-parallel``, ``--use-distributed-optimizer`` /
+the forks' ``--zero-stage``, ``--optimizer``, ``--expert-model-parallel-size``,
+``--expert-tensor-parallel-size``, virtual pipeline stages.
+"""
+
+import argparse
+from typing import List, Optional
+
+from ..activations import ActivationSettings, check_modelled
+from ..errors import UsageError
+from ..megatron.args import megatron_stage_layers
+from ..model_state import StateSettings
+from ..rank_memory import RankMemory, rank_memory
+from ..report import table
+
+__all__ = ["memory_for", "memory_lines"]
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 2}
+GIB = 1024 ** 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _probability(flag):
+    def convert(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1), got {text}")
+        return value
+    return convert
+
+
+def _count(flag):
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {value}")
+        return value
+    return convert
+
+
+def _memory_parser() -> argparse.ArgumentParser:
+    parser = _Parser(add_help=False, allow_abbrev=False)
+    add = parser.add_argument
+    add("--hidden-dropout", type=_probability("--hidden-dropout"), default=0.1)
+    add("--attention-dropout", type=_probability("--attention-dropout"), default=0.1)
+    for flag in ("--use-flash-attn", "--use-flash-attn-v1", "--use-flash-attn-v2",
+                 "--use-flash-attn-triton", "--sequence-parallel", "--use-distributed-optimizer"):
+        add(flag, action="store_true")
+    add("--transformer-impl", choices=("local", "transformer_engine", "inference_optimized"))
+    add("--attention-backend")
+    add("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None)
+    add("--optimizer", choices=("adam", "sgd"), default="adam")
+    add("--expert-model-parallel-size", type=_count("--expert-model-parallel-size"), default=1)
+    add("--expert-tensor-parallel-size", type=_count("--expert-tensor-parallel-size"))
+    add("--num-layers-per-virtual-pipeline-stage",
+        type=_count("--num-layers-per-virtual-pipeline-stage"))
+    add("--num-virtual-stages-per-pipeline-rank",
+        type=_count("--num-virtual-stages-per-pipeline-rank"))
+    add("--accumulate-allreduce-grads-in-fp32", action="store_true")
+    return parser
+
+
+def _flash(flags, dialect: str) -> bool:
+    if flags.use_flash_attn or flags.use_flash_attn_v1 or flags.use_flash_attn_v2 \
+            or flags.use_flash_attn_triton:
+        return True
+    impl = flags.transformer_impl or ("transformer_engine" if dialect == "megatron-lm" else "local")
+    if impl == "transformer_engine":
+        return flags.attention_backend != "unfused"
+    return flags.attention_backend in ("flash", "fused")
+
+
+def memory_for(argv: List[str], namespace, model, run, dialect: str) -> RankMemory:
+    """The per-rank memory of the resolved ``model``/``run`` with the memory flags in ``argv``
+    (``namespace``: the Megatron flags already parsed, for the pipeline's stage sizes)."""
+    check_modelled(model)
+    flags, _ = _memory_parser().parse_known_args(argv)
+    beta = DTYPE_BYTES[run.dtype]
+    settings = ActivationSettings(dtype_bytes=beta, hidden_dropout=flags.hidden_dropout > 0,
+                                  attention_dropout=flags.attention_dropout > 0,
+                                  flash_attention=_flash(flags, dialect))
+    zero = flags.zero_stage if flags.zero_stage is not None else (
+        1 if flags.use_distributed_optimizer else 0)
+    # Megatron-LM accumulates bf16 gradients in fp32; fp16 keeps fp16 gradients unless asked
+    gradient_bytes = 4 if beta == 4 or run.dtype == "bf16" or \
+        flags.accumulate_allreduce_grads_in_fp32 else 2
+    state = StateSettings(parameter_bytes=beta, gradient_bytes=gradient_bytes,
+                          optimizer=flags.optimizer, zero_stage=zero)
+    pp = run.pipeline_model_parallel_size
+    virtual = 1
+    if flags.num_virtual_stages_per_pipeline_rank:
+        virtual = flags.num_virtual_stages_per_pipeline_rank
+    elif flags.num_layers_per_virtual_pipeline_stage:
+        per_stage, rest = divmod(model.num_layers, pp)
+        chunk = flags.num_layers_per_virtual_pipeline_stage
+        if rest or per_stage % chunk:
+            raise UsageError(f"--num-layers-per-virtual-pipeline-stage ({chunk}) must divide the "
+                             f"layers of each pipeline stage ({model.num_layers} / {pp})")
+        virtual = per_stage // chunk
+    stages = megatron_stage_layers(namespace, model.num_layers, pp) if namespace is not None \
+        else None
+    return rank_memory(model, run, settings, state, sequence_parallel=flags.sequence_parallel,
+                       expert_parallel=flags.expert_model_parallel_size,
+                       expert_tensor_parallel=flags.expert_tensor_parallel_size,
+                       virtual_stages=virtual, stage_layers=stages)
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:,.3f}"
+
+
+def memory_lines(memory: RankMemory, measured_peak: Optional[int] = None) -> List[str]:
+    """The per-stage table (GiB per rank), the peak and where it is, the largest activation terms."""
+    s, st = memory.settings, memory.state_settings
+    sharding = {0: "none", 1: "optimizer state (distributed optimizer / ZeRO-1)",
+                2: "optimizer state and gradients (ZeRO-2)", 3: "all model state (ZeRO-3)"}
+    lines = [f"memory per rank (GiB): activations {s.dtype_bytes}-byte, attention "
+             f"{'fused (flash: log-sum-exp)' if s.flash_attention else 'unfused (s² probabilities)'}, "
+             f"dropout masks {'on' if s.hidden_dropout or s.attention_dropout else 'off'}; "
+             f"{st.optimizer} {st.optimizer_bytes} B/parameter, parameters {st.parameter_bytes} B, "
+             f"gradients {st.gradient_bytes} B, sharded: {sharding[st.zero_stage]}"]
+    rows = []
+    for stage in memory.stages:
+        rows.append([str(stage.stage), str(len(stage.layers)), str(stage.in_flight),
+                     _gib(stage.state.parameters), _gib(stage.state.gradients),
+                     _gib(stage.state.optimizer), _gib(stage.activations),
+                     _gib(stage.recompute_working), _gib(stage.peak)])
+    header = ["stage", "layers", "in flight", "parameters", "gradients", "optimizer",
+              "activations", "recompute", "peak"]
+    lines.append(table(rows, header, [True] * len(header)))
+    peak = memory.peak_stage
+    lines.append(f"peak: {_gib(peak.peak)} GiB on pipeline stage {peak.stage} (every TP/CP/DP "
+                 f"rank of that stage alike){'' if memory.virtual_stages == 1 else f', {memory.virtual_stages} virtual stages per rank'}")
+    if measured_peak is not None:
+        lines.append(f"measured peak: {_gib(measured_peak)} GiB")
+    per = peak.activations_per_micro_batch
+    total = sum(per.values()) or 1
+    lines.append(f"activations of one micro-batch on stage {peak.stage}, by term:")
+    term_rows = [[name, f"{value / 2 ** 20:,.2f}", f"{100 * value / total:.1f}%"]
+                 for name, value in per.items() if value]
+    lines.append(table(term_rows, ["term", "MiB", "share"], [False, True, True]))
+    lines.append("not counted: the logits' and gradients' transient buffers, communication "
+                 "buffers, allocator fragmentation, the framework's own memory")
+    return lines
