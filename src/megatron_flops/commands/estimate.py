@@ -14,7 +14,7 @@ from ..planning import iteration_breakdown, training_time
 from ..report import format_optional, format_percent, format_tflops, gpus, summary_lines
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_resolved, positive)
-from .memory import memory_for, memory_lines
+from .memory import memory_flags, memory_for, memory_lines
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
@@ -151,6 +151,7 @@ def estimate_main(argv: List[str]) -> int:
                         help="also the memory of each pipeline stage's ranks: parameters, "
                         "gradients, optimizer state, activations by term, the peak")
     add_convention_arguments(parser)
+    flags = memory_flags(argv) if "--memory" in argv else None  # refused before any output
     args, resolved = parse_resolved(parser, argv, warn_assumed="--json" in argv)
     model, run = resolved.model, resolved.run
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
@@ -162,7 +163,7 @@ def estimate_main(argv: List[str]) -> int:
     result.update(resolved.as_dict())
     memory = None
     if args.memory:
-        memory = memory_for(argv, args, model, run, resolved.dialect.name)
+        memory = memory_for(flags, args, model, run, resolved.dialect.name)
         result["memory"] = memory.to_dict()
     if args.json:
         print(json.dumps(result))

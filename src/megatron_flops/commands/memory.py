@@ -13,16 +13,13 @@ the forks' ``--zero-stage``, ``--optimizer``, ``--expert-model-parallel-size``,
 import argparse
 from typing import List, Optional
 
-from ..activations import ActivationSettings, check_modelled
 from ..errors import UsageError
-from ..megatron.args import megatron_stage_layers
-from ..model_state import StateSettings
-from ..rank_memory import RankMemory, rank_memory
+from ..megatron.memory_args import memory_from_namespace
+from ..rank_memory import RankMemory
 from ..report import table
 
-__all__ = ["memory_for", "memory_lines"]
+__all__ = ["memory_flags", "memory_for", "memory_lines"]
 
-DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 2}
 GIB = 1024 ** 3
 
 
@@ -66,6 +63,8 @@ def _memory_parser() -> argparse.ArgumentParser:
     add("--transformer-impl", choices=("local", "transformer_engine", "inference_optimized"))
     add("--attention-backend")
     add("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None)
+    add("--virtual-pipeline-model-parallel-size",
+        type=_count("--virtual-pipeline-model-parallel-size"))
     add("--optimizer", choices=("adam", "sgd"), default="adam")
     add("--expert-model-parallel-size", type=_count("--expert-model-parallel-size"), default=1)
     add("--expert-tensor-parallel-size", type=_count("--expert-tensor-parallel-size"))
@@ -77,49 +76,16 @@ def _memory_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flash(flags, dialect: str) -> bool:
-    if flags.use_flash_attn or flags.use_flash_attn_v1 or flags.use_flash_attn_v2 \
-            or flags.use_flash_attn_triton:
-        return True
-    impl = flags.transformer_impl or ("transformer_engine" if dialect == "megatron-lm" else "local")
-    if impl == "transformer_engine":
-        return flags.attention_backend != "unfused"
-    return flags.attention_backend in ("flash", "fused")
+def memory_flags(argv: List[str]) -> argparse.Namespace:
+    """The memory flags of a pasted command (bad values raise before anything is printed)."""
+    return _memory_parser().parse_known_args(argv)[0]
 
 
-def memory_for(argv: List[str], namespace, model, run, dialect: str) -> RankMemory:
-    """The per-rank memory of the resolved ``model``/``run`` with the memory flags in ``argv``
+def memory_for(flags: argparse.Namespace, namespace, model, run, dialect: str) -> RankMemory:
+    """The per-rank memory of the resolved ``model``/``run`` with the memory ``flags``
     (``namespace``: the Megatron flags already parsed, for the pipeline's stage sizes)."""
-    check_modelled(model)
-    flags, _ = _memory_parser().parse_known_args(argv)
-    beta = DTYPE_BYTES[run.dtype]
-    settings = ActivationSettings(dtype_bytes=beta, hidden_dropout=flags.hidden_dropout > 0,
-                                  attention_dropout=flags.attention_dropout > 0,
-                                  flash_attention=_flash(flags, dialect))
-    zero = flags.zero_stage if flags.zero_stage is not None else (
-        1 if flags.use_distributed_optimizer else 0)
-    # Megatron-LM accumulates bf16 gradients in fp32; fp16 keeps fp16 gradients unless asked
-    gradient_bytes = 4 if beta == 4 or run.dtype == "bf16" or \
-        flags.accumulate_allreduce_grads_in_fp32 else 2
-    state = StateSettings(parameter_bytes=beta, gradient_bytes=gradient_bytes,
-                          optimizer=flags.optimizer, zero_stage=zero)
-    pp = run.pipeline_model_parallel_size
-    virtual = 1
-    if flags.num_virtual_stages_per_pipeline_rank:
-        virtual = flags.num_virtual_stages_per_pipeline_rank
-    elif flags.num_layers_per_virtual_pipeline_stage:
-        per_stage, rest = divmod(model.num_layers, pp)
-        chunk = flags.num_layers_per_virtual_pipeline_stage
-        if rest or per_stage % chunk:
-            raise UsageError(f"--num-layers-per-virtual-pipeline-stage ({chunk}) must divide the "
-                             f"layers of each pipeline stage ({model.num_layers} / {pp})")
-        virtual = per_stage // chunk
-    stages = megatron_stage_layers(namespace, model.num_layers, pp) if namespace is not None \
-        else None
-    return rank_memory(model, run, settings, state, sequence_parallel=flags.sequence_parallel,
-                       expert_parallel=flags.expert_model_parallel_size,
-                       expert_tensor_parallel=flags.expert_tensor_parallel_size,
-                       virtual_stages=virtual, stage_layers=stages)
+    merged = argparse.Namespace(**{**vars(namespace), **vars(flags)})
+    return memory_from_namespace(merged, model, run, dialect)
 
 
 def _gib(value: int) -> str:

@@ -48,17 +48,15 @@ MEMORY_MAX_BYTES = 2 * 10 ** 9
 MEMORY_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16"}
 
 
-def _verify_memory(argv, args, model, run) -> int:
+def _verify_memory(flags, args, model, run) -> int:
     import torch
 
     from ..activations import ActivationSettings, activation_breakdown, check_modelled
     from ..params import parameter_count
     from ..reference.saved import verify_memory
-    from .memory import _memory_parser
     check_modelled(model)
     if args.meta:
         raise UsageError("--memory measures real tensors: drop --meta")
-    flags, _ = _memory_parser().parse_known_args(argv)
     if flags.attention_dropout != flags.hidden_dropout:
         raise UsageError(f"--attention-dropout ({flags.attention_dropout}) must equal "
                          f"--hidden-dropout ({flags.hidden_dropout}) for verify --memory: the "
@@ -126,9 +124,11 @@ def verify_main(argv: List[str]) -> int:
                         help="instead of FLOPs: the bytes one micro-batch saves for backward, "
                         "measured per module with saved_tensors_hooks (real tensors, CPU), "
                         "against the activation formulas")
+    from .memory import memory_flags
+    flags = memory_flags(argv) if "--memory" in argv else None  # refused before any output
     args, model, run = parse_command(parser, argv)
     if args.memory:
-        return _verify_memory(argv, args, model, run)
+        return _verify_memory(flags, args, model, run)
     if args.causal:
         raise UsageError("--causal does not apply to verify: the reference model runs dense "
                          "attention matmuls (full s×s), compared with the dense formulas")
