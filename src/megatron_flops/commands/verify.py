@@ -9,8 +9,11 @@ import json
 import sys
 from typing import List
 
+from ..activations import ActivationSettings, activation_breakdown, check_modelled
+from ..params import parameter_count
 from ..report import describe_model, table
 from .common import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
+from .memory import memory_flags
 
 
 def _text(result, model, recompute) -> str:
@@ -51,8 +54,6 @@ MEMORY_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16"}
 def _verify_memory(flags, args, model, run) -> int:
     import torch
 
-    from ..activations import ActivationSettings, activation_breakdown, check_modelled
-    from ..params import parameter_count
     from ..reference.saved import verify_memory
     check_modelled(model)
     if args.meta:
@@ -124,7 +125,6 @@ def verify_main(argv: List[str]) -> int:
                         help="instead of FLOPs: the bytes one micro-batch saves for backward, "
                         "measured per module with saved_tensors_hooks (real tensors, CPU), "
                         "against the activation formulas")
-    from .memory import memory_flags
     flags = memory_flags(argv) if "--memory" in argv else None  # refused before any output
     args, model, run = parse_command(parser, argv)
     if args.memory:

@@ -9,6 +9,7 @@ each), the attention kernel (``use_flash_attn*``; Megatron-LM's ``transformer_im
 virtual pipeline stages and ``accumulate_allreduce_grads_in_fp32``.
 """
 
+import sys
 from typing import Optional
 
 from ..activations import ActivationSettings, check_modelled
@@ -17,7 +18,7 @@ from ..model_state import StateSettings
 from ..rank_memory import RankMemory, rank_memory
 from ..shapes import ModelShape, RunShape
 
-__all__ = ["DTYPE_BYTES", "memory_from_namespace"]
+__all__ = ["DTYPE_BYTES", "measured_peak_bytes", "memory_from_namespace"]
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 2}
 FLASH_FLAGS = ("use_flash_attn", "use_flash_attn_v1", "use_flash_attn_v2", "use_flash_attn_triton")
@@ -86,3 +87,15 @@ def memory_from_namespace(ns, model: ModelShape, run: RunShape, dialect: str) ->
                        expert_tensor_parallel=getattr(ns, "expert_tensor_parallel_size", None),
                        virtual_stages=virtual_stages(ns, model.num_layers, pp),
                        stage_layers=megatron_stage_layers(ns, model.num_layers, pp))
+
+
+def measured_peak_bytes() -> Optional[int]:
+    """``torch.cuda.max_memory_allocated()`` of this process's device when torch is imported
+    and CUDA initialised; None otherwise (a CPU run: no allocator statistics to read)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return int(torch.cuda.max_memory_allocated())
+    except (AttributeError, RuntimeError):
+        return None
