@@ -73,3 +73,31 @@ def test_unmodelled_features_are_refused():
     model = ModelShape(**{**BASE, "position_embedding": "rotary"})
     with pytest.raises(UsageError, match="rotary"):
         verify_memory(model, 8)
+
+
+def test_verify_memory_command(capsys):
+    from megatron_flops.commands import main
+    flags = ["verify", "--memory", "--num-layers", "2", "--hidden-size", "32",
+             "--num-attention-heads", "4", "--seq-length", "8", "--max-position-embeddings", "8",
+             "--vocab-size", "64", "--micro-batch-size", "2", "--bf16",
+             "--recompute-granularity", "selective", "--framework", "bigscience"]
+    assert main(flags) == 0
+    out = capsys.readouterr().out
+    assert "exact: every term matches" in out and "core_attention_inputs" in out
+    assert main(flags + ["--json"]) == 0
+    import json
+    result = json.loads(capsys.readouterr().out)
+    assert result["exact"] and result["measured_bytes"] == result["formula_bytes"] > 0
+
+
+def test_verify_memory_says_a_mismatch(capsys, monkeypatch):
+    from megatron_flops import activations
+    from megatron_flops.commands import main
+    spec = activations.ACTIVATIONS["mlp_down_input"]
+    monkeypatch.setitem(activations.ACTIVATIONS, "mlp_down_input", spec.__class__(
+        **{**spec.__dict__, "formula": lambda model, b, s, e, c: spec.formula(model, b, s, e, c) + 1}))
+    assert main(["verify", "--memory", "--num-layers", "1", "--hidden-size", "32",
+                 "--num-attention-heads", "4", "--seq-length", "8",
+                 "--max-position-embeddings", "8", "--vocab-size", "64",
+                 "--framework", "bigscience"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
