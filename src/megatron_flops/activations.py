@@ -9,7 +9,7 @@ unfused (local) layer — and of :class:`megatron_flops.reference.model.Referenc
 
 Notation: ``T = b·s`` tokens, ``β`` bytes of the activation dtype, ``m`` bytes of a dropout
 mask (1: CUDA's fused dropout keeps a bool mask; a CPU keeps a mask of the activation dtype),
-``σ`` bytes of a norm's per-token statistics (4 on CUDA: fp32; β on a CPU), ``h n g d f V``
+``σ`` bytes of a LayerNorm's per-token statistics (4 on CUDA: fp32; β on a CPU), ``h n g d f V``
 as in :mod:`megatron_flops.components`, ``E`` experts, ``k`` experts per token.  Each storage
 counts once, whole.
 
@@ -85,7 +85,7 @@ class ActivationSettings:
     dropout_mask_bytes: int = 1
     """``m``: 1 for CUDA's bool mask; the activation's bytes on a CPU (``for_cpu``)."""
     statistics_bytes: int = FP32
-    """``σ``: bytes of a norm's per-token statistic (LayerNorm mean and rstd; RMSNorm rstd)."""
+    """``σ``: bytes of a LayerNorm per-token statistic (its mean and rstd)."""
     flash_attention: bool = False
     """A fused (flash) attention kernel: no s×s terms, a log-sum-exp ``4·b·n·s`` instead."""
     softmax_in_fp32: bool = True
@@ -159,11 +159,12 @@ def unmodelled(model: ModelShape) -> List[str]:
 
 
 def _norm_bytes(model: ModelShape, tokens: int, c: ActivationSettings) -> int:
-    """One norm: LayerNorm keeps its input and per-token mean and rstd; the RMSNorm written as
-    ``x·rsqrt(mean(x²)+ε)·w`` keeps its input, the rstd and the normalised ``x·rstd``."""
+    """One norm: LayerNorm keeps its input and per-token mean and rstd (σ bytes each); the
+    RMSNorm written as ``x·rsqrt(mean(x²)+ε)·w`` keeps its input, the normalised ``x·rstd``
+    and the rstd, computed in the activation dtype."""
     h, beta = model.hidden_size, c.dtype_bytes
     if model.normalization == "rmsnorm":
-        return 2 * tokens * h * beta + (tokens * c.statistics_bytes if c.norm_statistics else 0)
+        return 2 * tokens * h * beta + (tokens * beta if c.norm_statistics else 0)
     return tokens * h * beta + (2 * tokens * c.statistics_bytes if c.norm_statistics else 0)
 
 

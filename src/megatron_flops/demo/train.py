@@ -97,6 +97,7 @@ class Progress:
     summary_seconds: float = 0.0
     summary_first_iteration: Optional[int] = None   # first iteration after the first interval
     peak_warned: bool = False
+    measured_peak_bytes: Optional[int] = None   # the training loop's (CUDA), read as it ends
 
 
 def train(session: Session, started: float) -> int:
@@ -112,6 +113,8 @@ def train(session: Session, started: float) -> int:
     session.train_model.train()
     session.synchronize()
     session.dist.barrier()
+    if session.cuda:  # the peak of the loop alone, not of the start-up peak measurement
+        torch.cuda.reset_peak_memory_stats(session.device)
     progress = Progress(time.perf_counter(), torch.zeros((), device=session.device))
     status = ProgressLine(enabled=None if session.dist.is_last_rank else False)
     session.status = status
@@ -136,6 +139,7 @@ def train(session: Session, started: float) -> int:
             show_progress(status, iteration, config.train_iters, time.perf_counter() - loop_start)
     except KeyboardInterrupt:
         status.clear()
+        progress.measured_peak_bytes = measured_peak_bytes() if session.cuda else None
         if progress.interval_iterations:
             close_interval(session, progress, done, batch_size)
         session.say(f"\ninterrupted (Ctrl-C) after iteration {done} of {config.train_iters}")
@@ -143,6 +147,7 @@ def train(session: Session, started: float) -> int:
         print_summary(session, progress, started, done)
         return EXIT_INTERRUPTED
     status.clear()
+    progress.measured_peak_bytes = measured_peak_bytes() if session.cuda else None
     session.close_writers()
     code = print_summary(session, progress, started, config.train_iters)
     if profiler is not None:
@@ -198,12 +203,12 @@ def memory_estimate_line(session: Session) -> str:
             " GiB")
 
 
-def memory_measured_line(session: Session) -> str:
-    """The measured peak beside the estimate (torch.cuda.max_memory_allocated; n/a on a CPU)."""
+def memory_measured_line(session: Session, measured: Optional[int]) -> str:
+    """The training loop's measured peak (torch.cuda.max_memory_allocated; n/a on a CPU)
+    beside the estimate."""
     memory = demo_memory(session.config, session.cuda)
     estimate = "not estimated" if memory is None else \
         f"{memory.stages[0].peak / GIB:,.3f} GiB estimated"
-    measured = measured_peak_bytes() if session.cuda else None
     if measured is None:
         return f"memory: measured peak n/a (no CUDA device: no allocator statistics); {estimate}"
     ratio = "" if memory is None else f" ({measured / memory.stages[0].peak:.3f} × the estimate)"
@@ -363,7 +368,7 @@ def print_summary(session: Session, progress: Progress, started: float, last_ite
     if progress.first_loss is not None:
         say(f"lm loss: {progress.first_loss:.3f} (first interval) -> {progress.last_loss:.3f} "
             "(last interval)")
-    say(memory_measured_line(session))
+    say(memory_measured_line(session, progress.measured_peak_bytes))
     if not summary_meter.pending_iterations:
         say("(too few intervals for a steady-state summary: give more --train-iters than "
             "--log-interval)")

@@ -188,15 +188,16 @@ def compare_saved(by_module: Dict[str, int], formula: Dict[str, int]) -> List[Me
 
 def measure_reference(model: ModelShape, seq_length: int, micro_batch_size: int = 1,
                       recompute: Recompute = NO_RECOMPUTE, dropout: float = 0.0,
-                      dtype: torch.dtype = torch.float32, seed: int = 0) -> SavedBytes:
-    """Build the reference GPT (real tensors, CPU, training mode), run one forward and its loss
-    under :func:`saved_bytes`, and return what each module saved for backward."""
+                      dtype: torch.dtype = torch.float32, seed: int = 0,
+                      device: str = "cpu") -> SavedBytes:
+    """Build the reference GPT (real tensors, training mode, on ``device``), run one forward
+    and its loss under :func:`saved_bytes`, and return what each module saved for backward."""
     from . import model as reference_model
     torch.manual_seed(seed)
-    gpt = ReferenceGPT(model, seq_length, recompute, dropout=dropout, dtype=dtype)
+    gpt = ReferenceGPT(model, seq_length, recompute, dropout=dropout, dtype=dtype, device=device)
     gpt.train()
-    ids = torch.randint(0, model.vocab_size, (micro_batch_size, seq_length))
-    labels = torch.randint(0, model.vocab_size, (micro_batch_size, seq_length))
+    ids = torch.randint(0, model.vocab_size, (micro_batch_size, seq_length), device=device)
+    labels = torch.randint(0, model.vocab_size, (micro_batch_size, seq_length), device=device)
     with saved_bytes(gpt, [reference_model]) as saved:
         gpt.loss(ids, labels)
     return saved
@@ -204,12 +205,18 @@ def measure_reference(model: ModelShape, seq_length: int, micro_batch_size: int 
 
 def verify_memory(model: ModelShape, seq_length: int, micro_batch_size: int = 1,
                   recompute: Recompute = NO_RECOMPUTE, dropout: float = 0.0,
-                  dtype: torch.dtype = torch.float32) -> List[MemoryRow]:
-    """Measured bytes saved for backward by the reference GPT against the activation formulas
-    (with a CPU's conventions: masks and statistics in the activation dtype)."""
+                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> List[MemoryRow]:
+    """Measured bytes saved for backward by the reference GPT against the activation formulas,
+    with the device's conventions: on a CPU masks and statistics in the activation dtype; on
+    CUDA a bool dropout mask and fp32 LayerNorm statistics."""
     check_modelled(model)
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
-    settings = ActivationSettings.for_cpu(dtype_bytes, dropout > 0)
-    saved = measure_reference(model, seq_length, micro_batch_size, recompute, dropout, dtype)
+    if device.startswith("cuda"):
+        settings = ActivationSettings(dtype_bytes=dtype_bytes, hidden_dropout=dropout > 0,
+                                      attention_dropout=dropout > 0)
+    else:
+        settings = ActivationSettings.for_cpu(dtype_bytes, dropout > 0)
+    saved = measure_reference(model, seq_length, micro_batch_size, recompute, dropout, dtype,
+                              device=device)
     formula = activation_breakdown(model, micro_batch_size, seq_length, settings, recompute)
     return compare_saved(saved.by_module, formula)
