@@ -158,3 +158,11 @@ def test_peak_is_on_the_first_stage_and_recompute_frees_memory():
                        ActivationSettings(), StateSettings())
     assert full.stages[0].activations < memory.stages[0].activations
     assert full.stages[0].recompute_working > 0
+
+
+def test_docs_table_is_the_registry():
+    from pathlib import Path
+
+    from megatron_flops.activations import markdown_table
+    text = (Path(__file__).resolve().parents[2] / "docs" / "memory.md").read_text(encoding="utf-8")
+    assert markdown_table() in text
