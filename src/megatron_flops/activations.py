@@ -90,8 +90,12 @@ class ActivationSettings:
     """A fused (flash) attention kernel: no s×s terms, a log-sum-exp ``4·b·n·s`` instead."""
     softmax_in_fp32: bool = True
     """The unfused softmax runs in fp32 (``--attention-softmax-in-fp32``; the reference model)."""
-    causal_mask_per_layer: bool = True
-    """Each layer builds its own ``s×s`` causal mask (the reference); False: one per model."""
+    causal_mask_per_layer: bool = False
+    """Each layer builds its own ``s×s`` causal mask (the reference GPT); False: Megatron's one
+    ``[1, 1, s, s]`` bool mask, an input every layer shares (``shared_attention_mask``)."""
+    loss_target_mask: bool = True
+    """Megatron's vocabulary-parallel cross-entropy keeps a bool target mask (T bytes) beside
+    the softmax and the targets; False: torch's cross-entropy keeps a 4-byte weight total."""
     norm_statistics: bool = True
     """Count the norms' per-token statistics (Korthikanti et al. leave them out)."""
 
@@ -100,6 +104,17 @@ class ActivationSettings:
         """The conventions of a CPU run (masks and statistics in the activation dtype)."""
         return cls(dtype_bytes=dtype_bytes, hidden_dropout=dropout, attention_dropout=dropout,
                    dropout_mask_bytes=dtype_bytes, statistics_bytes=dtype_bytes, **overrides)
+
+    @classmethod
+    def for_reference(cls, dtype_bytes: int, dropout: bool, cuda: bool = False,
+                      **overrides) -> "ActivationSettings":
+        """The reference GPT's conventions (a causal mask per layer, torch's cross-entropy) on
+        a CPU, or on CUDA (a bool dropout mask, fp32 LayerNorm statistics)."""
+        overrides = {"causal_mask_per_layer": True, "loss_target_mask": False, **overrides}
+        if cuda:
+            return cls(dtype_bytes=dtype_bytes, hidden_dropout=dropout,
+                       attention_dropout=dropout, **overrides)
+        return cls.for_cpu(dtype_bytes, dropout, **overrides)
 
 
 # (model, b, s, experts, settings) -> bytes of one micro-batch in one layer (or once)
@@ -345,10 +360,18 @@ def logits_input_bytes(model, b, s, experts, c):
     return b * s * model.hidden_size * c.dtype_bytes
 
 
-# cross-entropy over fp32 logits keeps the log-softmax, the targets and a 4-byte weight total
-@register_activation("loss", ONCE, "loss: fp32 log-softmax, targets", "T·V·4 + T·8 + 4", "tp")
+# cross-entropy over fp32 logits keeps the (log-)softmax, the targets and Megatron's bool target
+# mask (torch's cross-entropy: a 4-byte weight total instead)
+@register_activation("loss", ONCE, "loss: fp32 (log-)softmax, targets, target mask",
+                     "T·V·4 + T·8 + T (torch: + 4)", "tp")
 def loss_bytes(model, b, s, experts, c):
-    return b * s * (model.vocab_size * FP32 + INDEX_BYTES) + FP32
+    return b * s * (model.vocab_size * FP32 + INDEX_BYTES) + (b * s if c.loss_target_mask else FP32)
+
+
+# Megatron's causal mask: one [1, 1, s, s] bool input every layer (and every stage) shares
+@register_activation("shared_attention_mask", ONCE, "the shared causal mask (bool)", "s²", "none")
+def shared_attention_mask_bytes(model, b, s, experts, c):
+    return 0 if c.causal_mask_per_layer or c.flash_attention else s * s
 
 
 # ---- sums ---------------------------------------------------------------------------------------
@@ -363,7 +386,7 @@ class Parallel:
 
 
 def _split(spec: ActivationSpec, value: int, parallel: Parallel, model, b, s) -> int:
-    if spec.name == "loss":   # the vocab-parallel log-softmax is split, the targets are not
+    if spec.name == "loss":   # the vocab-parallel softmax is split, the targets are not
         softmax = b * s * model.vocab_size * FP32
         return softmax // parallel.tensor + value - softmax
     if spec.split == "tp" or (spec.split == "sp" and parallel.sequence_parallel):
@@ -419,7 +442,8 @@ def once_activation_bytes(model: ModelShape, b: int, s: int, settings: Activatio
     for name, spec in ACTIVATIONS.items():
         if spec.occurs != ONCE:
             continue
-        if (name == "embedding" and first_stage) or (name != "embedding" and last_stage):
+        if ((name == "embedding" and first_stage) or name == "shared_attention_mask"
+                or (name not in ("embedding", "shared_attention_mask") and last_stage)):
             terms[name] = _evaluate(spec, model, b, s, 1, settings, parallel)
     return terms
 

@@ -51,7 +51,9 @@ def test_full_recompute_keeps_2sbh_per_layer():
     s, b, h = 2048, 1, GPT3.hidden_size
     terms = activation_breakdown(GPT3, b, s, PAPER, Recompute("full"), first_stage=False,
                                  last_stage=False)
-    assert terms == {"checkpoint_input": 2 * s * b * h * GPT3.num_layers}
+    # and Megatron's one causal mask, an input every stage shares
+    assert terms == {"checkpoint_input": 2 * s * b * h * GPT3.num_layers,
+                     "shared_attention_mask": s * s}
 
 
 def test_flash_attention_keeps_no_s_squared_term():

@@ -56,7 +56,7 @@ def test_recompute_frees_what_the_formulas_say():
              for name, recompute in (("none", Recompute()), ("selective", Recompute("selective")),
                                      ("full", Recompute("full")))}
     assert sizes["full"] < sizes["selective"] < sizes["none"]
-    settings = ActivationSettings.for_cpu(4, True)
+    settings = ActivationSettings.for_reference(4, True)
     assert sizes["full"] == sum(activation_breakdown(model, 2, 8, settings,
                                                      Recompute("full")).values())
 

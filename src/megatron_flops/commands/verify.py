@@ -67,7 +67,7 @@ def _verify_memory(flags, args, model, run) -> int:
                          "(drop --fp16/--fp8-format)")
     dtype = getattr(torch, MEMORY_DTYPES[run.dtype])
     beta = torch.empty((), dtype=dtype).element_size()
-    settings = ActivationSettings.for_cpu(beta, flags.hidden_dropout > 0)
+    settings = ActivationSettings.for_reference(beta, flags.hidden_dropout > 0)
     b, s = run.micro_batch_size, run.seq_length
     model_for_count = model
     if model.position_embedding == "learned" and model.max_position_embeddings is None:

@@ -35,10 +35,8 @@ def demo_memory(config: DemoConfig, cuda: bool) -> Optional[RankMemory]:
     except UsageError:
         return None
     dropout = config.hidden_dropout > 0
-    settings = ActivationSettings(
-        dtype_bytes=beta, hidden_dropout=dropout, attention_dropout=dropout,
-        dropout_mask_bytes=1 if cuda else beta, statistics_bytes=4 if cuda else beta,
-        flash_attention=config.attention == "sdpa")
+    settings = ActivationSettings.for_reference(beta, dropout, cuda=cuda,
+                                                flash_attention=config.attention == "sdpa")
     zero = 0
     if config.deepspeed and config.deepspeed_settings:
         zero = int(config.deepspeed_settings.get("zero_optimization", {}).get("stage", 0))

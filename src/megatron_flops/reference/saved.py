@@ -153,10 +153,10 @@ class MemoryRow(NamedTuple):
         return self.measured == self.formula
 
 
-def _groups() -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+def _groups(module_terms) -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
     """(terms, module kinds) joined where a module keeps several terms (a term several modules)."""
     groups: List[Tuple[set, set]] = []
-    for kind, terms in MODULE_TERMS.items():
+    for kind, terms in module_terms.items():
         merged = (set(terms), {kind})
         for group in [g for g in groups if g[0] & merged[0]]:
             groups.remove(group)
@@ -168,15 +168,20 @@ def _groups() -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
                   key=lambda group: order.index(group[0][0]))
 
 
-def compare_saved(by_module: Dict[str, int], formula: Dict[str, int]) -> List[MemoryRow]:
+def compare_saved(by_module: Dict[str, int], formula: Dict[str, int], module_terms=None,
+                  kind_of=None) -> List[MemoryRow]:
     """Rows of measured (per module, summed over layers) against formula bytes (per term).
 
-    A module no term is declared for shows as a row of its own with formula 0 (a failure)."""
+    ``module_terms`` (module kind -> the terms it keeps) and ``kind_of`` (module name -> kind)
+    default to the reference GPT's.  A module no term is declared for shows as a row of its
+    own with formula 0 (a failure)."""
+    module_terms = MODULE_TERMS if module_terms is None else module_terms
+    kind_of = module_kind if kind_of is None else kind_of
     measured_by_kind: Dict[str, int] = defaultdict(int)
     for name, value in by_module.items():
-        measured_by_kind[module_kind(name)] += value
+        measured_by_kind[kind_of(name)] += value
     rows = []
-    for terms, kinds in _groups():
+    for terms, kinds in _groups(module_terms):
         measured = sum(measured_by_kind.pop(kind, 0) for kind in kinds)
         expected = sum(formula.get(term, 0) for term in terms)
         if measured or expected:
@@ -211,11 +216,8 @@ def verify_memory(model: ModelShape, seq_length: int, micro_batch_size: int = 1,
     CUDA a bool dropout mask and fp32 LayerNorm statistics."""
     check_modelled(model)
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
-    if device.startswith("cuda"):
-        settings = ActivationSettings(dtype_bytes=dtype_bytes, hidden_dropout=dropout > 0,
-                                      attention_dropout=dropout > 0)
-    else:
-        settings = ActivationSettings.for_cpu(dtype_bytes, dropout > 0)
+    settings = ActivationSettings.for_reference(dtype_bytes, dropout > 0,
+                                                cuda=device.startswith("cuda"))
     saved = measure_reference(model, seq_length, micro_batch_size, recompute, dropout, dtype,
                               device=device)
     formula = activation_breakdown(model, micro_batch_size, seq_length, settings, recompute)
