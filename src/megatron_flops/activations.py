@@ -10,7 +10,8 @@ unfused (local) layer — and of :class:`megatron_flops.reference.model.Referenc
 Notation: ``T = b·s`` tokens, ``β`` bytes of the activation dtype, ``m`` bytes of a dropout
 mask (1: CUDA's fused dropout keeps a bool mask; a CPU keeps a mask of the activation dtype),
 ``σ`` bytes of a LayerNorm's per-token statistics (4 on CUDA: fp32; β on a CPU), ``h n g d f V``
-as in :mod:`megatron_flops.components`, ``E`` experts, ``k`` experts per token.  Each storage
+as in :mod:`megatron_flops.components`, ``E`` experts, ``k`` experts per token, ``w`` the
+f-wide tensors an unfused GLU keeps beside its input (``glu_kept_widths``).  Each storage
 counts once, whole.
 
 Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
@@ -30,7 +31,7 @@ components below sum to exactly that (``tests/core/test_activations.py``)::
     attention_output_input        T·n·d·β               2·sbh
     hidden_dropout_masks          2·T·h·m               2·sbh
     mlp_input                     T·h·β                 2·sbh
-    mlp_activation                T·f·β (GLU 3·T·f·β)   8·sbh
+    mlp_activation                T·f·β (GLU (2+w)·T·f·β) 8·sbh
     mlp_down_input                T·f·β                 8·sbh
 
 Recompute frees and re-materialises: ``selective`` (core_attn) frees the attention core
@@ -93,6 +94,13 @@ class ActivationSettings:
     causal_mask_per_layer: bool = False
     """Each layer builds its own ``s×s`` causal mask (the reference GPT); False: Megatron's one
     ``[1, 1, s, s]`` bool mask, an input every layer shares (``shared_attention_mask``)."""
+    glu_kept_widths: int = 0
+    """f-wide tensors a GLU keeps beside its 2f input: 0 for Megatron's fused swiglu
+    (``--bias-activation-fusion``, its default), 1 for ``act(gate)·up`` written out (the
+    reference GPT), 2 for Megatron-Core 0.16's unfused path (also ``up + glu_linear_offset``)."""
+    checkpoint_mask_type_bytes: int = 4
+    """Megatron-Core's selective checkpoint passes the mask type as a 4-byte int tensor,
+    kept per layer; 0 for the reference GPT."""
     loss_target_mask: bool = True
     """Megatron's vocabulary-parallel cross-entropy keeps a bool target mask (T bytes) beside
     the softmax and the targets; False: torch's cross-entropy keeps a 4-byte weight total."""
@@ -110,7 +118,8 @@ class ActivationSettings:
                       **overrides) -> "ActivationSettings":
         """The reference GPT's conventions (a causal mask per layer, torch's cross-entropy) on
         a CPU, or on CUDA (a bool dropout mask, fp32 LayerNorm statistics)."""
-        overrides = {"causal_mask_per_layer": True, "loss_target_mask": False, **overrides}
+        overrides = {"causal_mask_per_layer": True, "loss_target_mask": False,
+                     "glu_kept_widths": 1, "checkpoint_mask_type_bytes": 0, **overrides}
         if cuda:
             return cls(dtype_bytes=dtype_bytes, hidden_dropout=dropout,
                        attention_dropout=dropout, **overrides)
@@ -256,11 +265,12 @@ def attention_output_input_bytes(model, b, s, experts, c):
 # (one storage T·(n+2g)·d); Q is a copy of its own when 1 < g < n (its heads are then not
 # adjacent in the fused layout: each group's n/g query heads sit beside that group's K and V)
 @register_activation("core_attention_inputs", SELECTIVE_ONLY, "recomputed core's inputs (Q, K, V)",
-                     "T·(n+2g)·d·β (+ T·n·d·β if 1<g<n)", "tp")
+                     "T·(n+2g)·d·β (+ T·n·d·β if 1<g<n) + 4", "tp")
 def core_attention_inputs_bytes(model, b, s, experts, c):
     qkv = b * s * (model.query_projection_size + 2 * model.kv_projection_size) * c.dtype_bytes
     grouped = 1 < model.num_query_groups < model.num_attention_heads
-    return qkv + (b * s * model.query_projection_size * c.dtype_bytes if grouped else 0)
+    return (qkv + (b * s * model.query_projection_size * c.dtype_bytes if grouped else 0)
+            + c.checkpoint_mask_type_bytes)
 
 
 @register_activation("hidden_dropout_masks", EVERY_LAYER, "attention and MLP dropout masks",
@@ -276,15 +286,17 @@ def mlp_input_bytes(model, b, s, experts, c):
     return b * s * model.hidden_size * c.dtype_bytes
 
 
-def _activation_function_bytes(model: ModelShape, tokens: int, f: int, beta: int) -> int:
-    # GeLU keeps its input; a GLU keeps the fused up output (2f: up and gate) and act(gate)
-    return tokens * (3 * f if model.glu else f) * beta
+def _activation_function_bytes(model: ModelShape, tokens: int, f: int,
+                               c: "ActivationSettings") -> int:
+    # GeLU keeps its input; a GLU its fused up output (2f: up and gate) and, unfused, act(gate)
+    # (and Megatron-Core's up + offset): glu_kept_widths more f-wide tensors
+    return tokens * ((2 + c.glu_kept_widths) * f if model.glu else f) * c.dtype_bytes
 
 
 @register_activation("mlp_activation", DENSE_LAYERS, "activation input (GLU: up, gate, act)",
-                     "T·f·β (GLU 3·T·f·β)", "tp")
+                     "T·f·β (GLU (2+w)·T·f·β)", "tp")
 def mlp_activation_bytes(model, b, s, experts, c):
-    return _activation_function_bytes(model, b * s, model.ffn_hidden_size, c.dtype_bytes)
+    return _activation_function_bytes(model, b * s, model.ffn_hidden_size, c)
 
 
 @register_activation("mlp_down_input", DENSE_LAYERS, "MLP down input", "T·f·β", "tp")
@@ -308,10 +320,10 @@ def expert_inputs_bytes(model, b, s, experts, c):
 
 
 @register_activation("expert_activation", MOE_LAYERS, "experts' activation inputs",
-                     "k·T·fe·β (GLU 3·k·T·fe·β)", "tp")
+                     "k·T·fe·β (GLU (2+w)·k·T·fe·β)", "tp")
 def expert_activation_bytes(model, b, s, experts, c):
     return _activation_function_bytes(model, model.moe_topk * b * s,
-                                      model.expert_ffn_hidden_size, c.dtype_bytes)
+                                      model.expert_ffn_hidden_size, c)
 
 
 @register_activation("expert_down_input", MOE_LAYERS, "experts' down inputs", "k·T·fe·β", "tp")

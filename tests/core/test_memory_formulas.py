@@ -26,7 +26,8 @@ from megatron_flops.shapes import ModelShape, Recompute, RunShape
 # Korthikanti's conventions: fp16, bool masks, 16-bit softmax, one mask per model, no statistics
 PAPER = ActivationSettings(dtype_bytes=2, hidden_dropout=True, attention_dropout=True,
                            dropout_mask_bytes=1, softmax_in_fp32=False,
-                           causal_mask_per_layer=False, norm_statistics=False)
+                           causal_mask_per_layer=False, norm_statistics=False,
+                           checkpoint_mask_type_bytes=0)
 GPT3 = ModelShape(num_layers=96, hidden_size=12288, num_attention_heads=96, vocab_size=51200,
                   max_position_embeddings=2048)   # GPT-3 175B, the paper's Table 3 model
 

@@ -11,6 +11,7 @@ hooks (its own hooks take over): what it holds are the inputs it re-runs from, w
 :func:`held_by_checkpoints` files under the module that called ``checkpoint``.
 """
 
+import weakref
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, NamedTuple, Tuple
@@ -31,26 +32,50 @@ CHECKPOINT = "checkpoint"   # a checkpoint called outside every module's forward
 
 
 class SavedBytes:
-    """Accumulates ``module name -> bytes`` of the storages saved for backward (deduplicated)."""
+    """``module name -> bytes`` of the storages saved for backward and still held (each once).
+
+    A saved tensor is held through a weak reference: a storage counts when some tensor saved
+    on it is still alive when ``by_module`` is read (after the forward), so what a discarded
+    graph saved — Megatron-Core runs its dropout-add under ``enable_grad`` inside the no-grad
+    forward of a reentrant checkpoint — is not counted.
+    """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.names = {module: name for name, module in model.named_modules()}
         self.stack: List[str] = []
-        self.by_module: Dict[str, int] = defaultdict(int)
-        self.seen = set()
+        self.storages: Dict[int, list] = {}   # data_ptr -> [owner, nbytes, weak refs]
         self.parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.frozen = None
+
+    def freeze(self) -> "SavedBytes":
+        """Read what is held now (call it while the loss, and so the graph, is alive)."""
+        self.frozen = self.by_module
+        return self
 
     def record(self, tensor: torch.Tensor, where: str = None) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
             return
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
-        if key in self.parameter_storages or key in self.seen or storage.nbytes() == 0:
+        if key in self.parameter_storages or storage.nbytes() == 0:
             return
-        self.seen.add(key)
-        owner = where if where is not None else (self.stack[-1] if self.stack else LOSS)
-        self.by_module[owner] += storage.nbytes()
+        entry = self.storages.get(key)
+        if entry is None or not any(ref() is not None for ref in entry[2]):
+            # first seen, or its address reused by a new storage after the old one was freed
+            owner = where if where is not None else (self.stack[-1] if self.stack else LOSS)
+            entry = self.storages[key] = [owner, storage.nbytes(), []]
+        entry[2].append(weakref.ref(tensor))
+
+    @property
+    def by_module(self) -> Dict[str, int]:
+        if self.frozen is not None:
+            return self.frozen
+        held: Dict[str, int] = defaultdict(int)
+        for owner, nbytes, refs in self.storages.values():
+            if any(ref() is not None for ref in refs):
+                held[owner] += nbytes
+        return dict(held)
 
     @property
     def total(self) -> int:
@@ -204,7 +229,9 @@ def measure_reference(model: ModelShape, seq_length: int, micro_batch_size: int 
     ids = torch.randint(0, model.vocab_size, (micro_batch_size, seq_length), device=device)
     labels = torch.randint(0, model.vocab_size, (micro_batch_size, seq_length), device=device)
     with saved_bytes(gpt, [reference_model]) as saved:
-        gpt.loss(ids, labels)
+        loss = gpt.loss(ids, labels)
+    saved.freeze()   # while the loss keeps the graph (and what it saved) alive
+    del loss
     return saved
 
 
