@@ -69,6 +69,7 @@ CASES = {
     "full-chunks-of-3": ({}, Recompute("full", "uniform", 3), 0.0, torch.float32),
     "block-1": ({}, Recompute("full", "block", 1), 0.1, torch.float32),
     "untied": (dict(tie_embeddings=False), Recompute(), 0.0, torch.float32),
+    "rmsnorm": (dict(normalization="rmsnorm"), Recompute(), 0.0, torch.float32),
 }
 
 
@@ -99,3 +100,41 @@ def test_megatron_core_saves_what_the_formulas_say(case, megatron_core):
     wrong = [row for row in rows if not row.matches]
     assert not wrong, wrong
     assert saved.total == sum(formula.values())
+
+
+# ---- model state: what Megatron-Core's DistributedDataParallel allocates ----------------------
+
+STATE_CASES = {
+    "dense": {},
+    "untied-gqa-swiglu": dict(tie_embeddings=False, num_query_groups=2, glu_activation="swiglu",
+                              ffn_hidden_size=48, add_bias_linear=False),
+    # Megatron-Core 0.16.1's router carries a bias of E with --add-bias-linear (on by default),
+    # which params.py (a bias-free router, as the forks' DeepSpeed gate) does not count: the
+    # MoE case is built without linear biases
+    "moe": dict(num_experts=4, moe_topk=2, expert_interval=1, add_bias_linear=False),
+}
+
+
+@pytest.mark.parametrize("case", STATE_CASES)
+def test_parameters_and_gradient_buffers_are_megatron_cores(case, megatron_core):
+    """bf16 parameters, gradients reduced in fp32 (Megatron-LM's bf16 default): Megatron-Core's
+    DDP grad buffers hold exactly our gradient bytes (no distributed optimizer: no padding), its
+    parameters our parameter bytes, per dense and expert parameter.  (Megatron-Core 0.16.1's
+    DistributedOptimizer is not built here: its __init__ creates ``torch.tensor([1.0],
+    device='cuda')``, optimizer.py line 485.)"""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from megatron_flops.model_state import StateSettings, model_state, rank_parameters
+
+    model = ModelShape(**{**BASE, **STATE_CASES[case]})
+    gpt = mcore_counting.build_gpt(model, Recompute(), max_sequence_length=8,
+                                   params_dtype=torch.bfloat16, bf16=True)
+    gpt.to(torch.bfloat16)   # as Megatron's Float16Module does (norms, positions included)
+    ddp = DistributedDataParallel(gpt.config, DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, use_distributed_optimizer=False), gpt)
+    ours = rank_parameters(model, range(model.num_layers), True, True)
+    state = model_state(ours, StateSettings(parameter_bytes=2, gradient_bytes=4))
+    buffers = list(ddp.buffers) + list(ddp.expert_parallel_buffers)
+    assert all(b.grad_data.dtype == torch.float32 for b in buffers)
+    assert sum(b.grad_data.numel() * 4 for b in buffers) == state.gradients
+    assert sum(p.numel() * p.element_size() for p in gpt.parameters()) == state.parameters
