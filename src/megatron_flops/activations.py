@@ -43,7 +43,8 @@ loss's log-softmax is vocab-parallel (``"tp"``).  Context parallelism divides ``
 holds ``s/c`` queries; unfused scores ``n·(s/c)·s``).  Expert terms assume balanced routing
 under expert parallelism (each rank processes ``k·T`` token-slots on average).
 
-Not modelled (``unmodelled``): rotary/ALiBi intermediates, MLA, shared experts, PR-MoE, MTP.
+Not modelled (``unmodelled``): MLA, shared experts, PR-MoE, MTP; rotary/ALiBi add nothing per
+token under Megatron's fused RoPE and ALiBi bias (the reference GPT's written-out rotary does).
 """
 
 from dataclasses import dataclass
@@ -164,10 +165,14 @@ def register_activation(name: str, occurs: str, title: str, bytes_text: str, spl
     return register
 
 
-def unmodelled(model: ModelShape) -> List[str]:
-    """Features whose saved tensors these formulas do not describe (empty: all modelled)."""
+def unmodelled(model: ModelShape, positions: bool = False) -> List[str]:
+    """Features whose saved tensors these formulas do not describe (empty: all modelled).
+
+    Rotary and ALiBi positions add nothing per token with Megatron's fused RoPE and its ALiBi
+    bias (an input, like the mask), so they are modelled for an estimate; ``positions``: also
+    refuse them, as the reference GPT's written-out rotary keeps copies these terms omit."""
     missing = []
-    if model.position_embedding in ("rotary", "alibi"):
+    if positions and model.position_embedding in ("rotary", "alibi"):
         missing.append(f"{model.position_embedding} position embeddings' intermediates")
     if model.multi_latent_attention:
         missing.append("multi-latent attention")
@@ -519,8 +524,9 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-def check_modelled(model: ModelShape) -> None:
-    """UsageError naming what the activation formulas do not describe for ``model``."""
-    missing = unmodelled(model)
+def check_modelled(model: ModelShape, positions: bool = False) -> None:
+    """UsageError naming what the activation formulas do not describe for ``model``
+    (``positions``: as :func:`unmodelled`)."""
+    missing = unmodelled(model, positions)
     if missing:
         raise UsageError("activation memory is not modelled for " + ", ".join(missing))

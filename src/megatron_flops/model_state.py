@@ -121,7 +121,7 @@ def rank_parameters(model: ModelShape, layers, first_stage: bool, last_stage: bo
                     expert_tensor_parallel: Optional[int] = None,
                     pipeline_parallel: int = 1) -> RankParameters:
     """Parameters a rank of a stage holding decoder ``layers`` (0-based indices) keeps."""
-    missing = [m for m in unmodelled(model) if "position" not in m]
+    missing = unmodelled(model)
     if missing:
         raise UsageError("per-rank parameters are not modelled for " + ", ".join(missing))
     etp = tensor_parallel if expert_tensor_parallel is None else expert_tensor_parallel

@@ -53,6 +53,15 @@ def test_flags_change_what_they_should(capsys):
         assert first(zero3, "state")[part] == -(-first(plain, "state")[part] // 2)
 
 
+def test_rotary_is_estimated_as_megatron_fuses_it(capsys):
+    with_rotary = run_json(capsys, "--position-embedding-type", "rotary")
+    learned = run_json(capsys)
+    # the same activations but the learned positions' ids (s int64 per micro-batch; stage 0
+    # holds 4 micro-batches: 64 samples / (micro 2 × DP 2) = 16 ≥ PP 4)
+    assert with_rotary["stages"][0]["activations"] == \
+        learned["stages"][0]["activations"] - 512 * 8 * 4
+
+
 def test_table(capsys):
     assert main(["estimate", *FLAGS, "--memory"]) == 0
     out = capsys.readouterr().out
@@ -64,7 +73,8 @@ def test_table(capsys):
     (["--hidden-dropout", "1.5"], "--hidden-dropout must be in [0, 1), got 1.5"),
     (["--expert-model-parallel-size", "0"], "--expert-model-parallel-size must be a positive"),
     (["--num-layers-per-virtual-pipeline-stage", "3"], "--num-layers-per-virtual-pipeline-stage (3)"),
-    (["--position-embedding-type", "rotary"], "not modelled for rotary"),
+    (["--num-experts", "4", "--mlp-type", "residual", "--framework", "microsoft"],
+     "not modelled for PR-MoE"),
 ])
 def test_bad_memory_flags_are_one_line(extra, message, capsys):
     assert main(["estimate", *FLAGS, "--memory", *extra]) == 2

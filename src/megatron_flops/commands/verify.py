@@ -55,7 +55,7 @@ def _verify_memory(flags, args, model, run) -> int:
     import torch
 
     from ..reference.saved import verify_memory
-    check_modelled(model)
+    check_modelled(model, positions=True)
     if args.meta:
         raise UsageError("--memory measures real tensors: drop --meta")
     if flags.attention_dropout != flags.hidden_dropout:

@@ -31,7 +31,7 @@ def demo_memory(config: DemoConfig, cuda: bool) -> Optional[RankMemory]:
     if beta is None or run.pipeline_model_parallel_size > 1:
         return None   # the demo runs one stage per process: PP only chooses block recompute
     try:
-        check_modelled(config.model)
+        check_modelled(config.model, positions=True)
     except UsageError:
         return None
     dropout = config.hidden_dropout > 0

@@ -72,6 +72,8 @@ def memory_from_namespace(ns, model: ModelShape, run: RunShape, dialect: str) ->
                                   attention_dropout=_dropout(ns, "attention_dropout") > 0,
                                   flash_attention=flash_attention(ns, dialect))
     zero = getattr(ns, "zero_stage", None)
+    if hasattr(ns, "deepspeed") and not getattr(ns, "deepspeed"):
+        zero = None   # a fork's --zero-stage default, without DeepSpeed running the optimizer
     if zero is None:
         zero = 1 if getattr(ns, "use_distributed_optimizer", False) else 0
     # Megatron-LM accumulates bf16 gradients in fp32; fp16 keeps fp16 gradients unless asked

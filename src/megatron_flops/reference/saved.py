@@ -241,7 +241,7 @@ def verify_memory(model: ModelShape, seq_length: int, micro_batch_size: int = 1,
     """Measured bytes saved for backward by the reference GPT against the activation formulas,
     with the device's conventions: on a CPU masks and statistics in the activation dtype; on
     CUDA a bool dropout mask and fp32 LayerNorm statistics."""
-    check_modelled(model)
+    check_modelled(model, positions=True)
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     settings = ActivationSettings.for_reference(dtype_bytes, dropout > 0,
                                                 cuda=device.startswith("cuda"))
