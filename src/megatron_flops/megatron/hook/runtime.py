@@ -283,6 +283,10 @@ class MegatronHook:
         except UsageError as error:
             self.print(f"{PREFIX} memory: not estimated ({error})", ranks=("first",))
             return
+        except Exception as error:  # a fault here must not take the FLOPs accounting down
+            self.print(f"{PREFIX} memory: not estimated ({type(error).__name__}: {error})",
+                       ranks=("first",))
+            return
         if rank == 0:
             self.print("\n".join(f"{PREFIX} {line}" for line in memory_lines(memory)),
                        ranks=("first",))
