@@ -4,8 +4,9 @@ Declared once per component, in the spirit of :mod:`megatron_flops.components`: 
 ``@register_activation`` function returns the bytes a micro-batch of ``b`` samples of ``s``
 tokens saves in one layer (or once per model), on one rank without tensor parallelism.  What
 is saved is what autograd keeps between the forward and the backward pass of Megatron's
-unfused (local) layer — and of :class:`megatron_flops.reference.model.ReferenceGPT`, which
-``verify --memory`` measures with ``saved_tensors_hooks`` against these formulas.
+unfused (local) layer — proven on Megatron-Core's GPTModel — and of
+:class:`megatron_flops.reference.model.ReferenceGPT`, which ``verify --memory`` measures with
+``saved_tensors_hooks``; where the two differ, :class:`ActivationSettings` names it.
 
 Notation: ``T = b·s`` tokens, ``β`` bytes of the activation dtype, ``m`` bytes of a dropout
 mask (1: CUDA's fused dropout keeps a bool mask; a CPU keeps a mask of the activation dtype),
@@ -17,13 +18,13 @@ counts once, whole.
 Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
 §4.1) count a layer as ``s·b·h·(34 + 5·n·s/h)`` bytes: with their conventions (β = 2, m = 1,
 softmax in 16 bits, no norm statistics, one causal mask for the whole model) the per-layer
-components below sum to exactly that (``tests/core/test_activations.py``)::
+components below sum to exactly that (``tests/core/test_memory_formulas.py``)::
 
     component (per layer)         bytes             Korthikanti
     norm_inputs                   2·(T·h·β + 2·T·σ)     4·sbh (+ statistics)
     qkv_input                     T·h·β                 2·sbh
     query_key                     2·b·n·s·d·β           4·sbh
-    attention_mask                s²                    (one per model)
+    attention_mask                s² (reference only)   (shared: one per model)
     attention_softmax             b·n·s²·(4 | β)        2·a·s²·b
     attention_dropout_mask        b·n·s²·m              a·s²·b
     attention_probs               b·n·s²·β              2·a·s²·b
