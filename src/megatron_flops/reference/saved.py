@@ -210,7 +210,8 @@ def compare_saved(by_module: Dict[str, int], formula: Dict[str, int], module_ter
         measured = sum(measured_by_kind.pop(kind, 0) for kind in kinds)
         expected = sum(formula.get(term, 0) for term in terms)
         if measured or expected:
-            rows.append(MemoryRow(terms, kinds, measured, expected))
+            present = tuple(term for term in terms if term in formula) or terms
+            rows.append(MemoryRow(present, kinds, measured, expected))
     for kind, value in measured_by_kind.items():
         rows.append(MemoryRow(("(undeclared)",), (kind,), value, 0))
     return rows
