@@ -14,6 +14,7 @@ from ..planning import iteration_breakdown, training_time
 from ..report import format_optional, format_percent, format_tflops, gpus, summary_lines
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_resolved, positive)
+from .memory import memory_flags, memory_for, memory_lines
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
@@ -146,7 +147,11 @@ def estimate_main(argv: List[str]) -> int:
                         dest="tflops_per_gpu",
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--memory", action="store_true",
+                        help="also the memory of each pipeline stage's ranks: parameters, "
+                        "gradients, optimizer state, activations by term, the peak")
     add_convention_arguments(parser)
+    flags = memory_flags(argv) if "--memory" in argv else None  # refused before any output
     args, resolved = parse_resolved(parser, argv, warn_assumed="--json" in argv)
     model, run = resolved.model, resolved.run
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
@@ -156,6 +161,10 @@ def estimate_main(argv: List[str]) -> int:
     result["world_size_source"] = resolved.world_size_source  # None: assumed (TP × PP)
     # the provenance record: dialect, assumptions (inferred or assumed), flags noted
     result.update(resolved.as_dict())
+    memory = None
+    if args.memory:
+        memory = memory_for(flags, args, model, run, resolved.dialect.name)
+        result["memory"] = memory.to_dict()
     if args.json:
         print(json.dumps(result))
         for warning in result["warnings"]:
@@ -164,4 +173,7 @@ def estimate_main(argv: List[str]) -> int:
         _print_estimate(result, model, run, breakdown, params, args.causal,
                         "\n".join(resolved.lines()))
         _print_conventions(result, args.conventions)
+        if memory is not None:
+            print()
+            print("\n".join(memory_lines(memory)))
     return EXIT_OK

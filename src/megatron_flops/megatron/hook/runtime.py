@@ -8,11 +8,13 @@ import sys
 from typing import Optional, Sequence, Type
 
 from ...conventions import conventions_for_run, conventions_table
+from ...errors import UsageError
 from ...hardware import implausible_utilisation_warning
 from ...params import parameter_count
 from ...planning import iteration_breakdown
-from ...report import summary_lines
+from ...report import GIB, memory_lines, summary_lines
 from .. import calculator as calc
+from ..memory_args import measured_peak_bytes, memory_from_namespace
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
 from .count_mode import CountingMode, CountSettings
 
@@ -73,6 +75,7 @@ class MegatronHook:
         self.counting = CountSettings()          # the counting mode's settings (off)
         self.counting_mode: Optional[CountingMode] = None
         self._summary_done = False
+        self._memory_done = False   # issue 22: the memory lines, once per logging rank
         self._utilization_warned = False
         self._originals = {}
 
@@ -227,6 +230,7 @@ class MegatronHook:
         args = self.training_module.get_args()
         accounting = self.accounts.for_args(args)
         self.start_summary(args, accounting)
+        self.memory_summary(args, accounting)
         self.strategy.observe(args, accounting)
         interval = Interval(iteration, accounting, loss_counts)
         if iteration % args.log_interval == 0:
@@ -261,6 +265,40 @@ class MegatronHook:
         lines = "\n".join(lines).split("\n")
         self.print("\n".join(f"{PREFIX} {line}" if line else PREFIX for line in lines),
                    ranks=("first",))
+
+    def memory_summary(self, args, accounting: calc.RunAccounting) -> None:
+        """Once per run, at the first training_log: rank 0 prints the per-stage memory table;
+        each logging rank (first, last) its stage's estimated peak beside the measured one
+        (``torch.cuda.max_memory_allocated`` on a GPU, after the first iteration; n/a
+        elsewhere).  A configuration the formulas do not model gets one line saying so."""
+        if self._memory_done or not self.per_iteration:
+            return
+        self._memory_done = True
+        rank, world = rank_and_world()
+        if rank not in (0, world - 1):
+            return
+        try:
+            memory = memory_from_namespace(args, accounting.model, accounting.run,
+                                           self.strategy.name)
+        except UsageError as error:
+            self.print(f"{PREFIX} memory: not estimated ({error})", ranks=("first",))
+            return
+        except Exception as error:  # a fault here must not take the FLOPs accounting down
+            self.print(f"{PREFIX} memory: not estimated ({type(error).__name__}: {error})",
+                       ranks=("first",))
+            return
+        if rank == 0:
+            self.print("\n".join(f"{PREFIX} {line}" for line in memory_lines(memory)),
+                       ranks=("first",))
+        stage = memory.stages[0 if rank == 0 else -1]
+        measured = measured_peak_bytes()
+        measured_text = ("n/a (no CUDA device in use)" if measured is None
+                         else f"{measured / GIB:,.3f} GiB (torch.cuda.max_memory_allocated)")
+        line = (f"{PREFIX} memory, rank {rank} (pipeline stage {stage.stage}): estimated peak "
+                f"{stage.peak / GIB:,.3f} GiB, measured peak after the first iteration "
+                f"{measured_text}")
+        stream = self.out or sys.stdout
+        print(line, file=stream, flush=True)
 
     def check_utilization(self, interval: Interval) -> None:
         """Once per run, on the printing rank: an MFU or HFU above 100 % never goes out
