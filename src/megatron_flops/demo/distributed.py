@@ -45,6 +45,21 @@ class Distributed:
         self.dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
+    def any(self, flag: bool) -> bool:
+        """Is ``flag`` set on any rank (one small all-reduce)?"""
+        if not self.active:
+            return flag
+        import torch
+        device = f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"
+        tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
+    def detach(self) -> None:
+        """Stop using the group (a peer is gone): from now on local values only, and no
+        collective at close."""
+        self.active = False
+
     def barrier(self) -> None:
         if self.active:
             self.dist.barrier()
