@@ -31,6 +31,14 @@ class Distributed:
             elif not dist.is_initialized():
                 dist.init_process_group(self.backend)
             self.active = True
+        # issue 24: the Ctrl-C agreement (any) runs every iteration: on CUDA through a CPU
+        # (gloo) group, so that it never waits for the device
+        self._flag_group = None
+        if self.active and self.backend == "nccl":
+            try:
+                self._flag_group = dist.new_group(backend="gloo")
+            except Exception:  # noqa: BLE001 - no gloo: the default group (one sync each)
+                self._flag_group = None
         self.world_size = dist.get_world_size() if self.active else 1
         self.rank = dist.get_rank() if self.active else 0
         self.is_last_rank = self.rank == self.world_size - 1
@@ -50,9 +58,10 @@ class Distributed:
         if not self.active:
             return flag
         import torch
-        device = f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"
+        on_device = self.backend == "nccl" and self._flag_group is None
+        device = f"cuda:{self.local_rank}" if on_device else "cpu"
         tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX)
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX, group=self._flag_group)
         return bool(tensor.item())
 
     def detach(self) -> None:
