@@ -158,3 +158,54 @@ def test_peak_shows_progress_on_a_terminal_only(monkeypatch, capsys):
     shown = capsys.readouterr()
     assert "\rmeasuring fp32 (1/1): 32×32 matmuls" in shown.err
     assert shown.err.endswith("\r\x1b[K")   # erased before the results
+
+
+DUMP_CASES = [
+    [],
+    ["--swiglu"],
+    ["--group-query-attention", "--num-query-groups", "2"],
+    ["--recompute-granularity", "full", "--recompute-method", "uniform",
+     "--recompute-num-layers", "1"],
+    ["--ffn-hidden-size", "96", "--kv-channels", "8", "--untie-embeddings-and-output-weights"],
+]
+
+
+@pytest.mark.parametrize("extra", DUMP_CASES, ids=lambda e: " ".join(e) or "defaults")
+def test_the_short_dump_relogs_as_the_whole_namespace_would(extra, tmp_path, capsys):
+    """Issue 24: the demo's dump shows the arguments relog reads the run by and those that
+    differ from the defaults (not the ~130 lines of the whole namespace), and relog reads
+    the log with it exactly as with the whole namespace dumped (every interval's JSON, the
+    summary's figures)."""
+    from megatron_flops.commands.demo import DUMPED_ALWAYS, demo_parser
+    argv = SMALL + extra + ["--train-iters", "4", "--log-interval", "2", "--peak-tflops", "0.5"]
+    code, out, err = run_demo(argv, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    start, end = lines.index(DUMP_START), lines.index(DUMP_END)
+    shown = {line.split()[0]: line.split()[-1] for line in lines[start + 1:end]}
+    assert end - start - 1 == len(shown) <= 40
+    for flag in extra:
+        if flag.startswith("--"):
+            assert flag[2:].replace("-", "_") in shown       # every flag typed is shown
+    # the whole namespace, as the dump was before: every argument the parser has
+    whole = vars(demo_parser().parse_args(argv))
+    assert {name for name in DUMPED_ALWAYS if name in whole} <= set(shown)
+    whole.update({name: value for name, value in shown.items()})
+    full = [DUMP_START] + [f"  {name} {'.' * max(3, 48 - len(name) - 2)} {whole[name]}"
+                           for name in sorted(whole, key=str.lower)
+                           if not name.startswith("_")] + [DUMP_END]
+    assert len(full) > 100
+    relogged = []
+    for dump in (lines[start:end + 1], full):
+        log = tmp_path / "demo.log"
+        log.write_text("\n".join(lines[:start] + dump + lines[end + 1:]) + "\n")
+        assert main(["relog", str(log), "--json"]) == 0
+        result = capsys.readouterr()
+        summary = next(json.loads(line)["summary"] for line in result.err.splitlines()
+                       if line.startswith('{"summary"'))
+        intervals = [json.loads(line) for line in result.out.splitlines()]
+        for interval in intervals:
+            interval.pop("line")                  # the log's line numbers differ
+        relogged.append((intervals, summary["mean_tflops_per_gpu"],
+                         summary["overall_tflops_per_gpu"], summary["peak"]))
+    assert relogged[0] == relogged[1]

@@ -8,7 +8,9 @@ from typing import List
 from ..demo.config import ATTENTION_KINDS, DEFAULTS, DemoConfig, launcher_rank, launcher_world_size
 from ..demo.corpus import BYTE_VOCAB_SIZE
 from ..demo.train import run_demo
+from ..logs.arguments import FRAMEWORK_ARGUMENTS
 from ..megatron.args import add_megatron_arguments
+from ..megatron.dialects import DIALECT_ARGUMENTS
 from .common import Parser, UsageError, add_peak_arguments, parse_command, positive, run_guarded
 
 SHAPE_DEFAULTS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
@@ -99,15 +101,34 @@ def demo_parser(world_size: int = 1) -> argparse.ArgumentParser:
     return parser
 
 
+# issue 24: the arguments the demo's dump always shows, whatever their value — what relog
+# reads a run's shape, batch, log interval and dtype by, and the names it tells the framework
+# and dialect by (so the short dump is read in the same one); the others only when they
+# differ from the demo's defaults (the whole namespace was ~130 lines)
+DUMPED_ALWAYS = ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
+                 "micro_batch_size", "global_batch_size", "vocab_size",
+                 "make_vocab_size_divisible_by", "tensor_model_parallel_size",
+                 "pipeline_model_parallel_size", "world_size", "train_iters", "log_interval",
+                 "bf16", "fp16", *FRAMEWORK_ARGUMENTS, *DIALECT_ARGUMENTS)
+
+
+def dumped_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """The arguments the demo's Megatron-style dump shows (:data:`DUMPED_ALWAYS`, then every
+    one whose value is not the parser's default)."""
+    return {name: value for name, value in vars(args).items() if not name.startswith("_")
+            and (name in DUMPED_ALWAYS or value != parser.get_default(name))}
+
+
 def parse_demo_config(argv: List[str]) -> DemoConfig:
     """The demo's flags, read once, for the processes the launcher started."""
     world_size = launcher_world_size()
     quiet = launcher_rank() != world_size - 1  # the last rank speaks, as in Megatron
-    args, model, run = parse_command(demo_parser(world_size), argv, quiet=quiet)
+    parser = demo_parser(world_size)
+    args, model, run = parse_command(parser, argv, quiet=quiet)
+    arguments = dumped_arguments(args, parser)
     if args.vocab_size is not None and args.vocab_size < BYTE_VOCAB_SIZE:
         raise UsageError(f"--vocab-size ({args.vocab_size}) must be at least {BYTE_VOCAB_SIZE}: "
                          "the demo's tokens are bytes")
-    arguments = {name: value for name, value in vars(args).items() if not name.startswith("_")}
     return DemoConfig(model=model, run=run, world_size=world_size, arguments=arguments,
                       **{name: getattr(args, name) for name in OPTIONS})
 

@@ -31,6 +31,14 @@ class Distributed:
             elif not dist.is_initialized():
                 dist.init_process_group(self.backend)
             self.active = True
+        # issue 24: the Ctrl-C agreement (any) runs every iteration: on CUDA through a CPU
+        # (gloo) group, so that it never waits for the device
+        self._flag_group = None
+        if self.active and self.backend == "nccl":
+            try:
+                self._flag_group = dist.new_group(backend="gloo")
+            except Exception:  # noqa: BLE001 - no gloo: the default group (one sync each)
+                self._flag_group = None
         self.world_size = dist.get_world_size() if self.active else 1
         self.rank = dist.get_rank() if self.active else 0
         self.is_last_rank = self.rank == self.world_size - 1
@@ -44,6 +52,22 @@ class Distributed:
         tensor = torch.tensor([value], dtype=torch.float64, device=device)
         self.dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
+
+    def any(self, flag: bool) -> bool:
+        """Is ``flag`` set on any rank (one small all-reduce)?"""
+        if not self.active:
+            return flag
+        import torch
+        on_device = self.backend == "nccl" and self._flag_group is None
+        device = f"cuda:{self.local_rank}" if on_device else "cpu"
+        tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MAX, group=self._flag_group)
+        return bool(tensor.item())
+
+    def detach(self) -> None:
+        """Stop using the group (a peer is gone): from now on local values only, and no
+        collective at close."""
+        self.active = False
 
     def barrier(self) -> None:
         if self.active:

@@ -100,6 +100,43 @@ class Progress:
     measured_peak_bytes: Optional[int] = None   # the training loop's (CUDA), read as it ends
 
 
+class RankedStop:
+    """Ctrl-C under several processes (issue 24).  SIGINT reaches every rank (the terminal
+    signals the process group; torchrun passes it on too), each at its own point, maybe in
+    the middle of a collective: a KeyboardInterrupt there would leave the ranks at different
+    collectives.  So while a group is active the first SIGINT only sets a flag, and after
+    each iteration the ranks agree (one small all-reduce) whether any saw one: all stop after
+    the same iteration, and the interval's line, the loss mean and the summary's collectives
+    still pair up.  A collective that fails after a SIGINT (a peer already gone) ends the
+    run the same way on local values.  One process: Python's own KeyboardInterrupt."""
+
+    def __init__(self, dist: Distributed):
+        import signal
+        self.dist, self.seen, self._previous = dist, False, None
+        if dist.active:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.seen = True
+
+    def agreed(self) -> bool:
+        """Did any rank see a SIGINT (every rank calls this after each iteration)?"""
+        return self.dist.active and self.dist.any(self.seen)
+
+    def peer_gone(self, error: BaseException) -> bool:
+        """A collective failed after a SIGINT: a peer stopped first.  Go on alone."""
+        if self.seen and isinstance(error, RuntimeError):
+            self.dist.detach()
+            return True
+        return False
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            import signal
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def train(session: Session, started: float) -> int:
     """The loop; Ctrl-C ends it after the iterations done so far, with their log line and the
     summary, exit code 130 (as a shell reports SIGINT)."""
@@ -120,6 +157,7 @@ def train(session: Session, started: float) -> int:
     session.status = status
     loop_start, done = progress.interval_start, 0
     status.show(f"iteration 1/{config.train_iters} running ...")
+    stop = RankedStop(session.dist)
     try:
         for iteration in range(1, config.train_iters + 1):
             if profiler is not None:
@@ -137,7 +175,11 @@ def train(session: Session, started: float) -> int:
             if iteration % config.log_interval == 0 or iteration == config.train_iters:
                 close_interval(session, progress, iteration, batch_size)
             show_progress(status, iteration, config.train_iters, time.perf_counter() - loop_start)
-    except KeyboardInterrupt:
+            if iteration < config.train_iters and stop.agreed():
+                raise KeyboardInterrupt
+    except (KeyboardInterrupt, Exception) as error:
+        if not (isinstance(error, KeyboardInterrupt) or stop.peer_gone(error)):
+            raise
         status.clear()
         progress.measured_peak_bytes = measured_peak_bytes() if session.cuda else None
         if progress.interval_iterations:
@@ -146,6 +188,8 @@ def train(session: Session, started: float) -> int:
         session.close_writers()
         print_summary(session, progress, started, done)
         return EXIT_INTERRUPTED
+    finally:
+        stop.restore()
     status.clear()
     progress.measured_peak_bytes = measured_peak_bytes() if session.cuda else None
     session.close_writers()

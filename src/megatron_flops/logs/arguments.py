@@ -216,6 +216,10 @@ _FORK_ARGUMENTS = (
 # NVIDIA Megatron-LM's parser (megatron/training/arguments.py): names neither fork has
 _MEGATRON_LM_ARGUMENTS = ("log_throughput", "num_query_groups", "moe_router_topk",
                           "context_parallel_size")
+# issue 24: every name fork_from_arguments reads (a dump that keeps these names keeps its
+# framework: the demo's short dump)
+FRAMEWORK_ARGUMENTS = ("deepspeed", *(n for _, names in _FORK_ARGUMENTS for n in names),
+                       *_MEGATRON_LM_ARGUMENTS)
 
 
 def fork_from_arguments(arguments: Dict[str, str]) -> Optional[str]:

@@ -62,6 +62,7 @@ Robustness (``parse_console_log`` never raises on input text):
 """
 
 import datetime
+import decimal
 import io
 import math
 import re
@@ -120,6 +121,9 @@ class LogRecord(NamedTuple):
     iterations: Optional[int] = None          # iterations the time covers, when the source
     job_start: bool = False                   # says (progress.txt); the span has a job start
     stamp_precise: bool = False               # Megatron-LM's stamp has .%f (2026-01 on)
+    # issue 24: half a unit of the printed TFLOPs' last digit (0.0: not printed rounded, as
+    # a TensorBoard scalar); the fork's unrounded figure is within ``tflops`` ± this
+    tflops_resolution: float = 0.0
     time_resolution_seconds: float = 0.0      # half a unit of the printed time's last digit
     truncated: bool = False
 
@@ -224,6 +228,8 @@ _FIELDS: Dict[str, Tuple[str, type]] = {
 _TGS_INDEX = LogRecord._fields.index("tokens_per_gpu_per_second")
 _PRECISE_INDEX = LogRecord._fields.index("stamp_precise")
 _TIMESTAMP_INDEX = LogRecord._fields.index("timestamp")
+_TFLOPS_INDEX = LogRecord._fields.index("tflops")
+_TFLOPS_RESOLUTION_INDEX = LogRecord._fields.index("tflops_resolution")
 _MEGATRON_LM_THROUGHPUT = "| throughput per GPU (TFLOP/s/GPU): "
 _PRIMUS_COMPUTE = "| compute per GPU (TFLOP/s/GPU): "
 
@@ -246,6 +252,20 @@ def _decimals(text: str) -> int:
     text = text.strip()
     dot = text.find(".")
     return 0 if dot < 0 else len(text) - dot - 1
+
+
+def printed_resolution(text: str) -> float:
+    """Half a unit of the last digit of a printed number (its current value, for Primus's
+    pairs): ``"0.00"`` -> 0.005, ``"266.3"`` -> 0.05, ``"1.2E-03"`` -> 5e-05; 0.0 for a
+    value without digits (``nan``, ``inf``)."""
+    text = current_value(text).strip()
+    if "e" in text or "E" in text or "n" in text or "N" in text:
+        try:
+            exponent = decimal.Decimal(text).as_tuple().exponent
+        except decimal.InvalidOperation:
+            return 0.0
+        return 0.5 * 10.0 ** exponent if isinstance(exponent, int) else 0.0
+    return 0.5 * 10.0 ** -_decimals(text)
 
 
 _INDEX = {key: (LogRecord._fields.index(name), convert)
@@ -273,6 +293,8 @@ def _general_fields(line: str, start: int, fields: list, line_number: int) -> bo
         try:
             if entry is not None:
                 fields[entry[0]] = entry[1](value)
+                if entry[0] == _TFLOPS_INDEX:   # its printed digits (issue 24)
+                    fields[_TFLOPS_RESOLUTION_INDEX] = printed_resolution(value)
             else:  # the elapsed time, in (s) or (ms); Primus: "current/average" (ms)
                 value = current_value(value)
                 seconds = float(value)
@@ -310,6 +332,7 @@ class _LineFormat(NamedTuple):
     converters: tuple
     time_group: int       # the elapsed time's group
     in_seconds: bool      # printed in seconds (else ms)
+    tflops_group: int     # the logged TFLOPs' group among the others, -1 without one
 
 
 def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
@@ -345,10 +368,12 @@ def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
     if time_group is None:
         return None
     del indices[time_group], converters[time_group]
+    tflops_group = indices.index(_TFLOPS_INDEX) if _TFLOPS_INDEX in indices else -1
     # only lines that end at their last "|": a tail (a last field without its "|", a cut
     # line) is read by the general pass
     pattern = re.compile(r"\|" + r"\|".join(parts) + r"\|\s*\Z")
-    return _LineFormat(pattern, tuple(indices), tuple(converters), time_group, in_seconds)
+    return _LineFormat(pattern, tuple(indices), tuple(converters), time_group, in_seconds,
+                       tflops_group)
 
 
 _formats: List[_LineFormat] = []
@@ -366,6 +391,8 @@ def _learned_fields(line_format: _LineFormat, match, fields: list) -> Optional[b
             fields[index] = convert(text)
     except ValueError:
         return None
+    if line_format.tflops_group >= 0:   # the logged TFLOPs' printed digits (issue 24)
+        fields[_TFLOPS_RESOLUTION_INDEX] = printed_resolution(groups[line_format.tflops_group])
     text = value.strip()
     dot = text.find(".")
     decimals = 0 if dot < 0 else len(text) - dot - 1
@@ -406,6 +433,7 @@ def _complete_tail(line: str, fields: list) -> bool:
         return False
     index, convert = _INDEX[tail.group(1)]
     fields[index] = convert(tail.group(2))
+    fields[_TFLOPS_RESOLUTION_INDEX] = printed_resolution(tail.group(2))
     return True
 
 

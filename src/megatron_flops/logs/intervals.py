@@ -20,7 +20,8 @@ iteration-time tags) this computes, from that interval's own numbers:
   else ``curriculum seqlen``), else ``--seq-length``.
 - model and hardware TFLOP/s per GPU = batch_size × FLOPs per sample at seq_length /
   (seconds_per_iteration × world size × 1e12), through the core's ThroughputMeter; MFU/HFU
-  against the peak when known; ``error`` = logged TFLOPs / hardware TFLOP/s − 1.
+  against the peak when known; ``error`` = logged TFLOPs / hardware TFLOP/s − 1, with
+  ``error_bound`` from the logged figure's printed digits (n/a when it was printed as zero).
 - ``fork_formula_tflops``: what the fork's own formula gives for the flags given, this
   line's logged batch, seq length and time.  When it does not reproduce the logged number,
   the flags (or the world size) do not describe the run, and the summary says so.
@@ -87,6 +88,31 @@ def reproduces(logged: float, formula: float) -> bool:
     return abs(logged - formula) <= max(FORMULA_TOLERANCE * formula, 0.01)
 
 
+# issue 24: a logged figure printed as 0.00 (a small run, the forks' {:.2f}) carries no
+# digit: its error would read −100 % whatever the run did
+ROUNDED_TO_ZERO = "logged TFLOPs printed as zero: no digits to compare"
+# the exact figure rounds to the logged one: the difference is the printing's, not the formula's
+WITHIN_DIGITS = "within the printed digits"
+
+
+def logged_error(logged: Optional[float], resolution: float, true_tflops: float
+                 ) -> Tuple[Optional[float], Optional[float], Optional[str]]:
+    """(error, its bound, note) of a logged TFLOPs figure printed to ± ``resolution`` (half
+    a unit of its last digit; 0.0: not rounded) against the true figure: ``error`` =
+    logged / true − 1, ``bound`` = resolution / true (the unrounded figure's error is within
+    error ± bound); the error is None for nothing logged, a non-finite figure or one printed
+    as zero (:data:`ROUNDED_TO_ZERO`); the note is :data:`WITHIN_DIGITS` when the true figure
+    rounds to the logged one (|logged − true| ≤ resolution)."""
+    if logged is None or not math.isfinite(logged) or not true_tflops > 0:
+        return None, None, None
+    if logged == 0 and resolution > 0:
+        return None, None, ROUNDED_TO_ZERO
+    bound = resolution / true_tflops
+    note = WITHIN_DIGITS if resolution and abs(logged - true_tflops) <= resolution * (
+        1 + 1e-9) else None
+    return logged / true_tflops - 1.0, bound, note
+
+
 class Interval(NamedTuple):
     """One logged interval, recomputed.
 
@@ -110,6 +136,11 @@ class Interval(NamedTuple):
     fork: Optional[str] = None  # the line's fork, else the segment's (its arguments dump)
     startup: bool = False       # Megatron-LM: its time includes start-up (not in statistics)
     formula: Optional[str] = None  # the formula of fork_formula_tflops (Megatron-LM: its era)
+    # issue 24: the error's half-width from the logged figure's printed digits (the fork's
+    # unrounded figure is within logged ± tflops_resolution), and why the error is n/a or
+    # says nothing (ROUNDED_TO_ZERO, WITHIN_DIGITS)
+    error_bound: Optional[float] = None
+    error_note: Optional[str] = None
 
     @property
     def iteration(self) -> int:
@@ -146,6 +177,8 @@ class Interval(NamedTuple):
             "mfu": rep.mfu,
             "hfu": rep.hfu,
             "error": self.error,
+            "error_bound": self.error_bound,
+            "error_note": self.error_note,
             "logged_counts": LOGGED_COUNTS.get(self.fork or r.fork),
             "startup": self.startup,
         }
@@ -366,13 +399,11 @@ class Relogger:
                        else self._fork_formula(fork, batch, seq_length, seconds))
         true_tflops = (report.model_tflops_per_gpu if LOGGED_COUNTS.get(fork) == "model"
                        else report.hardware_tflops_per_gpu)
-        if logged is None or not math.isfinite(logged) or not true_tflops > 0:
-            error = None
-        else:
-            error = logged / true_tflops - 1.0   # legacy_error, inline
+        error, bound, note = logged_error(logged, record.tflops_resolution, true_tflops)
         return _new_interval(Interval, (
             record, iterations, samples / iterations, batch_source, seq_length, seq_source,
-            seconds, time_source, report, formula, error, fork, startup, formula_name))
+            seconds, time_source, report, formula, error, fork, startup, formula_name,
+            bound, note))
 
     def _megatron_lm_formula(self, record: LogRecord, logged: Optional[float], batch: float,
                              seq_length: int, seconds: float) -> Tuple[str, float]:

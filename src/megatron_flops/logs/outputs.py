@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..report import format_optional as _number
 from ..report import format_percent, format_tflops
 from ..sinks import write_tensorboard
-from .intervals import LOGGED_COUNTS, Interval
+from .intervals import LOGGED_COUNTS, WITHIN_DIGITS, Interval
 from .tensorboard import EventWriter, event_files
 
 
@@ -41,10 +41,35 @@ def table_row(interval: Interval) -> str:
     batch_text = f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}"
     return _TABLE_FORMAT.format(
         interval.iteration, batch_text, interval.seq_length,
-        f"{interval.seconds_per_iteration:.4g}", format_tflops(interval.logged_tflops),
+        f"{interval.seconds_per_iteration:.4g}",
+        logged_text(interval.logged_tflops, interval.record.tflops_resolution),
         format_tflops(rep.model_tflops_per_gpu), format_tflops(rep.hardware_tflops_per_gpu),
         format_percent(rep.mfu, unit=""), format_percent(rep.hfu, unit=""),
-        format_percent(interval.error, "+.1f"))
+        error_text(interval))
+
+
+def logged_text(logged: Optional[float], resolution: float) -> str:
+    """The logged TFLOPs with the digits the run printed (``0.01`` stays ``0.01``, not
+    ``0.0100``); a figure not printed rounded (a TensorBoard scalar) by ``format_tflops``."""
+    if logged is None or not resolution > 0 or not math.isfinite(logged):
+        return format_tflops(logged)
+    return f"{logged:.{max(0, round(-math.log10(2.0 * resolution)))}f}"
+
+
+# issue 24: an error bound from the printed digits is shown from ±0.1 % (the table's last digit)
+SHOWN_BOUND = 0.001
+
+
+def error_text(interval: Interval) -> str:
+    """The table's error: ``+33.3%``; with its bound from the logged figure's printed
+    digits when that shows at one decimal (``-32.9±33.6%``: a logged 0.01 vs a true 0.0149);
+    ``n/a`` without one (nothing logged, or printed as zero: the summary says which)."""
+    error, bound = interval.error, interval.error_bound
+    if error is None:
+        return "n/a"
+    if bound is not None and bound >= SHOWN_BOUND:
+        return f"{100.0 * error:+.1f}±{100.0 * bound:.1f}%"
+    return format_percent(error, "+.1f")
 
 
 # rows are written to the stream in batches of this many (one write call, not one a row)
@@ -111,7 +136,7 @@ _JSON_KEYS = ("iteration", "line", "fork", "consumed_samples", "consumed_tokens"
               "seq_source", "seconds_per_iteration", "time_source", "skipped_iterations",
               "logged_samples_per_second", "samples_per_second", "tokens_per_second_per_gpu",
               "logged_tflops", "fork_formula_tflops", "fork_formula", "tflops_per_gpu", "mfu",
-              "hfu", "error", "logged_counts", "startup")
+              "hfu", "error", "error_bound", "error_note", "logged_counts", "startup")
 _JSON_TEMPLATE = ("{" + ", ".join(
     f'"{key}": ' + ('{"model": %s, "hardware": %s}' if key == "tflops_per_gpu" else "%s")
     for key in _JSON_KEYS) + "}\n")
@@ -128,7 +153,8 @@ def interval_json(interval: Interval) -> str:
               r.samples_per_second, rep.samples_per_second, rep.tokens_per_second_per_gpu,
               r.tflops, interval.fork_formula_tflops, interval.formula,
               rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, rep.mfu, rep.hfu,
-              interval.error, LOGGED_COUNTS.get(fork), interval.startup]
+              interval.error, interval.error_bound, interval.error_note,
+              LOGGED_COUNTS.get(fork), interval.startup]
     return _JSON_TEMPLATE % tuple("".join(_encode_values(values, 0))[1:-1].split("\0"))
 
 
@@ -145,7 +171,10 @@ class JsonOutput(_BatchedLines):
 CSV_COLUMNS = ("iteration", "fork", "consumed_samples", "consumed_tokens",
                "logged_global_batch_size", "batch_size", "seq_length", "seconds_per_iteration",
                "logged_tflops", "fork_formula_tflops", "model_tflops_per_gpu",
-               "hardware_tflops_per_gpu", "mfu_percent", "hfu_percent", "error_percent")
+               "hardware_tflops_per_gpu", "mfu_percent", "hfu_percent", "error_percent",
+               # issue 24: the error's bound from the logged figure's printed digits, and why
+               # the error is empty or says nothing (intervals.ROUNDED_TO_ZERO, WITHIN_DIGITS)
+               "error_bound_percent", "error_note")
 
 
 def _percent(fraction: Optional[float]) -> Optional[float]:
@@ -159,7 +188,8 @@ def csv_row(interval: Interval) -> list:
             r.global_batch_size, interval.batch_size, interval.seq_length,
             interval.seconds_per_iteration, r.tflops, interval.fork_formula_tflops,
             rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu, _percent(rep.mfu),
-            _percent(rep.hfu), _percent(interval.error)]
+            _percent(rep.hfu), _percent(interval.error), _percent(interval.error_bound),
+            interval.error_note or ""]
 
 
 class CsvOutput:
@@ -386,8 +416,21 @@ def summary_lines(summary: dict) -> List[str]:
             f"{summary['intervals_with_logged_tflops']} intervals: mean error "
             f"{pct(summary['mean_error'])} (from {pct(summary['min_error'])} to "
             f"{pct(summary['max_error'])})")
-    else:
+        bound, within = summary.get("max_error_bound") or 0.0, summary.get(
+            "errors_within_printed_digits")
+        if bound >= SHOWN_BOUND or within:   # issue 24: what the printed digits allow
+            lines.append(
+                f"the logged figures' printed digits alone allow an error of up to "
+                f"±{100.0 * bound:.1f}%; {within or 0} of the "
+                f"{summary['intervals_with_logged_tflops']} intervals are {WITHIN_DIGITS} "
+                "(the true figure rounds to the logged one)")
+    elif not summary.get("logged_tflops_rounded_to_zero"):
         lines.append("no logged TFLOPs to compare")
+    if summary.get("logged_tflops_rounded_to_zero"):
+        lines.append(
+            f"error n/a for {summary['logged_tflops_rounded_to_zero']} intervals: their logged "
+            "TFLOPs were printed as zero (too few digits at this scale; the true figure is "
+            "in the table), so they say nothing of the formula's error")
     if "megatron-lm" in summary["forks"]:
         lines.append(MEGATRON_LM_NOTE)
         eras = summary.get("megatron_lm_eras") or {}

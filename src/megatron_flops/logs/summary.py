@@ -8,7 +8,8 @@ from ..conventions import convention, conventions_with_headline
 from ..errors import UsageError
 from ..hardware import implausible_utilisation_warning
 from .console import ParseStats
-from .intervals import LOGGED_COUNTS, Interval, Relogger, reproduces
+from .intervals import (LOGGED_COUNTS, ROUNDED_TO_ZERO, WITHIN_DIGITS, Interval, Relogger,
+                        reproduces)
 from .segments import ASSUMED, Segment
 
 
@@ -45,6 +46,11 @@ class Summary:
         self.logged_counts = set()
         self.formulas: Dict[str, int] = {}   # intervals per fork formula (Megatron-LM: era)
         self._shape_totals = [0, 0.0, 0.0, 0.0]   # the last segment's iterations, s, samples, tokens
+        # issue 24: logged figures printed as zero (no error), errors within the printed
+        # digits, the widest error bound from the printing
+        self.rounded_to_zero = 0
+        self.within_digits = 0
+        self.max_error_bound = 0.0
 
     def add_segment(self, segment: Segment) -> None:
         """A run segment's shape and sources (the first, and one per re-shaped restart)."""
@@ -92,8 +98,14 @@ class Summary:
             if hfu > self.max_hfu:
                 self.max_hfu = hfu
         error = interval.error
-        if error is None:    # nothing logged, or not a finite number
+        if error is None:    # nothing logged, not a finite number, or printed as zero
+            if interval.error_note == ROUNDED_TO_ZERO:
+                self.rounded_to_zero += 1
             return
+        if interval.error_note == WITHIN_DIGITS:
+            self.within_digits += 1
+        if interval.error_bound > self.max_error_bound:
+            self.max_error_bound = interval.error_bound
         logged = interval.record.tflops
         self.logged += 1
         self.sum_logged += logged
@@ -181,6 +193,9 @@ class Summary:
             "mean_error": self.sum_error / logged if logged else None,
             "min_error": self.min_error if logged else None,
             "max_error": self.max_error if logged else None,
+            "max_error_bound": self.max_error_bound if logged else None,
+            "errors_within_printed_digits": self.within_digits,
+            "logged_tflops_rounded_to_zero": self.rounded_to_zero,
             "fork_formula_mismatches": self.formula_mismatches,
             "fork_formula_checked": self.formula_checked,
             "worst_fork_formula_deviation": self.worst_formula_deviation,

@@ -272,6 +272,11 @@ def infer_dialect(flags: Iterable[str] = (), words: Iterable[str] = (),
     return DialectChoice(DIALECTS[ordered[0]], reason, ordered)
 
 
+# issue 24: the names dialect_from_arguments reads (a dump that keeps these keeps its dialect)
+DIALECT_ARGUMENTS = ("moe_layer_freq", "moe_router_topk", "expert_interval", "glu_activation",
+                     "pp_partition_method")
+
+
 def dialect_from_arguments(arguments: Mapping[str, str]) -> Optional[str]:
     """The framework whose ``args`` these are (a log's dump or a live namespace's names)."""
     if "moe_layer_freq" in arguments or "moe_router_topk" in arguments:

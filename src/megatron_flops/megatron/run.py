@@ -132,12 +132,50 @@ def main(argv: Optional[List[str]] = None) -> None:
     except UsageError as error:   # a ShapeError too
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
-    install(**options)
+    hook = install(**options)
     path = os.path.abspath(script)
     sys.argv = [script] + passed_on + script_args
     if not is_package_path(path):  # run_path puts a folder or zip file first itself
         sys.path.insert(0, os.path.dirname(path))
-    runpy.run_path(path, run_name="__main__")
+    guard = InterruptGuard()
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except (KeyboardInterrupt, Exception) as error:
+        if not (isinstance(error, KeyboardInterrupt) or guard.seen):
+            raise
+        # Ctrl-C: what the hook measured, once (rank 0), and the shell's code for SIGINT;
+        # a collective that failed after the SIGINT (a peer already gone) ends the same way
+        if hook is not None:
+            hook.print(hook.interrupted_summary(), ranks=("first",))
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        guard.restore()
+
+
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+class InterruptGuard:
+    """Notes a SIGINT and raises KeyboardInterrupt as Python does (issue 24): under several
+    ranks a rank's collective may fail because a peer already stopped, and that error then
+    says Ctrl-C, not a fault.  Only when Python's own handler is in place."""
+
+    def __init__(self):
+        import signal
+        self.seen, self._installed = False, False
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+
+    def _on_sigint(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        import signal
+        if self._installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._installed = False
 
 
 if __name__ == "__main__":

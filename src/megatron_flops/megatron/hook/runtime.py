@@ -12,7 +12,7 @@ from ...errors import UsageError
 from ...hardware import implausible_utilisation_warning
 from ...params import parameter_count
 from ...planning import iteration_breakdown
-from ...report import GIB, memory_lines, summary_lines
+from ...report import GIB, format_percent, format_tflops, memory_lines, summary_lines
 from .. import calculator as calc
 from ..memory_args import measured_peak_bytes, memory_from_namespace
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
@@ -78,6 +78,9 @@ class MegatronHook:
         self._memory_done = False   # issue 22: the memory lines, once per logging rank
         self._utilization_warned = False
         self._originals = {}
+        # issue 24: the intervals reported so far, for the summary of a run ended by Ctrl-C
+        # (first, last iteration, intervals, seconds, model, hardware FLOPs, world, peak)
+        self.totals = [None, None, 0, 0.0, 0, 0, 1, None]
 
     @property
     def settings(self) -> calc.Settings:
@@ -217,6 +220,7 @@ class MegatronHook:
                 hook.interval = None
             if interval is not None and interval.report is not None and hook.enabled:
                 try:
+                    hook.add_to_totals(interval)
                     hook.check_utilization(interval)
                     strategy.write_outputs(interval)
                 except Exception as error:
@@ -299,6 +303,30 @@ class MegatronHook:
                 f"{measured_text}")
         stream = self.out or sys.stdout
         print(line, file=stream, flush=True)
+
+    def add_to_totals(self, interval: Interval) -> None:
+        report, totals = interval.report, self.totals
+        if totals[0] is None:
+            totals[0] = interval.iteration - report.iterations + 1
+        totals[1] = interval.iteration
+        totals[2] += 1
+        totals[3] += report.elapsed_seconds
+        totals[4] += report.model_flops
+        totals[5] += report.hardware_flops
+        totals[6] = report.world_size
+        totals[7] = interval.accounting.peak.tflops
+
+    def interrupted_summary(self) -> str:
+        """What the hook measured before a Ctrl-C: one line, the whole time's rates."""
+        first, last, intervals, seconds, model, hardware, world, peak = self.totals
+        if not intervals or not seconds > 0:
+            return f"{PREFIX} interrupted (Ctrl-C) before any interval was logged"
+        scale = seconds * world * 1e12
+        mfu = (f"; MFU / HFU {format_percent(model / scale / peak)} / "
+               f"{format_percent(hardware / scale / peak)}" if peak else "")
+        return (f"{PREFIX} interrupted (Ctrl-C): {intervals} logged intervals (iterations "
+                f"{first}–{last}), model / hardware TFLOP/s per GPU over their time "
+                f"{format_tflops(model / scale)} / {format_tflops(hardware / scale)}{mfu}")
 
     def check_utilization(self, interval: Interval) -> None:
         """Once per run, on the printing rank: an MFU or HFU above 100 % never goes out
