@@ -252,20 +252,20 @@ def moe_coefficient_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 
 # every token visits its top-k experts, each a full MLP of fe = --moe-ffn-hidden-size (default
 # f) (no capacity dropping counted)
-# (with latent MoE, --moe-latent-size L, the routed experts run in latent space: h is L there)
-@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × h]·[h × fe]", "k·2·T·h·fe")
+# (he: the experts' width, h, or L with latent MoE, --moe-latent-size: they run in latent space)
+@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × he]·[he × fe]", "k·2·T·he·fe")
 def expert_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return model.moe_topk * matmul_flops(s, model.expert_hidden_size, model.expert_ffn_hidden_size)
 
 
-@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × h]·[h × fe]",
-                    "k·2·T·h·fe·glu")
+@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × he]·[he × fe]",
+                    "k·2·T·he·fe·glu")
 def expert_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return expert_up_flops(model, s, experts) if model.glu else 0
 
 
-@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × h]",
-                    "k·2·T·fe·h")
+@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × he]",
+                    "k·2·T·fe·he")
 def expert_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return model.moe_topk * matmul_flops(s, model.expert_ffn_hidden_size, model.expert_hidden_size)
 

@@ -83,6 +83,12 @@ def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = Fal
     return layer
 
 
+def expert_parameters(model: ModelShape) -> int:
+    """Parameters of one routed expert's MLP (``--moe-ffn-hidden-size``, at the latent size
+    with latent MoE)."""
+    return _mlp(model, model.expert_ffn_hidden_size, model.expert_hidden_size)
+
+
 def _issue_20_parameters(model: ModelShape, experts: int) -> int:
     """The attention output gate (``n·d`` more columns of linear_qkv, and their biases), latent
     MoE's two projections ``h -> L -> h`` (biases with ``--add-bias-linear``) and the
