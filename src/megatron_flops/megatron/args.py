@@ -105,17 +105,19 @@ def _glu(ns) -> Optional[str]:
         raise ShapeError(
             f"--glu-activation must be one of {', '.join(GLU_ACTIVATIONS)}, got {glu!r}",
             "--glu-activation")
+    if getattr(ns, "quick_geglu", False):  # Megatron-LM: a GLU with quick-GELU (gpt-oss)
+        # (core_transformer_config_from_args: assert not args.swiglu; --squared-relu wins first)
+        squared_relu = getattr(ns, "squared_relu", False)
+        for other, given in (("--swiglu", swiglu), ("--squared-relu", squared_relu),
+                             (f"--glu-activation {glu}", glu is not None)):
+            if given:
+                raise ShapeError(f"--quick-geglu contradicts {other} (Megatron-LM takes one "
+                                 "activation)", "--quick-geglu")
+        return QUICK_GEGLU
     if swiglu:
         if glu not in (None, "swiglu"):
             raise ShapeError(f"--swiglu contradicts --glu-activation {glu}", "--swiglu")
         return "swiglu"
-    if getattr(ns, "quick_geglu", False):  # Megatron-LM: a GLU with quick-GELU (gpt-oss)
-        if glu is not None:
-            raise ShapeError(f"--quick-geglu contradicts --glu-activation {glu}", "--quick-geglu")
-        if getattr(ns, "squared_relu", False):
-            raise ShapeError("--quick-geglu contradicts --squared-relu (Megatron-LM uses one "
-                             "activation)", "--quick-geglu")
-        return QUICK_GEGLU
     return glu
 
 
