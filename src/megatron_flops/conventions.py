@@ -252,7 +252,7 @@ def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool,
     routed = m.moe_topk if m.is_moe else 1
     ffn = m.expert_ffn_hidden_size if (moe_ffn_counted and m.is_moe) else m.ffn_hidden_size
     shared = m.shared_expert_ffn_hidden_size if shared_counted else 0
-    glu = 3 / 2 if (glu_counted and m.glu) else 1
+    glu = 3 / 2 if (glu_counted and m.glu and m.glu_activation != QUICK_GEGLU) else 1  # args.swiglu
     query_ratio = m.query_projection_size / h if kv_channels_counted else 1
     return 12 * B * s * l * h * h * ((1 + g / n + s / h) * query_ratio
                                      + (ffn / h) * routed * glu + (shared / h) * glu
