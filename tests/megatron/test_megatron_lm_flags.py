@@ -383,3 +383,14 @@ def test_a_live_runs_args_with_quick_geglu_and_squared_relu_are_refused():
     ns.squared_relu = True
     with pytest.raises(ShapeError, match="--quick-geglu contradicts --squared-relu"):
         shapes_from_args(ns)
+
+
+def test_the_model_line_names_the_newer_options(capsys):
+    code = main(["estimate", *BASE, "--num-experts", "4", "--moe-latent-size", "16",
+                 "--moe-shared-expert-intermediate-size", "48", "--moe-shared-expert-gate",
+                 "--attention-output-gate", "--quick-geglu"])
+    out = capsys.readouterr().out
+    model_line = out.splitlines()[0]
+    assert code == 0 and model_line.startswith("model:")
+    for text in ("(quick_geglu)", "latent MoE 16", "shared-expert gate", "attention output gate"):
+        assert text in model_line, model_line
