@@ -252,21 +252,22 @@ def moe_coefficient_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 
 # every token visits its top-k experts, each a full MLP of fe = --moe-ffn-hidden-size (default
 # f) (no capacity dropping counted)
-@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × h]·[h × fe]", "k·2·T·h·fe")
+# (he: the experts' width, h, or L with latent MoE, --moe-latent-size: they run in latent space)
+@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × he]·[he × fe]", "k·2·T·he·fe")
 def expert_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * matmul_flops(s, model.hidden_size, model.expert_ffn_hidden_size)
+    return model.moe_topk * matmul_flops(s, model.expert_hidden_size, model.expert_ffn_hidden_size)
 
 
-@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × h]·[h × fe]",
-                    "k·2·T·h·fe·glu")
+@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × he]·[he × fe]",
+                    "k·2·T·he·fe·glu")
 def expert_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return expert_up_flops(model, s, experts) if model.glu else 0
 
 
-@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × h]",
-                    "k·2·T·fe·h")
+@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × he]",
+                    "k·2·T·fe·he")
 def expert_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * matmul_flops(s, model.expert_ffn_hidden_size, model.hidden_size)
+    return model.moe_topk * matmul_flops(s, model.expert_ffn_hidden_size, model.expert_hidden_size)
 
 
 # shared experts (--moe-shared-expert-intermediate-size fs: the total size of all of them):
@@ -306,6 +307,49 @@ def logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 @register_component("mtp_logits", ONCE, "MTP logits", "m × [T × h]·[h × V]", "m·2·T·h·V")
 def mtp_logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return model.mtp_num_layers * logits_flops(model, s)
+
+
+# ---- issue 20 item 2: Megatron-Core's attention output gate, latent MoE, shared-expert gate --
+# (declared after the rows above, so every table keeps its earlier order)
+
+# --attention-output-gate: linear_qkv is n·d columns wider (Attention.__init__:
+# linear_qkv_out_dim += kv_channels · heads), the gate; its sigmoid times the core attention's
+# output is elementwise (not counted)
+@register_component("attention_gate", EVERY_LAYER, "attention output gate",
+                    "[T × h]·[h × n·d]", "2·T·h·n·d·gate")
+def attention_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.attention_output_gate:
+        return 0
+    return matmul_flops(s, model.hidden_size, model.query_projection_size)
+
+
+# --moe-latent-size L: MoELayer.fc1_latent_proj (h -> L) on every token before dispatch,
+# fc2_latent_proj (L -> h) on every token after combine; the routed experts run L -> fe -> L
+# (expert_up/gate/down above), the router and the shared experts stay at h
+@register_component("moe_latent_down", MOE_LAYERS, "latent MoE down-projection",
+                    "[T × h]·[h × L]", "2·T·h·L")
+def moe_latent_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if model.moe_latent_size is None:
+        return 0
+    return matmul_flops(s, model.hidden_size, model.moe_latent_size)
+
+
+@register_component("moe_latent_up", MOE_LAYERS, "latent MoE up-projection",
+                    "[T × L]·[L × h]", "2·T·L·h")
+def moe_latent_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if model.moe_latent_size is None:
+        return 0
+    return matmul_flops(s, model.moe_latent_size, model.hidden_size)
+
+
+# --moe-shared-expert-gate: SharedExpertMLP's gate_weight, F.linear(x, [1 × h]) per token;
+# its sigmoid scales the shared experts' output (elementwise)
+@register_component("shared_expert_output_gate", MOE_LAYERS, "shared-expert gate",
+                    "[T × h]·[h × 1]", "2·T·h·sg")
+def shared_expert_output_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not (model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size):
+        return 0
+    return matmul_flops(s, model.hidden_size, 1)
 
 
 def markdown_table() -> str:

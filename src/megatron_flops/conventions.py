@@ -28,9 +28,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from .errors import UsageError
 from .flops import flops_breakdown, layer_kinds
 from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
-from .params import ParameterCount, layer_kind_parameters, parameter_count
+from .params import ParameterCount, expert_parameters, layer_kind_parameters, parameter_count
 from .report import format_flops, format_optional, format_percent, table
-from .shapes import NO_RECOMPUTE, ModelShape, Recompute
+from .shapes import NO_RECOMPUTE, QUICK_GEGLU, ModelShape, Recompute
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,13 @@ def _inactive_expert_parameters(facts: RunFacts) -> int:
     m = facts.model
     if not m.is_moe:
         return 0
-    dense = replace(m, num_experts=1)
+    # one expert's MLP, counted directly: the difference of an MoE and a dense layer was that
+    # only when the experts matched the dense MLP (no --moe-ffn-hidden-size, no shared experts,
+    # no latent projections); with --moe-ffn-hidden-size it went negative
+    one_mlp = expert_parameters(m)
     inactive = 0
     for (experts, mtp, _, _), layers in layer_kinds(m).items():  # one evaluation per kind
         if experts != 1 and not mtp:  # decoder layers (conventions leave MTP layers out)
-            one_mlp = (layer_kind_parameters(m, experts) - m.hidden_size * experts
-                       - layer_kind_parameters(dense, 1)) // (experts - 1)
             inactive += layers * (experts - m.moe_topk) * one_mlp
     return inactive
 
@@ -251,7 +252,7 @@ def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool,
     routed = m.moe_topk if m.is_moe else 1
     ffn = m.expert_ffn_hidden_size if (moe_ffn_counted and m.is_moe) else m.ffn_hidden_size
     shared = m.shared_expert_ffn_hidden_size if shared_counted else 0
-    glu = 3 / 2 if (glu_counted and m.glu) else 1
+    glu = 3 / 2 if (glu_counted and m.glu and m.glu_activation != QUICK_GEGLU) else 1  # args.swiglu
     query_ratio = m.query_projection_size / h if kv_channels_counted else 1
     return 12 * B * s * l * h * h * ((1 + g / n + s / h) * query_ratio
                                      + (ffn / h) * routed * glu + (shared / h) * glu
@@ -269,7 +270,8 @@ def _megatron_attention_terms(m: ModelShape, mla_counted: bool) -> Tuple[float, 
         kv = m.kv_lora_rank * (h + n * (qk + v) + 1) + h * pos
         return 6 * (q + kv + n * v * h), 6 * (n * (qk + pos) / 2 + n * v / 2)
     query, key = m.query_projection_size, m.kv_projection_size
-    return 6 * (h * (query + 2 * key) + query * h), 6 * query / 2 * 2
+    gate = query if m.attention_output_gate else 0  # --attention-output-gate (20d66d5c)
+    return 6 * (h * (query + 2 * key + gate) + query * h), 6 * query / 2 * 2
 
 
 def _megatron_lm_flops(facts: RunFacts, mtp_and_mla_counted: bool = True,
@@ -288,10 +290,15 @@ def _megatron_lm_flops(facts: RunFacts, mtp_and_mla_counted: bool = True,
     else:
         dense_layers += mtp
     layers = m.num_layers + mtp
-    ffn_gemms = 3 if m.glu else 2
-    mlp = 6 * h * ffn_gemms * (m.ffn_hidden_size * dense_layers
-                               + (m.expert_ffn_hidden_size * m.moe_topk
-                                  + m.shared_expert_ffn_hidden_size) * moe_layers)
+    # Megatron-LM reads args.swiglu: --quick-geglu (a GLU all the same) is counted as 2 GEMMs
+    ffn_gemms = 3 if m.glu and m.glu_activation != QUICK_GEGLU else 2
+    # --moe-latent-size L (b51db3e0, fixed a4008d0f): routed experts at L (× L/h), plus the
+    # h -> L and L -> h projections; the router and the shared-expert gate stay uncounted
+    routed = m.expert_ffn_hidden_size * m.moe_topk * ffn_gemms
+    if m.moe_latent_size is not None:
+        routed = routed * m.moe_latent_size / h + 2 * m.moe_latent_size
+    mlp = 6 * h * (ffn_gemms * m.ffn_hidden_size * dense_layers
+                   + (routed + ffn_gemms * m.shared_expert_ffn_hidden_size) * moe_layers)
     attention, core = _megatron_attention_terms(m, mla_counted=mtp_and_mla_counted)
     mtp_projections = 6 * mtp * (3 * h + 2 * h * h)  # eh projection 2h -> h, and 3h for norms
     logits = 6 * h * V * (1 + mtp)

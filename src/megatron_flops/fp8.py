@@ -97,6 +97,10 @@ class Fp8Recipe:
 # Components that are never Transformer Engine GEMMs, whatever the recipe: the router is a
 # plain linear layer kept in higher precision.
 ALWAYS_BF16 = ("moe_router",)
+# issue 20 item 2: --moe-shared-expert-gate is SharedExpertMLP's own torch F.linear (no TE
+# module); the attention gate's columns are in linear_qkv and latent MoE's projections are
+# TELinear modules, FP8 like the layer's other linears
+ALWAYS_BF16 += ("shared_expert_output_gate",)
 
 
 def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:

@@ -39,8 +39,11 @@ def _norm(model: ModelShape) -> int:
     return model.hidden_size * (2 if model.normalization == "layernorm" else 1)
 
 
-def _mlp(model: ModelShape, f: int = None) -> int:
-    h, bias = model.hidden_size, model.add_bias_linear
+def _mlp(model: ModelShape, f: int = None, h: int = None) -> int:
+    """One MLP ``h -> f (x2 with a GLU) -> h``; ``h`` defaults to the hidden size (latent MoE's
+    routed experts run at ``--moe-latent-size``)."""
+    bias = model.add_bias_linear
+    h = model.hidden_size if h is None else h
     f = model.ffn_hidden_size if f is None else f
     branches = 2 if model.glu else 1
     up = h * branches * f + (branches * f if bias else 0)
@@ -67,16 +70,40 @@ def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = Fal
     if experts == 1:
         mlp = _mlp(model)
     else:
-        mlp = h * experts + experts * _mlp(model, model.expert_ffn_hidden_size)
+        mlp = h * experts + experts * _mlp(model, model.expert_ffn_hidden_size,
+                                           model.expert_hidden_size)
         if model.shared_expert_ffn_hidden_size:
             mlp += _mlp(model, model.shared_expert_ffn_hidden_size)
         if model.moe_residual:
             mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
-    layer = 2 * _norm(model) + attention + mlp
+    layer = 2 * _norm(model) + attention + mlp + _issue_20_parameters(model, experts)
     if mtp_layer:
         # an MTP layer: its two input norms, the 2h -> h projection (no bias), a final norm
         layer += 3 * _norm(model) + 2 * h * h
     return layer
+
+
+def expert_parameters(model: ModelShape) -> int:
+    """Parameters of one routed expert's MLP (``--moe-ffn-hidden-size``, at the latent size
+    with latent MoE)."""
+    return _mlp(model, model.expert_ffn_hidden_size, model.expert_hidden_size)
+
+
+def _issue_20_parameters(model: ModelShape, experts: int) -> int:
+    """The attention output gate (``n·d`` more columns of linear_qkv, and their biases), latent
+    MoE's two projections ``h -> L -> h`` (biases with ``--add-bias-linear``) and the
+    shared-expert gate (``1 × h``, no bias): Megatron-Core 0.16.1's modules."""
+    h, bias = model.hidden_size, model.add_bias_linear
+    extra = 0
+    if model.attention_output_gate:
+        gate = model.query_projection_size
+        extra += h * gate + (gate if bias else 0)
+    if experts > 1 and model.moe_latent_size is not None:
+        latent = model.moe_latent_size
+        extra += 2 * h * latent + ((latent + h) if bias else 0)
+    if experts > 1 and model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size:
+        extra += h
+    return extra
 
 
 def _mla_attention(model: ModelShape) -> int:

@@ -117,6 +117,13 @@ def describe_model(model: ModelShape) -> str:
         parts.append(f"{model.mtp_num_layers} MTP layers")
     if model.window_size is not None:
         parts.append(f"sliding window {model.window_size}")
+    # issue 20 item 2
+    if model.is_moe and model.moe_latent_size is not None:
+        parts.append(f"latent MoE {model.moe_latent_size}")
+    if model.is_moe and model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size:
+        parts.append("shared-expert gate")
+    if model.attention_output_gate:
+        parts.append("attention output gate")
     return ", ".join(parts)
 
 

@@ -26,6 +26,10 @@ RECOMPUTE_METHODS = ("uniform", "block")
 SELECTIVE_RECOMPUTE_MODULES = ("core_attn", "moe", "shared_experts", "mlp", "mla_up_proj",
                                "moe_act", "layernorm")
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
+# issue 20 item 2: Megatron-LM's ``--quick-geglu`` (gpt-oss): a GLU MLP whose activation is
+# quick-GELU, x·sigmoid(1.702·x); the same GEMMs as every GLU (h -> 2f, f -> h).  Not a value
+# of the forks' ``--glu-activation``, so kept out of GLU_ACTIVATIONS (whose message lists it).
+QUICK_GEGLU = "quick_geglu"
 
 
 def _require_positive(value, flag: str, allow_none: bool = False) -> None:
@@ -223,6 +227,18 @@ class ModelShape:
     teacher: Optional["ModelShape"] = None
     """The microsoft fork's ``--kd``/``--mos`` distillation teacher, run forward-only on the
     student's tokens every micro-batch (counted in hardware FLOPs only)."""
+    # ---- issue 20 item 2: latent MoE, attention output gate, shared-expert gate -----------
+    moe_latent_size: Optional[int] = None
+    """Latent MoE (``--moe-latent-size`` L): each MoE layer projects its tokens ``h -> L``
+    before dispatch (``fc1_latent_proj``), the routed experts run ``L -> fe -> L``, and the
+    combined output goes ``L -> h`` (``fc2_latent_proj``); the router and the shared experts
+    stay at ``h``.  None: no latent space."""
+    attention_output_gate: bool = False
+    """``--attention-output-gate``: the fused QKV projection also computes a gate of ``n·d``
+    columns, and the core attention's output is multiplied by its sigmoid (elementwise)."""
+    moe_shared_expert_gate: bool = False
+    """``--moe-shared-expert-gate``: an ``h -> 1`` linear (no bias) whose sigmoid scales the
+    shared experts' output; inert without shared experts."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -256,7 +272,8 @@ class ModelShape:
             )
         if self.ffn_hidden_size is None:
             set_(self, "ffn_hidden_size", 4 * self.hidden_size)
-        if self.glu_activation is not None and self.glu_activation not in GLU_ACTIVATIONS:
+        if self.glu_activation is not None and self.glu_activation not in GLU_ACTIVATIONS + (
+                QUICK_GEGLU,):
             raise ShapeError(
                 f"--glu-activation must be one of {', '.join(GLU_ACTIVATIONS)}, "
                 f"got {self.glu_activation!r}",
@@ -300,6 +317,7 @@ class ModelShape:
                 "--topk",
             )
         set_(self, "num_experts", experts)
+        self._check_issue_20_fields()
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -435,6 +453,23 @@ class ModelShape:
                     set_(self, name, default)
         elif self.q_lora_rank is not None:
             raise ShapeError("--q-lora-rank needs --multi-latent-attention", "--q-lora-rank")
+
+    @property
+    def expert_hidden_size(self) -> int:
+        """Width of the routed experts' input and output: ``--moe-latent-size`` L with latent
+        MoE, else ``h``."""
+        return self.hidden_size if self.moe_latent_size is None else self.moe_latent_size
+
+    def _check_issue_20_fields(self) -> None:
+        """Latent MoE, the attention output gate and the shared-expert gate, checked as
+        Megatron-LM does (arguments.py: ``moe_latent_size > 0``; MLATransformerConfig refuses
+        the output gate).  Latent MoE without MoE layers and the shared-expert gate without shared
+        experts are inert, as in Megatron-Core (only MoE layers build them)."""
+        _require_positive(self.moe_latent_size, "--moe-latent-size", allow_none=True)
+        if self.attention_output_gate and self.multi_latent_attention:
+            raise ShapeError("--attention-output-gate is not supported with "
+                             "--multi-latent-attention (Megatron-Core refuses it)",
+                             "--attention-output-gate")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ def evaluate(flops_text, symbols):
     dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50,
          multi_latent_attention=True, kv_lora_rank=5, qk_head_dim=3, qk_pos_emb_head_dim=2,
          v_head_dim=4),
+    # issue 20 item 2: quick-GeGLU, attention output gate, latent MoE, shared-expert gate
+    dict(num_layers=3, hidden_size=16, num_attention_heads=4, num_query_groups=2, vocab_size=50,
+         glu_activation="quick_geglu", num_experts=4, moe_topk=2, moe_layer_freq=(0, 1, 1),
+         moe_ffn_hidden_size=6, moe_shared_expert_intermediate_size=10, moe_latent_size=7,
+         moe_shared_expert_gate=True, attention_output_gate=True),
 ])
 def test_readme_counts_are_the_formulas(fields):
     """Each README row's forward FLOPs, read as arithmetic, is the registered formula × B."""
@@ -113,6 +118,10 @@ def test_readme_counts_are_the_formulas(fields):
                    rkv=model.kv_lora_rank or 0, dqk=model.qk_head_dim or 0,
                    dpe=model.qk_pos_emb_head_dim or 0, dk=model.attention_key_head_dim,
                    dv=model.attention_value_head_dim,
+                   # issue 20 item 2: the experts' width, the latent size, the two gates
+                   he=model.expert_hidden_size, L=model.moe_latent_size or 0,
+                   gate=int(model.attention_output_gate),
+                   sg=int(model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size > 0),
                    # a distillation teacher's forward of one sample (none here: 0)
                    Ft=0 if model.teacher is None else flops.flops_breakdown(model.teacher, s).forward_flops)
     rows = [line.split(" | ") for line in readme_table().splitlines()[2:]]

@@ -22,7 +22,7 @@ import argparse
 from dataclasses import replace
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..shapes import (GLU_ACTIVATIONS, ModelShape, Recompute, RunShape, ShapeError,
+from ..shapes import (GLU_ACTIVATIONS, QUICK_GEGLU, ModelShape, Recompute, RunShape, ShapeError,
                       _require_positive)
 from . import features
 from . import flags as catalogue
@@ -105,6 +105,15 @@ def _glu(ns) -> Optional[str]:
         raise ShapeError(
             f"--glu-activation must be one of {', '.join(GLU_ACTIVATIONS)}, got {glu!r}",
             "--glu-activation")
+    if getattr(ns, "quick_geglu", False):  # Megatron-LM: a GLU with quick-GELU (gpt-oss)
+        # (core_transformer_config_from_args: assert not args.swiglu; --squared-relu wins first)
+        squared_relu = getattr(ns, "squared_relu", False)
+        for other, given in (("--swiglu", swiglu), ("--squared-relu", squared_relu),
+                             (f"--glu-activation {glu}", glu is not None)):
+            if given:
+                raise ShapeError(f"--quick-geglu contradicts {other} (Megatron-LM takes one "
+                                 "activation)", "--quick-geglu")
+        return QUICK_GEGLU
     if swiglu:
         if glu not in (None, "swiglu"):
             raise ShapeError(f"--swiglu contradicts --glu-activation {glu}", "--swiglu")
@@ -366,6 +375,10 @@ def _megatron_core_model_fields(ns) -> dict:
         fields["moe_layer_freq"] = tuple(fields["moe_layer_freq"])
     if isinstance(fields["window_attn_skip_freq"], list):
         fields["window_attn_skip_freq"] = tuple(fields["window_attn_skip_freq"])
+    # issue 20 item 2: latent MoE, the attention output gate, the shared-expert gate
+    fields.update(moe_latent_size=get("moe_latent_size"),
+                  attention_output_gate=bool(get("attention_output_gate", False)),
+                  moe_shared_expert_gate=bool(get("moe_shared_expert_gate", False)))
     if getattr(ns, "multi_latent_attention", False):
         fields.update(multi_latent_attention=True, q_lora_rank=get("q_lora_rank"),
                       kv_lora_rank=get("kv_lora_rank"), qk_head_dim=get("qk_head_dim"),
@@ -378,7 +391,7 @@ def _megatron_core_model_fields(ns) -> dict:
 # whose argument is a value (off: None / 0 / ""), when the value is set.  Values Megatron sets
 # on every run (``encoder_num_layers``) are not here: only a switch refuses those.
 UNSUPPORTED_VALUE_ARGS = frozenset((
-    "num_experts_switch", "moe_latent_size", "experimental_attention_variant",
+    "num_experts_switch", "experimental_attention_variant",
     "dsa_indexer_topk", "hybrid_override_pattern", "hybrid_layer_pattern",
     "linear_attention_freq", "heterogeneous_layers_config_path",
     "heterogeneous_layers_config_encoded_json",
@@ -636,6 +649,15 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--qk-pos-emb-head-dim", type=int)
     add("--v-head-dim", type=int)
     add("--mtp-num-layers", type=int)
+    # issue 20 item 2 (Megatron-LM)
+    add("--moe-latent-size", type=int, help="Megatron-LM: latent MoE, routed experts in an "
+        "L-wide space (h -> L and L -> h projections around them)")
+    add("--attention-output-gate", action="store_true", help="Megatron-LM: a sigmoid gate on "
+        "the attention output (n·d more QKV columns)")
+    add("--moe-shared-expert-gate", action="store_true", help="Megatron-LM: an h -> 1 gate on "
+        "the shared experts' output")
+    add("--quick-geglu", action="store_true", help="Megatron-LM: a GLU MLP with quick-GELU "
+        "(gpt-oss): the GEMMs of any GLU")
     add("--window-size", type=str, help="w,0: sliding-window attention over w keys")
     add("--window-attn-skip-freq", type=str, help="every N-th layer full attention, or a pattern")
     add("--position-embedding-type", type=str)
