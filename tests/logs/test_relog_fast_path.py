@@ -67,6 +67,10 @@ TRICKY = [
     BASE.format(it=29, c=116, ms="0661.3", b=4),
     BASE.format(it=30, c=120, ms="661.3", b=4).replace("elapsed time per iteration (ms): 661.3 |",
                                                       ""),             # no time: malformed
+    # the word before the anchor, and two lines glued: the first anchor is the line's, a
+    # learned format found further on must not read it
+    "[iteration timer] " + BASE.format(it=31, c=124, ms="661.3", b=4),
+    BASE.format(it=32, c=128, ms="662.3", b=4)[:90] + BASE.format(it=33, c=132, ms="663.3", b=4),
 ]
 
 
