@@ -557,13 +557,22 @@ class CutLine(str):
     """The first :data:`MAX_LINE_CHARACTERS` characters of a longer line."""
 
 
+# a file's lines are read this many characters at a time (less than MAX_LINE_CHARACTERS,
+# so that only a line spanning chunks can be too long) and split in C
+CHUNK_CHARACTERS = 1 << 16
+_LINE = re.compile(r"[^\n]*\n")
+
+
 class BoundedLines:
     """A text stream's lines (``readline()``, iteration, a context manager), none longer than
     :data:`MAX_LINE_CHARACTERS`: a longer line comes as a :class:`CutLine` and its rest is
-    skipped, read in pieces of that size."""
+    skipped, read in pieces of that size.  ``chunked``: iteration reads the stream in chunks
+    of :data:`CHUNK_CHARACTERS` (a file; the same lines, several times faster), else line by
+    line (a pipe: each line as soon as it is written)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, chunked: bool = False):
         self._stream = stream
+        self._chunked = chunked
 
     def readline(self) -> str:
         line = self._stream.readline(MAX_LINE_CHARACTERS)
@@ -579,6 +588,9 @@ class BoundedLines:
                 return CutLine(line)
 
     def __iter__(self) -> Iterator[str]:
+        if self._chunked:
+            yield from self._chunks()
+            return
         readline, limit = self._stream.readline, MAX_LINE_CHARACTERS   # the per-line path
         while True:
             line = readline(limit)
@@ -587,6 +599,36 @@ class BoundedLines:
             elif not line:
                 return
             yield line
+
+    def _chunks(self) -> Iterator[str]:
+        """The lines ``readline`` gives (a line of ``limit`` characters or more, its newline
+        not counted, cut to its first ``limit``), from chunks of the stream."""
+        read, limit, findall = self._stream.read, MAX_LINE_CHARACTERS, _LINE.findall
+        size = min(CHUNK_CHARACTERS, limit - 1)   # whole lines in a chunk are short enough
+        pending = ""     # the start of a line not ended yet (shorter than limit)
+        cut = False      # the line being read was cut already: its rest is dropped
+        while True:
+            chunk = read(size)
+            if not chunk:
+                if pending:
+                    yield pending
+                return
+            first_end = chunk.find("\n") + 1
+            if not first_end:                    # the line goes on
+                if not cut:
+                    pending += chunk
+                    if len(pending) >= limit:
+                        yield CutLine(pending[:limit])
+                        pending, cut = "", True
+                continue
+            if cut:
+                cut = False
+            else:
+                line = pending + chunk[:first_end]
+                yield line if len(line) <= limit else CutLine(line[:limit])
+            end = chunk.rfind("\n") + 1
+            yield from findall(chunk, first_end, end)
+            pending = chunk[end:]
 
     def close(self) -> None:
         self._stream.close()
@@ -613,4 +655,4 @@ def open_log(path: str) -> BoundedLines:
         return BoundedLines(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
                                              errors="replace"))
     return BoundedLines(open(path, "r", encoding="utf-8", errors="replace",
-                             buffering=1 << 20))
+                             buffering=1 << 20), chunked=True)

@@ -128,7 +128,10 @@ class TableOutput(_BatchedLines):
         if not self._header_written:
             self._append(_TABLE_FORMAT.format(*TABLE_HEADER) + "\n")
             self._header_written = True
-        self._append(table_row(interval) + "\n")
+        lines = self._lines      # _append, inline: the per-line path
+        lines.append(table_row(interval) + "\n")
+        if len(lines) >= BATCH_ROWS:
+            self.flush()
 
     def discard(self) -> None:
         pass
@@ -179,7 +182,10 @@ class JsonOutput(_BatchedLines):
     """One JSON object per interval on ``stream``, a line each."""
 
     def add(self, interval: Interval) -> None:
-        self._append(interval_json(interval))
+        lines = self._lines      # _append, inline: the per-line path
+        lines.append(interval_json(interval))
+        if len(lines) >= BATCH_ROWS:
+            self.flush()
 
     def discard(self) -> None:
         pass
