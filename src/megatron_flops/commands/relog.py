@@ -233,33 +233,36 @@ def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, p
                                                              args.peak_tflops))
         return peak[0].tflops
 
+    add_summary = summary.add
+    adds = [sink.add for sink in sinks]
     for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
                                                          peak_tflops_for, args.causal, fork):
-        if new_segment is not None:
-            sinks[0].flush()     # the rows so far before the new segment's heading
-            first = relogger is None
-            relogger, segment = relogger_now, new_segment
-            summary.add_segment(segment)
-            last[:] = [relogger, segment]
-            for note in segment.notes:
-                print(f"megatron-flops: {note}", file=err)
-            if not args.json:
-                heading = ("sources" if first else f"from iteration "
-                           f"{segment.first_iteration} (a new arguments dump)")
-                print(f"{heading}: {segment.world_size_line()}", file=out)
-                for line in segment.provenance_lines():
-                    print(f"  {line}", file=out)
-                print(file=out)
-            if first and plot is not None:
-                run = segment.run
-                plot.title = (f"{describe_model(segment.model)}\nrecompute "
-                              f"{run.recompute.label}; {gpus(run.world_size)}; "
-                              f"{os.path.basename(args.paths[0].rstrip('/'))}")
-                plot.peak_tflops = peak[0].tflops
+        if new_segment is None:   # the per-line path
+            add_summary(interval)
+            for add in adds:
+                add(interval)
             continue
-        summary.add(interval)
-        for sink in sinks:
-            sink.add(interval)
+        # a new segment (the first line, a restart's new arguments dump)
+        sinks[0].flush()     # the rows so far before the new segment's heading
+        first = relogger is None
+        relogger, segment = relogger_now, new_segment
+        summary.add_segment(segment)
+        last[:] = [relogger, segment]
+        for note in segment.notes:
+            print(f"megatron-flops: {note}", file=err)
+        if not args.json:
+            heading = ("sources" if first else f"from iteration "
+                       f"{segment.first_iteration} (a new arguments dump)")
+            print(f"{heading}: {segment.world_size_line()}", file=out)
+            for line in segment.provenance_lines():
+                print(f"  {line}", file=out)
+            print(file=out)
+        if first and plot is not None:
+            run = segment.run
+            plot.title = (f"{describe_model(segment.model)}\nrecompute "
+                          f"{run.recompute.label}; {gpus(run.world_size)}; "
+                          f"{os.path.basename(args.paths[0].rstrip('/'))}")
+            plot.peak_tflops = peak[0].tflops
 
 
 def _summary(args, out, err, summary, stats, peak, last) -> None:
