@@ -39,25 +39,48 @@ _TABLE_FORMAT = "{:>10} {:>8} {:>6} {:>9} {:>13} {:>13} {:>16} {:>6} {:>6} {:>8}
 # finite, so format_tflops is ".2f" (report.format_significant); a missing logged figure
 # (then no error) or peak (no MFU, HFU) is its "n/a"; the error's "%" after its width-7
 # field pads as format_percent's text right-justified to 8.  Other rows: _table_row_general
-_TABLE_FAST = {(logged, peak): (
-    "{:>10} {:>8} {:>6} {:>9.4g} " + ("{:>13.2f}" if logged else "{:>13}")
+# A logged figure prints with the digits the run printed it with (logged_text: its decimals
+# from the printed resolution, cached per resolution; 2 for a figure not printed rounded),
+# and its error with the bound from those digits where the bound shows (error_text): the
+# error then goes in as error_text's string.
+_TABLE_FAST = {(logged, peak, bound): (
+    "{:>10} {:>8} {:>6} {:>9.4g} " + ("{:>13.{}f}" if logged else "{:>13}{}")
     + " {:>13.2f} {:>16.2f} " + ("{:>6.1f} {:>6.1f}" if peak else "{:>6} {:>6}")
-    + (" {:>+7.1f}%" if logged else " {:>8}")) for logged in (False, True) for peak in (False, True)}
+    + (" {:>+7.1f}%" if logged and not bound else " {:>8}"))
+    for logged in (False, True) for peak in (False, True) for bound in (False, True)}
 _INF = math.inf
+_LOGGED_DECIMALS = {0.0: 2}
+
+
+def _logged_decimals(resolution: float) -> int:
+    decimals = _LOGGED_DECIMALS.get(resolution)
+    if decimals is None:
+        decimals = max(0, round(-math.log10(2.0 * resolution))) if resolution > 0 else 2
+        if len(_LOGGED_DECIMALS) < 64:
+            _LOGGED_DECIMALS[resolution] = decimals
+    return decimals
 
 
 def table_row(interval: Interval) -> str:
     rep = interval.report
     logged, error, mfu, hfu = interval.record.tflops, interval.error, rep.mfu, rep.hfu
     model, hardware = rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu
+    shown_bound = False
     if logged is None:
         fast = error is None
         logged = error = "n/a"
+        decimals = ""
         has_logged = False
     else:
         fast = error is not None and 1.0 <= logged < _INF
         if fast:
-            error *= 100.0
+            bound = interval.error_bound
+            if bound is not None and bound >= SHOWN_BOUND:
+                shown_bound = True
+                error = error_text(interval)
+            else:
+                error *= 100.0
+            decimals = _logged_decimals(interval.record.tflops_resolution)
         has_logged = True
     if mfu is None:
         fast = fast and hfu is None
@@ -71,10 +94,10 @@ def table_row(interval: Interval) -> str:
         has_peak = True
     if fast and 1.0 <= model < _INF and 1.0 <= hardware < _INF:
         batch = interval.batch_size
-        return _TABLE_FAST[has_logged, has_peak].format(
+        return _TABLE_FAST[has_logged, has_peak, shown_bound].format(
             interval.record.iteration,
             f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}", interval.seq_length,
-            interval.seconds_per_iteration, logged, model, hardware, mfu, hfu, error)
+            interval.seconds_per_iteration, logged, decimals, model, hardware, mfu, hfu, error)
     return _table_row_general(interval)
 
 
