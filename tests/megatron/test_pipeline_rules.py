@@ -108,7 +108,7 @@ def deepspeed_partition(specs, stages, method):
 @pytest.mark.parametrize("method", ["type:transformer", "type:transformer|embedding", "uniform"])
 def test_deepspeed_partition_is_deepspeeds(fork, kwargs, method):
     rng = random.Random(f"{fork}{kwargs}{method}")
-    cases = [(70, 12), (1, 4), (3, 5), (4, 2)] + [(rng.randint(1, 40), rng.randint(1, 12))
+    cases = [(70, 12), (1, 4), (3, 5), (4, 2), (5, 4), (1, 5), (7, 3)] + [(rng.randint(1, 40), rng.randint(1, 12))
                                                   for _ in range(6)]
     for layers, stages in cases:
         specs = deepspeed_pipe_specs(fork, layers, **kwargs)
@@ -120,6 +120,8 @@ def test_deepspeed_partition_is_deepspeeds(fork, kwargs, method):
             held = [transformer.index(i) for i in transformer if start <= i < stop]
             assert list(stage.layers) == held, (layers, stages, stage)
             assert stage.embedding == (start <= specs.index("EmbeddingPipe") < stop)
+            output = max(i for i, n in enumerate(specs) if n in ("EmbeddingPipe", "LMHeadPipe"))
+            assert stage.output_layer == (start <= output < stop)
 
 
 def test_partition_functions_equal_deepspeeds_on_random_weights():
