@@ -57,7 +57,7 @@ class PipelineStage:
         return len(self.layers) + len(self.mtp_layers)
 
     def label(self) -> str:
-        """``E 0-4 m0 L``-style: embedding, layer range, MTP layers, output layer."""
+        """``E 0-4 mtp×1 L``: embedding, layer range, MTP layers, output layer (``(empty)``)."""
         parts = ["E"] if self.embedding else []
         if self.layers:
             first, last = self.layers[0], self.layers[-1]
@@ -434,7 +434,7 @@ def pipeline_report(layout: PipelineLayout, breakdowns: Sequence[Breakdown], wor
         "pipeline_parallel_size": layout.pipeline_parallel_size,
         "virtual_stages_per_rank": layout.virtual_stages_per_rank,
         "gpus_per_rank": world_size // layout.pipeline_parallel_size,
-        "stages": [{"stage": s.index, "rank": s.rank,
+        "stages": [{"stage": s.index, "rank": s.rank, "label": s.label(),
                     "layers": [s.layers.start, s.layers.stop],
                     "mtp_layers": len(s.mtp_layers), "embedding": s.embedding,
                     "output_layer": s.output_layer,

@@ -106,15 +106,7 @@ def _print_pipeline(result: dict) -> None:
           f"{'model TFLOP/s':>13} {'MFU':>6} {'HFU':>6}")
     stages = p["stages"]
     for r in p["ranks"]:
-        labels = []
-        for index in r["stages"]:
-            st = stages[index]
-            first, stop = st["layers"]
-            parts = (["E"] if st["embedding"] else []) + (
-                [f"{first}-{stop - 1}" if stop - first > 1 else str(first)] if stop > first
-                else []) + ([f"mtp×{st['mtp_layers']}"] if st["mtp_layers"] else []) + (
-                ["L"] if st["output_layer"] else [])
-            labels.append(" ".join(parts) or "(empty)")
+        labels = [stages[index]["label"] for index in r["stages"]]
         label = ", ".join(labels) if len(labels) > 1 else labels[0]
         t = r["tflops_per_gpu"]
         busiest = " ← busiest" if r["rank"] == p["busiest_rank"] else ""
