@@ -181,8 +181,9 @@ def stage_layer_kinds(model: ModelShape, layers: Sequence[int], recompute: Recom
     if (decoder is not None and not model.is_moe and model.window_attn_skip_freq is None
             and not partial):
         # every decoder layer alike: counted, not visited (a stage may hold 10⁸ layers)
-        if len(decoder):
-            kinds[(1, False, model.window_size is not None, every)] += len(decoder)
+        count = max(0, decoder.stop - decoder.start)   # len() stops at 2⁶³ layers
+        if count:
+            kinds[(1, False, model.window_size is not None, every)] += count
         layers = layers.mtp_layers
     for index in layers:
         kinds[(model.experts_in_layer(index), index >= model.num_layers,

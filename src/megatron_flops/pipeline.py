@@ -29,6 +29,11 @@ __all__ = [
 ]
 
 
+def _size(layers: range) -> int:
+    """``len(layers)`` without its ssize_t limit (``--num-layers 10**30`` is counted too)."""
+    return max(0, layers.stop - layers.start)
+
+
 @dataclass(frozen=True)
 class PipelineStage:
     """One (virtual) pipeline stage: what it runs, and on which pipeline rank."""
@@ -54,7 +59,7 @@ class PipelineStage:
     @property
     def num_layers(self) -> int:
         """Transformer and MTP layers of the stage."""
-        return len(self.layers) + len(self.mtp_layers)
+        return _size(self.layers) + _size(self.mtp_layers)
 
     def label(self) -> str:
         """``E 0-4 mtp×1 L``: embedding, layer range, MTP layers, output layer (``(empty)``)."""
@@ -63,7 +68,7 @@ class PipelineStage:
             first, last = self.layers[0], self.layers[-1]
             parts.append(str(first) if first == last else f"{first}-{last}")
         if self.mtp_layers:
-            parts.append(f"mtp×{len(self.mtp_layers)}")
+            parts.append(f"mtp×{_size(self.mtp_layers)}")
         if self.output_layer:
             parts.append("L")
         return " ".join(parts) or "(empty)"
@@ -312,7 +317,7 @@ def deepspeed_layout(specs: Sequence[str], pipeline_parallel_size: int,
         if not any(weights):
             raise ShapeError(f"{flag} {method} matches no layer (DeepSpeed refuses it)", flag)
         if n > pp and n * n * pp > MAX_PARTITION_STEPS:
-            raise ShapeError(f"per-stage FLOPs: DeepSpeed's partition search over {n} layers "
+            raise ShapeError(f"DeepSpeed's partition search over {n} layers "
                              f"on {pp} stages is too large to repeat here", flag)
         parts = partition_balanced(weights, pp)
     else:
@@ -362,7 +367,7 @@ class _Indices:
         yield from self.mtp_layers
 
     def __len__(self):
-        return len(self.layers) + len(self.mtp_layers)
+        return _size(self.layers) + _size(self.mtp_layers)
 
 
 @dataclass(frozen=True)
@@ -436,7 +441,7 @@ def pipeline_report(layout: PipelineLayout, breakdowns: Sequence[Breakdown], wor
         "gpus_per_rank": world_size // layout.pipeline_parallel_size,
         "stages": [{"stage": s.index, "rank": s.rank, "label": s.label(),
                     "layers": [s.layers.start, s.layers.stop],
-                    "mtp_layers": len(s.mtp_layers), "embedding": s.embedding,
+                    "mtp_layers": _size(s.mtp_layers), "embedding": s.embedding,
                     "output_layer": s.output_layer,
                     "flops_per_iteration": {"model": b.model_flops, "hardware": b.hardware_flops}}
                    for s, b in zip(layout.stages, breakdowns)],

@@ -13,6 +13,7 @@ Which framework rule places the layers:
 
 from typing import Optional
 
+from ..errors import ShapeError
 from ..pipeline import (PipelineLayout, deepspeed_layout, deepspeed_pipe_specs, megatron_layout,
                         pattern_layout)
 from ..shapes import ModelShape
@@ -21,6 +22,9 @@ from .args import deepspeed_pipeline
 from .dialects import BIGSCIENCE, MICROSOFT
 
 __all__ = ["pipeline_layout"]
+
+# DeepSpeed's partition search is O(specs² × stages); its spec list is built whole
+MAX_DEEPSPEED_LAYERS = 4096
 
 
 def _virtual_stages(ns, num_layers: int, pp: int) -> Optional[int]:
@@ -43,7 +47,11 @@ def pipeline_layout(ns, model: ModelShape, pipeline_parallel_size: int,
     ``--pp-partition-method`` is given, else microsoft unless ``fork`` says bigscience).
     ShapeError (naming the flag) for what the framework refuses or is not counted yet."""
     pp = pipeline_parallel_size
-    if deepspeed_pipeline(ns):
+    if deepspeed_pipeline(ns) and pp > 1:
+        if model.num_layers > MAX_DEEPSPEED_LAYERS:
+            raise ShapeError(f"DeepSpeed's partition of {model.num_layers} "
+                             f"layers is not repeated here (at most {MAX_DEEPSPEED_LAYERS})",
+                             "--num-layers")
         method = getattr(ns, "pp_partition_method", None)
         if method is not None or fork == BIGSCIENCE:
             fork = BIGSCIENCE
