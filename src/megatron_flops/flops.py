@@ -162,6 +162,35 @@ def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
     return {kind: count for kind, count in kinds.items() if count}
 
 
+# ---- per pipeline stage (issue 22): the kinds of a subset of the layers ---------------------
+def stage_layer_kinds(model: ModelShape, layers: Sequence[int], recompute: Recompute = NO_RECOMPUTE,
+                      pipeline_parallel_size: int = 1) -> Dict[LayerKind, int]:
+    """:func:`layer_kinds` of the layers ``layers`` only (0-based; ``num_layers`` on: MTP).
+
+    Which layers are recomputed is decided over the whole model (block recompute: the first
+    ``--recompute-num-layers`` of each real stage), so a stage's kinds are its share of the
+    whole model's, and the kinds of stages that partition the layers add up to
+    :func:`layer_kinds`.
+    """
+    every = recompute.recomputes_every_layer
+    partial = (recompute.recomputed_layers(model.num_layers, pipeline_parallel_size,
+                                           model.mtp_num_layers)
+               if recompute.granularity == "full" and not every else frozenset())
+    kinds: Counter = Counter()
+    decoder = getattr(layers, "layers", None)  # a stage's range of transformer layers
+    if (decoder is not None and not model.is_moe and model.window_attn_skip_freq is None
+            and not partial):
+        # every decoder layer alike: counted, not visited (a stage may hold 10⁸ layers)
+        count = max(0, decoder.stop - decoder.start)   # len() stops at 2⁶³ layers
+        if count:
+            kinds[(1, False, model.window_size is not None, every)] += count
+        layers = layers.mtp_layers
+    for index in layers:
+        kinds[(model.experts_in_layer(index), index >= model.num_layers,
+               model.windowed_layer(index), every or index in partial)] += 1
+    return dict(kinds)
+
+
 @dataclass(frozen=True)
 class Component:
     """FLOPs of one component over a whole iteration (all layers, all samples)."""
@@ -254,6 +283,8 @@ def flops_breakdown(
     pipeline_parallel_size: int = 1,
     causal: bool = False,
     document_lengths: Optional[Sequence[Sequence[int]]] = None,
+    layer_indices: Optional[Sequence[int]] = None,
+    output_layer: bool = True,
 ) -> Breakdown:
     """Per-component forward, backward and recompute FLOPs of one iteration.
 
@@ -265,6 +296,10 @@ def flops_breakdown(
     Multi-token-prediction layers (``model.mtp_num_layers``) are counted as layers.
     Components that are zero for this model (e.g. ``mlp_gate`` without a GLU, MoE terms in
     a dense model) are left out.
+    ``layer_indices`` (one pipeline stage, :mod:`megatron_flops.pipeline`): count only these layers
+    (0-based indices, MTP layers from ``num_layers`` on) instead of all; ``output_layer``:
+    whether the logits, MTP logits and a distillation teacher's forward are counted (the
+    stage that holds the output layer and the loss).
     """
     if seq_length <= 0:
         raise ShapeError(f"--seq-length must be a positive integer, got {seq_length}")
@@ -278,8 +313,9 @@ def flops_breakdown(
     forward: Dict[str, int] = dict.fromkeys(names, 0)
     recomputed: Dict[str, int] = dict.fromkeys(names, 0)
     selective = recompute.granularity == "selective"
-    for (experts, mtp_layer, windowed, is_recomputed), layers in layer_kinds(
-            model, recompute, pipeline_parallel_size).items():
+    kinds = (layer_kinds(model, recompute, pipeline_parallel_size) if layer_indices is None else
+             stage_layer_kinds(model, layer_indices, recompute, pipeline_parallel_size))
+    for (experts, mtp_layer, windowed, is_recomputed), layers in kinds.items():
         # per sample, times B; with documents, the attention core is already the whole
         # batch's (every document attends only to itself, so the batch's documents are summed)
         terms = {name: flops if documents is not None and REGISTRY[name].attention_core
@@ -291,9 +327,10 @@ def flops_breakdown(
             if is_recomputed or (selective and _selective_reruns(recompute, name, experts)):
                 recomputed[name] += layers * flops
     for name, spec in REGISTRY.items():
-        if spec.occurs == ONCE and not spec.hardware_only:  # outside the layers: never recomputed
+        if spec.occurs == ONCE and not spec.hardware_only and output_layer:
+            # outside the layers: never recomputed
             forward[name] = spec.formula(model, seq_length, 1) * batch_size
-    if model.teacher is not None:
+    if model.teacher is not None and output_layer:
         # --kd/--mos: the teacher's forward on the same tokens, under the same attention
         # convention; no backward, no recompute (it runs under torch.no_grad)
         forward["teacher_forward"] = flops_breakdown(

@@ -694,6 +694,9 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--pipeline-model-parallel-layout", type=str)
     add("--num-layers-per-virtual-pipeline-stage", type=int)
     add("--num-virtual-stages-per-pipeline-rank", type=int)
+    # ---- per-stage FLOPs (issue 22): how the DeepSpeed pipeline model partitions the layers
+    add("--pp-partition-method", type=str, help="bigscience fork: DeepSpeed's partition_method "
+        "of the pipeline model (default type:transformer); moves layers between stages only")
     old = parser.add_argument_group("old names, read as their modern meaning")
     old.add_argument("--batch-size", type=int, help="--micro-batch-size")
     old.add_argument("--model-parallel-size", type=int, help="--tensor-model-parallel-size")

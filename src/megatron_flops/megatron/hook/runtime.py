@@ -17,6 +17,7 @@ from .. import calculator as calc
 from ..memory_args import measured_peak_bytes, memory_from_namespace
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
 from .count_mode import CountingMode, CountSettings
+from .pipeline_share import pipeline_share
 
 # how a peak is set in a training run: pretrain_gpt.py has no --gpu / --peak-tflops
 PEAK_HINT = (f"set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS} in the "
@@ -81,6 +82,10 @@ class MegatronHook:
         # issue 24: the intervals reported so far, for the summary of a run ended by Ctrl-C
         # (first, last iteration, intervals, seconds, model, hardware FLOPs, world, peak)
         self.totals = [None, None, 0, 0.0, 0, 0, 1, None]
+        # per pipeline rank (issue 22): this rank's share, for the accounting it was made for
+        self.pipeline_share = None
+        self._share_for = None
+        self._share_error: Optional[str] = None
 
     @property
     def settings(self) -> calc.Settings:
@@ -233,6 +238,7 @@ class MegatronHook:
         """Count the iteration just trained; the Interval of this training_log call."""
         args = self.training_module.get_args()
         accounting = self.accounts.for_args(args)
+        self._update_pipeline_share(args, accounting)
         self.start_summary(args, accounting)
         self.memory_summary(args, accounting)
         self.strategy.observe(args, accounting)
@@ -240,6 +246,26 @@ class MegatronHook:
         if iteration % args.log_interval == 0:
             self.strategy.on_log_iteration(interval)
         return interval
+
+    def _update_pipeline_share(self, args, accounting) -> None:
+        """This rank's pipeline share, once per accounting; a layout it cannot count leaves
+        the even figures alone and is said in the start summary (never a failure)."""
+        if self._share_for is accounting:
+            return
+        self._share_for = accounting
+        try:
+            self.pipeline_share = pipeline_share(args, accounting, self.fork)
+            self._share_error = None
+        except Exception as error:  # noqa: BLE001 - the training run and the hook go on
+            self.pipeline_share = None
+            self._share_error = str(error)
+
+    def rank_fields(self, interval: Interval) -> list:
+        """The logging rank's own fields (pipeline rank, its TFLOP/s and MFU/HFU)."""
+        share = self.pipeline_share
+        if share is None or interval.report is None:
+            return []
+        return share.fields(interval.report)
 
     # ---- start ------------------------------------------------------------------------
 
@@ -263,6 +289,10 @@ class MegatronHook:
                      "elementwise ops not counted")
         lines.append(f"peak for MFU/HFU: {peak_text(accounting.peak)}")
         lines.append(strategy.formula_line(args, breakdown, run.global_batch_size, run.seq_length))
+        if self.pipeline_share is not None:
+            lines += self.pipeline_share.summary_lines()
+        elif self._share_error is not None:
+            lines.append(f"per pipeline rank: not counted ({self._share_error})")
         if self.settings.show_conventions():
             lines += conventions_lines(model, run)
         # every line carries the prefix (a breakdown table too): grep-able among rank output
