@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from . import components
 from .components import ONCE, REGISTRY, register_component
 from .errors import ShapeError, UsageError
-from .shapes import NO_RECOMPUTE, ModelShape, Recompute
+from .shapes import NO_RECOMPUTE, PARTS, ModelShape, Recompute
 
 
 def __getattr__(attribute: str):
@@ -293,6 +293,12 @@ def flops_breakdown(
     for name, spec in REGISTRY.items():
         if spec.occurs == ONCE and not spec.hardware_only:  # outside the layers: never recomputed
             forward[name] = spec.formula(model, seq_length, 1) * batch_size
+    if model.vision is not None:  # the vision encoder and projection, on every tile
+        for name, spec in REGISTRY.items():
+            if spec.occurs == components.VISION_TILES:
+                forward[name] = spec.formula(model, seq_length, 1) * batch_size
+                if _vision_recomputed(model, recompute, name):
+                    recomputed[name] = forward[name]
     if model.teacher is not None:
         # --kd/--mos: the teacher's forward on the same tokens, under the same attention
         # convention; no backward, no recompute (it runs under torch.no_grad)
@@ -305,9 +311,11 @@ def flops_breakdown(
         fwd = forward[name]
         if fwd == 0:
             continue
-        backward = 0 if REGISTRY[name].hardware_only else 2 * fwd
+        backward = backward_flops(REGISTRY[name], fwd, model)
+        # a recomputed forward is re-run only for a backward through it (none: nothing re-runs)
         components.append(
-            Component(name=name, forward=fwd, backward=backward, recompute=recomputed[name])
+            Component(name=name, forward=fwd, backward=backward,
+                      recompute=recomputed[name] if backward else 0)
         )
     return Breakdown(
         batch_size=batch_size,
@@ -316,6 +324,55 @@ def flops_breakdown(
         recompute=recompute,
         causal=causal,
     )
+
+
+# ---- frozen weights (issue 20 item 3) -------------------------------------------------------
+# The backward of a matmul Y = X·W is two matmuls of its forward's size: the input gradient
+# dX = dY·Wᵀ and the weight gradient dW = Xᵀ·dY.  Autograd runs dW only where W trains
+# (requires_grad) and dX only where something before X trains (X requires grad): so a frozen
+# part's matmuls keep dX while a trained part runs before them (the frozen language model of
+# a LLaVA run whose projection trains), and run nothing at all where nothing before them trains
+# (the ViT under --freeze-ViT); the first matmul of a part (the patch embedding, on pixels)
+# has no dX from inside its part.  A weightless matmul (attention core: Q·Kᵀ, A·V) has two
+# input gradients.  With nothing frozen this is 2 × forward everywhere but the patch embedding.
+
+def input_gradient_needed(spec: "components.ComponentSpec", model: ModelShape) -> bool:
+    """Whether autograd computes the gradient w.r.t. this component's activation input(s):
+    some weight before it in the forward pass trains."""
+    position = PARTS.index(spec.part)
+    before = [part for part in PARTS[:position] if _has_part(model, part)]
+    if any(part not in model.frozen for part in before):
+        return True
+    return spec.part not in model.frozen and not spec.first_in_part
+
+
+def backward_flops(spec: "components.ComponentSpec", forward: int, model: ModelShape) -> int:
+    """Backward FLOPs of a component whose forward is ``forward``, under ``model.frozen``:
+    ``forward`` per gradient autograd computes (input, weight; two inputs when weightless)."""
+    if spec.hardware_only:  # the distillation teacher: forward only
+        return 0
+    dx = input_gradient_needed(spec, model)
+    if not spec.has_weights:
+        return 2 * forward if dx else 0
+    dw = spec.part not in model.frozen
+    return forward * (int(dx) + int(dw))
+
+
+def _has_part(model: ModelShape, part: str) -> bool:
+    return part == "language" or model.vision is not None
+
+
+def _vision_recomputed(model: ModelShape, recompute: Recompute, name: str) -> bool:
+    """Whether ``--recompute-vision`` re-runs this vision row: the examples' model provider
+    keeps the run's granularity for the ViT (full: every ViT layer, recompute_num_layers =
+    its layers; selective: the modules named, of which only core_attn has a ViT row of its
+    own); the projection is never recomputed."""
+    if not model.vision.recompute or name not in ("vision_layers", "vision_attention"):
+        return False
+    if recompute.granularity == "full":
+        return True
+    return (recompute.granularity == "selective" and name == "vision_attention"
+            and "core_attn" in recompute.modules)
 
 
 # What each selective recompute module re-runs (Megatron-Core at d98e8a64): ``core_attn`` the
