@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import components
-from .components import ONCE, REGISTRY, register_component
+from .components import ONCE, REGISTRY, VISION_TILES, register_component
 from .errors import ShapeError, UsageError
 from .shapes import NO_RECOMPUTE, PARTS, ModelShape, Recompute
 
@@ -170,6 +170,12 @@ class Component:
     forward: int
     backward: int
     recompute: int
+    # frozen weights (issue 20 item 3): the weight-gradient part of ``backward`` (None: half of
+    # it, both gradients), and input-gradient work the framework runs that training does not
+    # need (Megatron's linear computes dX whenever its weight trains, even on a frozen part's
+    # output): in hardware FLOPs only
+    weight_gradient: Optional[int] = None
+    extra_backward: int = 0
 
     @property
     def model_flops(self) -> int:
@@ -178,7 +184,7 @@ class Component:
 
     @property
     def hardware_flops(self) -> int:
-        return self.forward + self.backward + self.recompute
+        return self.forward + self.backward + self.recompute + self.extra_backward
 
     @property
     def description(self) -> str:
@@ -240,7 +246,9 @@ class Breakdown:
             "causal": self.causal,
             "flops_per_iteration": {"model": self.model_flops, "hardware": self.hardware_flops},
             "components": [
-                {"name": c.name, "forward": c.forward, "backward": c.backward, "recompute": c.recompute}
+                {"name": c.name, "forward": c.forward, "backward": c.backward, "recompute": c.recompute,
+                 # only where the framework runs backward work training does not need
+                 **({"extra_backward": c.extra_backward} if c.extra_backward else {})}
                 for c in self.components
             ],
         }
@@ -295,7 +303,7 @@ def flops_breakdown(
             forward[name] = spec.formula(model, seq_length, 1) * batch_size
     if model.vision is not None:  # the vision encoder and projection, on every tile
         for name, spec in REGISTRY.items():
-            if spec.occurs == components.VISION_TILES:
+            if spec.occurs == VISION_TILES:
                 forward[name] = spec.formula(model, seq_length, 1) * batch_size
                 if _vision_recomputed(model, recompute, name):
                     recomputed[name] = forward[name]
@@ -311,11 +319,14 @@ def flops_breakdown(
         fwd = forward[name]
         if fwd == 0:
             continue
-        backward = backward_flops(REGISTRY[name], fwd, model)
+        spec = REGISTRY[name]
+        backward = backward_flops(spec, fwd, model)
         # a recomputed forward is re-run only for a backward through it (none: nothing re-runs)
         components.append(
             Component(name=name, forward=fwd, backward=backward,
-                      recompute=recomputed[name] if backward else 0)
+                      recompute=recomputed[name] if backward else 0,
+                      weight_gradient=fwd if backward and _weight_trains(spec, model) else 0,
+                      extra_backward=fwd if _unneeded_input_gradient(spec, model) else 0)
         )
     return Breakdown(
         batch_size=batch_size,
@@ -354,8 +365,27 @@ def backward_flops(spec: "components.ComponentSpec", forward: int, model: ModelS
     dx = input_gradient_needed(spec, model)
     if not spec.has_weights:
         return 2 * forward if dx else 0
-    dw = spec.part not in model.frozen
-    return forward * (int(dx) + int(dw))
+    return forward * (int(dx) + int(_weight_trains(spec, model)))
+
+
+def _weight_trains(spec: "components.ComponentSpec", model: ModelShape) -> bool:
+    return spec.has_weights and not spec.hardware_only and spec.part not in model.frozen
+
+
+def _unneeded_input_gradient(spec: "components.ComponentSpec", model: ModelShape) -> bool:
+    """Megatron-Core's linear (``LinearWithGradAccumulationAndAsyncCommunication``) computes
+    ``dX = dY·W`` in every backward it runs, i.e. whenever its weight trains, needed or not:
+    the first matmul of a trained part whose input carries no gradient (the projection after
+    a frozen ViT; RADIO's linear patch embedding on pixels) still runs it.  A convolution
+    (CLIP/SigLIP/InternViT's patch embedding) does not: torch asks only for the gradients
+    needed."""
+    if not (spec.first_in_part and _weight_trains(spec, model)):
+        return False
+    if input_gradient_needed(spec, model):
+        return False  # counted in backward already
+    if spec.name == "vision_patch_embedding":
+        return model.vision is not None and model.vision.linear_patch_embedding
+    return True
 
 
 def _has_part(model: ModelShape, part: str) -> bool:

@@ -494,6 +494,9 @@ class VisionEncoder:
     """The mlp projection's hidden size ``fp`` (set per ``--language-model-type``)."""
     recompute: bool = False
     """``--recompute-vision``: the ViT layers follow the run's recompute granularity."""
+    linear_patch_embedding: bool = False
+    """The patch embedding is Megatron's linear (RADIO) rather than a convolution: it then
+    computes its input gradient whenever it trains (hardware FLOPs, see flops.py)."""
 
     def __post_init__(self) -> None:
         _require_positive(self.img_h, "--img-h")
