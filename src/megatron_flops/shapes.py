@@ -497,6 +497,9 @@ class VisionEncoder:
     linear_patch_embedding: bool = False
     """The patch embedding is Megatron's linear (RADIO) rather than a convolution: it then
     computes its input gradient whenever it trains (hardware FLOPs, see flops.py)."""
+    tile_tag_tokens: int = 0
+    """Tokens ``--use-tile-tags`` adds per tile to the decoder's sequence (embeddings only:
+    no vision matmul); Megatron-LM's own formula counts them in its ``seq_length``."""
 
     def __post_init__(self) -> None:
         _require_positive(self.img_h, "--img-h")
