@@ -71,6 +71,14 @@ _VISION_ONLY_FLAGS = (("cli_img_h", "--img-h"), ("cli_img_w", "--img-w"),
                       ("decoder_seq_length", "--decoder-seq-length"), ("freeze_ViT", "--freeze-ViT"))
 
 
+# the integer flags and their least valid value (0 class tokens is SigLIP's)
+_INTEGER_FLAGS = (("cli_img_h", "--img-h", 1), ("cli_img_w", "--img-w", 1),
+                  ("cli_patch_dim", "--patch-dim", 1), ("decoder_seq_length",
+                                                         "--decoder-seq-length", 1),
+                  ("max_num_tiles", "--max-num-tiles", 1), ("num_frames", "--num-frames", 1),
+                  ("class_token_len", "--class-token-len", 0))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The multimodal example's flags that change the count (defaults: None, as not given)."""
     g = parser.add_argument_group("Megatron-LM multimodal (examples/multimodal/train.py)")
@@ -186,6 +194,11 @@ def _frozen(ns, vision: bool) -> frozenset:
 def apply(ns, model: ModelShape, run: RunShape) -> Tuple[ModelShape, RunShape]:
     """``model`` and ``run`` with the run's vision encoder and frozen parts: the language model
     then runs at ``--decoder-seq-length``."""
+    for name, flag, least in _INTEGER_FLAGS:  # bad values are refused even where unread
+        value = getattr(ns, name, None)
+        if value is not None and value < least:
+            raise ShapeError(f"{flag} must be {'a positive' if least else 'a non-negative'} "
+                             f"integer, got {value}", flag)
     language_type = getattr(ns, "language_model_type", None)
     if language_type is None:
         for name, flag in _VISION_ONLY_FLAGS:
