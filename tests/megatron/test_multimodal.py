@@ -163,3 +163,21 @@ def test_freeze_all_layers_is_forward_only():
     assert flops["flops_per_iteration"]["model"] == sum(
         row["forward"] for row in flops["components"])
     assert all(row["backward"] == 0 for row in flops["components"])
+
+
+def test_a_live_runs_args_are_read_like_its_command():
+    """The runtime hook reads the run's own ``args``: ``img_h``/``img_w``/``patch_dim`` under
+    Megatron-LM's names, and ``seq_length`` already overwritten by model.py with one tile's
+    image embeddings (576) — the language model still runs at --decoder-seq-length."""
+    from megatron_flops.megatron import calculator
+
+    argv = CORPUS[MISTRAL_CLIP]["argv"] + ["--vocab-size", "32000"]
+    ns, _ = parse_megatron_args(argv)
+    command_model, command_run = shapes_from_args(ns)
+    for name in ("img_h", "img_w", "patch_dim"):
+        setattr(ns, name, getattr(ns, "cli_" + name))
+        delattr(ns, "cli_" + name)
+    ns.seq_length = 576  # model.py: args.seq_length = num_image_embeddings
+    model, run = shapes_from_args(ns)
+    assert model == command_model and run.seq_length == command_run.seq_length == 1024
+    assert calculator.iteration_seq_length(ns) == 1024
