@@ -240,8 +240,12 @@ def _as_megatron_lm_sees(f: RunFacts) -> RunFacts:
     vision = f.model.vision
     if vision is None:
         return f
+    # model.py calls get_num_image_embeddings with class_token_len=1 whatever the ViT has (RADIO
+    # keeps 8): one class token when they are kept, none for SigLIP
+    kept = vision.patches + (1 if vision.class_tokens and not vision.drop_class_tokens else 0)
+    embeddings = kept // 4 if vision.pixel_shuffle else kept
     return replace(f, model=replace(f.model, vision=None, frozen=frozenset()),
-                   seq_length=vision.image_embeddings + vision.tile_tag_tokens)
+                   seq_length=embeddings + vision.tile_tag_tokens)
 
 
 def _megatron_2023_11(f: RunFacts) -> float:
