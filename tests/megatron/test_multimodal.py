@@ -181,3 +181,16 @@ def test_a_live_runs_args_are_read_like_its_command():
     model, run = shapes_from_args(ns)
     assert model == command_model and run.seq_length == command_run.seq_length == 1024
     assert calculator.iteration_seq_length(ns) == 1024
+
+
+def test_megatron_lm_formula_assumes_one_class_token():
+    """model.py passes class_token_len=1 to get_num_image_embeddings: a RADIO run that keeps
+    its 8 class tokens has 1024 + 1 tokens in Megatron-LM's seq_length, not 1024 + 8."""
+    argv = [w for w in CORPUS[NANO_VL_SFT]["argv"]
+            if w not in ("--disable-vision-class-token", "--pixel-shuffle")]
+    model, run = shapes(argv)
+    assert model.vision.image_embeddings == 1032
+    text = replace(model, vision=None, frozen=frozenset())
+    vlm = compare_conventions(model, 1, run.seq_length, names=["megatron-lm"])["megatron-lm"]
+    lm = compare_conventions(text, 1, 1025, names=["megatron-lm"])["megatron-lm"]
+    assert vlm.flops_per_iteration == lm.flops_per_iteration
