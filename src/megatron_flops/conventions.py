@@ -232,8 +232,26 @@ def _microsoft(f: RunFacts) -> float:
 # counted from our shape (its --moe-layer-freq pattern gives the same count for the same
 # model).  All are model FLOPs: none counts recomputation.
 
+def _as_megatron_lm_sees(f: RunFacts) -> RunFacts:
+    """A vision-language run as Megatron-LM's formula sees it (issue 20 item 3): the multimodal
+    example's model provider overwrites ``args.seq_length`` with the image embeddings of one
+    tile (``get_num_image_embeddings``, tile tags included) and the formula reads only the
+    language flags — so it counts the language model alone, at that length instead of
+    ``--decoder-seq-length``, no ViT, no projection, and 3 passes whatever is frozen."""
+    vision = f.model.vision
+    if vision is None:
+        return f
+    # model.py calls get_num_image_embeddings with class_token_len=1 whatever the ViT has (RADIO
+    # keeps 8): one class token when they are kept, none for SigLIP
+    kept = vision.patches + (1 if vision.class_tokens and not vision.drop_class_tokens else 0)
+    embeddings = kept // 4 if vision.pixel_shuffle else kept
+    return replace(f, model=replace(f.model, vision=None, frozen=frozenset()),
+                   seq_length=embeddings + vision.tile_tag_tokens)
+
+
 def _megatron_2023_11(f: RunFacts) -> float:
     # ffn = 4h, no GLU, d = h/n: 60·B·s·l·h²·(1 + g/(5n) + s/(5h) + V/(10·l·h))
+    f = _as_megatron_lm_sees(f)
     m = f.model
     B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
                            m.num_attention_heads, m.num_query_groups, m.vocab_size)
@@ -246,6 +264,7 @@ def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool,
     # + V/(2·l·h)); every layer's MLP times top-k when the model has experts (from 0d389f5e
     # with --moe-ffn-hidden-size as f), every layer's shared experts S (from 1fa9464e);
     # n·d/h = 1 before kv_channels was counted
+    f = _as_megatron_lm_sees(f)
     m = f.model
     B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
                            m.num_attention_heads, m.num_query_groups, m.vocab_size)
@@ -277,6 +296,7 @@ def _megatron_attention_terms(m: ModelShape, mla_counted: bool) -> Tuple[float, 
 def _megatron_lm_flops(facts: RunFacts, mtp_and_mla_counted: bool = True,
                        seqlen_squared_sum: Optional[float] = None,
                        real_tokens: Optional[float] = None) -> float:
+    facts = _as_megatron_lm_sees(facts)
     m = facts.model
     h, V = m.hidden_size, m.vocab_size
     tokens = facts.tokens if real_tokens is None else real_tokens

@@ -140,4 +140,31 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     total += sum(layers * layer_kind_parameters(model, experts, mtp_layer)
                  for (experts, mtp_layer, _, _), layers in layer_kinds(model).items())
     total += _norm(model)  # final norm
+    total += vision_parameters(model)
     return ParameterCount(total=total, embedding=word + position + output)
+
+
+def vision_parameters(model: ModelShape) -> int:
+    """Parameters of a vision-language run's ViT and projection (0 without; issue 20 item 3).
+
+    The patch embedding ``3·p²·hv``, the class tokens and a position embedding per ViT token
+    (``Sv·hv``), the ViT's layers (the layer count above at the vision shape, biases in: the
+    multimodal example forces ``add_bias_linear`` for the ViT), one norm (``ln_pre`` /
+    ``ln_post``), and the projection's matmuls (``hi·fp + fp·h``, affine ``hi·h``).  Left out,
+    each under 0.1 % of any example's model: convolution and projection biases, the
+    projection's input norm, InternViT's Q/K norms and layer scales, and the difference of
+    RADIO's position table (sized for its largest image) from ``Sv`` rows.
+    """
+    vision = model.vision
+    if vision is None:
+        return 0
+    vit = vision.transformer
+    hv = vit.hidden_size
+    embedding = vision.patch_size * hv + vision.class_tokens * hv + vision.seq_length * hv
+    layers = vit.num_layers * layer_kind_parameters(vit, 1)
+    if vision.projector == "mlp":
+        projection = (vision.projector_input_size * vision.projector_ffn_hidden_size
+                      + vision.projector_ffn_hidden_size * model.hidden_size)
+    else:
+        projection = vision.projector_input_size * model.hidden_size
+    return embedding + layers + _norm(vit) + projection

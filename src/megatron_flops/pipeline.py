@@ -349,7 +349,8 @@ def stage_breakdowns(model: ModelShape, layout: PipelineLayout, seq_length: int,
     :func:`.flops.flops_breakdown` of the whole model."""
     pp = layout.pipeline_parallel_size
     return tuple(flops_breakdown(model, seq_length, batch_size, recompute, pp, causal,
-                                 layer_indices=_Indices(stage), output_layer=stage.output_layer)
+                                 layer_indices=_Indices(stage), output_layer=stage.output_layer,
+                                 input_layer=stage.embedding)
                  for stage in layout.stages)
 
 

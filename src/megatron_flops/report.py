@@ -7,7 +7,7 @@ from .errors import UsageError
 from .flops import Breakdown
 from .params import ParameterCount
 from .rank_memory import RankMemory
-from .shapes import ModelShape, RunShape
+from .shapes import PARTS, ModelShape, RunShape
 
 _UNITS = ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"),
           (1e3, "kFLOP"), (1.0, "FLOP"))
@@ -124,6 +124,17 @@ def describe_model(model: ModelShape) -> str:
         parts.append("shared-expert gate")
     if model.attention_output_gate:
         parts.append("attention output gate")
+    # vision-language runs and frozen weights (issue 20 item 3)
+    if model.vision is not None:
+        v, vit = model.vision, model.vision.transformer
+        parts.append(f"vision: ViT {vit.num_layers} layers × {vit.hidden_size} "
+                     f"({vit.num_attention_heads} heads × {vit.kv_channels}, ffn "
+                     f"{vit.ffn_hidden_size}), {v.img_h}×{v.img_w} tiles of {v.patch_dim}-pixel "
+                     f"patches ({v.seq_length} ViT tokens, {v.image_embeddings} image embeddings "
+                     f"per tile) × {v.tiles} tile{'s' if v.tiles > 1 else ''}, {v.projector} "
+                     "projection")
+    if model.frozen:
+        parts.append("frozen: " + ", ".join(p for p in PARTS if p in model.frozen))
     return ", ".join(parts)
 
 

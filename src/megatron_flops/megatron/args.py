@@ -26,6 +26,7 @@ from ..shapes import (GLU_ACTIVATIONS, QUICK_GEGLU, ModelShape, Recompute, RunSh
                       _require_positive)
 from . import features
 from . import flags as catalogue
+from . import multimodal
 
 GPT2_BPE_VOCAB_SIZE = 50257
 
@@ -574,6 +575,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         sequence_parallel_size=sequence_parallel,
         context_parallel_size=get("context_parallel_size", 1),
     )
+    # vision-language runs (examples/multimodal) and frozen weights (issue 20 item 3)
+    model, run = multimodal.apply(ns, model, run)
     return model, run
 
 
@@ -722,6 +725,7 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     fp8.add_argument("--fp4-format", dest="fp4", type=str, help="Megatron-LM: e2m1 (NVFP4 "
                      "GEMMs in the layers, as FP8's; the mixed peak uses the FP4 one)")
     fp8.add_argument("--fp4-recipe", choices=("nvfp4", "custom"))
+    multimodal.add_arguments(parser)  # vision-language runs, frozen weights (issue 20 item 3)
     ours = parser.add_argument_group("megatron-flops options for the pasted flags")
     ours.add_argument("--world-size", type=int,
                       help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP × CP, said so)")

@@ -518,11 +518,9 @@ UNSUPPORTED: Dict[str, str] = {
     "--spec": "a custom layer spec builds whatever layers it names; not counted",
     "--mtp-use-repeated-layer": "MTP with one shared layer (its parameters counted once) is not "
         "counted yet",
-    # multimodal / vision runs (LLaVA, NVLM, MiMo): a vision encoder and projection besides the
-    # language model, and a decoder length of its own
-    "--img-h": _VISION, "--img-w": _VISION, "--patch-dim": _VISION,
-    "--decoder-seq-length": _VISION, "--vision-model-type": _VISION, "--freeze-ViT": _VISION,
-    "--language-model-type": _VISION, "--vision-backbone-type": _VISION,
+    # multimodal / vision runs other than examples/multimodal/train.py's (counted since issue 20
+    # item 3: megatron/multimodal.py reads --img-h, --language-model-type, --freeze-ViT, …)
+    "--vision-backbone-type": _VISION,
     "--model-provider": _VISION,  # MiMo: the multimodal model the provider builds
     # ModelOpt knowledge distillation: a teacher model's forward on every micro-batch
     "--export-kd-teacher-load": "distillation from a teacher model (its forward on every "
