@@ -100,7 +100,9 @@ def _inactive_expert_parameters(facts: RunFacts) -> int:
     m = facts.model
     if not m.is_moe:
         return 0
-    dense = replace(m, num_experts=1)
+    # a hybrid model's dense twin is a GPT shape of its own: E layers need experts
+    dense = replace(m, num_experts=1, **({"hybrid_layer_pattern": None, "mtp_num_layers": 0}
+                                         if m.is_hybrid else {}))
     inactive = 0
     for (experts, mtp, _, _), layers in layer_kinds(m).items():  # one evaluation per kind
         if experts != 1 and not mtp:  # decoder layers (conventions leave MTP layers out)

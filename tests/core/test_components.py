@@ -99,6 +99,10 @@ def evaluate(flops_text, symbols):
     dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50,
          multi_latent_attention=True, kv_lora_rank=5, qk_head_dim=3, qk_pos_emb_head_dim=2,
          v_head_dim=4),
+    # a hybrid Mamba model: Mamba sizes, and an SSD chunk (2) that does not divide s (5)
+    dict(num_layers=4, hidden_size=16, num_attention_heads=4, vocab_size=50,
+         hybrid_layer_pattern="M*-E", num_experts=3, moe_topk=2, mamba_state_dim=3,
+         mamba_head_dim=4, mamba_num_groups=2, mamba_chunk_size=2, mamba_conv_kernel=3),
 ])
 def test_readme_counts_are_the_formulas(fields):
     """Each README row's forward FLOPs, read as arithmetic, is the registered formula × B."""
@@ -113,6 +117,11 @@ def test_readme_counts_are_the_formulas(fields):
                    rkv=model.kv_lora_rank or 0, dqk=model.qk_head_dim or 0,
                    dpe=model.qk_pos_emb_head_dim or 0, dk=model.attention_key_head_dim,
                    dv=model.attention_value_head_dim,
+                   # Mamba: inner width, groups, state, heads, conv taps, and c = Σ L² over
+                   # the SSD chunks of one sample (s = 5 in chunks of Q: Q = 2 gives 2² + 2² + 1²)
+                   di=model.mamba_inner_size, G=model.mamba_num_groups, N=model.mamba_state_dim,
+                   H=model.mamba_heads, K=model.mamba_conv_kernel,
+                   c={2: 4 + 4 + 1, 128: 25}[model.mamba_chunk_size],
                    # a distillation teacher's forward of one sample (none here: 0)
                    Ft=0 if model.teacher is None else flops.flops_breakdown(model.teacher, s).forward_flops)
     rows = [line.split(" | ") for line in readme_table().splitlines()[2:]]

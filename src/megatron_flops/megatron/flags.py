@@ -491,7 +491,7 @@ OLD_NAMES: Dict[str, str] = {
     "--moe-router-topk": "--topk",
 }
 
-_HYBRID = "hybrid / Mamba / linear-attention layers are not counted yet"
+_GDN = "gated delta net (linear attention) layers are not counted yet"
 _VISION = ("a multimodal (vision-language) run: its vision encoder, projection and decoder "
            "length are not counted yet")
 #: Known flags that change the count and are not counted yet: an error naming the flag.
@@ -502,10 +502,7 @@ UNSUPPORTED: Dict[str, str] = {
     "--vision-pretraining": "vision models are not counted",
     # NVIDIA Megatron-LM
     "--moe-latent-size": "latent MoE projections are not counted yet",
-    "--hybrid-override-pattern": _HYBRID,
-    "--hybrid-layer-pattern": _HYBRID,
-    "--is-hybrid-model": _HYBRID,
-    "--linear-attention-freq": _HYBRID,
+    "--linear-attention-freq": _GDN,
     "--experimental-attention-variant": "experimental attention variants are not counted yet",
     "--dsa-indexer-topk": "DeepSeek sparse attention is not counted yet",
     "--attention-output-gate": "the attention output gate projection is not counted yet",
@@ -518,7 +515,8 @@ UNSUPPORTED: Dict[str, str] = {
     "--disable-pad-vocab-size": "an unpadded vocabulary is not supported yet; give --padded-vocab-size",
     "--enable-mhc-connections": "manifold hyper-connections (their stream-mixing matmuls) are "
         "not counted yet",
-    "--spec": "a custom layer spec builds whatever layers it names; not counted",
+    "--spec": "a custom layer spec builds whatever layers it names; not counted (but for "
+        "the standard hybrid stack spec with --hybrid-layer-pattern)",
     "--mtp-use-repeated-layer": "MTP with one shared layer (its parameters counted once) is not "
         "counted yet",
     "--moe-shared-expert-gate": "the shared-expert gate projection is not counted yet",
