@@ -268,18 +268,26 @@ def ssd_chunk_lengths(s: int, chunk: int) -> Tuple[int, ...]:
 #   diagonal (scores ∘ decay)·X/head  H × [L × L]·[L × P]    2·L²·P·H   (chunk_scan, intra-chunk)
 #   states   Bᵀ·(decay·X) per head    H × [N × L]·[L × P]    2·L·N·P·H  (chunk_state)
 #   output   C·state per head         H × [L × N]·[N × P]    2·L·N·P·H  (chunk_scan, inter-chunk)
-# summed over chunks: 2·c·(G·N + di) + 4·s·N·di with c = Σ L², i.e. c = s·Q when Q divides s.
-# The state passing between chunks is an elementwise recurrence (not counted).
+# The first chunk has no earlier state to read (output: chunks 2…n) and no chunk reads the last
+# one's state (states: chunks 1…n-1), so with c = Σ L² and e = L₁ + Lₙ (the first and last
+# chunks' lengths; 2·Q when Q divides s, s for one chunk) the sum is
+#   2·c·(G·N + di) + 2·(2·s − e)·N·di
+# (the state passing between chunks is an elementwise recurrence: not counted).
 # NB: the whole L×L blocks are counted (a kernel's causal tile skipping is not assumed), and
-# ``causal`` does not halve them: they are not the s×s attention core.
+# ``causal`` does not halve them: they are not the s×s attention core.  NB: mamba_ssm's fused
+# kernel also multiplies the zero initial state and writes the last state (2·e·N·di more), and
+# its backward recomputes C·Bᵀ and the states, like flash attention's: neither is counted.
 @register_component("mamba_ssd", MAMBA_LAYERS, "Mamba SSD scan (chunked, Q = 128)",
-                    "per chunk: G×[L×N]·[N×L], H×[L×L]·[L×P], 2·H×[L×N]·[N×P]",
-                    "2·B·c·(G·N+di) + 4·T·N·di")
+                    "per chunk: G×[L×N]·[N×L], H×[L×L]·[L×P], H×[L×N]·[N×P] twice",
+                    "2·B·c·(G·N+di) + 2·B·(2·s-e)·N·di")
 def mamba_ssd_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    squares = sum(length * length for length in ssd_chunk_lengths(s, model.mamba_chunk_size))
+    lengths = ssd_chunk_lengths(s, model.mamba_chunk_size)
+    squares = sum(length * length for length in lengths)
+    ends = lengths[0] + lengths[-1]
     group_state = model.mamba_num_groups * model.mamba_state_dim
     inner = model.mamba_inner_size
-    return 2 * squares * (group_state + inner) + 4 * s * model.mamba_state_dim * inner
+    return (2 * squares * (group_state + inner)
+            + 2 * (2 * s - ends) * model.mamba_state_dim * inner)
 
 
 @register_component("mamba_out_proj", MAMBA_LAYERS, "Mamba out_proj", "[T × di]·[di × h]",

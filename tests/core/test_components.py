@@ -118,10 +118,12 @@ def test_readme_counts_are_the_formulas(fields):
                    dpe=model.qk_pos_emb_head_dim or 0, dk=model.attention_key_head_dim,
                    dv=model.attention_value_head_dim,
                    # Mamba: inner width, groups, state, heads, conv taps, and c = Σ L² over
-                   # the SSD chunks of one sample (s = 5 in chunks of Q: Q = 2 gives 2² + 2² + 1²)
+                   # the SSD chunks of one sample (s = 5 in chunks of Q: Q = 2 gives 2² + 2² + 1²;
+                   # Q = 128 one chunk of 5), e = its first and last chunks' lengths
                    di=model.mamba_inner_size, G=model.mamba_num_groups, N=model.mamba_state_dim,
                    H=model.mamba_heads, K=model.mamba_conv_kernel,
                    c={2: 4 + 4 + 1, 128: 25}[model.mamba_chunk_size],
+                   e={2: 2 + 1, 128: 5 + 5}[model.mamba_chunk_size],  # first + last chunk
                    # a distillation teacher's forward of one sample (none here: 0)
                    Ft=0 if model.teacher is None else flops.flops_breakdown(model.teacher, s).forward_flops)
     rows = [line.split(" | ") for line in readme_table().splitlines()[2:]]
