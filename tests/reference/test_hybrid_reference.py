@@ -107,6 +107,7 @@ def test_a_hybrid_model_counted_equals_the_registry(case, recompute):
     assert result.counted_total == result.flop_counter_total  # nothing unattributed
 
 
+@pytest.mark.slow
 def test_a_nemotron_h_8b_shape_on_meta_tensors():
     """Nemotron-H 8B's layers (h 4096, 128 Mamba heads of 64, G 8, N 128, GQA 32/8, squared
     ReLU MLP 21504) at s 512, as meta tensors: every component exact (4 chunks of Q = 128)."""
