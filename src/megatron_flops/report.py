@@ -116,6 +116,14 @@ def describe_model(model: ModelShape) -> str:
         parts.append(f"{model.mtp_num_layers} MTP layers")
     if model.window_size is not None:
         parts.append(f"sliding window {model.window_size}")
+    if model.is_hybrid:  # hybrid Mamba models: how many layers of each kind
+        layers = model.hybrid_layer_types
+        kinds = ", ".join(f"{layers.count(symbol)} {name}" for symbol, name in (
+            ("M", "Mamba"), ("*", "attention"), ("+", "MLA"), ("-", "MLP"), ("E", "MoE"))
+            if symbol in layers)
+        parts.append(f"hybrid ({kinds}; Mamba {model.mamba_heads} heads × "
+                     f"{model.mamba_head_dim}, {model.mamba_num_groups} groups, state "
+                     f"{model.mamba_state_dim})")
     return ", ".join(parts)
 
 
