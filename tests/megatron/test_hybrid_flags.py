@@ -100,6 +100,7 @@ def test_the_standard_spec_is_counted_and_any_other_refused():
      "--hybrid-layer-pattern"),
     (["--hybrid-layer-pattern", "M*M-ME", "--pipeline-model-parallel-size", "4"],
      "--pipeline-model-parallel-size"),
+    (["--num-layers", "4", "--is-hybrid-model"], "--is-hybrid-model"),
 ])
 def test_what_megatron_refuses_is_refused_naming_the_flag(argv, flag):
     code, _, err = estimate(*argv)

@@ -73,7 +73,8 @@ FLOP_RELEVANT = re.compile(
     r"rl-step|attention-variant|heterogeneous|num-layers-in|virtual|weight-shards|mhc")
 
 _MULTIMODAL = "an option of the multimodal / MiMo examples: those runs are refused by their vision flags"
-_HYBRID = "only with hybrid / linear-attention layers, which are refused"
+_HYBRID = ("only with gated delta net / delta product (linear-attention) layers, which are "
+           "refused (G in a hybrid pattern, --linear-attention-freq, a GDP --spec)")
 _DSA = "only with --experimental-attention-variant (DSA), which is refused"
 _NO_MATMUL = "changes no matmul: an activation, a fusion or a kernel choice"
 _PARALLEL = "how the work is split (expert / inference / RL-inference parallelism): same FLOPs"
@@ -85,8 +86,8 @@ REVIEWED_NEUTRAL = {
                  "--recompute-vision --recompute-vision-num-layers --recompute-vision-projection "
                  "--video-aug-scale-frames-up --video-max-num-frames --video-min-num-frames "
                  "--video-target-img-size",
-    _HYBRID: "--linear-key-head-dim --linear-value-head-dim --mamba-head-dim "
-             "--mtp-hybrid-override-pattern --gdp-num-chunk-states-to-recompute",
+    _HYBRID: "--linear-key-head-dim --linear-value-head-dim "
+             "--gdp-num-chunk-states-to-recompute",
     _DSA: "--dsa-indexer-head-dim --disable-dsa-indexer-scoring-relu --no-dsa-indexer-scoring-relu",
     _NO_MATMUL: "--glu-linear-offset --squared-relu --use-fused-weighted-squared-relu "
                 "--no-bias-swiglu-fusion --moe-mlp-glu-interleave-size "

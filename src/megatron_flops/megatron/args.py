@@ -664,6 +664,8 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "* attention, + MLA, - MLP, E MoE; | pipeline stages, / MTP depths)")
     add("--hybrid-override-pattern", type=str, help="--hybrid-layer-pattern's deprecated name")
     add("--mtp-hybrid-override-pattern", type=str, help="legacy: one MTP depth's pattern")
+    add("--is-hybrid-model", action="store_true", help="with a pattern: nothing more; alone: "
+        "refused (an all-Mamba model before 2026-02, a GPT model since)")
     add("--hybrid-attention-ratio", type=float, help="Megatron-LM before 2026: the share of "
         "attention layers (placed as Megatron-Core placed them)")
     add("--hybrid-mlp-ratio", type=float, help="Megatron-LM before 2026: the share of MLP layers")

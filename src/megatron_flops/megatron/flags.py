@@ -472,6 +472,16 @@ total-seq-length
 """)),
 }
 
+#: Megatron-LM flags that were removed before the recorded commit, which older launch scripts
+#: still carry: read as the Megatron-LM that had them read them (hybrid models: Megatron-Core
+#: ≤ 0.16 placed the layers from these ratios; 7418b1b8, 2026-02-26, removed them).
+RETIRED_FLAGS: Dict[str, FlagSource] = {
+    "megatron-lm before 2026-02-26": FlagSource(
+        "NVIDIA/Megatron-LM", "310082a6d257d25aa8da5127de63cd51705f2acf",
+        "megatron/training/arguments.py (_add_experimental_args)",
+        _names("hybrid-attention-ratio hybrid-mlp-ratio")),
+}
+
 #: Added to every fork's parser by DeepSpeed (``deepspeed.add_config_arguments``) and by the
 #: launchers (``--local_rank``); all FLOP-neutral.
 DEEPSPEED_FLAGS = _names("deepspeed deepspeed_config deepscale deepscale_config deepspeed_mpi "
@@ -552,7 +562,7 @@ NOTED: Dict[str, str] = {
 def known_flags() -> FrozenSet[str]:
     """Every flag of the three sources, Megatron-LM's extensions, DeepSpeed's and the old names."""
     names = set(DEEPSPEED_FLAGS) | set(OLD_NAMES)
-    for source in (*FORK_FLAGS.values(), *EXTENSION_FLAGS.values()):
+    for source in (*FORK_FLAGS.values(), *EXTENSION_FLAGS.values(), *RETIRED_FLAGS.values()):
         names |= source.flags
     return frozenset(names)
 

@@ -5,7 +5,8 @@ block of ``validate_args``; ``megatron/core/models/hybrid/hybrid_layer_allocatio
 ``hybrid_builders.py``); nothing copied.  What Megatron-LM does, and so what is read here:
 
 - ``--hybrid-layer-pattern`` is the sole sign of a hybrid model; ``--hybrid-override-pattern`` is
-  its deprecated name (both at once: refused); ``--is-hybrid-model`` alone builds nothing.
+  its deprecated name (both at once: refused); ``--is-hybrid-model`` alone is refused: Megatron-LM
+  before 2026-02 built an all-Mamba model from it, today's builds a GPT model.
 - The pattern's main part (before the first ``/``, ``|`` removed) sets ``--num-layers``
   (a different ``--num-layers`` is ignored with a warning); each part after a ``/`` is one MTP
   depth and sets ``--mtp-num-layers``; the legacy ``--mtp-hybrid-override-pattern`` with
@@ -118,6 +119,11 @@ def hybrid_pattern(ns) -> Optional[str]:
                 raise ShapeError("--hybrid-override-pattern must have as many layers of each "
                                  f"kind as the ratios place ({placed})", "--hybrid-override-pattern")
     if pattern is None:
+        if getattr(ns, "is_hybrid_model", False) is True:
+            raise ShapeError("--is-hybrid-model without --hybrid-layer-pattern: Megatron-LM before "
+                             "2026-02 builds an all-Mamba model from it, today's a GPT model; give "
+                             "the pattern (--hybrid-layer-pattern M…M for all Mamba)",
+                             "--is-hybrid-model")
         return None
     mtp = getattr(ns, "mtp_hybrid_override_pattern", None)
     depths = getattr(ns, "mtp_num_layers", None) or 0

@@ -81,6 +81,21 @@ PUBLISHED = {
         size="1T", source=CARD.format("moonshotai/Kimi-K2-Instruct")),
     MODELOPT + "nvidia/Nemotron-Mini-4B-Instruct.sh": dict(
         size="4B", vocab_size=256000, source=CARD.format("nvidia/Nemotron-Mini-4B-Instruct")),
+    # hybrid Mamba models (issue 20): the cards' names and Nemotron-3 Nano's stated total;
+    # vocab: the checkpoints' config.json (131072)
+    MODELOPT + "nvidia/Nemotron-H-8B-Base-8K.sh": dict(
+        size="8B", vocab_size=131072, source=CARD.format("nvidia/Nemotron-H-8B-Base-8K")
+        + " (\"8B\"; Nemotron-H, arXiv 2504.03624)"),
+    MODELOPT + "nvidia/Nemotron-H-56B-Base-8K.sh": dict(
+        size="56B", vocab_size=131072, source=CARD.format("nvidia/Nemotron-H-56B-Base-8K")
+        + " (\"56B\"; Nemotron-H, arXiv 2504.03624)"),
+    MODELOPT + "nvidia/Nemotron-H-47B-Reasoning-128K.sh": dict(
+        size="47B", vocab_size=131072, source=CARD.format("nvidia/Nemotron-H-47B-Reasoning-128K")
+        + " (\"47B\")"),
+    MODELOPT + "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.sh": dict(
+        size="31.6B", vocab_size=131072,
+        source=CARD.format("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+        + " (\"31.6B total parameters\")"),
 }
 
 
