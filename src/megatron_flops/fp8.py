@@ -97,6 +97,9 @@ class Fp8Recipe:
 # Components that are never Transformer Engine GEMMs, whatever the recipe: the router is a
 # plain linear layer kept in higher precision.
 ALWAYS_BF16 = ("moe_router",)
+# hybrid Mamba layers: the depthwise conv (causal_conv1d) and the SSD (mamba_ssm's Triton
+# chunk kernels) run in the activations' dtype, never as FP8 GEMMs; in_proj/out_proj are TE linears
+ALWAYS_BF16 += ("mamba_conv", "mamba_ssd")
 
 
 def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
@@ -127,6 +130,9 @@ def _layers_carrying(model: ModelShape, spec, start: int, stop: int) -> int:
     start, stop = max(start, 0), min(stop, model.num_layers)
     if stop <= start:
         return 0
+    if model.is_hybrid:  # a hybrid pattern names each layer: one block per layer
+        return sum(spec.in_layer(model, model.experts_in_layer(i), False, model.layer_symbol(i))
+                   for i in range(start, stop))
     if model.moe_layer_freq is None:
         # layer i is an MoE slot when (i + 1) % expert_interval == 0: slots start//I .. stop//I - 1
         slots = model.num_experts[start // model.expert_interval:stop // model.expert_interval]

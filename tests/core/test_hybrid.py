@@ -158,3 +158,99 @@ def test_a_gpt_model_has_no_mamba_work():
     gpt = ModelShape(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=100)
     assert not any(name.startswith("mamba") for name in layer_forward_flops(gpt, 16, 0))
     assert gpt.layer_symbol(0) is None
+
+
+def test_fp8_layers_follow_the_pattern():
+    """``--first-last-layers-bf16`` keeps layer 0 (M) and layer 5 (E) in BF16: of the three
+    Mamba layers two run in_proj in FP8; the attention (1) and MLP (3) layers all; the MoE
+    layer none; the conv and the SSD are never FP8 GEMMs."""
+    from megatron_flops.fp8 import Fp8Recipe, fp8_fraction
+    recipe = Fp8Recipe("hybrid", bf16_layers_at_start=1, bf16_layers_at_end=1)
+    model = small()
+    shares = {name: fp8_fraction(model, name, recipe)
+              for name in ("mamba_in_proj", "mamba_conv", "mamba_ssd", "query", "mlp_up",
+                           "expert_up")}
+    assert shares == {"mamba_in_proj": 2 / 3, "mamba_conv": 0.0, "mamba_ssd": 0.0, "query": 1.0,
+                      "mlp_up": 1.0, "expert_up": 0.0}
+
+
+def test_megatron_lms_hybrid_formula_term_by_term():
+    """Megatron-LM's hybrid_flops (d98e8a64) against the exact causal count, per layer kind:
+    attention equal (its core is the causal half); MLP equal; MoE equal but for the router;
+    Mamba: the same in_proj and out_proj when H·P = 2h, and "7·T·2h·N" for the scan where
+    the exact count has the chunked SSD and the conv; logits equal."""
+    from megatron_flops.conventions import RunFacts, megatron_lm_hybrid_terms
+    model = small(mamba_num_heads=8)  # H·P = 128 = 2h
+    s, B = 64, 2
+    T = B * s
+    terms = megatron_lm_hybrid_terms(RunFacts(model, B, s))
+    exact = {c.name: c.model_flops for c in flops_breakdown(model, s, B, causal=True)}
+    attention = sum(exact[n] for n in ("query", "key_value", "attention_scores",
+                                       "attention_over_values", "attention_output"))
+    assert terms["attention"] == attention
+    assert terms["mlp"] == exact["mlp_up"] + exact["mlp_down"]
+    assert terms["moe"] == exact["expert_up"] + exact["expert_down"]  # no router
+    assert terms["logits"] == exact["logits"]
+    scan = 3 * 3 * 7 * T * 128 * 8  # 3 M layers × 3 passes × 7·T·d·N
+    assert terms["mamba"] - scan == exact["mamba_in_proj"] + exact["mamba_out_proj"]
+    # with 4 heads of 16 (di = 64 ≠ 2h) Megatron-LM still takes d = 2h: in/out over-counted
+    narrow = small(mamba_num_heads=4)
+    wide_terms = megatron_lm_hybrid_terms(RunFacts(narrow, B, s))
+    exact_narrow = {c.name: c.model_flops for c in flops_breakdown(narrow, s, B, causal=True)}
+    in_out = wide_terms["mamba"] - scan
+    assert in_out == 3 * 3 * (2 * T * 64 * (2 * 128 + 2 * 2 * 8 + 4) + 2 * T * 128 * 64)
+    assert in_out > exact_narrow["mamba_in_proj"] + exact_narrow["mamba_out_proj"]
+
+
+# ---- docs/conventions.md's hybrid table: Megatron-LM's hybrid formula vs the exact count ------
+
+GROUPS = {"attention layers": ("query", "key_value", "attention_scores", "attention_over_values",
+                               "attention_output"),
+          "MLP layers": ("mlp_up", "mlp_gate", "mlp_down"),
+          "MoE layers": ("moe_router", "expert_up", "expert_gate", "expert_down",
+                         "shared_expert_up", "shared_expert_gate", "shared_expert_down"),
+          "Mamba layers": ("mamba_in_proj", "mamba_conv", "mamba_ssd", "mamba_out_proj"),
+          "logits": ("logits",)}
+TERMS = {"attention layers": "attention", "MLP layers": "mlp", "MoE layers": "moe",
+         "Mamba layers": "mamba", "logits": "logits"}
+H_8B = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
+NANO = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
+DOC_MODELS = (  # the Megatron-LM ModelOpt configurations of tests/data/megatron_lm_corpus.json
+    ModelShape(num_layers=len(H_8B), hidden_size=4096, num_attention_heads=32, num_query_groups=8,
+               ffn_hidden_size=21504, vocab_size=131072, hybrid_layer_pattern=H_8B,
+               mamba_num_heads=128, mamba_head_dim=64, mamba_num_groups=8, mamba_state_dim=128,
+               normalization="rmsnorm", add_bias_linear=False, position_embedding="none",
+               tie_embeddings=False),
+    ModelShape(num_layers=len(NANO), hidden_size=2688, num_attention_heads=32, num_query_groups=2,
+               kv_channels=128, ffn_hidden_size=1856, vocab_size=131072, hybrid_layer_pattern=NANO,
+               mamba_num_heads=64, mamba_head_dim=64, num_experts=128, moe_topk=6,
+               moe_shared_expert_intermediate_size=3712, normalization="rmsnorm",
+               add_bias_linear=False, position_embedding="none", tie_embeddings=False),
+)
+
+
+def _cells(megatron, exact):
+    if not exact:
+        return ["—", "—", "—"]
+    change = f"{100 * (megatron - exact) / exact:+.1f} %".replace("-", "−")
+    return [f"{megatron / 1e12:.2f}", f"{exact / 1e12:.2f}", change]
+
+
+def test_the_docs_hybrid_table_is_what_the_code_counts():
+    from pathlib import Path
+
+    from megatron_flops.conventions import RunFacts, megatron_lm_hybrid_terms
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "conventions.md").read_text()
+    columns = []
+    for model in DOC_MODELS:
+        exact = {c.name: c.model_flops for c in flops_breakdown(model, 8192, 1, causal=True)}
+        terms = megatron_lm_hybrid_terms(RunFacts(model, 1, 8192))
+        column = {row: _cells(terms[TERMS[row]], sum(exact.get(n, 0) for n in names))
+                  for row, names in GROUPS.items()}
+        column["total"] = [f"**{cell}**" for cell in _cells(sum(terms.values()),
+                                                             sum(exact.values()))]
+        columns.append(column)
+    for row in (*GROUPS, "total"):
+        label = f"**{row}**" if row == "total" else row
+        line = "| " + " | ".join([label, *columns[0][row], *columns[1][row]]) + " |"
+        assert line in doc, line
