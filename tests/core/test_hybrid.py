@@ -254,3 +254,18 @@ def test_the_docs_hybrid_table_is_what_the_code_counts():
         label = f"**{row}**" if row == "total" else row
         line = "| " + " | ".join([label, *columns[0][row], *columns[1][row]]) + " |"
         assert line in doc, line
+
+
+def test_the_counting_mode_finds_megatron_cores_mamba_projections():
+    """Megatron-Core names a Mamba layer's GEMMs ``decoder.layers.N.mixer.in_proj`` and
+    ``…mixer.out_proj`` (HybridStack → MambaLayer.mixer → MambaMixer): the counting mode's
+    Megatron-Core table files them under the Mamba components."""
+    from megatron_flops.megatron.counting import _compile
+    from megatron_flops.megatron.module_names import MEGATRON_CORE
+
+    def unit(name):
+        return next((rule.unit(small()) for rule in MEGATRON_CORE
+                     if _compile(rule.pattern).match(name)), None)
+    assert unit("module.decoder.layers.0.mixer.in_proj") == (("mamba_in_proj", 1),)
+    assert unit("module.decoder.layers.4.mixer.out_proj") == (("mamba_out_proj", 1),)
+    assert unit("module.decoder.layers.0.mixer.conv1d") is None

@@ -32,8 +32,8 @@ from ..errors import ShapeError
 from ..shapes import (HYBRID_ATTENTION, HYBRID_MAMBA, HYBRID_MLA, HYBRID_MLP, HYBRID_MTP_SEPARATOR,
                       HYBRID_PIPE)
 
-__all__ = ["STANDARD_SPECS", "hybrid_pattern", "model_fields", "pattern_from_ratios",
-           "standard_spec", "stage_layers"]
+__all__ = ["STANDARD_SPECS", "check_pipeline_flags", "hybrid_pattern", "model_fields",
+           "pattern_from_ratios", "standard_spec", "stage_layers"]
 
 #: ``--spec`` values (module, object) that build the standard hybrid layers: Megatron-LM's
 #: hybrid stack spec and its pre-2026 name (``megatron.core.models.mamba``).

@@ -127,4 +127,9 @@ MEGATRON_CORE = (
     NameRule("mlp.linear_fc2", one("mlp_down")),
     NameRule("eh_proj", one("mtp_projection")),
     NameRule("output_layer", output_layer),
+    # hybrid models' MambaLayer mixer (megatron/core/ssm/mamba_mixer.py): its two GEMMs; the
+    # conv and the SSD run in causal_conv1d's and mamba_ssm's fused kernels, which
+    # FlopCounterMode does not see (mamba_conv and mamba_ssd then show as not counted)
+    NameRule("mixer.in_proj", one("mamba_in_proj")),
+    NameRule("mixer.out_proj", one("mamba_out_proj")),
 )
