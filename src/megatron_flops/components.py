@@ -34,13 +34,14 @@ so a layer is 24·s·h² + 4·s²·h, and a GLU's gate (a second h -> f branch, 
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .shapes import PARTS, ModelShape
 
 __all__ = [
-    "DENSE_LAYERS", "EVERY_LAYER", "MOE_LAYERS", "MTP_LAYERS", "ONCE", "REGISTRY",
-    "RESIDUAL_MOE_LAYERS", "VISION_TILES", "ComponentSpec", "component_names", "markdown_table", "matmul_flops",
+    "DENSE_LAYERS", "EVERY_LAYER", "MAMBA_LAYERS", "MOE_LAYERS", "MTP_LAYERS", "ONCE", "REGISTRY",
+    "RESIDUAL_MOE_LAYERS", "VISION_TILES", "ComponentSpec", "component_names", "markdown_table",
+    "matmul_flops",
     "register_component", "unregister_component",
 ]
 
@@ -55,6 +56,13 @@ OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, RESIDUAL_MOE_LAYERS, MTP_L
 # vision-language runs (issue 20 item 3): the vision encoder and projection, per image tile
 VISION_TILES = "per image tile"
 OCCURRENCES += (VISION_TILES,)
+MAMBA_LAYERS = "Mamba layers"  # hybrid models' M layers (--hybrid-layer-pattern)
+OCCURRENCES += (MAMBA_LAYERS,)
+# In a hybrid model each layer holds one block, named by its symbol: the attention components
+# ("every layer" of a GPT model) occur in its attention layers only, the MLP in its MLP layers,
+# the MoE in its MoE layers, the Mamba mixer in its Mamba layers.
+HYBRID_OCCURRENCES = {EVERY_LAYER: ("*", "+"), DENSE_LAYERS: ("-",), MOE_LAYERS: ("E",),
+                      RESIDUAL_MOE_LAYERS: (), MAMBA_LAYERS: ("M",)}
 
 Formula = Callable[[ModelShape, int, int], int]
 
@@ -94,13 +102,19 @@ class ComponentSpec:
     def description(self) -> str:
         return f"{self.title}  {self.matmul}"
 
-    def in_layer(self, model: ModelShape, experts: int, mtp_layer: bool = False) -> bool:
+    def in_layer(self, model: ModelShape, experts: int, mtp_layer: bool = False,
+                 symbol: Optional[str] = None) -> bool:
         """Whether this component occurs in a layer of ``model`` with ``experts`` experts (1: dense).
 
         A PR-MoE layer (``--mlp-type residual``) runs a dense MLP beside its experts.  A
         multi-token-prediction layer (``mtp_layer``) is a whole transformer layer plus its own
-        projection, so it has every layer component too.
+        projection, so it has every layer component too.  ``symbol``: a hybrid layer's symbol
+        (:data:`HYBRID_OCCURRENCES`; ``mtp_layer`` then marks the first layer of an MTP depth).
         """
+        if symbol is not None:
+            if self.occurs == MTP_LAYERS:
+                return mtp_layer
+            return symbol in HYBRID_OCCURRENCES.get(self.occurs, ())
         moe = experts > 1
         return (self.occurs == EVERY_LAYER
                 or (self.occurs == DENSE_LAYERS and (not moe or model.moe_residual))
@@ -241,6 +255,66 @@ def attention_over_values_flops(model: ModelShape, s: int, experts: int = 1) -> 
 def attention_output_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return matmul_flops(s, model.num_attention_heads * model.attention_value_head_dim,
                         model.hidden_size)
+
+
+# ---- Mamba-2 mixer (hybrid models' M layers; Megatron-Core's MambaMixer at d98e8a64) --------
+# di = H·P (H heads of P; default 2h), G groups of B and C, N state size, K conv width, Q the
+# SSD chunk length.  in_proj packs [z, x, B, C, dt]: h -> 2·di + 2·G·N + H; the causal
+# depthwise conv runs over x, B, C; out_proj di -> h.  The gated RMSNorm, softplus(dt), exp(A·dt)
+# and D·x are elementwise (not counted, like every norm and activation here).
+
+@register_component("mamba_in_proj", MAMBA_LAYERS, "Mamba in_proj [z x B C dt]",
+                    "[T × h]·[h × (2·di+2·G·N+H)]", "2·T·h·(2·di+2·G·N+H)")
+def mamba_in_proj_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return matmul_flops(s, model.hidden_size, model.mamba_in_proj_size)
+
+
+# NB: a depthwise convolution, K multiply-adds per output, not a tensor-core GEMM; counted (its
+# weights are trained parameters, 6N counts them) as what it is: 2·K FLOPs per channel per token
+@register_component("mamba_conv", MAMBA_LAYERS, "Mamba causal conv1d (depthwise)",
+                    "T × (di+2·G·N) channels × K taps", "2·T·(di+2·G·N)·K")
+def mamba_conv_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return 2 * s * model.mamba_conv_channels * model.mamba_conv_kernel
+
+
+def ssd_chunk_lengths(s: int, chunk: int) -> Tuple[int, ...]:
+    """The lengths of the chunks the SSD splits ``s`` tokens into: full chunks, then the rest."""
+    full, rest = divmod(s, chunk)
+    return (chunk,) * full + ((rest,) if rest else ())
+
+
+# The chunked SSD algorithm (Mamba-2, Dao & Gu 2024, §6; mamba_ssm's chunk kernels), per chunk
+# of length L ≤ Q, forward, as matmuls:
+#   scores   C·Bᵀ per group           G × [L × N]·[N × L]    2·L²·N·G   (_bmm_chunk_fwd)
+#   diagonal (scores ∘ decay)·X/head  H × [L × L]·[L × P]    2·L²·P·H   (chunk_scan, intra-chunk)
+#   states   Bᵀ·(decay·X) per head    H × [N × L]·[L × P]    2·L·N·P·H  (chunk_state)
+#   output   C·state per head         H × [L × N]·[N × P]    2·L·N·P·H  (chunk_scan, inter-chunk)
+# The first chunk has no earlier state to read (output: chunks 2…n) and no chunk reads the last
+# one's state (states: chunks 1…n-1), so with c = Σ L² and e = L₁ + Lₙ (the first and last
+# chunks' lengths; 2·Q when Q divides s, s for one chunk) the sum is
+#   2·c·(G·N + di) + 2·(2·s − e)·N·di
+# (the state passing between chunks is an elementwise recurrence: not counted).
+# NB: the whole L×L blocks are counted (a kernel's causal tile skipping is not assumed), and
+# ``causal`` does not halve them: they are not the s×s attention core.  NB: mamba_ssm's fused
+# kernel also multiplies the zero initial state and writes the last state (2·e·N·di more), and
+# its backward recomputes C·Bᵀ and the states, like flash attention's: neither is counted.
+@register_component("mamba_ssd", MAMBA_LAYERS, "Mamba SSD scan (chunked, Q = 128)",
+                    "per chunk: G×[L×N]·[N×L], H×[L×L]·[L×P], H×[L×N]·[N×P] twice",
+                    "2·B·c·(G·N+di) + 2·B·(2·s-e)·N·di")
+def mamba_ssd_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    lengths = ssd_chunk_lengths(s, model.mamba_chunk_size)
+    squares = sum(length * length for length in lengths)
+    ends = lengths[0] + lengths[-1]
+    group_state = model.mamba_num_groups * model.mamba_state_dim
+    inner = model.mamba_inner_size
+    return (2 * squares * (group_state + inner)
+            + 2 * (2 * s - ends) * model.mamba_state_dim * inner)
+
+
+@register_component("mamba_out_proj", MAMBA_LAYERS, "Mamba out_proj", "[T × di]·[di × h]",
+                    "2·T·di·h")
+def mamba_out_proj_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return matmul_flops(s, model.mamba_inner_size, model.hidden_size)
 
 
 @register_component("mlp_up", DENSE_LAYERS, "MLP up", "[T × h]·[h × f]", "2·T·h·f")

@@ -335,8 +335,58 @@ def megatron_lm_current_flops(facts: RunFacts, seqlen_squared_sum: Optional[floa
     ``--mtp-num-layers`` M adds M layers built like the last decoder layer, ``6·M·(2h² + 3h)``
     and M more logits; core attention ``6·n·d`` per layer per unit of ``Σsᵢ²`` — half of the
     dense ``2·2·n·d·s²``·3 (causal).  ``seqlen_squared_sum`` (Σsᵢ² over packed THD
-    sequences) and ``real_tokens`` default to ``B·s²`` and ``B·s`` (BSHD)."""
+    sequences) and ``real_tokens`` default to ``B·s²`` and ``B·s`` (BSHD).  A hybrid model
+    (``--hybrid-layer-pattern``) takes Megatron-LM's hybrid branch: :func:`megatron_lm_hybrid_flops`."""
+    if facts.model.is_hybrid:
+        return megatron_lm_hybrid_flops(facts, seqlen_squared_sum, real_tokens)
     return _megatron_lm_flops(facts, True, seqlen_squared_sum, real_tokens)
+
+
+# ---- Megatron-LM's hybrid (Mamba) branch ------------------------------------------------------
+# Read from NVIDIA/Megatron-LM d98e8a64 megatron/training/training.py
+# num_floating_point_operations: ``if is_hybrid_model(args)`` -> hybrid_flops (added in
+# b957578e, 2025-03-17; only its d98e8a64 form is modelled here), per layer kind of the
+# whole pattern (decoder and MTP depths, get_hybrid_layer_counts), all × 3 (forward, backward).
+
+def megatron_lm_hybrid_terms(facts: RunFacts, seqlen_squared_sum: Optional[float] = None,
+                             real_tokens: Optional[float] = None) -> Dict[str, float]:
+    """Megatron-LM's hybrid formula, term by term (model FLOPs: × 3 already):
+
+    - ``attention``: per * layer ``4·T·h·p·(h + h·g/n) + 2·Σs²·h·p`` (p = n·d/h): QKV and
+      output projections, the causal core; + (MLA) and D (DSA) layers are not counted;
+    - ``mlp``: per - layer ``4·T·h·f`` (× 3/2 with a GLU);
+    - ``moe``: per E layer ``4·T·h·(fₑ·k + S)`` (× 3/2 with a GLU), no router;
+    - ``mamba``: per M layer ``2·T·h·(2·d + 2·G·N + H) + 7·T·d·N + 2·T·d·h`` with d = 2h always
+      (``--mamba-num-heads`` sets H only): in_proj, "scan", out_proj; no conv;
+    - ``logits``: ``2·T·h·V·(1 + m)``; no MTP projection.
+    """
+    m = facts.model
+    h, n, g, V = m.hidden_size, m.num_attention_heads, m.num_query_groups, m.vocab_size
+    tokens = facts.tokens if real_tokens is None else real_tokens
+    squares = facts.batch_size * facts.seq_length ** 2 if seqlen_squared_sum is None \
+        else seqlen_squared_sum
+    symbols = [m.layer_symbol(i)
+               for i in range(m.num_layers + m.mtp_num_layers * m.mtp_layers_per_depth)]
+    glu = 3 / 2 if m.glu else 1
+    p = m.query_projection_size / h
+    attention = 4 * tokens * h * p * (h + h * g / n) + 2 * squares * h * p
+    mlp = 4 * tokens * h * m.ffn_hidden_size * glu
+    moe = 4 * tokens * h * (m.expert_ffn_hidden_size * m.moe_topk
+                            + m.shared_expert_ffn_hidden_size) * glu
+    d_in = 2 * h
+    heads = m.mamba_num_heads if m.mamba_num_heads else d_in // m.mamba_head_dim
+    N, G = m.mamba_state_dim, m.mamba_num_groups
+    mamba = (2 * tokens * h * (2 * d_in + 2 * G * N + heads) + 7 * tokens * d_in * N
+             + 2 * tokens * d_in * h)
+    return {"attention": 3 * symbols.count("*") * attention, "mlp": 3 * symbols.count("-") * mlp,
+            "moe": 3 * symbols.count("E") * moe, "mamba": 3 * symbols.count("M") * mamba,
+            "logits": 3 * 2 * tokens * h * V * (1 + m.mtp_num_layers)}
+
+
+def megatron_lm_hybrid_flops(facts: RunFacts, seqlen_squared_sum: Optional[float] = None,
+                             real_tokens: Optional[float] = None) -> float:
+    """Megatron-LM's model FLOPs of a hybrid run: the sum of :func:`megatron_lm_hybrid_terms`."""
+    return sum(megatron_lm_hybrid_terms(facts, seqlen_squared_sum, real_tokens).values())
 
 
 @dataclass(frozen=True)

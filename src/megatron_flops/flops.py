@@ -46,20 +46,24 @@ def layer_forward_flops(model: ModelShape, s: int, layer_index: int, causal: boo
     multi-token-prediction layers.  ``causal`` and ``document_lengths`` change only the
     attention core: see :func:`attention_core_flops`.
     """
-    return _layer_forward_flops(model, s, model.experts_in_layer(layer_index),
-                                layer_index >= model.num_layers, model.windowed_layer(layer_index),
-                                causal, document_lengths)
+    symbol = model.layer_symbol(layer_index)
+    mtp_layer = (model.starts_mtp_depth(layer_index) if symbol is not None
+                 else layer_index >= model.num_layers)
+    return _layer_forward_flops(model, s, model.experts_in_layer(layer_index), mtp_layer,
+                                model.windowed_layer(layer_index), causal, document_lengths,
+                                symbol)
 
 
 def _layer_forward_flops(model: ModelShape, s: int, experts: int, mtp_layer: bool,
                          windowed: bool, causal: bool = False,
-                         document_lengths: Optional[Sequence[int]] = None) -> Dict[str, int]:
+                         document_lengths: Optional[Sequence[int]] = None,
+                         symbol: Optional[str] = None) -> Dict[str, int]:
     """:func:`layer_forward_flops` of a layer of one kind: ``experts`` (1: dense), an MTP
-    layer or not, windowed attention or not."""
+    layer or not, windowed attention or not, and (hybrid models) its symbol."""
     window = model.window_size if windowed else None
     terms = {}
     for name, spec in REGISTRY.items():
-        if spec.in_layer(model, experts, mtp_layer):
+        if spec.in_layer(model, experts, mtp_layer, symbol):
             if spec.attention_core:
                 terms[name] = attention_core_flops(spec.formula, model, s, experts, causal, window,
                                                    document_lengths)
@@ -134,8 +138,15 @@ def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
     Layers of one kind have the same FLOPs, so the breakdown evaluates each kind once: for
     repeated layers its cost does not grow with ``--num-layers`` (``--num-layers 100000000``
     returns at once); only a per-layer window pattern or block recompute visits layers.
-    Kinds with no layer are left out.
+    Kinds with no layer are left out.  A hybrid model's kinds merge its layer symbols: see
+    :func:`layer_groups` for them.
     """
+    if model.is_hybrid:
+        kinds: Counter = Counter()
+        for (experts, mtp, windowed, recomputed, _), count in layer_groups(
+                model, recompute, pipeline_parallel_size).items():
+            kinds[(experts, mtp, windowed, recomputed)] += count
+        return dict(kinds)
     every = recompute.recomputes_every_layer
     layers, mtp = model.num_layers, model.mtp_num_layers
     partial = (recompute.recomputed_layers(layers, pipeline_parallel_size, mtp)
@@ -189,6 +200,37 @@ def stage_layer_kinds(model: ModelShape, layers: Sequence[int], recompute: Recom
         kinds[(model.experts_in_layer(index), index >= model.num_layers,
                model.windowed_layer(index), every or index in partial)] += 1
     return dict(kinds)
+
+
+HybridLayerKind = Tuple[int, bool, bool, bool, Optional[str]]  # LayerKind + the layer's symbol
+
+
+def layer_groups(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
+                 pipeline_parallel_size: int = 1,
+                 layers: Optional[Sequence[int]] = None) -> Dict[HybridLayerKind, int]:
+    """:func:`layer_kinds` with each kind's hybrid layer symbol last (None in a GPT model):
+    ``(experts, mtp, windowed, recomputed, symbol) -> layers``.
+
+    In a hybrid model ``mtp`` marks the first layer of each multi-token-prediction depth (its
+    projection runs once per depth); the depths' layers follow the decoder's, indices from
+    ``num_layers`` on.  A hybrid pattern names every layer, so its layers are visited.
+    ``layers``: one pipeline stage's layers only (:func:`stage_layer_kinds`); None: all.
+    """
+    if not model.is_hybrid:
+        kinds = (layer_kinds(model, recompute, pipeline_parallel_size) if layers is None else
+                 stage_layer_kinds(model, layers, recompute, pipeline_parallel_size))
+        return {(*kind, None): count for kind, count in kinds.items()}
+    mtp_layers = model.mtp_num_layers * model.mtp_layers_per_depth
+    every = recompute.recomputes_every_layer
+    partial = (recompute.recomputed_layers(model.num_layers, pipeline_parallel_size, mtp_layers)
+               if recompute.granularity == "full" and not every else frozenset())
+    groups: Counter = Counter()
+    for index in range(model.num_layers + mtp_layers) if layers is None else layers:
+        symbol = model.layer_symbol(index)
+        windowed = symbol in ("*", "+") and model.windowed_layer(index)
+        groups[(model.experts_in_layer(index), model.starts_mtp_depth(index), windowed,
+                every or index in partial, symbol)] += 1
+    return dict(groups)
 
 
 @dataclass(frozen=True)
@@ -323,15 +365,15 @@ def flops_breakdown(
     forward: Dict[str, int] = dict.fromkeys(names, 0)
     recomputed: Dict[str, int] = dict.fromkeys(names, 0)
     selective = recompute.granularity == "selective"
-    kinds = (layer_kinds(model, recompute, pipeline_parallel_size) if layer_indices is None else
-             stage_layer_kinds(model, layer_indices, recompute, pipeline_parallel_size))
-    for (experts, mtp_layer, windowed, is_recomputed), layers in kinds.items():
+    for (experts, mtp_layer, windowed, is_recomputed, symbol), layers in layer_groups(
+            model, recompute, pipeline_parallel_size, layer_indices).items():
         # per sample, times B; with documents, the attention core is already the whole
         # batch's (every document attends only to itself, so the batch's documents are summed)
         terms = {name: flops if documents is not None and REGISTRY[name].attention_core
                  else flops * batch_size
                  for name, flops in _layer_forward_flops(model, seq_length, experts, mtp_layer,
-                                                         windowed, causal, documents).items()}
+                                                         windowed, causal, documents,
+                                                         symbol).items()}
         for name, flops in terms.items():
             forward[name] += layers * flops
             if is_recomputed or (selective and _selective_reruns(recompute, name, experts)):
@@ -572,7 +614,7 @@ class FlopsPerSample:
         recomputed all or none): what :meth:`token_dropping` needs, since it is not told which
         layers drop tokens."""
         model, recompute = self.model, self.recompute
-        return (not model.is_moe and model.window_attn_skip_freq is None
+        return (not model.is_moe and not model.is_hybrid and model.window_attn_skip_freq is None
                 and not model.mtp_num_layers
                 and (recompute.granularity != "full" or recompute.recomputes_every_layer))
 

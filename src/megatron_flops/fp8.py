@@ -101,6 +101,9 @@ ALWAYS_BF16 = ("moe_router",)
 # module); the attention gate's columns are in linear_qkv and latent MoE's projections are
 # TELinear modules, FP8 like the layer's other linears
 ALWAYS_BF16 += ("shared_expert_output_gate",)
+# hybrid Mamba layers: the depthwise conv (causal_conv1d) and the SSD (mamba_ssm's Triton
+# chunk kernels) run in the activations' dtype, never as FP8 GEMMs; in_proj/out_proj are TE linears
+ALWAYS_BF16 += ("mamba_conv", "mamba_ssd")
 
 
 def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
@@ -131,6 +134,9 @@ def _layers_carrying(model: ModelShape, spec, start: int, stop: int) -> int:
     start, stop = max(start, 0), min(stop, model.num_layers)
     if stop <= start:
         return 0
+    if model.is_hybrid:  # a hybrid pattern names each layer: one block per layer
+        return sum(spec.in_layer(model, model.experts_in_layer(i), False, model.layer_symbol(i))
+                   for i in range(start, stop))
     if model.moe_layer_freq is None:
         # layer i is an MoE slot when (i + 1) % expert_interval == 0: slots start//I .. stop//I - 1
         slots = model.num_experts[start // model.expert_interval:stop // model.expert_interval]

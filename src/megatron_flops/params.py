@@ -12,10 +12,11 @@ biases unless ``add_bias_linear`` is off, the final norm, and an untied output l
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .errors import ShapeError
-from .flops import layer_kinds
-from .shapes import ModelShape
+from .flops import layer_groups
+from .shapes import HYBRID_ATTENTION, HYBRID_MAMBA, HYBRID_MLA, ModelShape
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,46 @@ def _mlp(model: ModelShape, f: int = None, h: int = None) -> int:
 
 def layer_parameters(model: ModelShape, layer_index: int) -> int:
     """Parameters of one transformer layer (0-based index; MoE and MTP layers differ)."""
-    return layer_kind_parameters(model, model.experts_in_layer(layer_index),
-                                 layer_index >= model.num_layers)
+    symbol = model.layer_symbol(layer_index)
+    mtp_layer = (model.starts_mtp_depth(layer_index) if symbol is not None
+                 else layer_index >= model.num_layers)
+    return layer_kind_parameters(model, model.experts_in_layer(layer_index), mtp_layer, symbol)
 
 
-def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = False) -> int:
+def _mamba_mixer(model: ModelShape) -> int:
+    """A Mamba layer's mixer (Megatron-Core MambaMixer at d98e8a64): in_proj ``h -> 2·di +
+    2·G·N + H`` and out_proj ``di -> h`` without bias (MambaMixer asserts it), the depthwise
+    conv's ``K`` taps and bias per channel, ``dt_bias``, ``A_log`` and ``D`` per head, the gated
+    RMSNorm's ``di`` weights."""
+    h, di, heads = model.hidden_size, model.mamba_inner_size, model.mamba_heads
+    channels = model.mamba_conv_channels
+    return (h * model.mamba_in_proj_size + channels * (model.mamba_conv_kernel + 1)
+            + 3 * heads + di + di * h)
+
+
+def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = False,
+                          symbol: Optional[str] = None) -> int:
     """Parameters of a transformer layer with ``experts`` experts (1: dense); ``mtp_layer``:
-    a multi-token-prediction layer."""
+    a multi-token-prediction layer (of a hybrid model: the first layer of an MTP depth);
+    ``symbol``: a hybrid layer's symbol — its one block and that block's pre-norm."""
+    h = model.hidden_size
+    if symbol is not None:
+        if symbol == HYBRID_MAMBA:
+            layer = _norm(model) + _mamba_mixer(model)
+        elif symbol in (HYBRID_ATTENTION, HYBRID_MLA):
+            layer = _norm(model) + _attention(model)
+        else:  # - or E
+            layer = _norm(model) + _mlp_block(model, experts)
+        return layer + (3 * _norm(model) + 2 * h * h if mtp_layer else 0)
+    layer = 2 * _norm(model) + _attention(model) + _mlp_block(model, experts)
+    if mtp_layer:
+        # an MTP layer: its two input norms, the 2h -> h projection (no bias), a final norm
+        layer += 3 * _norm(model) + 2 * h * h
+    return layer
+
+
+def _attention(model: ModelShape) -> int:
+    """A layer's attention projections (QKV and output, or MLA's)."""
     h, bias = model.hidden_size, model.add_bias_linear
     if model.multi_latent_attention:
         attention = _mla_attention(model)
@@ -67,6 +101,12 @@ def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = Fal
         qkv_width = model.query_projection_size + 2 * model.kv_projection_size
         attention = h * qkv_width + (qkv_width if bias else 0)
         attention += model.query_projection_size * h + (h if bias else 0)
+    return attention + _attention_gate_parameters(model)
+
+
+def _mlp_block(model: ModelShape, experts: int) -> int:
+    """A layer's MLP (1 expert) or MoE block: router, experts, shared experts, PR-MoE's MLP."""
+    h = model.hidden_size
     if experts == 1:
         mlp = _mlp(model)
     else:
@@ -76,11 +116,7 @@ def layer_kind_parameters(model: ModelShape, experts: int, mtp_layer: bool = Fal
             mlp += _mlp(model, model.shared_expert_ffn_hidden_size)
         if model.moe_residual:
             mlp += _mlp(model) + h * 2 + 2  # PR-MoE: the dense MLP and the h -> 2 coefficient
-    layer = 2 * _norm(model) + attention + mlp + _issue_20_parameters(model, experts)
-    if mtp_layer:
-        # an MTP layer: its two input norms, the 2h -> h projection (no bias), a final norm
-        layer += 3 * _norm(model) + 2 * h * h
-    return layer
+    return mlp + _moe_block_extras(model, experts)
 
 
 def expert_parameters(model: ModelShape) -> int:
@@ -89,15 +125,20 @@ def expert_parameters(model: ModelShape) -> int:
     return _mlp(model, model.expert_ffn_hidden_size, model.expert_hidden_size)
 
 
-def _issue_20_parameters(model: ModelShape, experts: int) -> int:
-    """The attention output gate (``n·d`` more columns of linear_qkv, and their biases), latent
-    MoE's two projections ``h -> L -> h`` (biases with ``--add-bias-linear``) and the
-    shared-expert gate (``1 × h``, no bias): Megatron-Core 0.16.1's modules."""
+def _attention_gate_parameters(model: ModelShape) -> int:
+    """The attention output gate: ``n·d`` more columns of linear_qkv, and their biases
+    (Megatron-Core 0.16.1)."""
+    if not model.attention_output_gate:
+        return 0
+    gate = model.query_projection_size
+    return model.hidden_size * gate + (gate if model.add_bias_linear else 0)
+
+
+def _moe_block_extras(model: ModelShape, experts: int) -> int:
+    """Latent MoE's two projections ``h -> L -> h`` (biases with ``--add-bias-linear``) and the
+    shared-expert gate (``1 × h``, no bias) of an MoE block: Megatron-Core 0.16.1's modules."""
     h, bias = model.hidden_size, model.add_bias_linear
     extra = 0
-    if model.attention_output_gate:
-        gate = model.query_projection_size
-        extra += h * gate + (gate if bias else 0)
     if experts > 1 and model.moe_latent_size is not None:
         latent = model.moe_latent_size
         extra += 2 * h * latent + ((latent + h) if bias else 0)
@@ -137,8 +178,8 @@ def parameter_count(model: ModelShape) -> ParameterCount:
     if model.embedding_layernorm:
         total += _norm(model)
     # layers of one kind have the same parameters: one evaluation per kind, whatever --num-layers
-    total += sum(layers * layer_kind_parameters(model, experts, mtp_layer)
-                 for (experts, mtp_layer, _, _), layers in layer_kinds(model).items())
+    total += sum(layers * layer_kind_parameters(model, experts, mtp_layer, symbol)
+                 for (experts, mtp_layer, _, _, symbol), layers in layer_groups(model).items())
     total += _norm(model)  # final norm
     total += vision_parameters(model)
     return ParameterCount(total=total, embedding=word + position + output)

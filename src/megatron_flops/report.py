@@ -135,6 +135,14 @@ def describe_model(model: ModelShape) -> str:
                      "projection")
     if model.frozen:
         parts.append("frozen: " + ", ".join(p for p in PARTS if p in model.frozen))
+    if model.is_hybrid:  # hybrid Mamba models: how many layers of each kind
+        layers = model.hybrid_layer_types
+        kinds = ", ".join(f"{layers.count(symbol)} {name}" for symbol, name in (
+            ("M", "Mamba"), ("*", "attention"), ("+", "MLA"), ("-", "MLP"), ("E", "MoE"))
+            if symbol in layers)
+        parts.append(f"hybrid ({kinds}; Mamba {model.mamba_heads} heads × "
+                     f"{model.mamba_head_dim}, {model.mamba_num_groups} groups, state "
+                     f"{model.mamba_state_dim})")
     return ", ".join(parts)
 
 

@@ -34,6 +34,14 @@ QUICK_GEGLU = "quick_geglu"
 PARTS = ("vision", "projector", "language")
 VISION_PROJECTORS = ("mlp", "affine")
 
+# Megatron-LM's hybrid layer symbols (megatron/core/models/hybrid/hybrid_layer_allocation.py,
+# Symbols, at d98e8a64): each hybrid layer holds one block.  G (gated delta net) and D
+# (DeepSeek sparse attention) are Megatron's too but not counted yet (HYBRID_NOT_COUNTED).
+HYBRID_MAMBA, HYBRID_ATTENTION, HYBRID_MLA, HYBRID_MLP, HYBRID_MOE = "M", "*", "+", "-", "E"
+HYBRID_SYMBOLS = (HYBRID_MAMBA, HYBRID_ATTENTION, HYBRID_MLA, HYBRID_MLP, HYBRID_MOE)
+HYBRID_NOT_COUNTED = {"G": "gated delta net layers (G)", "D": "DeepSeek sparse attention layers (D)"}
+HYBRID_PIPE, HYBRID_MTP_SEPARATOR = "|", "/"
+
 
 def _require_positive(value, flag: str, allow_none: bool = False) -> None:
     if value is None and allow_none:
@@ -250,6 +258,26 @@ class ModelShape:
     """Parts whose weights do not train (``requires_grad`` False), a subset of :data:`PARTS`:
     ``vision`` (``--freeze-ViT``), ``projector`` (``--freeze-vision-projection``), ``language``
     (``--freeze-LM``, or ``--freeze-all-layers`` in a text model)."""
+    # ---- hybrid Mamba models (Megatron-LM --hybrid-layer-pattern); see _check_hybrid_fields --
+    hybrid_layer_pattern: Optional[str] = None
+    """Megatron-LM's ``--hybrid-layer-pattern`` (or the deprecated ``--hybrid-override-pattern``):
+    one symbol per decoder layer — ``M`` Mamba-2 mixer, ``*`` self-attention, ``+`` MLA
+    self-attention, ``-`` MLP, ``E`` MoE — each layer holding that one block (and its pre-norm);
+    ``|`` marks pipeline stages (FLOP-neutral), and each ``/``-separated part after the main
+    pattern is one multi-token-prediction depth (all alike).  None: a GPT model, every layer
+    attention + MLP/MoE."""
+    mamba_state_dim: int = 128
+    """Mamba-2 state size ``N`` (``--mamba-state-dim``)."""
+    mamba_head_dim: int = 64
+    """Mamba-2 head dimension ``P`` (``--mamba-head-dim``)."""
+    mamba_num_groups: int = 8
+    """Mamba-2 B/C groups ``G`` (``--mamba-num-groups``)."""
+    mamba_num_heads: Optional[int] = None
+    """Mamba-2 heads ``H`` (``--mamba-num-heads``); default ``2·h / P`` (MambaMixer's expand 2)."""
+    mamba_chunk_size: int = 128
+    """The SSD chunk length ``Q``: MambaMixer's ``chunk_size`` default (no flag sets it)."""
+    mamba_conv_kernel: int = 4
+    """The causal depthwise convolution's width ``K``: MambaMixer's ``d_conv`` default (no flag)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -264,6 +292,7 @@ class ModelShape:
         _require_positive(self.moe_topk, "--topk")
         _require_positive(self.expert_interval, "--expert-interval")
         self._check_megatron_core_fields()
+        self._check_hybrid_fields()
 
         if self.kv_channels is None:
             if self.hidden_size % self.num_attention_heads:
@@ -328,6 +357,9 @@ class ModelShape:
                 "--topk",
             )
         set_(self, "num_experts", experts)
+        if not experts and HYBRID_MOE in (self.hybrid_layer_pattern or ""):
+            raise ShapeError("--hybrid-layer-pattern has MoE layers (E) but --num-experts is not "
+                             "given", "--num-experts")
         self._check_issue_20_fields()
         # vision-language runs and frozen weights (issue 20 item 3)
         set_(self, "frozen", frozenset(self.frozen))
@@ -369,6 +401,8 @@ class ModelShape:
         """
         if not self.num_experts:
             return 1
+        if self.hybrid_layer_pattern is not None:  # every E layer has --num-experts experts
+            return self.num_experts[0] if self.layer_symbol(layer_index) == HYBRID_MOE else 1
         layer_index = min(layer_index, self.num_layers - 1)
         freq = self.moe_layer_freq
         if freq is None:  # the microsoft fork's rule, without building the pattern
@@ -387,6 +421,8 @@ class ModelShape:
     def num_moe_layers(self) -> int:
         """How many decoder layers :attr:`moe_layer_pattern` makes MoE layers, counted without
         building the pattern (``--num-layers 10**30`` stays cheap)."""
+        if self.hybrid_layer_pattern is not None:  # hybrid: the pattern's E layers
+            return self.hybrid_layer_types.count(HYBRID_MOE)
         freq = self.moe_layer_freq
         if freq is None:
             return self.num_layers // self.expert_interval
@@ -404,12 +440,137 @@ class ModelShape:
         ``i % N == 0`` (layer 0 included), a tuple gives the pattern outright (``first k
         dense`` is ``(0,)*k + (1,)*(l-k)``).
         """
+        if self.hybrid_layer_pattern is not None:
+            return tuple(int(symbol == HYBRID_MOE) for symbol in self.hybrid_layer_types)
         freq = self.moe_layer_freq
         if freq is None:
             return tuple(int((i + 1) % self.expert_interval == 0) for i in range(self.num_layers))
         if isinstance(freq, int):
             return tuple(int(i % freq == 0) for i in range(self.num_layers))
         return freq
+
+    # ---- hybrid Mamba models ---------------------------------------------------------------
+    @property
+    def is_hybrid(self) -> bool:
+        """A Megatron-LM hybrid model (``--hybrid-layer-pattern``): one block per layer."""
+        return self.hybrid_layer_pattern is not None
+
+    @property
+    def hybrid_layer_types(self) -> str:
+        """The decoder layers' symbols, pipeline separators removed ("" for a GPT model)."""
+        if self.hybrid_layer_pattern is None:
+            return ""
+        main = self.hybrid_layer_pattern.split(HYBRID_MTP_SEPARATOR)[0]
+        return main.replace(HYBRID_PIPE, "")
+
+    @property
+    def hybrid_mtp_pattern(self) -> str:
+        """The layers of one multi-token-prediction depth of a hybrid model ("" without MTP)."""
+        if self.hybrid_layer_pattern is None or HYBRID_MTP_SEPARATOR not in self.hybrid_layer_pattern:
+            return ""
+        return self.hybrid_layer_pattern.split(HYBRID_MTP_SEPARATOR)[1]
+
+    @property
+    def mtp_layers_per_depth(self) -> int:
+        """Layers of one MTP depth: 1 (a GPT transformer layer), or a hybrid MTP pattern's length."""
+        return len(self.hybrid_mtp_pattern) if self.is_hybrid else 1
+
+    def layer_symbol(self, layer_index: int) -> Optional[str]:
+        """The hybrid symbol of layer ``layer_index`` (0-based; from ``num_layers`` on, the MTP
+        depths' layers in order); None for a GPT model."""
+        if self.hybrid_layer_pattern is None:
+            return None
+        if layer_index < self.num_layers:
+            return self.hybrid_layer_types[layer_index]
+        mtp = self.hybrid_mtp_pattern
+        return mtp[(layer_index - self.num_layers) % len(mtp)]
+
+    def starts_mtp_depth(self, layer_index: int) -> bool:
+        """Whether layer ``layer_index`` is the first layer of an MTP depth (where that depth's
+        ``2h -> h`` projection runs)."""
+        offset = layer_index - self.num_layers
+        return offset >= 0 and offset % self.mtp_layers_per_depth == 0
+
+    @property
+    def mamba_heads(self) -> int:
+        """Mamba-2 heads ``H``: ``--mamba-num-heads``, or ``2·h / P``."""
+        if self.mamba_num_heads is not None:
+            return self.mamba_num_heads
+        return 2 * self.hidden_size // self.mamba_head_dim
+
+    @property
+    def mamba_inner_size(self) -> int:
+        """``di = H·P``: the width of the SSM's x (and of z, the gate)."""
+        return self.mamba_heads * self.mamba_head_dim
+
+    @property
+    def mamba_in_proj_size(self) -> int:
+        """in_proj's output width ``2·di + 2·G·N + H``: z, x, B, C and dt packed."""
+        return (2 * self.mamba_inner_size + 2 * self.mamba_num_groups * self.mamba_state_dim
+                + self.mamba_heads)
+
+    @property
+    def mamba_conv_channels(self) -> int:
+        """Channels of the causal depthwise convolution: x, B and C, ``di + 2·G·N``."""
+        return self.mamba_inner_size + 2 * self.mamba_num_groups * self.mamba_state_dim
+
+    def _check_hybrid_fields(self) -> None:
+        """Megatron-LM's checks of a hybrid pattern and MambaMixer's of the Mamba sizes."""
+        for name, flag in (("mamba_state_dim", "--mamba-state-dim"),
+                           ("mamba_head_dim", "--mamba-head-dim"),
+                           ("mamba_num_groups", "--mamba-num-groups"),
+                           ("mamba_num_heads", "--mamba-num-heads"),
+                           ("mamba_chunk_size", "mamba_chunk_size"),
+                           ("mamba_conv_kernel", "mamba_conv_kernel")):
+            _require_positive(getattr(self, name), flag, allow_none=name == "mamba_num_heads")
+        pattern = self.hybrid_layer_pattern
+        if pattern is None:
+            return
+        flag = "--hybrid-layer-pattern"
+        if not isinstance(pattern, str):
+            raise ShapeError(f"{flag} must be a string of layer symbols, got {pattern!r}", flag)
+        parts = pattern.split(HYBRID_MTP_SEPARATOR)
+        main, depths = parts[0], parts[1:]
+        if depths and all(part == "" for part in depths):  # "M*M*/": no MTP pattern
+            depths = []
+        for symbol in dict.fromkeys(pattern):
+            if symbol in HYBRID_NOT_COUNTED:
+                raise ShapeError(f"{flag}: {HYBRID_NOT_COUNTED[symbol]} are not counted yet", flag)
+            if symbol not in HYBRID_SYMBOLS + (HYBRID_PIPE, HYBRID_MTP_SEPARATOR):
+                raise ShapeError(f"{flag}: {symbol!r} is not a layer symbol (M Mamba, * attention, "
+                                 "+ MLA, - MLP, E MoE; | a pipeline stage, / an MTP depth)", flag)
+        for part in depths:
+            if part != depths[0]:
+                raise ShapeError(f"{flag}: all MTP patterns after '/' must be identical, got "
+                                 f"{depths[0]!r} and {part!r}", flag)
+        if depths and (depths[0] == "" or HYBRID_PIPE in depths[0]):
+            raise ShapeError(f"{flag}: an MTP pattern after '/' must be layer symbols only, got "
+                             f"{depths[0]!r}", flag)
+        if HYBRID_ATTENTION in pattern and HYBRID_MLA in pattern:
+            raise ShapeError(f"{flag}: attention (*) and MLA (+) layers cannot both be in one "
+                             "model (Megatron-LM refuses it)", flag)
+        if HYBRID_MLA in pattern and not self.multi_latent_attention:
+            raise ShapeError(f"{flag}: MLA layers (+) need --multi-latent-attention", flag)
+        if HYBRID_ATTENTION in pattern and self.multi_latent_attention:
+            raise ShapeError(f"{flag}: with --multi-latent-attention the attention layers are "
+                             "MLA layers (+), not *", flag)
+        layers = len(main.replace(HYBRID_PIPE, ""))
+        if layers != self.num_layers:
+            raise ShapeError(f"{flag} has {layers} layers but --num-layers is {self.num_layers}",
+                             flag)
+        if len(depths) != self.mtp_num_layers:
+            raise ShapeError(f"{flag} has {len(depths)} MTP depths after '/' but --mtp-num-layers "
+                             f"is {self.mtp_num_layers}", "--mtp-num-layers")
+        if self.moe_residual:
+            raise ShapeError(f"{flag}: PR-MoE (--mlp-type residual) has no hybrid layer",
+                             "--mlp-type")
+        if self.mamba_num_heads is None and (2 * self.hidden_size) % self.mamba_head_dim:
+            raise ShapeError(f"--mamba-head-dim ({self.mamba_head_dim}) must divide 2 × "
+                             f"--hidden-size ({2 * self.hidden_size}) unless --mamba-num-heads "
+                             "is given", "--mamba-head-dim")
+        if HYBRID_MAMBA in pattern and self.mamba_heads % self.mamba_num_groups:
+            raise ShapeError(f"--mamba-num-groups ({self.mamba_num_groups}) must divide the Mamba "
+                             f"heads ({self.mamba_heads})", "--mamba-num-groups")
 
     @property
     def expert_ffn_hidden_size(self) -> int:

@@ -114,6 +114,10 @@ def evaluate(flops_text, symbols):
     dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50, vision=VisionEncoder(
         ModelShape(num_layers=2, hidden_size=8, num_attention_heads=2, vocab_size=1),
         img_h=6, img_w=4, patch_dim=2, class_tokens=2, projector="affine")),
+    # a hybrid Mamba model: Mamba sizes, and an SSD chunk (2) that does not divide s (5)
+    dict(num_layers=4, hidden_size=16, num_attention_heads=4, vocab_size=50,
+         hybrid_layer_pattern="M*-E", num_experts=3, moe_topk=2, mamba_state_dim=3,
+         mamba_head_dim=4, mamba_num_groups=2, mamba_chunk_size=2, mamba_conv_kernel=3),
 ])
 def test_readme_counts_are_the_formulas(fields):
     """Each README row's forward FLOPs, read as arithmetic, is the registered formula × B."""
@@ -145,6 +149,13 @@ def test_readme_counts_are_the_formulas(fields):
                    he=model.expert_hidden_size, L=model.moe_latent_size or 0,
                    gate=int(model.attention_output_gate),
                    sg=int(model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size > 0),
+                   # Mamba: inner width, groups, state, heads, conv taps, and c = Σ L² over
+                   # the SSD chunks of one sample (s = 5 in chunks of Q: Q = 2 gives 2² + 2² + 1²;
+                   # Q = 128 one chunk of 5), e = its first and last chunks' lengths
+                   di=model.mamba_inner_size, G=model.mamba_num_groups, N=model.mamba_state_dim,
+                   H=model.mamba_heads, K=model.mamba_conv_kernel,
+                   c={2: 4 + 4 + 1, 128: 25}[model.mamba_chunk_size],
+                   e={2: 2 + 1, 128: 5 + 5}[model.mamba_chunk_size],  # first + last chunk
                    # a distillation teacher's forward of one sample (none here: 0)
                    Ft=0 if model.teacher is None else flops.flops_breakdown(model.teacher, s).forward_flops)
     symbols.update(vision_symbols)

@@ -131,3 +131,29 @@ def test_fork_from_arguments_needs_a_deepspeed_fork():
     assert arguments.fork_from_arguments({"deepspeed": "True"}) is None
     assert arguments.fork_from_arguments({"deepspeed": "True", "swiglu": "False",
                                           "glu_activation": "None"}) is None
+
+
+def test_a_hybrid_runs_dump_gives_its_hybrid_shape():
+    """A Megatron-LM hybrid run's dump (d98e8a64: the pattern, num_layers derived from it, the
+    Mamba sizes, the standard stack spec printed as its list) gives the hybrid model."""
+    lines = dump(num_layers=6, hidden_size=64, num_attention_heads=4, group_query_attention=True,
+                 num_query_groups=2, ffn_hidden_size=96, seq_length=128,
+                 max_position_embeddings=128, micro_batch_size=1, global_batch_size=8,
+                 rampup_batch_size=None, tensor_model_parallel_size=1,
+                 pipeline_model_parallel_size=1, world_size=8, num_experts=4,
+                 moe_router_topk=2, moe_layer_freq=1, hybrid_layer_pattern="M*M-ME",
+                 hybrid_override_pattern=None, is_hybrid_model=False, mamba_state_dim=8,
+                 mamba_head_dim=16, mamba_num_groups=2, mamba_num_heads=None,
+                 spec=["megatron.core.models.hybrid.hybrid_layer_specs", "hybrid_stack_spec"],
+                 bf16=True, normalization="RMSNorm", add_bias_linear=False,
+                 position_embedding_type="none", untie_embeddings_and_output_weights=True,
+                 use_mcore_models=True, log_interval=10)
+    stats = ParseStats()
+    list(parse_console_log(lines + [" > padded vocab (size: 1000) with 24 dummy tokens "
+                                    "(new size: 1024)"], stats))
+    namespace, _ = arguments.merge_flags(
+        megatron_argument_parser().parse_args([]), set(), stats.arguments, stats.padded_vocab)
+    model, run = shapes_from_args(namespace)
+    assert model.hybrid_layer_types == "M*M-ME" and model.num_layers == 6
+    assert (model.mamba_heads, model.mamba_num_groups, model.mamba_state_dim) == (8, 2, 8)
+    assert model.experts_in_layer(5) == 4 and model.vocab_size == 1024

@@ -83,7 +83,6 @@ REFUSED_FOR = {
     "tests/functional_tests/test_cases/multimodal-llava/multimodal_llava_mcore_te_tp1_pp1/"
     "model_config.yaml": "--img-h",
     "examples/mimo/scripts/run_vlm_train.sh": "--model-provider",
-    "examples/post_training/modelopt/conf/nvidia/Nemotron-H-8B-Base-8K.sh": "--hybrid-layer-pattern",
     "examples/gpt3/train_gpt3_175b_distributed.sh": "--step-batch-size-schedule",
 }
 
@@ -148,3 +147,40 @@ def test_gpt_oss_is_counted_and_its_parameters_are_published(name):
     components = {c["name"]: c for c in result["components"]}
     # quick-GeGLU is a GLU: the experts' gate GEMM equals their up GEMM (h -> 2f in one linear)
     assert components["expert_gate"]["forward"] == components["expert_up"]["forward"] > 0
+
+
+# hybrid Mamba models, counted since issue 20 (before: refused on --hybrid-layer-pattern /
+# --hybrid-override-pattern): Nemotron-H 4B/8B/47B/56B, Nemotron Nano 9B v2, Nemotron-3 Nano
+# 30B-A3B, and the hybrid functional tests (with '|' stages, --is-hybrid-model, MoE layers).
+# Still refused, on flags of their own: latent MoE (Nemotron-3 Super/Ultra, --moe-latent-size),
+# MTP with a repeated layer (--mtp-use-repeated-layer), distillation (--export-kd-teacher-load),
+# gated delta net (the gdn cases), the inference runs' --model-provider.
+HYBRID_COUNTED = (
+    "examples/post_training/modelopt/conf/nvidia/Nemotron-H-4B-Instruct.sh",
+    "examples/post_training/modelopt/conf/nvidia/Nemotron-H-8B-Base-8K.sh",
+    "examples/post_training/modelopt/conf/nvidia/Nemotron-H-47B-Reasoning-128K.sh",
+    "examples/post_training/modelopt/conf/nvidia/Nemotron-H-56B-Base-8K.sh",
+    "examples/post_training/modelopt/conf/nvidia/NVIDIA-Nemotron-Nano-9B-v2.sh",
+    "examples/post_training/modelopt/conf/nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.sh",
+    "tests/functional_tests/test_cases/hybrid/hybrid_mr_mcore_te_tp1_pp2_vpp2_cp1_dgx_a100_1N8G/"
+    "model_config.yaml",
+    "tests/functional_tests/test_cases/hybrid/hybrid_mr_mcore_te_tp1_pp4_cp1_dgx_a100_1N8G/"
+    "model_config.yaml",
+    "tests/functional_tests/test_cases/hybrid/hybrid_flextron_nightly_tp2_pp1_ep2_dgx_h100_1N8G/"
+    "model_config.yaml",
+)
+
+
+@pytest.mark.parametrize("path", HYBRID_COUNTED)
+def test_hybrid_configs_are_counted_layer_by_layer(path):
+    case = BY_PATH[path]
+    argv = case["argv"]
+    flag = "--hybrid-layer-pattern" if "--hybrid-layer-pattern" in argv else "--hybrid-override-pattern"
+    pattern = argv[argv.index(flag) + 1].split("/")[0].replace("|", "")
+    code, out, err = estimate(argv_of(case))
+    assert code == 0, err
+    result = json.loads(out)
+    names = {c["name"] for c in result["components"]}
+    assert {"mamba_in_proj", "mamba_ssd", "mamba_out_proj"} <= names
+    assert ("expert_up" in names) == ("E" in pattern)
+    assert ("mlp_up" in names) == ("-" in pattern)

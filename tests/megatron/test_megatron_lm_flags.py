@@ -75,7 +75,8 @@ FLOP_RELEVANT = re.compile(
 _MULTIMODAL = ("an option of the multimodal / MiMo examples that examples/multimodal/model.py "
                "(d98e8a64) does not read for the model it builds (its runs are counted since "
                "issue 20 item 3), or one of runs refused by their vision flags")
-_HYBRID = "only with hybrid / linear-attention layers, which are refused"
+_HYBRID = ("only with gated delta net / delta product (linear-attention) layers, which are "
+           "refused (G in a hybrid pattern, --linear-attention-freq, a GDP --spec)")
 _DSA = "only with --experimental-attention-variant (DSA), which is refused"
 _NO_MATMUL = "changes no matmul: an activation, a fusion or a kernel choice"
 _PARALLEL = "how the work is split (expert / inference / RL-inference parallelism): same FLOPs"
@@ -87,8 +88,8 @@ REVIEWED_NEUTRAL = {
                  "--recompute-vision-num-layers --recompute-vision-projection "
                  "--video-aug-scale-frames-up --video-max-num-frames --video-min-num-frames "
                  "--video-target-img-size",
-    _HYBRID: "--linear-key-head-dim --linear-value-head-dim --mamba-head-dim "
-             "--mtp-hybrid-override-pattern --gdp-num-chunk-states-to-recompute",
+    _HYBRID: "--linear-key-head-dim --linear-value-head-dim "
+             "--gdp-num-chunk-states-to-recompute",
     _DSA: "--dsa-indexer-head-dim --disable-dsa-indexer-scoring-relu --no-dsa-indexer-scoring-relu",
     _NO_MATMUL: "--glu-linear-offset --squared-relu --use-fused-weighted-squared-relu "
                 "--no-bias-swiglu-fusion --moe-mlp-glu-interleave-size "

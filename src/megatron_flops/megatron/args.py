@@ -27,6 +27,7 @@ from ..shapes import (GLU_ACTIVATIONS, QUICK_GEGLU, ModelShape, Recompute, RunSh
 from . import features
 from . import flags as catalogue
 from . import multimodal
+from . import hybrid
 
 GPT2_BPE_VOCAB_SIZE = 50257
 
@@ -380,7 +381,11 @@ def _megatron_core_model_fields(ns) -> dict:
     fields.update(moe_latent_size=get("moe_latent_size"),
                   attention_output_gate=bool(get("attention_output_gate", False)),
                   moe_shared_expert_gate=bool(get("moe_shared_expert_gate", False)))
-    if getattr(ns, "multi_latent_attention", False):
+    # hybrid Mamba models (--hybrid-layer-pattern): the pattern, the layer and MTP-depth counts
+    # it sets, the Mamba sizes, MLA for its + layers (megatron.hybrid)
+    hybrid_fields = hybrid.model_fields(ns)
+    fields.update(hybrid_fields)
+    if getattr(ns, "multi_latent_attention", False) or hybrid_fields.get("multi_latent_attention"):
         fields.update(multi_latent_attention=True, q_lora_rank=get("q_lora_rank"),
                       kv_lora_rank=get("kv_lora_rank"), qk_head_dim=get("qk_head_dim"),
                       qk_pos_emb_head_dim=get("qk_pos_emb_head_dim"), v_head_dim=get("v_head_dim"))
@@ -393,8 +398,7 @@ def _megatron_core_model_fields(ns) -> dict:
 # on every run (``encoder_num_layers``) are not here: only a switch refuses those.
 UNSUPPORTED_VALUE_ARGS = frozenset((
     "num_experts_switch", "experimental_attention_variant",
-    "dsa_indexer_topk", "hybrid_override_pattern", "hybrid_layer_pattern",
-    "linear_attention_freq", "heterogeneous_layers_config_path",
+    "dsa_indexer_topk", "linear_attention_freq", "heterogeneous_layers_config_path",
     "heterogeneous_layers_config_encoded_json",
     # off (None) in every run's args unless given (the vision flags --img-h/--patch-dim are
     # not: they default to 224/16 in all of them, so a live run cannot be told multimodal by them)
@@ -411,6 +415,9 @@ def unsupported_features(values) -> List[Tuple[str, object, str]]:
         if dest not in values:
             continue
         value = values[dest]
+        if dest == "spec" and hybrid.standard_spec(value) and (
+                values.get("hybrid_layer_pattern") or values.get("hybrid_override_pattern")):
+            continue  # a hybrid model built from Megatron-LM's standard hybrid stack spec
         if value is True or (dest in UNSUPPORTED_VALUE_ARGS and value not in (None, False, 0, "")):
             out.append((flag, value, why))
     return out
@@ -480,7 +487,10 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
 
     seq_length = _renamed(ns, "seq_length", "encoder_seq_length", "--seq-length",
                           "--encoder-seq-length")
-    for value, flag in ((get("num_layers"), "--num-layers"), (get("hidden_size"), "--hidden-size"),
+    pattern = hybrid.hybrid_pattern(ns)  # a hybrid model's pattern sets --num-layers
+    num_layers = get("num_layers") if pattern is None else \
+        hybrid.model_fields(ns)["num_layers"]
+    for value, flag in ((num_layers, "--num-layers"), (get("hidden_size"), "--hidden-size"),
                         (get("num_attention_heads"), "--num-attention-heads"),
                         (seq_length, "--seq-length")):
         if value is None:
@@ -498,8 +508,9 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
     num_experts, interval = _experts(ns)
     untie = bool(get("untie_embeddings_and_output_weights", False))
     max_positions = get("max_position_embeddings", seq_length)
+    model_fields = _megatron_core_model_fields(ns)
     model = ModelShape(
-        num_layers=ns.num_layers,
+        num_layers=model_fields.pop("num_layers", ns.num_layers),
         hidden_size=hidden,
         num_attention_heads=ns.num_attention_heads,
         vocab_size=_vocab(ns, tp),
@@ -517,7 +528,7 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         normalization=str(get("normalization", "layernorm")).lower(),
         embedding_layernorm=bool(get("embed_layernorm", False)),
         moe_residual=_moe_residual(ns),
-        **_megatron_core_model_fields(ns),
+        **model_fields,
     )
     if not deepspeed_pipeline(ns):  # the pipeline engine never calls forward_step: no teacher
         model = _with_teacher(ns, model)
@@ -540,7 +551,19 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
             raise ShapeError("not supported yet: --recompute-method block with a "
                              "--pipeline-model-parallel-layout", "--recompute-method")
     else:
-        stages = megatron_stage_layers(ns, model.num_layers, pp)
+        if pattern is not None:  # hybrid: Megatron-LM's refusals, and the '|' stages
+            hybrid.check_pipeline_flags(ns, pattern)
+            stages = hybrid.stage_layers(pattern, pp)
+            segments = pattern.split("/")[0].count("|") + 1
+            if segments > 1 and segments != pp and recompute.method == "block" \
+                    and recompute.granularity == "full":
+                raise ShapeError("not supported yet: --recompute-method block with virtual "
+                                 "pipeline stages ('|' segments) of a --hybrid-layer-pattern",
+                                 "--recompute-method")
+            if stages is None and segments == 1:
+                stages = megatron_stage_layers(ns, model.num_layers, pp)
+        else:
+            stages = megatron_stage_layers(ns, model.num_layers, pp)
         if recompute.method == "block" and recompute.granularity == "full":
             if any(getattr(ns, name, False) for name in (
                     "account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split",
@@ -661,6 +684,22 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "the shared experts' output")
     add("--quick-geglu", action="store_true", help="Megatron-LM: a GLU MLP with quick-GELU "
         "(gpt-oss): the GEMMs of any GLU")
+    # hybrid Mamba models (Megatron-LM): the layer pattern and the Mamba-2 mixer's sizes
+    add("--hybrid-layer-pattern", type=str, help="Megatron-LM: one symbol per layer (M Mamba, "
+        "* attention, + MLA, - MLP, E MoE; | pipeline stages, / MTP depths)")
+    add("--hybrid-override-pattern", type=str, help="--hybrid-layer-pattern's deprecated name")
+    add("--mtp-hybrid-override-pattern", type=str, help="legacy: one MTP depth's pattern")
+    add("--is-hybrid-model", action="store_true", help="with a pattern: nothing more; alone: "
+        "refused (an all-Mamba model before 2026-02, a GPT model since)")
+    add("--hybrid-attention-ratio", type=float, help="Megatron-LM before 2026: the share of "
+        "attention layers (placed as Megatron-Core placed them)")
+    add("--hybrid-mlp-ratio", type=float, help="Megatron-LM before 2026: the share of MLP layers")
+    add("--mamba-state-dim", type=int)
+    add("--mamba-head-dim", type=int)
+    add("--mamba-num-groups", type=int)
+    add("--mamba-num-heads", type=int)
+    add("--spec", nargs="*", help="Megatron-LM: the layer spec; only the standard hybrid stack "
+        "spec is counted (with --hybrid-layer-pattern)")
     add("--window-size", type=str, help="w,0: sliding-window attention over w keys")
     add("--window-attn-skip-freq", type=str, help="every N-th layer full attention, or a pattern")
     add("--position-embedding-type", type=str)

@@ -221,6 +221,9 @@ POSITIVE_WHEN_GIVEN = (
     ("q_lora_rank", "--q-lora-rank"), ("kv_lora_rank", "--kv-lora-rank"),
     ("qk_head_dim", "--qk-head-dim"), ("qk_pos_emb_head_dim", "--qk-pos-emb-head-dim"),
     ("v_head_dim", "--v-head-dim"),
+    # hybrid Mamba models
+    ("mamba_state_dim", "--mamba-state-dim"), ("mamba_head_dim", "--mamba-head-dim"),
+    ("mamba_num_groups", "--mamba-num-groups"), ("mamba_num_heads", "--mamba-num-heads"),
 )
 POSITIVE_LISTS_WHEN_GIVEN = (("num_experts", "--num-experts"), ("num_moe_experts", "--num-moe-experts"),
                              ("num_experts_teacher", "--num-experts-teacher"))

@@ -472,6 +472,16 @@ total-seq-length
 """)),
 }
 
+#: Megatron-LM flags that were removed before the recorded commit, which older launch scripts
+#: still carry: read as the Megatron-LM that had them read them (hybrid models: Megatron-Core
+#: ≤ 0.16 placed the layers from these ratios; 7418b1b8, 2026-02-26, removed them).
+RETIRED_FLAGS: Dict[str, FlagSource] = {
+    "megatron-lm before 2026-02-26": FlagSource(
+        "NVIDIA/Megatron-LM", "310082a6d257d25aa8da5127de63cd51705f2acf",
+        "megatron/training/arguments.py (_add_experimental_args)",
+        _names("hybrid-attention-ratio hybrid-mlp-ratio")),
+}
+
 #: Added to every fork's parser by DeepSpeed (``deepspeed.add_config_arguments``) and by the
 #: launchers (``--local_rank``); all FLOP-neutral.
 DEEPSPEED_FLAGS = _names("deepspeed deepspeed_config deepscale deepscale_config deepspeed_mpi "
@@ -491,7 +501,7 @@ OLD_NAMES: Dict[str, str] = {
     "--moe-router-topk": "--topk",
 }
 
-_HYBRID = "hybrid / Mamba / linear-attention layers are not counted yet"
+_GDN = "gated delta net (linear attention) layers are not counted yet"
 _VISION = ("a multimodal (vision-language) run: its vision encoder, projection and decoder "
            "length are not counted yet")
 #: Known flags that change the count and are not counted yet: an error naming the flag.
@@ -501,10 +511,7 @@ UNSUPPORTED: Dict[str, str] = {
     "--retro-add-retriever": "RETRO's retriever encoder is not counted yet",
     "--vision-pretraining": "vision models are not counted",
     # NVIDIA Megatron-LM
-    "--hybrid-override-pattern": _HYBRID,
-    "--hybrid-layer-pattern": _HYBRID,
-    "--is-hybrid-model": _HYBRID,
-    "--linear-attention-freq": _HYBRID,
+    "--linear-attention-freq": _GDN,
     "--experimental-attention-variant": "experimental attention variants are not counted yet",
     "--dsa-indexer-topk": "DeepSeek sparse attention is not counted yet",
     "--heterogeneous-layers-config-path": "heterogeneous layers are not counted yet",
@@ -515,7 +522,8 @@ UNSUPPORTED: Dict[str, str] = {
     "--disable-pad-vocab-size": "an unpadded vocabulary is not supported yet; give --padded-vocab-size",
     "--enable-mhc-connections": "manifold hyper-connections (their stream-mixing matmuls) are "
         "not counted yet",
-    "--spec": "a custom layer spec builds whatever layers it names; not counted",
+    "--spec": "a custom layer spec builds whatever layers it names; not counted (but for "
+        "the standard hybrid stack spec with --hybrid-layer-pattern)",
     "--mtp-use-repeated-layer": "MTP with one shared layer (its parameters counted once) is not "
         "counted yet",
     # multimodal / vision runs other than examples/multimodal/train.py's (counted since issue 20
@@ -548,7 +556,7 @@ NOTED: Dict[str, str] = {
 def known_flags() -> FrozenSet[str]:
     """Every flag of the three sources, Megatron-LM's extensions, DeepSpeed's and the old names."""
     names = set(DEEPSPEED_FLAGS) | set(OLD_NAMES)
-    for source in (*FORK_FLAGS.values(), *EXTENSION_FLAGS.values()):
+    for source in (*FORK_FLAGS.values(), *EXTENSION_FLAGS.values(), *RETIRED_FLAGS.values()):
         names |= source.flags
     return frozenset(names)
 

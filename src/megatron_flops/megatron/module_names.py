@@ -136,4 +136,9 @@ MEGATRON_CORE = (
     NameRule("mlp.fc1_latent_proj", one("moe_latent_down")),
     NameRule("mlp.fc2_latent_proj", one("moe_latent_up")),
     NameRule("mlp.shared_experts", one("shared_expert_output_gate")),
+    # hybrid models' MambaLayer mixer (megatron/core/ssm/mamba_mixer.py): its two GEMMs; the
+    # conv and the SSD run in causal_conv1d's and mamba_ssm's fused kernels, which
+    # FlopCounterMode does not see (mamba_conv and mamba_ssd then show as not counted)
+    NameRule("mixer.in_proj", one("mamba_in_proj")),
+    NameRule("mixer.out_proj", one("mamba_out_proj")),
 )

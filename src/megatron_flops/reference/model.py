@@ -10,6 +10,9 @@ that trains.  Read it top to bottom:
                 x = x + mlp_or_moe(norm(x))     GeLU MLP, GLU MLP (h -> 2f, split, gate) or MoE
            -> final norm -> logits (tied to the word embeddings, or a separate output layer)
 
+A hybrid model (``--hybrid-layer-pattern``) has a HybridLayer per symbol instead: one pre-norm
+block each — a Mamba-2 mixer (:mod:`.mamba`), attention, an MLP or an MoE.
+
 Every matmul lives in a small leaf module (``query_key_value``, ``query_key``,
 ``probs_value``, ``dense``, ``up``, ``down``, ``router``, ``output_layer``), and where it is
 built :func:`carries` declares which registered components (:mod:`megatron_flops.components`)
@@ -33,7 +36,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ShapeError
-from ..shapes import NO_RECOMPUTE, ModelShape, Recompute
+from ..shapes import (HYBRID_ATTENTION, HYBRID_MAMBA, HYBRID_MLP, NO_RECOMPUTE, ModelShape,
+                      Recompute)
+from .mamba import MambaMixer
 
 __all__ = ["ReferenceGPT"]
 
@@ -262,6 +267,35 @@ class TransformerLayer(nn.Module):
         return x + self.dropout(self.mlp(self.post_attention_norm(x)))
 
 
+class HybridLayer(nn.Module):
+    """A hybrid model's layer (``--hybrid-layer-pattern``): one pre-norm block, by its symbol —
+    a Mamba-2 mixer (M), self-attention (*), an MLP (-) or an MoE (E) — and its residual."""
+
+    def __init__(self, model: ModelShape, layer_index: int, dropout: float, factory: dict):
+        super().__init__()
+        symbol = model.layer_symbol(layer_index)
+        self.input_norm = make_norm(model, factory)
+        self.attention = SelfAttention(model, dropout, factory) if symbol == HYBRID_ATTENTION \
+            else None
+        if symbol == HYBRID_MAMBA:
+            self.block = MambaMixer(model, factory)
+            carries(self.block.in_proj, "mamba_in_proj")    # [T × h]·[h × (2·di+2·G·N+H)]
+            carries(self.block.conv, "mamba_conv")          # T × (di+2·G·N) channels × K taps
+            carries(self.block.ssd, "mamba_ssd")            # the chunked SSD's matmuls
+            carries(self.block.out_proj, "mamba_out_proj")  # [T × di]·[di × h]
+        elif symbol == HYBRID_MLP:
+            self.block = MLP(model, factory)
+        elif symbol != HYBRID_ATTENTION:  # E
+            self.block = MoE(model, model.experts_in_layer(layer_index), factory)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, rotary=None, bias=None):
+        x_norm = self.input_norm(x)
+        if self.attention is not None:
+            return x + self.dropout(self.attention(x_norm, rotary, bias))
+        return x + self.dropout(self.block(x_norm))
+
+
 class OutputLayer(nn.Module):
     """Logits ``[T × h]·[h × V]``: the word-embedding matrix when tied, its own weight if not."""
 
@@ -306,15 +340,17 @@ class ReferenceGPT(nn.Module):
             self.position_embeddings = nn.Embedding(positions, h, **factory)
         self.embedding_norm = make_norm(model, factory) if model.embedding_layernorm else None
         self.embedding_dropout = nn.Dropout(dropout)
+        layer_class = HybridLayer if model.is_hybrid else TransformerLayer
         self.layers = nn.ModuleList(
-            TransformerLayer(model, i, dropout, factory) for i in range(model.num_layers))
+            layer_class(model, i, dropout, factory) for i in range(model.num_layers))
         self.final_norm = make_norm(model, factory)
         self.output_layer = carries(OutputLayer(model, self.word_embeddings, factory), "logits")
 
         self.recomputed_layers = recompute.recomputed_layers(model.num_layers, pipeline_parallel_size)
         self.recompute_chunk = (recompute.num_layers or 1) if recompute.method == "uniform" else 1
         for layer in self.layers:
-            layer.attention.recompute_core = recompute.granularity == "selective"
+            if layer.attention is not None:  # a hybrid model's attention layers only
+                layer.attention.recompute_core = recompute.granularity == "selective"
         self.reset_parameters()
 
     @torch.no_grad()
@@ -324,12 +360,18 @@ class ReferenceGPT(nn.Module):
         for name, p in self.named_parameters():
             if p.is_meta:
                 continue
-            if name.endswith("bias"):
+            if name.endswith("dt_bias"):  # Mamba-2: softplus(dt_bias) = 0.01
+                p.fill_(math.log(math.expm1(0.01)))
+            elif name.endswith("bias"):
                 p.zero_()
             elif "norm" in name:
                 p.fill_(1.0)
-            elif name.endswith(("dense.weight", "down.weight")):
+            elif name.endswith(("dense.weight", "down.weight", "out_proj.weight")):
                 p.normal_(0.0, scaled_std)
+            elif name.endswith("A_log"):  # Mamba-2: A = -exp(A_log) in [-16, -1]
+                p.uniform_(1.0, 16.0).log_()
+            elif name.endswith(".D"):
+                p.fill_(1.0)
             else:
                 p.normal_(0.0, INIT_STD)
 

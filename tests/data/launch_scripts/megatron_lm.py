@@ -85,6 +85,21 @@ PUBLISHED = {
     "examples/multimodal/nvlm/pretrain_qwen20_72b_internvit_6b.sh": dict(
         size="79.38B", vocab_size=152064,
         source="https://huggingface.co/nvidia/NVLM-D-72B (79.38B parameters in its safetensors, as mirrored at free2aitools.com/model/nvidia/nvlm-d-72b; trained with Megatron at TP 8, its InternViT keeps 32 heads, 7 of them dummy); vocab: huggingface.co/Qwen/Qwen2-72B-Instruct config.json"),
+    # hybrid Mamba models (issue 20): the cards' names and Nemotron-3 Nano's stated total;
+    # vocab: the checkpoints' config.json (131072)
+    MODELOPT + "nvidia/Nemotron-H-8B-Base-8K.sh": dict(
+        size="8B", vocab_size=131072, source=CARD.format("nvidia/Nemotron-H-8B-Base-8K")
+        + " (\"8B\"; Nemotron-H, arXiv 2504.03624)"),
+    MODELOPT + "nvidia/Nemotron-H-56B-Base-8K.sh": dict(
+        size="56B", vocab_size=131072, source=CARD.format("nvidia/Nemotron-H-56B-Base-8K")
+        + " (\"56B\"; Nemotron-H, arXiv 2504.03624)"),
+    MODELOPT + "nvidia/Nemotron-H-47B-Reasoning-128K.sh": dict(
+        size="47B", vocab_size=131072, source=CARD.format("nvidia/Nemotron-H-47B-Reasoning-128K")
+        + " (\"47B\")"),
+    MODELOPT + "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.sh": dict(
+        size="31.6B", vocab_size=131072,
+        source=CARD.format("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+        + " (\"31.6B total parameters\")"),
 }
 
 
