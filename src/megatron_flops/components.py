@@ -450,7 +450,7 @@ def shared_expert_output_gate_flops(model: ModelShape, s: int, experts: int = 1)
 # LLaVAModel runs its ViT on every image tile of the sample (t tiles), projects the image
 # embeddings into the language model, and runs the language model (the rows above) at the
 # decoder length.  Per tile: P = (img_h/p)·(img_w/p) patches, Sv = P + class tokens ViT tokens,
-# N image embeddings (Sv, less dropped class tokens, a quarter of it after the pixel shuffle),
+# Ni image embeddings (Sv, less dropped class tokens, a quarter of it after the pixel shuffle),
 # hi the projection's input width (hv, 4·hv after the pixel shuffle), fp its hidden size (h
 # for an affine projection, mlp = 0 then); the ViT has lv layers of hv, nv heads of kv, gv
 # query groups, an MLP of fv (gluv = 1 when gated).
@@ -475,7 +475,7 @@ def _vision_layer_flops(model: ModelShape, core: bool) -> int:
 
 
 @register_component("vision_patch_embedding", VISION_TILES, "ViT patch embedding",
-                    "t × [P × c]·[c × hv], c = 3·p²", "2·B·t·P·c·hv", part="vision",
+                    "t × [P × cp]·[cp × hv], cp = 3·p²", "2·B·t·P·cp·hv", part="vision",
                     first_in_part=True)
 def vision_patch_embedding_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     # a p×p stride-p convolution over 3 channels is this matmul (RADIO's is a linear)
@@ -502,7 +502,7 @@ def vision_attention_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 
 
 @register_component("vision_projection_up", VISION_TILES, "vision projection (fc1 / affine)",
-                    "t × [N × hi]·[hi × fp] (affine: fp = h)", "2·B·t·N·hi·fp",
+                    "t × [Ni × hi]·[hi × fp] (affine: fp = h)", "2·B·t·Ni·hi·fp",
                     part="projector", first_in_part=True)
 def vision_projection_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     vision = model.vision
@@ -513,7 +513,7 @@ def vision_projection_up_flops(model: ModelShape, s: int, experts: int = 1) -> i
 
 
 @register_component("vision_projection_down", VISION_TILES, "vision projection fc2 (mlp)",
-                    "t × [N × fp]·[fp × h]", "2·B·t·N·fp·h·mlp", part="projector")
+                    "t × [Ni × fp]·[fp × h]", "2·B·t·Ni·fp·h·mlp", part="projector")
 def vision_projection_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     vision = model.vision
     if vision is None or vision.projector != "mlp":

@@ -127,10 +127,10 @@ def test_readme_counts_are_the_formulas(fields):
                                                         num_attention_heads=1, vocab_size=1)
     vision_symbols = dict(
         t=vision.tiles if vision else 0, P=vision.patches if vision else 0,
-        c=vision.patch_size if vision else 0, hv=vit.hidden_size, lv=vit.num_layers,
+        cp=vision.patch_size if vision else 0, hv=vit.hidden_size, lv=vit.num_layers,
         Sv=vision.seq_length if vision else 0, nv=vit.num_attention_heads, kv=vit.kv_channels,
         gv=vit.num_query_groups, fv=vit.ffn_hidden_size, gluv=int(vit.glu),
-        N=vision.image_embeddings if vision else 0,
+        Ni=vision.image_embeddings if vision else 0,
         hi=vision.projector_input_size if vision else 0,
         fp=(vision.projector_ffn_hidden_size if vision.projector == "mlp"
             else model.hidden_size) if vision else 0,
