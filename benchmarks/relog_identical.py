@@ -43,10 +43,13 @@ def run(src, path, mode, folder):
         argv += MODES[mode]
     done = subprocess.run(argv, capture_output=True, env=env, cwd=folder)
     out = {"rc": str(done.returncode).encode(), "stdout": done.stdout, "stderr": done.stderr}
-    if csv_path is not None:
-        with open(csv_path, "rb") as f:
-            out["csv"] = f.read()
-        os.remove(csv_path)
+    if csv_path is not None:   # none when relog refused the log (then its stderr says why)
+        if os.path.exists(csv_path):
+            with open(csv_path, "rb") as f:
+                out["csv"] = f.read()
+            os.remove(csv_path)
+        else:
+            out["csv"] = b"(no file)"
     return out
 
 

@@ -13,7 +13,7 @@ from .hardware import peak_tflops, resolve_peak
 from .legacy import legacy_tflops_for_shapes
 from .meter import ThroughputMeter, ThroughputReport
 from .params import ParameterCount, parameter_count
-from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape
+from .shapes import NO_RECOMPUTE, ModelShape, Recompute, RunShape, VisionEncoder
 
 __version__ = "0.1.0"
 
@@ -22,4 +22,6 @@ __all__ = [
     "Recompute", "RunShape", "ShapeError", "ThroughputMeter", "ThroughputReport", "UsageError",
     "conventions_for_run", "flops_breakdown", "legacy_tflops_for_shapes", "parameter_count",
     "peak_tflops", "resolve_peak", "__version__",
+    # vision-language runs (issue 20 item 3)
+    "VisionEncoder",
 ]

@@ -36,11 +36,11 @@ so a layer is 24·s·h² + 4·s²·h, and a GLU's gate (a second h -> f branch, 
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
-from .shapes import ModelShape
+from .shapes import PARTS, ModelShape
 
 __all__ = [
     "DENSE_LAYERS", "EVERY_LAYER", "MOE_LAYERS", "MTP_LAYERS", "ONCE", "REGISTRY",
-    "RESIDUAL_MOE_LAYERS", "ComponentSpec", "component_names", "markdown_table", "matmul_flops",
+    "RESIDUAL_MOE_LAYERS", "VISION_TILES", "ComponentSpec", "component_names", "markdown_table", "matmul_flops",
     "register_component", "unregister_component",
 ]
 
@@ -52,6 +52,9 @@ RESIDUAL_MOE_LAYERS = "PR-MoE layers"  # MoE layers with --mlp-type residual
 MTP_LAYERS = "MTP layers"
 ONCE = "once per model"
 OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS, MOE_LAYERS, RESIDUAL_MOE_LAYERS, MTP_LAYERS, ONCE)
+# vision-language runs (issue 20 item 3): the vision encoder and projection, per image tile
+VISION_TILES = "per image tile"
+OCCURRENCES += (VISION_TILES,)
 
 Formula = Callable[[ModelShape, int, int], int]
 
@@ -74,6 +77,18 @@ class ComponentSpec:
     formula: Formula
     attention_core: bool = False
     hardware_only: bool = False
+    # frozen weights (issue 20 item 3): which trainable part the matmul belongs to
+    # (shapes.PARTS), whether it has no weight operand (both operands are activations, as in
+    # the attention core), and whether it is the first matmul of its part (its input then
+    # carries no gradient from inside the part: the patch embedding reads pixels)
+    part: str = "language"
+    weightless: bool = False
+    first_in_part: bool = False
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether one operand is a weight (its backward has a weight-gradient matmul)."""
+        return not (self.attention_core or self.weightless)
 
     @property
     def description(self) -> str:
@@ -99,16 +114,21 @@ REGISTRY: Dict[str, ComponentSpec] = {}
 
 
 def register_component(name: str, occurs: str, title: str, matmul: str, flops_text: str,
-                       attention_core: bool = False, hardware_only: bool = False):
+                       attention_core: bool = False, hardware_only: bool = False,
+                       part: str = "language", weightless: bool = False,
+                       first_in_part: bool = False):
     """Decorator: declare the component ``name`` whose forward FLOPs the function computes."""
     if occurs not in OCCURRENCES:
         raise ValueError(f"occurs must be one of {OCCURRENCES}, got {occurs!r}")
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
 
     def register(formula: Formula) -> Formula:
         if name in REGISTRY:
             raise ValueError(f"component {name!r} is already registered")
         REGISTRY[name] = ComponentSpec(name, occurs, title, matmul, flops_text, formula,
-                                       attention_core, hardware_only)
+                                       attention_core, hardware_only, part, weightless,
+                                       first_in_part)
         return formula
     return register
 
@@ -252,21 +272,22 @@ def moe_coefficient_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 
 # every token visits its top-k experts, each a full MLP of fe = --moe-ffn-hidden-size (default
 # f) (no capacity dropping counted)
-@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × h]·[h × fe]", "k·2·T·h·fe")
+# (he: the experts' width, h, or L with latent MoE, --moe-latent-size: they run in latent space)
+@register_component("expert_up", MOE_LAYERS, "experts up", "k × [T × he]·[he × fe]", "k·2·T·he·fe")
 def expert_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * matmul_flops(s, model.hidden_size, model.expert_ffn_hidden_size)
+    return model.moe_topk * matmul_flops(s, model.expert_hidden_size, model.expert_ffn_hidden_size)
 
 
-@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × h]·[h × fe]",
-                    "k·2·T·h·fe·glu")
+@register_component("expert_gate", MOE_LAYERS, "experts gate (GLU)", "k × [T × he]·[he × fe]",
+                    "k·2·T·he·fe·glu")
 def expert_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return expert_up_flops(model, s, experts) if model.glu else 0
 
 
-@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × h]",
-                    "k·2·T·fe·h")
+@register_component("expert_down", MOE_LAYERS, "experts down", "k × [T × fe]·[fe × he]",
+                    "k·2·T·fe·he")
 def expert_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
-    return model.moe_topk * matmul_flops(s, model.expert_ffn_hidden_size, model.hidden_size)
+    return model.moe_topk * matmul_flops(s, model.expert_ffn_hidden_size, model.expert_hidden_size)
 
 
 # shared experts (--moe-shared-expert-intermediate-size fs: the total size of all of them):
@@ -306,6 +327,125 @@ def logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
 @register_component("mtp_logits", ONCE, "MTP logits", "m × [T × h]·[h × V]", "m·2·T·h·V")
 def mtp_logits_flops(model: ModelShape, s: int, experts: int = 1) -> int:
     return model.mtp_num_layers * logits_flops(model, s)
+
+
+# ---- issue 20 item 2: Megatron-Core's attention output gate, latent MoE, shared-expert gate --
+# (declared after the rows above, so every table keeps its earlier order)
+
+# --attention-output-gate: linear_qkv is n·d columns wider (Attention.__init__:
+# linear_qkv_out_dim += kv_channels · heads), the gate; its sigmoid times the core attention's
+# output is elementwise (not counted)
+@register_component("attention_gate", EVERY_LAYER, "attention output gate",
+                    "[T × h]·[h × n·d]", "2·T·h·n·d·gate")
+def attention_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not model.attention_output_gate:
+        return 0
+    return matmul_flops(s, model.hidden_size, model.query_projection_size)
+
+
+# --moe-latent-size L: MoELayer.fc1_latent_proj (h -> L) on every token before dispatch,
+# fc2_latent_proj (L -> h) on every token after combine; the routed experts run L -> fe -> L
+# (expert_up/gate/down above), the router and the shared experts stay at h
+@register_component("moe_latent_down", MOE_LAYERS, "latent MoE down-projection",
+                    "[T × h]·[h × L]", "2·T·h·L")
+def moe_latent_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if model.moe_latent_size is None:
+        return 0
+    return matmul_flops(s, model.hidden_size, model.moe_latent_size)
+
+
+@register_component("moe_latent_up", MOE_LAYERS, "latent MoE up-projection",
+                    "[T × L]·[L × h]", "2·T·L·h")
+def moe_latent_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if model.moe_latent_size is None:
+        return 0
+    return matmul_flops(s, model.moe_latent_size, model.hidden_size)
+
+
+# --moe-shared-expert-gate: SharedExpertMLP's gate_weight, F.linear(x, [1 × h]) per token;
+# its sigmoid scales the shared experts' output (elementwise)
+@register_component("shared_expert_output_gate", MOE_LAYERS, "shared-expert gate",
+                    "[T × h]·[h × 1]", "2·T·h·sg")
+def shared_expert_output_gate_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    if not (model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size):
+        return 0
+    return matmul_flops(s, model.hidden_size, 1)
+
+
+# ---- vision-language runs (issue 20 item 3) ---------------------------------------------------
+# LLaVAModel runs its ViT on every image tile of the sample (t tiles), projects the image
+# embeddings into the language model, and runs the language model (the rows above) at the
+# decoder length.  Per tile: P = (img_h/p)·(img_w/p) patches, Sv = P + class tokens ViT tokens,
+# N image embeddings (Sv, less dropped class tokens, a quarter of it after the pixel shuffle),
+# hi the projection's input width (hv, 4·hv after the pixel shuffle), fp its hidden size (h
+# for an affine projection, mlp = 0 then); the ViT has lv layers of hv, nv heads of kv, gv
+# query groups, an MLP of fv (gluv = 1 when gated).
+# The ViT's layers are the layer rows above at the vision shape (hv, its heads, ffn) and Sv
+# tokens, split into the weight matmuls and the attention core; the ViT's attention has no
+# causal mask, so its core is never halved.  Zero without a vision encoder.
+
+_LAYER_OCCURRENCES = (EVERY_LAYER, DENSE_LAYERS)
+
+
+def _vision_layer_flops(model: ModelShape, core: bool) -> int:
+    """Forward FLOPs of all the ViT's layers on one tile: its attention core (``core``) or
+    every other layer matmul, from the language rows evaluated at the vision shape."""
+    vision = model.vision
+    if vision is None:
+        return 0
+    vit = vision.transformer
+    per_layer = sum(spec.formula(vit, vision.seq_length, 1) for spec in REGISTRY.values()
+                    if spec.part == "language" and spec.occurs in _LAYER_OCCURRENCES
+                    and spec.attention_core == core and not spec.hardware_only)
+    return vit.num_layers * per_layer
+
+
+@register_component("vision_patch_embedding", VISION_TILES, "ViT patch embedding",
+                    "t × [P × c]·[c × hv], c = 3·p²", "2·B·t·P·c·hv", part="vision",
+                    first_in_part=True)
+def vision_patch_embedding_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    # a p×p stride-p convolution over 3 channels is this matmul (RADIO's is a linear)
+    vision = model.vision
+    if vision is None:
+        return 0
+    return vision.tiles * matmul_flops(vision.patches, vision.patch_size,
+                                       vision.transformer.hidden_size)
+
+
+@register_component("vision_layers", VISION_TILES, "ViT layers (projections, MLP)",
+                    "t·lv × the layer rows at [Sv × hv]",
+                    "2·B·t·lv·Sv·hv·(2·nv·kv + 2·gv·kv + (2 + gluv)·fv)",
+                    part="vision")
+def vision_layers_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return 0 if model.vision is None else model.vision.tiles * _vision_layer_flops(model, False)
+
+
+@register_component("vision_attention", VISION_TILES, "ViT attention core (no mask)",
+                    "t·lv·nv × [Sv × kv]·[kv × Sv], [Sv × Sv]·[Sv × kv]",
+                    "4·B·t·lv·nv·Sv²·kv", part="vision", weightless=True)
+def vision_attention_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    return 0 if model.vision is None else model.vision.tiles * _vision_layer_flops(model, True)
+
+
+@register_component("vision_projection_up", VISION_TILES, "vision projection (fc1 / affine)",
+                    "t × [N × hi]·[hi × fp] (affine: fp = h)", "2·B·t·N·hi·fp",
+                    part="projector", first_in_part=True)
+def vision_projection_up_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    vision = model.vision
+    if vision is None:
+        return 0
+    out = vision.projector_ffn_hidden_size if vision.projector == "mlp" else model.hidden_size
+    return vision.tiles * matmul_flops(vision.image_embeddings, vision.projector_input_size, out)
+
+
+@register_component("vision_projection_down", VISION_TILES, "vision projection fc2 (mlp)",
+                    "t × [N × fp]·[fp × h]", "2·B·t·N·fp·h·mlp", part="projector")
+def vision_projection_down_flops(model: ModelShape, s: int, experts: int = 1) -> int:
+    vision = model.vision
+    if vision is None or vision.projector != "mlp":
+        return 0
+    return vision.tiles * matmul_flops(vision.image_embeddings, vision.projector_ffn_hidden_size,
+                                       model.hidden_size)
 
 
 def markdown_table() -> str:

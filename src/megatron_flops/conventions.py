@@ -28,9 +28,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from .errors import UsageError
 from .flops import flops_breakdown, layer_kinds
 from .legacy import bigscience_flops_per_iteration, legacy_error, microsoft_flops_per_iteration
-from .params import ParameterCount, layer_kind_parameters, parameter_count
+from .params import ParameterCount, expert_parameters, layer_kind_parameters, parameter_count
 from .report import format_flops, format_optional, format_percent, table
-from .shapes import NO_RECOMPUTE, ModelShape, Recompute
+from .shapes import NO_RECOMPUTE, QUICK_GEGLU, ModelShape, Recompute
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,13 @@ def _inactive_expert_parameters(facts: RunFacts) -> int:
     m = facts.model
     if not m.is_moe:
         return 0
-    dense = replace(m, num_experts=1)
+    # one expert's MLP, counted directly: the difference of an MoE and a dense layer was that
+    # only when the experts matched the dense MLP (no --moe-ffn-hidden-size, no shared experts,
+    # no latent projections); with --moe-ffn-hidden-size it went negative
+    one_mlp = expert_parameters(m)
     inactive = 0
     for (experts, mtp, _, _), layers in layer_kinds(m).items():  # one evaluation per kind
         if experts != 1 and not mtp:  # decoder layers (conventions leave MTP layers out)
-            one_mlp = (layer_kind_parameters(m, experts) - m.hidden_size * experts
-                       - layer_kind_parameters(dense, 1)) // (experts - 1)
             inactive += layers * (experts - m.moe_topk) * one_mlp
     return inactive
 
@@ -231,8 +232,26 @@ def _microsoft(f: RunFacts) -> float:
 # counted from our shape (its --moe-layer-freq pattern gives the same count for the same
 # model).  All are model FLOPs: none counts recomputation.
 
+def _as_megatron_lm_sees(f: RunFacts) -> RunFacts:
+    """A vision-language run as Megatron-LM's formula sees it (issue 20 item 3): the multimodal
+    example's model provider overwrites ``args.seq_length`` with the image embeddings of one
+    tile (``get_num_image_embeddings``, tile tags included) and the formula reads only the
+    language flags — so it counts the language model alone, at that length instead of
+    ``--decoder-seq-length``, no ViT, no projection, and 3 passes whatever is frozen."""
+    vision = f.model.vision
+    if vision is None:
+        return f
+    # model.py calls get_num_image_embeddings with class_token_len=1 whatever the ViT has (RADIO
+    # keeps 8): one class token when they are kept, none for SigLIP
+    kept = vision.patches + (1 if vision.class_tokens and not vision.drop_class_tokens else 0)
+    embeddings = kept // 4 if vision.pixel_shuffle else kept
+    return replace(f, model=replace(f.model, vision=None, frozen=frozenset()),
+                   seq_length=embeddings + vision.tile_tag_tokens)
+
+
 def _megatron_2023_11(f: RunFacts) -> float:
     # ffn = 4h, no GLU, d = h/n: 60·B·s·l·h²·(1 + g/(5n) + s/(5h) + V/(10·l·h))
+    f = _as_megatron_lm_sees(f)
     m = f.model
     B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
                            m.num_attention_heads, m.num_query_groups, m.vocab_size)
@@ -245,13 +264,14 @@ def _megatron_2024(f: RunFacts, glu_counted: bool, kv_channels_counted: bool,
     # + V/(2·l·h)); every layer's MLP times top-k when the model has experts (from 0d389f5e
     # with --moe-ffn-hidden-size as f), every layer's shared experts S (from 1fa9464e);
     # n·d/h = 1 before kv_channels was counted
+    f = _as_megatron_lm_sees(f)
     m = f.model
     B, s, l, h, n, g, V = (f.batch_size, f.seq_length, m.num_layers, m.hidden_size,
                            m.num_attention_heads, m.num_query_groups, m.vocab_size)
     routed = m.moe_topk if m.is_moe else 1
     ffn = m.expert_ffn_hidden_size if (moe_ffn_counted and m.is_moe) else m.ffn_hidden_size
     shared = m.shared_expert_ffn_hidden_size if shared_counted else 0
-    glu = 3 / 2 if (glu_counted and m.glu) else 1
+    glu = 3 / 2 if (glu_counted and m.glu and m.glu_activation != QUICK_GEGLU) else 1  # args.swiglu
     query_ratio = m.query_projection_size / h if kv_channels_counted else 1
     return 12 * B * s * l * h * h * ((1 + g / n + s / h) * query_ratio
                                      + (ffn / h) * routed * glu + (shared / h) * glu
@@ -269,12 +289,14 @@ def _megatron_attention_terms(m: ModelShape, mla_counted: bool) -> Tuple[float, 
         kv = m.kv_lora_rank * (h + n * (qk + v) + 1) + h * pos
         return 6 * (q + kv + n * v * h), 6 * (n * (qk + pos) / 2 + n * v / 2)
     query, key = m.query_projection_size, m.kv_projection_size
-    return 6 * (h * (query + 2 * key) + query * h), 6 * query / 2 * 2
+    gate = query if m.attention_output_gate else 0  # --attention-output-gate (20d66d5c)
+    return 6 * (h * (query + 2 * key + gate) + query * h), 6 * query / 2 * 2
 
 
 def _megatron_lm_flops(facts: RunFacts, mtp_and_mla_counted: bool = True,
                        seqlen_squared_sum: Optional[float] = None,
                        real_tokens: Optional[float] = None) -> float:
+    facts = _as_megatron_lm_sees(facts)
     m = facts.model
     h, V = m.hidden_size, m.vocab_size
     tokens = facts.tokens if real_tokens is None else real_tokens
@@ -288,10 +310,15 @@ def _megatron_lm_flops(facts: RunFacts, mtp_and_mla_counted: bool = True,
     else:
         dense_layers += mtp
     layers = m.num_layers + mtp
-    ffn_gemms = 3 if m.glu else 2
-    mlp = 6 * h * ffn_gemms * (m.ffn_hidden_size * dense_layers
-                               + (m.expert_ffn_hidden_size * m.moe_topk
-                                  + m.shared_expert_ffn_hidden_size) * moe_layers)
+    # Megatron-LM reads args.swiglu: --quick-geglu (a GLU all the same) is counted as 2 GEMMs
+    ffn_gemms = 3 if m.glu and m.glu_activation != QUICK_GEGLU else 2
+    # --moe-latent-size L (b51db3e0, fixed a4008d0f): routed experts at L (× L/h), plus the
+    # h -> L and L -> h projections; the router and the shared-expert gate stay uncounted
+    routed = m.expert_ffn_hidden_size * m.moe_topk * ffn_gemms
+    if m.moe_latent_size is not None:
+        routed = routed * m.moe_latent_size / h + 2 * m.moe_latent_size
+    mlp = 6 * h * (ffn_gemms * m.ffn_hidden_size * dense_layers
+                   + (routed + ffn_gemms * m.shared_expert_ffn_hidden_size) * moe_layers)
     attention, core = _megatron_attention_terms(m, mla_counted=mtp_and_mla_counted)
     mtp_projections = 6 * mtp * (3 * h + 2 * h * h)  # eh projection 2h -> h, and 3h for norms
     logits = 6 * h * V * (1 + mtp)
@@ -389,6 +416,133 @@ def megatron_lm_era(when: str) -> MegatronLMEra:
     return chosen
 
 
+# ---- NVIDIA Megatron-Bridge, by era -----------------------------------------------------
+# Read from NVIDIA-NeMo/Megatron-Bridge src/megatron/bridge/training/utils/flop_utils.py
+# ``num_floating_point_operations(cfg, batch_size, seqlen_sum, seqlen_squared_sum, …)`` at each
+# commit below (git log on the file).  Its transformer path is Megatron-LM's 2025-04 formula
+# read from ``cfg.model`` (a Megatron-Core TransformerConfig): padded vocabulary, causal ½,
+# MTP and MLA terms, no router, never recompute.  Where it differs: which GLU it counts, and
+# sliding-window layers.  Model FLOPs only.
+
+def _bridge_window_layers(m: ModelShape, layers: int) -> int:
+    """How many of Bridge's ``layers`` (decoder + MTP) it counts as sliding-window: with no
+    ``window_attn_skip_freq`` all, an int N all but every N-th (1-based), a list its first
+    ``layers`` entries (MTP layers past the list count as full attention)."""
+    skip = m.window_attn_skip_freq
+    if skip is None:
+        return layers
+    if isinstance(skip, int):
+        return sum(1 for i in range(layers) if (i + 1) % skip != 0)
+    return sum(skip[:layers])
+
+
+def _megatron_bridge_flops(facts: RunFacts, glu_any: bool, window: Optional[str],
+                           seqlen_squared_sum: Optional[float] = None) -> float:
+    # glu_any False: the 3/2 GLU factor only with activation_func == F.silu (SwiGLU): GeGLU,
+    # ReGLU count as a plain MLP.  window None: every layer full causal; "min": a window
+    # layer's core attention × min(W, s)/s (eaddead3f); "band": W − W(W−1)/(2s) keys per
+    # query (baa0259b).  W = window + 1 (Megatron-Core's (w, 0) window: w keys behind + self).
+    m = facts.model
+    if m.glu and not glu_any and m.glu_activation != "swiglu":
+        facts = replace(facts, model=replace(m, glu_activation=None))  # counted as 2 GEMMs
+    total = _megatron_lm_flops(facts, True, seqlen_squared_sum)
+    if window is None or m.window_size is None or m.multi_latent_attention:
+        return total
+    s = facts.seq_length
+    squares = facts.batch_size * s ** 2 if seqlen_squared_sum is None else seqlen_squared_sum
+    full_context = squares / facts.tokens / 2  # keys per query, causal (s/2 for BSHD)
+    w = m.window_size + 1
+    if window == "min":
+        context = min(w, s) / 2
+    else:
+        context = w - w * (w - 1) / (2 * s) if w < s else full_context
+    windowed = _bridge_window_layers(m, m.num_layers + m.mtp_num_layers)
+    # core attention per layer: 6 (3 passes × 2 per MAC) · 2 matmuls · n·d · keys per query
+    per_key = 12 * m.query_projection_size * facts.tokens
+    return total + windowed * per_key * (context - full_context)
+
+
+def megatron_bridge_current_flops(facts: RunFacts,
+                                  seqlen_squared_sum: Optional[float] = None) -> float:
+    """Megatron-Bridge's formula today (4a3f2c2e, 2026-08-21; unchanged for our shapes since
+    baa0259b, 2026-05-28): Megatron-LM's 2025-04 terms (:func:`megatron_lm_current_flops`,
+    every GLU × 3/2) with sliding-window layers' core attention over the causal band,
+    ``W − W·(W−1)/(2s)`` keys per query (``W`` = window + 1; ``s/2`` once ``W ≥ s``).
+    ``seqlen_squared_sum``: Σsᵢ² of the *unpadded* packed sub-sequences (its THD statistic,
+    from ``cu_seqlens_unpadded``); the linear terms stay on the padded ``B·s`` tokens."""
+    return _megatron_bridge_flops(facts, glu_any=True, window="band",
+                                  seqlen_squared_sum=seqlen_squared_sum)
+
+
+@dataclass(frozen=True)
+class MegatronBridgeEra:
+    """One state of Megatron-Bridge's ``num_floating_point_operations``."""
+
+    name: str          # convention name, megatron-bridge@YYYY-MM
+    since: str         # commit date (ISO)
+    commit: str        # the commit that introduced it
+    change: str
+    flops: Callable[[RunFacts], float]
+
+
+MEGATRON_BRIDGE_ERAS: Tuple[MegatronBridgeEra, ...] = (
+    MegatronBridgeEra("megatron-bridge@2025-09", "2025-09-26", "d42316e94",
+                      "added: Megatron-LM's 2025-04 terms from cfg.model; GLU × 3/2 only with "
+                      "activation_func F.silu; windows ignored (releases 0.1–0.3.x)",
+                      lambda f: _megatron_bridge_flops(f, glu_any=False, window=None)),
+    MegatronBridgeEra("megatron-bridge@2026-03", "2026-03-31", "eaddead3f",
+                      "sliding-window layers: core attention × min(W, s)/s",
+                      lambda f: _megatron_bridge_flops(f, glu_any=False, window="min")),
+    MegatronBridgeEra("megatron-bridge@2026-05", "2026-05-28", "baa0259bd",
+                      "every GLU × 3/2; window layers over the causal band W − W(W−1)/(2s)",
+                      megatron_bridge_current_flops),
+    MegatronBridgeEra("megatron-bridge@2026-06", "2026-06-30", "d12548a3c",
+                      "THD: core attention from Σsᵢ² of the unpadded sub-sequences (linear terms "
+                      "on padded tokens); over-counted × VPP chunks until 2a3c297f (2026-07-08)",
+                      megatron_bridge_current_flops),
+)
+
+# Eras whose count differs for the shapes we describe (BSHD; the rest equal their predecessor).
+MEGATRON_BRIDGE_DISTINCT_ERAS = ("megatron-bridge@2025-09", "megatron-bridge@2026-03")
+
+
+def megatron_bridge_era(when: str) -> MegatronBridgeEra:
+    """The era of Megatron-Bridge's formula at ``when``: a date (``2026-04-01``; a month
+    ``2026-03`` means its last day), an era commit (7+ hex digits) or a release (``0.3.1``,
+    ``v0.4.0``)."""
+    text = when.strip().lower()
+    release = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:rc\d+)?", text)
+    if release:
+        # each release's flop_utils.py read at its tag: 0.1.0rc3 … 0.4.2 the 2025-09 formula,
+        # 0.5.x the 2026-05 one (Σsᵢ² already), 0.6.0 (2026-08-19) today's
+        minor = (int(release.group(1)), int(release.group(2)))
+        name = ("megatron-bridge@2025-09" if minor < (0, 5) else
+                "megatron-bridge@2026-05" if minor < (0, 6) else "megatron-bridge@2026-06")
+        return next(era for era in MEGATRON_BRIDGE_ERAS if era.name == name)
+    if re.fullmatch(r"[0-9a-f]{7,40}", text):
+        for era in MEGATRON_BRIDGE_ERAS:
+            if era.commit.startswith(text) or text.startswith(era.commit):
+                return era
+        raise UsageError(f"Megatron-Bridge commit {when!r} is not one of the commits that "
+                         "changed num_floating_point_operations; give its date instead "
+                         "(git log -1 --format=%cs COMMIT)")
+    month = re.fullmatch(r"(\d{4})-(\d{2})", text)
+    if month:
+        text = f"{text}-31"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise UsageError(f"Megatron-Bridge era {when!r} must be a date YYYY-MM[-DD], a commit "
+                         "or a release (0.3.1)")
+    chosen = None
+    for era in MEGATRON_BRIDGE_ERAS:
+        if era.since <= text:
+            chosen = era
+    if chosen is None:
+        raise UsageError(f"Megatron-Bridge logged no TFLOP/s before "
+                         f"{MEGATRON_BRIDGE_ERAS[0].commit} ({MEGATRON_BRIDGE_ERAS[0].since}); "
+                         f"{when!r} is earlier")
+    return chosen
+
+
 # ---- the registry ----------------------------------------------------------------------
 
 _NN = "N = all parameters (tied embedding once, untied output layer in, positions in)"
@@ -444,6 +598,20 @@ CONVENTIONS: Tuple[Convention, ...] = (
                era.flops)
     for era in MEGATRON_LM_ERAS if era.name in MEGATRON_LM_DISTINCT_ERAS
 ) + (
+    # NVIDIA Megatron-Bridge (issue 21)
+    Convention("megatron-bridge", "Megatron-Bridge today (Megatron-LM 2025-04 terms, every "
+               "GLU, window layers over the causal band)",
+               "NVIDIA-NeMo/Megatron-Bridge src/megatron/bridge/training/utils/flop_utils.py "
+               "num_floating_point_operations at 4a3f2c2e",
+               "no N: GEMMs from cfg.model (logits in, router out, recompute never)", "model",
+               megatron_bridge_current_flops),
+) + tuple(
+    Convention(era.name, era.change, f"NVIDIA-NeMo/Megatron-Bridge {era.commit} ({era.since}) "
+               "flop_utils.py num_floating_point_operations",
+               "no N: GEMMs from cfg.model (logits in, router out, recompute never)", "model",
+               era.flops)
+    for era in MEGATRON_BRIDGE_ERAS if era.name in MEGATRON_BRIDGE_DISTINCT_ERAS
+) + (
     Convention("bigscience", "Narayanan et al. Eq. 3 × 32/24 with GLU, factor 4 with "
                "--checkpoint-activations",
                "bigscience-workshop/Megatron-DeepSpeed 8387ae17 training.py training_log "
@@ -468,8 +636,14 @@ def convention(name: str) -> Convention:
         era = megatron_lm_era(name.split("@", 1)[1])
         return Convention(era.name, era.change, f"NVIDIA/Megatron-LM {era.commit} ({era.since})",
                           "no N: GEMMs from args", "model", era.flops)
+    if name.startswith("megatron-bridge@"):
+        bridge = megatron_bridge_era(name.split("@", 1)[1])
+        return Convention(bridge.name, bridge.change,
+                          f"NVIDIA-NeMo/Megatron-Bridge {bridge.commit} ({bridge.since})",
+                          "no N: GEMMs from cfg.model", "model", bridge.flops)
     raise UsageError(f"--convention must be one of {', '.join(CONVENTIONS_BY_NAME)} "
-                     f"(or megatron-lm@YYYY-MM[-DD] / megatron-lm@COMMIT), got {name!r}")
+                     f"(or megatron-lm@YYYY-MM[-DD] / megatron-lm@COMMIT, "
+                     f"megatron-bridge@YYYY-MM[-DD] / @COMMIT / @RELEASE), got {name!r}")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import components
-from .components import ONCE, REGISTRY, register_component
+from .components import ONCE, REGISTRY, VISION_TILES, register_component
 from .errors import ShapeError, UsageError
-from .shapes import NO_RECOMPUTE, ModelShape, Recompute
+from .shapes import NO_RECOMPUTE, PARTS, ModelShape, Recompute
 
 
 def __getattr__(attribute: str):
@@ -162,6 +162,35 @@ def layer_kinds(model: ModelShape, recompute: Recompute = NO_RECOMPUTE,
     return {kind: count for kind, count in kinds.items() if count}
 
 
+# ---- per pipeline stage (issue 22): the kinds of a subset of the layers ---------------------
+def stage_layer_kinds(model: ModelShape, layers: Sequence[int], recompute: Recompute = NO_RECOMPUTE,
+                      pipeline_parallel_size: int = 1) -> Dict[LayerKind, int]:
+    """:func:`layer_kinds` of the layers ``layers`` only (0-based; ``num_layers`` on: MTP).
+
+    Which layers are recomputed is decided over the whole model (block recompute: the first
+    ``--recompute-num-layers`` of each real stage), so a stage's kinds are its share of the
+    whole model's, and the kinds of stages that partition the layers add up to
+    :func:`layer_kinds`.
+    """
+    every = recompute.recomputes_every_layer
+    partial = (recompute.recomputed_layers(model.num_layers, pipeline_parallel_size,
+                                           model.mtp_num_layers)
+               if recompute.granularity == "full" and not every else frozenset())
+    kinds: Counter = Counter()
+    decoder = getattr(layers, "layers", None)  # a stage's range of transformer layers
+    if (decoder is not None and not model.is_moe and model.window_attn_skip_freq is None
+            and not partial):
+        # every decoder layer alike: counted, not visited (a stage may hold 10⁸ layers)
+        count = max(0, decoder.stop - decoder.start)   # len() stops at 2⁶³ layers
+        if count:
+            kinds[(1, False, model.window_size is not None, every)] += count
+        layers = layers.mtp_layers
+    for index in layers:
+        kinds[(model.experts_in_layer(index), index >= model.num_layers,
+               model.windowed_layer(index), every or index in partial)] += 1
+    return dict(kinds)
+
+
 @dataclass(frozen=True)
 class Component:
     """FLOPs of one component over a whole iteration (all layers, all samples)."""
@@ -170,6 +199,12 @@ class Component:
     forward: int
     backward: int
     recompute: int
+    # frozen weights (issue 20 item 3): the weight-gradient part of ``backward`` (None: half of
+    # it, both gradients), and input-gradient work the framework runs that training does not
+    # need (Megatron's linear computes dX whenever its weight trains, even on a frozen part's
+    # output): in hardware FLOPs only
+    weight_gradient: Optional[int] = None
+    extra_backward: int = 0
 
     @property
     def model_flops(self) -> int:
@@ -178,7 +213,7 @@ class Component:
 
     @property
     def hardware_flops(self) -> int:
-        return self.forward + self.backward + self.recompute
+        return self.forward + self.backward + self.recompute + self.extra_backward
 
     @property
     def description(self) -> str:
@@ -240,7 +275,9 @@ class Breakdown:
             "causal": self.causal,
             "flops_per_iteration": {"model": self.model_flops, "hardware": self.hardware_flops},
             "components": [
-                {"name": c.name, "forward": c.forward, "backward": c.backward, "recompute": c.recompute}
+                {"name": c.name, "forward": c.forward, "backward": c.backward, "recompute": c.recompute,
+                 # only where the framework runs backward work training does not need
+                 **({"extra_backward": c.extra_backward} if c.extra_backward else {})}
                 for c in self.components
             ],
         }
@@ -254,6 +291,9 @@ def flops_breakdown(
     pipeline_parallel_size: int = 1,
     causal: bool = False,
     document_lengths: Optional[Sequence[Sequence[int]]] = None,
+    layer_indices: Optional[Sequence[int]] = None,
+    output_layer: bool = True,
+    input_layer: bool = True,
 ) -> Breakdown:
     """Per-component forward, backward and recompute FLOPs of one iteration.
 
@@ -265,6 +305,11 @@ def flops_breakdown(
     Multi-token-prediction layers (``model.mtp_num_layers``) are counted as layers.
     Components that are zero for this model (e.g. ``mlp_gate`` without a GLU, MoE terms in
     a dense model) are left out.
+    ``layer_indices`` (one pipeline stage, :mod:`megatron_flops.pipeline`): count only these layers
+    (0-based indices, MTP layers from ``num_layers`` on) instead of all; ``output_layer``:
+    whether the logits, MTP logits and a distillation teacher's forward are counted (the
+    stage that holds the output layer and the loss); ``input_layer``: whether a vision-language
+    run's vision encoder and projection are counted (the stage with the input embedding).
     """
     if seq_length <= 0:
         raise ShapeError(f"--seq-length must be a positive integer, got {seq_length}")
@@ -278,8 +323,9 @@ def flops_breakdown(
     forward: Dict[str, int] = dict.fromkeys(names, 0)
     recomputed: Dict[str, int] = dict.fromkeys(names, 0)
     selective = recompute.granularity == "selective"
-    for (experts, mtp_layer, windowed, is_recomputed), layers in layer_kinds(
-            model, recompute, pipeline_parallel_size).items():
+    kinds = (layer_kinds(model, recompute, pipeline_parallel_size) if layer_indices is None else
+             stage_layer_kinds(model, layer_indices, recompute, pipeline_parallel_size))
+    for (experts, mtp_layer, windowed, is_recomputed), layers in kinds.items():
         # per sample, times B; with documents, the attention core is already the whole
         # batch's (every document attends only to itself, so the batch's documents are summed)
         terms = {name: flops if documents is not None and REGISTRY[name].attention_core
@@ -291,9 +337,17 @@ def flops_breakdown(
             if is_recomputed or (selective and _selective_reruns(recompute, name, experts)):
                 recomputed[name] += layers * flops
     for name, spec in REGISTRY.items():
-        if spec.occurs == ONCE and not spec.hardware_only:  # outside the layers: never recomputed
+        if spec.occurs == ONCE and not spec.hardware_only and output_layer:
+            # outside the layers: never recomputed
             forward[name] = spec.formula(model, seq_length, 1) * batch_size
-    if model.teacher is not None:
+    if model.vision is not None and input_layer:
+        # the vision encoder and projection, on every tile (on the stage with the embedding)
+        for name, spec in REGISTRY.items():
+            if spec.occurs == VISION_TILES:
+                forward[name] = spec.formula(model, seq_length, 1) * batch_size
+                if _vision_recomputed(model, recompute, name):
+                    recomputed[name] = forward[name]
+    if model.teacher is not None and output_layer:
         # --kd/--mos: the teacher's forward on the same tokens, under the same attention
         # convention; no backward, no recompute (it runs under torch.no_grad)
         forward["teacher_forward"] = flops_breakdown(
@@ -305,9 +359,14 @@ def flops_breakdown(
         fwd = forward[name]
         if fwd == 0:
             continue
-        backward = 0 if REGISTRY[name].hardware_only else 2 * fwd
+        spec = REGISTRY[name]
+        backward = backward_flops(spec, fwd, model)
+        # a recomputed forward is re-run only for a backward through it (none: nothing re-runs)
         components.append(
-            Component(name=name, forward=fwd, backward=backward, recompute=recomputed[name])
+            Component(name=name, forward=fwd, backward=backward,
+                      recompute=recomputed[name] if backward else 0,
+                      weight_gradient=fwd if backward and _weight_trains(spec, model) else 0,
+                      extra_backward=fwd if _unneeded_input_gradient(spec, model) else 0)
         )
     return Breakdown(
         batch_size=batch_size,
@@ -316,6 +375,74 @@ def flops_breakdown(
         recompute=recompute,
         causal=causal,
     )
+
+
+# ---- frozen weights (issue 20 item 3) -------------------------------------------------------
+# The backward of a matmul Y = X·W is two matmuls of its forward's size: the input gradient
+# dX = dY·Wᵀ and the weight gradient dW = Xᵀ·dY.  Autograd runs dW only where W trains
+# (requires_grad) and dX only where something before X trains (X requires grad): so a frozen
+# part's matmuls keep dX while a trained part runs before them (the frozen language model of
+# a LLaVA run whose projection trains), and run nothing at all where nothing before them trains
+# (the ViT under --freeze-ViT); the first matmul of a part (the patch embedding, on pixels)
+# has no dX from inside its part.  A weightless matmul (attention core: Q·Kᵀ, A·V) has two
+# input gradients.  With nothing frozen this is 2 × forward everywhere but the patch embedding.
+
+def input_gradient_needed(spec: "components.ComponentSpec", model: ModelShape) -> bool:
+    """Whether autograd computes the gradient w.r.t. this component's activation input(s):
+    some weight before it in the forward pass trains."""
+    position = PARTS.index(spec.part)
+    before = [part for part in PARTS[:position] if _has_part(model, part)]
+    if any(part not in model.frozen for part in before):
+        return True
+    return spec.part not in model.frozen and not spec.first_in_part
+
+
+def backward_flops(spec: "components.ComponentSpec", forward: int, model: ModelShape) -> int:
+    """Backward FLOPs of a component whose forward is ``forward``, under ``model.frozen``:
+    ``forward`` per gradient autograd computes (input, weight; two inputs when weightless)."""
+    if spec.hardware_only:  # the distillation teacher: forward only
+        return 0
+    dx = input_gradient_needed(spec, model)
+    if not spec.has_weights:
+        return 2 * forward if dx else 0
+    return forward * (int(dx) + int(_weight_trains(spec, model)))
+
+
+def _weight_trains(spec: "components.ComponentSpec", model: ModelShape) -> bool:
+    return spec.has_weights and not spec.hardware_only and spec.part not in model.frozen
+
+
+def _unneeded_input_gradient(spec: "components.ComponentSpec", model: ModelShape) -> bool:
+    """Megatron-Core's linear (``LinearWithGradAccumulationAndAsyncCommunication``) computes
+    ``dX = dY·W`` in every backward it runs, i.e. whenever its weight trains, needed or not:
+    the first matmul of a trained part whose input carries no gradient (the projection after
+    a frozen ViT; RADIO's linear patch embedding on pixels) still runs it.  A convolution
+    (CLIP/SigLIP/InternViT's patch embedding) does not: torch asks only for the gradients
+    needed."""
+    if not (spec.first_in_part and _weight_trains(spec, model)):
+        return False
+    if input_gradient_needed(spec, model):
+        return False  # counted in backward already
+    if spec.name == "vision_patch_embedding":
+        return model.vision is not None and model.vision.linear_patch_embedding
+    return True
+
+
+def _has_part(model: ModelShape, part: str) -> bool:
+    return part == "language" or model.vision is not None
+
+
+def _vision_recomputed(model: ModelShape, recompute: Recompute, name: str) -> bool:
+    """Whether ``--recompute-vision`` re-runs this vision row: the examples' model provider
+    keeps the run's granularity for the ViT (full: every ViT layer, recompute_num_layers =
+    its layers; selective: the modules named, of which only core_attn has a ViT row of its
+    own); the projection is never recomputed."""
+    if not model.vision.recompute or name not in ("vision_layers", "vision_attention"):
+        return False
+    if recompute.granularity == "full":
+        return True
+    return (recompute.granularity == "selective" and name == "vision_attention"
+            and "core_attn" in recompute.modules)
 
 
 # What each selective recompute module re-runs (Megatron-Core at d98e8a64): ``core_attn`` the

@@ -97,6 +97,10 @@ class Fp8Recipe:
 # Components that are never Transformer Engine GEMMs, whatever the recipe: the router is a
 # plain linear layer kept in higher precision.
 ALWAYS_BF16 = ("moe_router",)
+# issue 20 item 2: --moe-shared-expert-gate is SharedExpertMLP's own torch F.linear (no TE
+# module); the attention gate's columns are in linear_qkv and latent MoE's projections are
+# TELinear modules, FP8 like the layer's other linears
+ALWAYS_BF16 += ("shared_expert_output_gate",)
 
 
 def fp8_fraction(model: ModelShape, component: str, recipe: Fp8Recipe) -> float:
@@ -151,8 +155,9 @@ def fp8_flops(breakdown: Breakdown, model: ModelShape, recipe: Fp8Recipe,
     totals = {"fp8": 0.0, "bf16": 0.0}
     for c in breakdown:
         share = fp8_fraction(model, c.name, recipe)
-        passes = c.forward + (c.recompute if hardware else 0)
-        backward_fp8 = c.backward if recipe.wgrad else c.backward / 2
+        passes = c.forward + (c.recompute + c.extra_backward if hardware else 0)
+        weight_gradient = c.backward / 2 if c.weight_gradient is None else c.weight_gradient
+        backward_fp8 = c.backward if recipe.wgrad else c.backward - weight_gradient
         fp8 = share * (passes + backward_fp8)
         total = passes + c.backward
         totals["fp8"] += fp8

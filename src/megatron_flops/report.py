@@ -6,7 +6,8 @@ from typing import List, Optional, Sequence
 from .errors import UsageError
 from .flops import Breakdown
 from .params import ParameterCount
-from .shapes import ModelShape, RunShape
+from .rank_memory import RankMemory
+from .shapes import PARTS, ModelShape, RunShape
 
 _UNITS = ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"),
           (1e3, "kFLOP"), (1.0, "FLOP"))
@@ -116,6 +117,24 @@ def describe_model(model: ModelShape) -> str:
         parts.append(f"{model.mtp_num_layers} MTP layers")
     if model.window_size is not None:
         parts.append(f"sliding window {model.window_size}")
+    # issue 20 item 2
+    if model.is_moe and model.moe_latent_size is not None:
+        parts.append(f"latent MoE {model.moe_latent_size}")
+    if model.is_moe and model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size:
+        parts.append("shared-expert gate")
+    if model.attention_output_gate:
+        parts.append("attention output gate")
+    # vision-language runs and frozen weights (issue 20 item 3)
+    if model.vision is not None:
+        v, vit = model.vision, model.vision.transformer
+        parts.append(f"vision: ViT {vit.num_layers} layers × {vit.hidden_size} "
+                     f"({vit.num_attention_heads} heads × {vit.kv_channels}, ffn "
+                     f"{vit.ffn_hidden_size}), {v.img_h}×{v.img_w} tiles of {v.patch_dim}-pixel "
+                     f"patches ({v.seq_length} ViT tokens, {v.image_embeddings} image embeddings "
+                     f"per tile) × {v.tiles} tile{'s' if v.tiles > 1 else ''}, {v.projector} "
+                     "projection")
+    if model.frozen:
+        parts.append("frozen: " + ", ".join(p for p in PARTS if p in model.frozen))
     return ", ".join(parts)
 
 
@@ -180,3 +199,47 @@ def parse_fraction(text: str, flag: str) -> float:
     if not value >= 0 or math.isinf(value):
         raise UsageError(f"{flag} must not be negative, got {text!r}")
     return value
+
+
+# ---- memory per rank (issue 22) ----------------------------------------------------------------
+
+GIB = 1024 ** 3
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:,.3f}"
+
+
+def memory_lines(memory: RankMemory, measured_peak: Optional[int] = None) -> List[str]:
+    """The per-stage table (GiB per rank), the peak and where it is, the largest activation terms."""
+    s, st = memory.settings, memory.state_settings
+    sharding = {0: "none", 1: "optimizer state (distributed optimizer / ZeRO-1)",
+                2: "optimizer state and gradients (ZeRO-2)", 3: "all model state (ZeRO-3)"}
+    lines = [f"memory per rank (GiB): activations {s.dtype_bytes}-byte, attention "
+             f"{'fused (flash: log-sum-exp)' if s.flash_attention else 'unfused (s² probabilities)'}, "
+             f"dropout masks {'on' if s.hidden_dropout or s.attention_dropout else 'off'}; "
+             f"{st.optimizer} {st.optimizer_bytes} B/parameter, parameters {st.parameter_bytes} B, "
+             f"gradients {st.gradient_bytes} B, sharded: {sharding[st.zero_stage]}"]
+    rows = []
+    for stage in memory.stages:
+        rows.append([str(stage.stage), str(len(stage.layers)), str(stage.in_flight),
+                     _gib(stage.state.parameters), _gib(stage.state.gradients),
+                     _gib(stage.state.optimizer), _gib(stage.activations),
+                     _gib(stage.recompute_working), _gib(stage.peak)])
+    header = ["stage", "layers", "in flight", "parameters", "gradients", "optimizer",
+              "activations", "recompute", "peak"]
+    lines.append(table(rows, header, [True] * len(header)))
+    peak = memory.peak_stage
+    lines.append(f"peak: {_gib(peak.peak)} GiB on pipeline stage {peak.stage} (every TP/CP/DP "
+                 f"rank of that stage alike){'' if memory.virtual_stages == 1 else f', {memory.virtual_stages} virtual stages per rank'}")
+    if measured_peak is not None:
+        lines.append(f"measured peak: {_gib(measured_peak)} GiB")
+    per = peak.activations_per_micro_batch
+    total = sum(per.values()) or 1
+    lines.append(f"activations of one micro-batch on stage {peak.stage}, by term:")
+    term_rows = [[name, f"{value / 2 ** 20:,.2f}", f"{100 * value / total:.1f}%"]
+                 for name, value in per.items() if value]
+    lines.append(table(term_rows, ["term", "MiB", "share"], [False, True, True]))
+    lines.append("not counted: the logits' and gradients' transient buffers, communication "
+                 "buffers, allocator fragmentation, the framework's own memory")
+    return lines

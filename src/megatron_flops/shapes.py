@@ -26,6 +26,13 @@ RECOMPUTE_METHODS = ("uniform", "block")
 SELECTIVE_RECOMPUTE_MODULES = ("core_attn", "moe", "shared_experts", "mlp", "mla_up_proj",
                                "moe_act", "layernorm")
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
+# issue 20 item 2: Megatron-LM's ``--quick-geglu`` (gpt-oss): a GLU MLP whose activation is
+# quick-GELU, x·sigmoid(1.702·x); the same GEMMs as every GLU (h -> 2f, f -> h).  Not a value
+# of the forks' ``--glu-activation``, so kept out of GLU_ACTIVATIONS (whose message lists it).
+QUICK_GEGLU = "quick_geglu"
+# the trainable parts of a model in the order the forward pass meets them (issue 20 item 3)
+PARTS = ("vision", "projector", "language")
+VISION_PROJECTORS = ("mlp", "affine")
 
 
 def _require_positive(value, flag: str, allow_none: bool = False) -> None:
@@ -223,6 +230,26 @@ class ModelShape:
     teacher: Optional["ModelShape"] = None
     """The microsoft fork's ``--kd``/``--mos`` distillation teacher, run forward-only on the
     student's tokens every micro-batch (counted in hardware FLOPs only)."""
+    # ---- issue 20 item 2: latent MoE, attention output gate, shared-expert gate -----------
+    moe_latent_size: Optional[int] = None
+    """Latent MoE (``--moe-latent-size`` L): each MoE layer projects its tokens ``h -> L``
+    before dispatch (``fc1_latent_proj``), the routed experts run ``L -> fe -> L``, and the
+    combined output goes ``L -> h`` (``fc2_latent_proj``); the router and the shared experts
+    stay at ``h``.  None: no latent space."""
+    attention_output_gate: bool = False
+    """``--attention-output-gate``: the fused QKV projection also computes a gate of ``n·d``
+    columns, and the core attention's output is multiplied by its sigmoid (elementwise)."""
+    moe_shared_expert_gate: bool = False
+    """``--moe-shared-expert-gate``: an ``h -> 1`` linear (no bias) whose sigmoid scales the
+    shared experts' output; inert without shared experts."""
+    # ---- vision-language runs and frozen weights (issue 20 item 3) ----
+    vision: Optional["VisionEncoder"] = None
+    """The vision encoder and projection of a vision-language (LLaVA) run; None: text only.
+    This shape is then the language model, run at the decoder length (image tokens in it)."""
+    frozen: FrozenSet[str] = frozenset()
+    """Parts whose weights do not train (``requires_grad`` False), a subset of :data:`PARTS`:
+    ``vision`` (``--freeze-ViT``), ``projector`` (``--freeze-vision-projection``), ``language``
+    (``--freeze-LM``, or ``--freeze-all-layers`` in a text model)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -256,7 +283,8 @@ class ModelShape:
             )
         if self.ffn_hidden_size is None:
             set_(self, "ffn_hidden_size", 4 * self.hidden_size)
-        if self.glu_activation is not None and self.glu_activation not in GLU_ACTIVATIONS:
+        if self.glu_activation is not None and self.glu_activation not in GLU_ACTIVATIONS + (
+                QUICK_GEGLU,):
             raise ShapeError(
                 f"--glu-activation must be one of {', '.join(GLU_ACTIVATIONS)}, "
                 f"got {self.glu_activation!r}",
@@ -300,6 +328,17 @@ class ModelShape:
                 "--topk",
             )
         set_(self, "num_experts", experts)
+        self._check_issue_20_fields()
+        # vision-language runs and frozen weights (issue 20 item 3)
+        set_(self, "frozen", frozenset(self.frozen))
+        unknown = self.frozen - set(PARTS)
+        if unknown:
+            raise ShapeError(f"frozen parts must be among {', '.join(PARTS)}, got "
+                             f"{', '.join(sorted(unknown))}", "--freeze-ViT")
+        if self.vision is None and self.frozen - {"language"}:
+            flag = "--freeze-ViT" if "vision" in self.frozen else "--freeze-vision-projection"
+            raise ShapeError(f"{flag} freezes a vision encoder this run does not have "
+                             "(no --vision-model-type / --img-h)", flag)
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -435,6 +474,119 @@ class ModelShape:
                     set_(self, name, default)
         elif self.q_lora_rank is not None:
             raise ShapeError("--q-lora-rank needs --multi-latent-attention", "--q-lora-rank")
+
+    @property
+    def expert_hidden_size(self) -> int:
+        """Width of the routed experts' input and output: ``--moe-latent-size`` L with latent
+        MoE, else ``h``."""
+        return self.hidden_size if self.moe_latent_size is None else self.moe_latent_size
+
+    def _check_issue_20_fields(self) -> None:
+        """Latent MoE, the attention output gate and the shared-expert gate, checked as
+        Megatron-LM does (arguments.py: ``moe_latent_size > 0``; MLATransformerConfig refuses
+        the output gate).  Latent MoE without MoE layers and the shared-expert gate without shared
+        experts are inert, as in Megatron-Core (only MoE layers build them)."""
+        _require_positive(self.moe_latent_size, "--moe-latent-size", allow_none=True)
+        if self.attention_output_gate and self.multi_latent_attention:
+            raise ShapeError("--attention-output-gate is not supported with "
+                             "--multi-latent-attention (Megatron-Core refuses it)",
+                             "--attention-output-gate")
+
+
+@dataclass(frozen=True)
+class VisionEncoder:
+    """The vision side of a vision-language run, as Megatron-Core's ``LLaVAModel`` builds it
+    (issue 20 item 3): a ViT (``CLIPViTModel`` / ``RADIOViTModel``) run on every image tile,
+    then a projection (``MultimodalProjector``) into the language model's hidden size.
+
+    Per tile: a patch embedding (a ``p×p`` stride-``p`` convolution, or RADIO's linear, both
+    the matmul ``[P × 3·p²]·[3·p² × hv]`` over ``P = (img_h/p)·(img_w/p)`` patches), the ViT
+    layers at ``P + class_tokens`` tokens, then the projection of the image embeddings the
+    language model receives.
+    """
+
+    transformer: ModelShape
+    """The ViT's layers at the vision shape (layers, hidden ``hv``, heads, kv_channels, ffn,
+    GLU); its vocabulary is unused (no logits)."""
+    img_h: int
+    """Tile height in pixels (``--img-h``)."""
+    img_w: int
+    """Tile width in pixels (``--img-w``)."""
+    patch_dim: int
+    """Patch side ``p`` in pixels (``--patch-dim``)."""
+    class_tokens: int = 0
+    """Class (register) tokens the ViT adds to its sequence (CLIP 1, RADIO 8, SigLIP 0)."""
+    tiles: int = 1
+    """Image tiles per sample: 1, or ``--max-num-tiles`` (+1 with ``--use-thumbnail``) with
+    ``--use-tiling`` (the most a sample holds: dynamic tiling may use fewer)."""
+    drop_class_tokens: bool = False
+    """``--disable-vision-class-token``: the class tokens are dropped before the projection."""
+    pixel_shuffle: bool = False
+    """``--pixel-shuffle``: 2×2 neighbouring embeddings merged, a quarter as many, 4·hv wide."""
+    projector: str = "mlp"
+    """``--vision-projection-type``: ``mlp`` (hv' -> fp -> h) or ``affine`` (hv' -> h)."""
+    projector_ffn_hidden_size: Optional[int] = None
+    """The mlp projection's hidden size ``fp`` (set per ``--language-model-type``)."""
+    recompute: bool = False
+    """``--recompute-vision``: the ViT layers follow the run's recompute granularity."""
+    linear_patch_embedding: bool = False
+    """The patch embedding is Megatron's linear (RADIO) rather than a convolution: it then
+    computes its input gradient whenever it trains (hardware FLOPs, see flops.py)."""
+    tile_tag_tokens: int = 0
+    """Tokens ``--use-tile-tags`` adds per tile to the decoder's sequence (embeddings only:
+    no vision matmul); Megatron-LM's own formula counts them in its ``seq_length``."""
+
+    def __post_init__(self) -> None:
+        _require_positive(self.img_h, "--img-h")
+        _require_positive(self.img_w, "--img-w")
+        _require_positive(self.patch_dim, "--patch-dim")
+        _require_positive(self.tiles, "--max-num-tiles")
+        for size, flag in ((self.img_h, "--img-h"), (self.img_w, "--img-w")):
+            if size % self.patch_dim:
+                raise ShapeError(f"--patch-dim ({self.patch_dim}) must divide {flag} ({size})",
+                                 "--patch-dim")
+        if self.class_tokens < 0:
+            raise ShapeError(f"class tokens must be >= 0, got {self.class_tokens}",
+                             "--class-token-len")
+        if self.projector not in VISION_PROJECTORS:
+            raise ShapeError(f"--vision-projection-type must be one of "
+                             f"{', '.join(VISION_PROJECTORS)}, got {self.projector!r}",
+                             "--vision-projection-type")
+        if self.projector == "mlp":
+            _require_positive(self.projector_ffn_hidden_size, "--language-model-type")
+        if self.pixel_shuffle:  # llava_model.pixel_shuffle: a square grid of even side
+            kept = self.patches + (0 if self.drop_class_tokens else self.class_tokens)
+            side = int(round(kept ** 0.5))
+            if side * side != kept or side % 2:
+                raise ShapeError(f"--pixel-shuffle needs a square grid of even side; the "
+                                 f"ViT gives {kept} embeddings per tile", "--pixel-shuffle")
+
+    @property
+    def patches(self) -> int:
+        """``P = (img_h/p)·(img_w/p)`` patches per tile."""
+        return (self.img_h // self.patch_dim) * (self.img_w // self.patch_dim)
+
+    @property
+    def seq_length(self) -> int:
+        """``Sv``: the ViT's sequence per tile, patches plus class tokens."""
+        return self.patches + self.class_tokens
+
+    @property
+    def patch_size(self) -> int:
+        """``3·p²``: the pixels (RGB) of one patch, the patch embedding's input width."""
+        return 3 * self.patch_dim * self.patch_dim
+
+    @property
+    def image_embeddings(self) -> int:
+        """``N``: image embeddings one tile gives the language model (Megatron-Core's
+        ``get_num_image_embeddings`` without tile tags)."""
+        kept = self.seq_length - (self.class_tokens if self.drop_class_tokens else 0)
+        return kept // 4 if self.pixel_shuffle else kept
+
+    @property
+    def projector_input_size(self) -> int:
+        """The projection's input width: ``hv``, or ``4·hv`` after the pixel shuffle."""
+        return self.transformer.hidden_size * (4 if self.pixel_shuffle else 1)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from megatron_flops.components import (DENSE_LAYERS, EVERY_LAYER, ONCE, REGISTRY
                                        register_component, unregister_component)
 from megatron_flops.flops import flops_breakdown
 from megatron_flops.report import breakdown_table
-from megatron_flops.shapes import ModelShape, Recompute
+from megatron_flops.shapes import ModelShape, Recompute, VisionEncoder
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # (s, n, d): h = n·d; three shapes with different s/h, so a·s·h² + b·s²·h pins a and b
@@ -99,10 +99,38 @@ def evaluate(flops_text, symbols):
     dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50,
          multi_latent_attention=True, kv_lora_rank=5, qk_head_dim=3, qk_pos_emb_head_dim=2,
          v_head_dim=4),
+    # issue 20 item 2: quick-GeGLU, attention output gate, latent MoE, shared-expert gate
+    dict(num_layers=3, hidden_size=16, num_attention_heads=4, num_query_groups=2, vocab_size=50,
+         glu_activation="quick_geglu", num_experts=4, moe_topk=2, moe_layer_freq=(0, 1, 1),
+         moe_ffn_hidden_size=6, moe_shared_expert_intermediate_size=10, moe_latent_size=7,
+         moe_shared_expert_gate=True, attention_output_gate=True),
+    # a vision-language run (issue 20 item 3): GQA SwiGLU ViT, 3 tiles, mlp projection, pixel
+    # shuffle of a 4×4 grid (class token dropped); and an affine projection, class token kept
+    dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50, vision=VisionEncoder(
+        ModelShape(num_layers=3, hidden_size=12, num_attention_heads=4, kv_channels=5,
+                   num_query_groups=2, ffn_hidden_size=7, glu_activation="swiglu", vocab_size=1),
+        img_h=8, img_w=8, patch_dim=2, class_tokens=1, tiles=3, drop_class_tokens=True,
+        pixel_shuffle=True, projector="mlp", projector_ffn_hidden_size=9)),
+    dict(num_layers=2, hidden_size=16, num_attention_heads=4, vocab_size=50, vision=VisionEncoder(
+        ModelShape(num_layers=2, hidden_size=8, num_attention_heads=2, vocab_size=1),
+        img_h=6, img_w=4, patch_dim=2, class_tokens=2, projector="affine")),
 ])
 def test_readme_counts_are_the_formulas(fields):
     """Each README row's forward FLOPs, read as arithmetic, is the registered formula × B."""
     model, B, s = ModelShape(**fields), 3, 5
+    vision = model.vision
+    vit = vision.transformer if vision else ModelShape(num_layers=1, hidden_size=1,
+                                                        num_attention_heads=1, vocab_size=1)
+    vision_symbols = dict(
+        t=vision.tiles if vision else 0, P=vision.patches if vision else 0,
+        c=vision.patch_size if vision else 0, hv=vit.hidden_size, lv=vit.num_layers,
+        Sv=vision.seq_length if vision else 0, nv=vit.num_attention_heads, kv=vit.kv_channels,
+        gv=vit.num_query_groups, fv=vit.ffn_hidden_size, gluv=int(vit.glu),
+        N=vision.image_embeddings if vision else 0,
+        hi=vision.projector_input_size if vision else 0,
+        fp=(vision.projector_ffn_hidden_size if vision.projector == "mlp"
+            else model.hidden_size) if vision else 0,
+        mlp=int(vision is not None and vision.projector == "mlp"))
     experts = max(model.num_experts or (1,))
     symbols = dict(B=B, s=s, T=B * s, h=model.hidden_size, n=model.num_attention_heads,
                    d=model.kv_channels, g=model.num_query_groups, f=model.ffn_hidden_size,
@@ -113,8 +141,13 @@ def test_readme_counts_are_the_formulas(fields):
                    rkv=model.kv_lora_rank or 0, dqk=model.qk_head_dim or 0,
                    dpe=model.qk_pos_emb_head_dim or 0, dk=model.attention_key_head_dim,
                    dv=model.attention_value_head_dim,
+                   # issue 20 item 2: the experts' width, the latent size, the two gates
+                   he=model.expert_hidden_size, L=model.moe_latent_size or 0,
+                   gate=int(model.attention_output_gate),
+                   sg=int(model.moe_shared_expert_gate and model.shared_expert_ffn_hidden_size > 0),
                    # a distillation teacher's forward of one sample (none here: 0)
                    Ft=0 if model.teacher is None else flops.flops_breakdown(model.teacher, s).forward_flops)
+    symbols.update(vision_symbols)
     rows = [line.split(" | ") for line in readme_table().splitlines()[2:]]
     assert [row[0].strip("|` ") for row in rows] == list(REGISTRY)
     for row in rows:

@@ -436,3 +436,49 @@ def test_megatron_lm_thd_packed_sequences_count_sum_of_squares():
     facts = RunFacts(ERA_MODEL, 1, 4)
     assert megatron_lm_current_flops(facts) == 6144 * 6.25
     assert megatron_lm_current_flops(facts, seqlen_squared_sum=8) == 6144 * 6.25 - 8 * 192
+
+
+# ---- issue 20 item 2: Megatron-LM's formula on the newer options, by hand --------------------
+# One MoE layer (l 1), h 8, n 2, d 4, g 2, V 16, E 4, top-2, fe 6, shared fs 10, latent L 3,
+# --quick-geglu, --attention-output-gate, --moe-shared-expert-gate; B 1, s 4 (T 4, Σs² 16).
+#
+# Megatron-LM (training.py at d98e8a64), per token (6 = 3 passes × 2 per MAC):
+#   attention 6·(h·(n·d + 2·g·d + n·d gate) + n·d·h) = 6·(8·32 + 64) = 1920;
+#   MLP: ffn_expansion_factor 2 (it reads args.swiglu: quick-GeGLU counted as 2 GEMMs);
+#   routed fe·k·2·L/h + 2·L = 24·3/8 + 6 = 15; shared fs·2 = 20; 6·h·35 = 1680;
+#   logits 6·h·V = 768  -> 4·(1920 + 1680 + 768) = 17472; core 6·n·d = 48 per s²: + 768.
+# Exact, forward per token: query 128, key_value 256, gate 128, output 128, router 2·h·E = 64,
+# latent down/up 2·h·L·2 = 96, experts k·2·L·fe·3 = 216, shared 3·2·h·fs = 480, shared gate
+# 2·h = 16, logits 256 -> 1768; + scores and A·V 2·2·2·s²·d = 512 per sample (dense):
+# 4·1768 + 512 = 7584, model FLOPs 3× = 22752.
+# The difference, 4512 = the GLU gates Megatron-LM leaves out (3·4·(72 + 160) = 2784), the
+# router (3·4·64 = 768), the shared-expert gate (3·4·16 = 192) and half the core (1536/2 = 768).
+NEW_OPTIONS_MODEL = ModelShape(
+    num_layers=1, hidden_size=8, num_attention_heads=2, vocab_size=16, position_embedding="rotary",
+    glu_activation="quick_geglu", num_experts=4, moe_topk=2, moe_layer_freq=1,
+    moe_ffn_hidden_size=6, moe_shared_expert_intermediate_size=10, moe_latent_size=3,
+    attention_output_gate=True, moe_shared_expert_gate=True)
+
+
+def test_megatron_lm_formula_on_latent_moe_gates_and_quick_geglu_by_hand():
+    r = compare_conventions(NEW_OPTIONS_MODEL, 1, 4, names=["megatron-lm", "exact"])
+    assert r["megatron-lm"].flops_per_iteration == 17472 + 768
+    assert r["exact"].flops_per_iteration == 22752
+    assert 22752 - (17472 + 768) == 2784 + 768 + 192 + 768
+
+
+def test_torchtitan_inactive_experts_with_moe_ffn_size_and_shared_experts():
+    """torchtitan leaves out the (E − k) experts a token skips: one expert's MLP each, at
+    --moe-ffn-hidden-size (it was an MoE layer minus a dense one over E − 1, which went negative
+    with a small expert size).  l 2 (both MoE), h 8, f 32, fe 6, fs 10, E 4, top-1, no GLU, no
+    bias: one expert 2·8·6 = 96 parameters, skipped 2·3·96 = 576 per token's 6N."""
+    fields = dict(num_layers=2, hidden_size=8, num_attention_heads=2, vocab_size=16,
+                  position_embedding="rotary", ffn_hidden_size=32, add_bias_linear=False)
+    moe = ModelShape(**fields, num_experts=4, moe_topk=1, moe_layer_freq=1,
+                     moe_ffn_hidden_size=6, moe_shared_expert_intermediate_size=10)
+    dense = ModelShape(**fields)
+    extra = parameter_count(moe).total - parameter_count(dense).total
+    # per layer: router 8·4, 4 experts 4·96, shared 2·8·10 = 160, minus the dense MLP 2·8·32
+    assert extra == 2 * (32 + 384 + 160 - 512)
+    assert per_token("torchtitan", moe, 4) - per_token("torchtitan", dense, 4) == \
+        6 * (extra - 2 * 3 * 96)

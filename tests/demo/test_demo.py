@@ -264,7 +264,9 @@ def test_a_peak_below_the_achieved_rate_is_called_out(capsys):
 def test_measured_peak_is_reported_and_cached(tmp_path, capsys):
     """Without --peak-tflops on CPU the peak is measured (and cached), and MFU uses it."""
     import json
-    code, out, err = run_demo(SMALL + ["--train-iters", "2", "--log-interval", "1"], capsys)
+    # one thread given: without --threads the count follows the machine's load (auto_threads)
+    code, out, err = run_demo(SMALL + ["--train-iters", "2", "--log-interval", "1",
+                                       "--threads", "1"], capsys)
     assert code == 0, err
     cache = json.loads((tmp_path / "cache" / "measured_peaks.json").read_text())
     (key, best), = cache.items()

@@ -67,6 +67,10 @@ TRICKY = [
     BASE.format(it=29, c=116, ms="0661.3", b=4),
     BASE.format(it=30, c=120, ms="661.3", b=4).replace("elapsed time per iteration (ms): 661.3 |",
                                                       ""),             # no time: malformed
+    # the word before the anchor, and two lines glued: the first anchor is the line's, a
+    # learned format found further on must not read it
+    "[iteration timer] " + BASE.format(it=31, c=124, ms="661.3", b=4),
+    BASE.format(it=32, c=128, ms="662.3", b=4)[:90] + BASE.format(it=33, c=132, ms="663.3", b=4),
 ]
 
 
@@ -194,3 +198,52 @@ def test_meter_interval_report_is_add_iterations_then_report():
             two.interval_report(0, 4, 128, 1.0)
         with pytest.raises(ValueError):
             two.interval_report(1, 4, 128, 0.0)
+
+
+def test_table_rows_are_the_general_rows(monkeypatch):
+    """The table row's one-format fast path (TFLOP/s figures ≥ 1; logged figure and peak
+    present or absent) gives the text of the field-by-field formatting (format_tflops,
+    format_percent) for every interval of the data logs and at the edges of the fast path
+    (1.0, just below it, 0, NaN, inf, None, negative, a rounding carry, a fractional
+    batch, a logged figure without its error, an MFU without its HFU)."""
+    from megatron_flops.logs import outputs
+    paths = sorted(glob.glob(os.path.join(DATA, "logs", "*.out"))
+                   + glob.glob(os.path.join(DATA, "megatron_lm", "*.log")))
+    intervals = []
+    for path in paths:
+        try:
+            intervals += _intervals(path)
+        except ValueError:
+            pass
+    assert len(intervals) > 200
+    first = next(i for i in intervals if i.error is not None and i.report.mfu is not None)
+    special = []
+    for value in (None, math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, 0.99999, 0.999,
+                  9.996, 99.995, -12.5, 1e300, 123456789.125):
+        record = first.record._replace(tflops=value)
+        report = first.report._replace(model_tflops_per_gpu=value if value is not None else 1.5,
+                                       hardware_tflops_per_gpu=value if value is not None
+                                       else 2.5, mfu=value, hfu=value)
+        special.append(first._replace(record=record, report=report, error=value,
+                                      batch_size=1023.5, seconds_per_iteration=value or 0.5))
+        special.append(first._replace(record=record))
+        special.append(first._replace(report=first.report._replace(hfu=value), error=value))
+        special.append(first._replace(report=first.report._replace(mfu=None, hfu=None)))
+        special.append(first._replace(report=first.report._replace(hfu=None)))
+        if value is not None:
+            special.append(first._replace(report=first.report._replace(
+                model_tflops_per_gpu=value)))
+            special.append(first._replace(report=first.report._replace(
+                hardware_tflops_per_gpu=value)))
+    general = outputs._table_row_general
+    slow = []
+    monkeypatch.setattr(outputs, "_table_row_general",
+                        lambda interval: slow.append(interval) or general(interval))
+    for interval in intervals:
+        assert outputs.table_row(interval) == general(interval), interval
+    slow_in_logs = len(slow)
+    for interval in special:
+        assert outputs.table_row(interval) == general(interval), interval
+    # the fast path was taken for most rows of the data logs, and for some edge cases
+    assert slow_in_logs < len(intervals) // 10
+    assert len(slow) - slow_in_logs < len(special) - 5

@@ -276,14 +276,15 @@ def test_the_real_megatron_lm_output_relogs_flag_free(capsys, logfmt):
 
 def test_a_dump_with_a_feature_not_counted_yet_is_refused(tmp_path, capsys, logfmt):
     lines = megatron_lm_dump(logfmt)
-    lines[1:1] = ["  attention_output_gate ........................... True"]
+    lines[1:1] = ["  mtp_use_repeated_layer .......................... True"]
     lines += [megatron_lm_line(i, i * B, SECONDS * 1000) for i in (4, 8)]
-    path = tmp_path / "gate.log"
+    path = tmp_path / "repeated_mtp.log"
     path.write_text("\n".join(lines) + "\n")
     result = logfmt.run_cli(capsys, path)
     assert result.code == 2 and "Traceback" not in result.err
-    assert "--attention-output-gate" in result.err
-    assert "the attention output gate projection is not counted yet" in result.err
+    assert "--mtp-use-repeated-layer" in result.err
+    assert "MTP with one shared layer (its parameters counted once) is not counted yet" \
+        in result.err
 
 
 def test_the_eras_of_megatron_lms_formula_that_reproduce_a_log_are_named(tmp_path, capsys,

@@ -314,11 +314,11 @@ def test_one_list_of_unsupported_features_read_on_a_runs_args_and_a_dump_alike()
     # what Megatron-LM sets on every run (encoder_num_layers = num_layers) is no feature
     ns = argparse.Namespace(num_layers=2, encoder_num_layers=2, decoder_num_layers=None,
                             hybrid_override_pattern=None, is_hybrid_model=False,
-                            moe_latent_size=None, vision_pretraining=False)
+                            dsa_indexer_topk=None, vision_pretraining=False)
     assert unsupported_features(vars(ns)) == []
     refuse_unsupported(ns)
-    ns.moe_latent_size = 128
-    assert [flag for flag, _, _ in unsupported_features(vars(ns))] == ["--moe-latent-size"]
-    ns.moe_latent_size, ns.vision_pretraining = None, True   # a switch of the microsoft fork
+    ns.dsa_indexer_topk = 2048
+    assert [flag for flag, _, _ in unsupported_features(vars(ns))] == ["--dsa-indexer-topk"]
+    ns.dsa_indexer_topk, ns.vision_pretraining = None, True   # a switch of the microsoft fork
     with pytest.raises(ShapeError, match="--vision-pretraining"):
         refuse_unsupported(ns)

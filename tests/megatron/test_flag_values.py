@@ -35,7 +35,8 @@ CONTEXT = {
 TEACHER = {"--num-layers-teacher": "2", "--hidden-size-teacher": "64",
            "--num-attention-heads-teacher": "4"}
 # 0 is a real value for these (no MTP layer; no BF16 layer kept): only negatives are bad
-ZERO_IS_VALID = {"--mtp-num-layers", "--num-layers-at-start-in-bf16", "--num-layers-at-end-in-bf16"}
+ZERO_IS_VALID = {"--mtp-num-layers", "--num-layers-at-start-in-bf16", "--num-layers-at-end-in-bf16",
+                 "--class-token-len"}  # a ViT without class tokens (SigLIP's)
 # sizes whose valid range is not "positive": checked elsewhere
 NOT_A_SIZE = {"--world-size"}
 

@@ -95,13 +95,13 @@ def test_start_summary_compares_megatron_lms_formula_with_the_model_count(runner
 def test_a_feature_not_counted_yet_makes_the_hook_step_aside_once(runner, tmp_path,
                                                                   monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ARGV + ["--attention-output-gate"]
+    argv = ARGV + ["--mtp-use-repeated-layer"]
     out = runner.run(CHECKOUT, argv)
     plain = runner.run(CHECKOUT, argv, hook=False)
     messages = [line for line in out.splitlines() if line.startswith("megatron-flops:")]
     assert len(messages) == 1, messages
-    assert "--attention-output-gate: the attention output gate projection is not counted " \
-           "yet" in messages[0]
+    assert "--mtp-use-repeated-layer: MTP with one shared layer (its parameters counted " \
+           "once) is not counted yet" in messages[0]
     assert "training continues" in messages[0]
     # Megatron-LM's own numbers stay, nothing of ours is added
     assert fields(out, "throughput per GPU (TFLOP/s/GPU)") == \

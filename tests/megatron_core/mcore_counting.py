@@ -311,10 +311,22 @@ def transformer_config_kwargs(model, recompute) -> dict:
         gradient_accumulation_fusion=False,
     )
     if model.glu_activation is not None:
-        activation = {"swiglu": F.silu, "geglu": F.gelu, "reglu": F.relu}[model.glu_activation]
+        from megatron.core.fusions.fused_bias_geglu import quick_gelu
+
+        activation = {"swiglu": F.silu, "geglu": F.gelu, "reglu": F.relu,
+                      "quick_geglu": quick_gelu}[model.glu_activation]  # --quick-geglu
         config.update(gated_linear_unit=True, activation_func=activation)
+    # issue 20 item 2: the flags Megatron-LM copies into TransformerConfig by name
+    if model.attention_output_gate:
+        config.update(attention_output_gate=True)
+    if model.moe_shared_expert_gate:
+        config.update(moe_shared_expert_gate=True)
+    if model.moe_latent_size is not None:
+        config.update(moe_latent_size=model.moe_latent_size)
     if recompute.granularity is not None:
         config.update(recompute_granularity=recompute.granularity)
+    if recompute.granularity == "selective" and recompute.modules != ("core_attn",):
+        config.update(recompute_modules=list(recompute.modules))
     if recompute.granularity == "full":
         config.update(recompute_method=recompute.method,
                       recompute_num_layers=recompute.num_layers or 1)
@@ -423,7 +435,8 @@ def training_inputs(batch_size, seq_length, vocab_size, device="cpu"):
 # components it fuses; the comparison is exact per group and per phase.
 
 MODULE_COMPONENTS = (
-    (r"self_attention\.linear_qkv", ("query", "key_value")),
+    # with --attention-output-gate the fused QKV also holds the gate's n·d columns
+    (r"self_attention\.linear_qkv", ("query", "key_value", "attention_gate")),
     (r"self_attention\.linear_q_proj", ("mla_q",)),
     (r"self_attention\.linear_q_down_proj", ("mla_q_down",)),
     (r"self_attention\.linear_q_up_proj", ("mla_q_up",)),
@@ -438,6 +451,11 @@ MODULE_COMPONENTS = (
     (r"mlp\.experts\.local_experts\.\d+\.linear_fc2", ("expert_down",)),
     (r"mlp\.shared_experts\.linear_fc1", ("shared_expert_up", "shared_expert_gate")),
     (r"mlp\.shared_experts\.linear_fc2", ("shared_expert_down",)),
+    # --moe-shared-expert-gate: SharedExpertMLP's own F.linear(x, gate_weight)
+    (r"mlp\.shared_experts", ("shared_expert_output_gate",)),
+    # --moe-latent-size: MoELayer's h -> L and L -> h projections around the routed experts
+    (r"mlp\.fc1_latent_proj", ("moe_latent_down",)),
+    (r"mlp\.fc2_latent_proj", ("moe_latent_up",)),
     (r"mtp\.layers\.\d+\.eh_proj", ("mtp_projection",)),
     # the same output layer computes the logits and, once per MTP layer, the MTP logits
     (r"output_layer", ("logits", "mtp_logits")),
@@ -475,3 +493,37 @@ def expected_by_component(breakdown) -> Dict[str, Dict[str, int]]:
                 "recompute": sum(c.recompute for c in parts),
             }
     return table
+
+
+# ---- latent MoE without Transformer Engine ---------------------------------------------------
+
+@contextlib.contextmanager
+def latent_projection_stand_in():
+    """Megatron-Core 0.16.1's MoELayer builds its two latent projections (``--moe-latent-size``)
+    only as Transformer Engine's ``TELinear`` (``assert HAVE_TE``), which does not install here.
+
+    Stand-in: a plain linear built from the very arguments MoELayer passes (input size, output
+    size, bias), run as ``F.linear`` and returning ``(output, None)`` as TELinear does with
+    ``skip_bias_add=False``.  The shapes of the two matmuls are MoELayer's own; everything else
+    (router, dispatch, experts in latent space, shared experts) is Megatron-Core's code.
+    """
+    from megatron.core.transformer.moe import moe_layer
+
+    class LatentLinear(torch.nn.Module):
+        def __init__(self, input_size, output_size, *, config, init_method, bias, **kwargs):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(output_size, input_size))
+            self.bias = torch.nn.Parameter(torch.zeros(output_size)) if bias else None
+            if config.perform_initialization:
+                init_method(self.weight)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.weight, self.bias), None
+
+    saved = (moe_layer.HAVE_TE, getattr(moe_layer, "TELinear", None))
+    moe_layer.HAVE_TE, moe_layer.TELinear = True, LatentLinear
+    try:
+        yield
+    finally:
+        moe_layer.HAVE_TE, moe_layer.TELinear = saved
+

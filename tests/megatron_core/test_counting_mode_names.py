@@ -8,6 +8,8 @@ global module hooks, names matched by suffix, fused units split by output column
 reach the same verdict with nothing unattributed.
 """
 
+import contextlib
+
 import pytest
 
 pytest.importorskip("torch")
@@ -41,11 +43,19 @@ CASES = {
     "mla without q-lora": (dict(MLA, q_lora_rank=None), None),
     "mtp 2 layers (output layer split 1:2)": (dict(mtp_num_layers=2, vocab_size=125), None),
     "mtp after an moe last layer": (dict(**MOE, moe_topk=2, mtp_num_layers=1), None),
+    # issue 20 item 2: the gate's columns in linear_qkv, latent MoE's projections, the
+    # shared-expert gate (SharedExpertMLP's own F.linear), quick-GeGLU
+    "attention output gate, gqa": (dict(attention_output_gate=True, num_query_groups=2), None),
+    "latent moe, shared experts with gate, quick-geglu": (
+        dict(**MOE, moe_topk=2, moe_latent_size=24, moe_shared_expert_intermediate_size=48,
+             moe_shared_expert_gate=True, glu_activation="quick_geglu"), None),
 }
 
 
 def counted(model: ModelShape, recompute: Recompute, break_module=None):
-    gpt = mcore_counting.build_gpt(model, recompute, max_sequence_length=SEQ)
+    with (mcore_counting.latent_projection_stand_in() if model.moe_latent_size is not None
+          else contextlib.nullcontext()):
+        gpt = mcore_counting.build_gpt(model, recompute, max_sequence_length=SEQ)
     if break_module is not None:
         break_module(gpt)
     inputs = mcore_counting.training_inputs(BATCH, SEQ, model.vocab_size)

@@ -10,10 +10,14 @@ from ..hardware import LIST_HINT, implausible_utilisation_warning, resolve_peak
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..meter import ThroughputMeter
 from ..params import parameter_count
+from ..pipeline import pipeline_report, stage_breakdowns
 from ..planning import iteration_breakdown, training_time
 from ..report import format_optional, format_percent, format_tflops, gpus, summary_lines
+from ..errors import ShapeError
+from ..megatron.stages import pipeline_layout
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_resolved, positive)
+from .memory import memory_flags, memory_for, memory_lines
 
 
 def _estimate(model, run, iteration_seconds, gpu, peak_tflops, causal, train_tokens,
@@ -74,6 +78,48 @@ def _add_conventions(result, model, run, breakdown, seconds, gpu, peak, conventi
     warning = t and implausible_utilisation_warning(t["mfu"], t["hfu"], world_size_assumed,
                                                     run.dtype, peak.source)
     result["warnings"] = [warning] if warning else []
+
+
+def _add_pipeline(result: dict, ns, model, run, fork, causal, iteration_seconds) -> None:
+    """``pipeline``: the FLOPs of each stage and pipeline rank (docs/pipeline.md); where the
+    layout cannot be counted, ``{"unavailable": why}`` (the whole-model figures stand)."""
+    try:
+        layout = pipeline_layout(ns, model, run.pipeline_model_parallel_size, fork)
+    except ShapeError as error:
+        result["pipeline"] = {"unavailable": str(error)}
+        return
+    breakdowns = stage_breakdowns(model, layout, run.seq_length, run.global_batch_size,
+                                  run.recompute, causal)
+    result["pipeline"] = pipeline_report(layout, breakdowns, run.world_size, iteration_seconds,
+                                         result["peak"]["tflops"])
+
+
+def _print_pipeline(result: dict) -> None:
+    p = result.get("pipeline")
+    if p is None or p.get("pipeline_parallel_size", 2) < 2:
+        return
+    if "unavailable" in p:
+        print(f"\nper pipeline stage: not counted ({p['unavailable']})")
+        return
+    print(f"\nper pipeline rank ({p['source']}; {p['gpus_per_rank']} GPUs per rank share its "
+          "FLOPs):")
+    print(f"  {'rank':>4}  {'stages: layers':<24} {'model FLOPs':>12} {'hw FLOPs':>12} "
+          f"{'model TFLOP/s':>13} {'MFU':>6} {'HFU':>6}")
+    stages = p["stages"]
+    for r in p["ranks"]:
+        labels = [stages[index]["label"] for index in r["stages"]]
+        label = ", ".join(labels) if len(labels) > 1 else labels[0]
+        t = r["tflops_per_gpu"]
+        busiest = " ← busiest" if r["rank"] == p["busiest_rank"] else ""
+        print(f"  {r['rank']:>4}  {label:<24} {r['flops_per_iteration']['model']:>12.4g} "
+              f"{r['flops_per_iteration']['hardware']:>12.4g} "
+              f"{format_tflops(t and t['model']):>13} {format_percent(r['mfu']):>6} "
+              f"{format_percent(r['hfu']):>6}{busiest}")
+    spread = p["spread"]
+    print(f"  busiest rank {p['busiest_rank']}: "
+          + ("no rank is idle" if spread is None else
+             f"{100 * (spread - 1):.1f}% more hardware FLOPs per GPU than the least busy")
+          + " (E embedding, L output layer and loss)")
 
 
 def _print_conventions(result: dict, show_table: bool) -> None:
@@ -146,7 +192,11 @@ def estimate_main(argv: List[str]) -> int:
                         dest="tflops_per_gpu",
                         help="achieved hardware TFLOP/s per GPU for the training-time estimate")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--memory", action="store_true",
+                        help="also the memory of each pipeline stage's ranks: parameters, "
+                        "gradients, optimizer state, activations by term, the peak")
     add_convention_arguments(parser)
+    flags = memory_flags(argv) if "--memory" in argv else None  # refused before any output
     args, resolved = parse_resolved(parser, argv, warn_assumed="--json" in argv)
     model, run = resolved.model, resolved.run
     result, breakdown, params = _estimate(model, run, args.iteration_time, args.gpu,
@@ -156,6 +206,12 @@ def estimate_main(argv: List[str]) -> int:
     result["world_size_source"] = resolved.world_size_source  # None: assumed (TP × PP)
     # the provenance record: dialect, assumptions (inferred or assumed), flags noted
     result.update(resolved.as_dict())
+    memory = None
+    if args.memory:
+        memory = memory_for(flags, args, model, run, resolved.dialect.name)
+        result["memory"] = memory.to_dict()
+    _add_pipeline(result, args, model, run, resolved.dialect.name, args.causal,
+                  args.iteration_time)
     if args.json:
         print(json.dumps(result))
         for warning in result["warnings"]:
@@ -163,5 +219,9 @@ def estimate_main(argv: List[str]) -> int:
     else:
         _print_estimate(result, model, run, breakdown, params, args.causal,
                         "\n".join(resolved.lines()))
+        _print_pipeline(result)
         _print_conventions(result, args.conventions)
+        if memory is not None:
+            print()
+            print("\n".join(memory_lines(memory)))
     return EXIT_OK

@@ -22,6 +22,7 @@ from ..logs.console import FORKS, ParseStats
 from ..logs.relog import relog_run
 from ..logs.summary import Summary
 from ..megatron.args import ignored_flags
+from ..megatron.bridge_config import load_config_yaml, typed_flags
 from ..report import describe_model, gpus
 from .common import (EXIT_OK, UsageError, add_convention_arguments, add_peak_arguments,
                      command_parser, parse_flags_over_log, positive, print_flag_report)
@@ -125,8 +126,14 @@ def relog_main(argv: List[str]) -> int:
                              "holds a run already (TensorBoard then shows both as one run)")
     parser.add_argument("--plot", metavar="OUT.png",
                         help="draw logged vs corrected TFLOP/s (and MFU/HFU) over iterations")
+    parser.add_argument("--bridge-config", metavar="CONFIG.yaml",
+                        help="a Megatron-Bridge run's saved ConfigContainer YAML: its model, "
+                             "train and dataset fields as if typed (flags typed here override "
+                             "it); the lines are then read as Megatron-Bridge's")
     add_convention_arguments(parser)
     args, given = _parse(parser, argv)
+    if args.bridge_config is not None:
+        _lay_bridge_config(args, given)
     if args.convention is not None:
         convention(args.convention)   # an unknown name fails before the log is read
     # a pasted command line's script (pretrain_gpt.py) is not a log
@@ -143,6 +150,17 @@ def relog_main(argv: List[str]) -> int:
     _check_outputs(args)
     # `relog log | head`: the dispatcher ends a closed pipe quietly, for every command
     return _relog_command(args, given, sys.stdout, sys.stderr)
+
+
+def _lay_bridge_config(args, given: set) -> None:
+    """A Bridge YAML's fields as typed flags, under the ones really typed (issue 21)."""
+    config = load_config_yaml(args.bridge_config)
+    for dest, value in typed_flags(config).items():
+        if dest not in given:
+            setattr(args, dest, value)
+            given.add(dest)
+    if args.fork == "auto":
+        args.fork = "megatron-bridge"
 
 
 def dump_peak(args, segment):
@@ -215,33 +233,36 @@ def _relog_intervals(args, given, out, err, sinks, plot, summary, stats, fork, p
                                                              args.peak_tflops))
         return peak[0].tflops
 
+    add_summary = summary.add
+    adds = [sink.add for sink in sinks]
     for relogger_now, new_segment, interval in relog_run(args.paths, args, given, stats,
                                                          peak_tflops_for, args.causal, fork):
-        if new_segment is not None:
-            sinks[0].flush()     # the rows so far before the new segment's heading
-            first = relogger is None
-            relogger, segment = relogger_now, new_segment
-            summary.add_segment(segment)
-            last[:] = [relogger, segment]
-            for note in segment.notes:
-                print(f"megatron-flops: {note}", file=err)
-            if not args.json:
-                heading = ("sources" if first else f"from iteration "
-                           f"{segment.first_iteration} (a new arguments dump)")
-                print(f"{heading}: {segment.world_size_line()}", file=out)
-                for line in segment.provenance_lines():
-                    print(f"  {line}", file=out)
-                print(file=out)
-            if first and plot is not None:
-                run = segment.run
-                plot.title = (f"{describe_model(segment.model)}\nrecompute "
-                              f"{run.recompute.label}; {gpus(run.world_size)}; "
-                              f"{os.path.basename(args.paths[0].rstrip('/'))}")
-                plot.peak_tflops = peak[0].tflops
+        if new_segment is None:   # the per-line path
+            add_summary(interval)
+            for add in adds:
+                add(interval)
             continue
-        summary.add(interval)
-        for sink in sinks:
-            sink.add(interval)
+        # a new segment (the first line, a restart's new arguments dump)
+        sinks[0].flush()     # the rows so far before the new segment's heading
+        first = relogger is None
+        relogger, segment = relogger_now, new_segment
+        summary.add_segment(segment)
+        last[:] = [relogger, segment]
+        for note in segment.notes:
+            print(f"megatron-flops: {note}", file=err)
+        if not args.json:
+            heading = ("sources" if first else f"from iteration "
+                       f"{segment.first_iteration} (a new arguments dump)")
+            print(f"{heading}: {segment.world_size_line()}", file=out)
+            for line in segment.provenance_lines():
+                print(f"  {line}", file=out)
+            print(file=out)
+        if first and plot is not None:
+            run = segment.run
+            plot.title = (f"{describe_model(segment.model)}\nrecompute "
+                          f"{run.recompute.label}; {gpus(run.world_size)}; "
+                          f"{os.path.basename(args.paths[0].rstrip('/'))}")
+            plot.peak_tflops = peak[0].tflops
 
 
 def _summary(args, out, err, summary, stats, peak, last) -> None:

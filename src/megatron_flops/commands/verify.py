@@ -9,8 +9,11 @@ import json
 import sys
 from typing import List
 
+from ..activations import ActivationSettings, activation_breakdown, check_modelled
+from ..params import parameter_count
 from ..report import describe_model, table
 from .common import EXIT_MISMATCH, EXIT_OK, UsageError, command_parser, parse_command
+from .memory import memory_flags
 
 
 def _text(result, model, recompute) -> str:
@@ -43,6 +46,65 @@ def _text(result, model, recompute) -> str:
     return "\n".join(lines)
 
 
+# verify --memory runs real tensors: the model's parameters and one micro-batch's saved bytes
+MEMORY_MAX_BYTES = 2 * 10 ** 9
+MEMORY_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16"}
+
+
+def _verify_memory(flags, args, model, run) -> int:
+    import torch
+
+    from ..reference.saved import verify_memory
+    check_modelled(model, positions=True)
+    if args.meta:
+        raise UsageError("--memory measures real tensors: drop --meta")
+    if flags.attention_dropout != flags.hidden_dropout:
+        raise UsageError(f"--attention-dropout ({flags.attention_dropout}) must equal "
+                         f"--hidden-dropout ({flags.hidden_dropout}) for verify --memory: the "
+                         "reference model has one dropout probability")
+    if run.dtype not in MEMORY_DTYPES:
+        raise UsageError(f"verify --memory runs on the CPU in fp32 or bf16, not {run.dtype} "
+                         "(drop --fp16/--fp8-format)")
+    dtype = getattr(torch, MEMORY_DTYPES[run.dtype])
+    beta = torch.empty((), dtype=dtype).element_size()
+    settings = ActivationSettings.for_reference(beta, flags.hidden_dropout > 0)
+    b, s = run.micro_batch_size, run.seq_length
+    model_for_count = model
+    if model.position_embedding == "learned" and model.max_position_embeddings is None:
+        import dataclasses
+        model_for_count = dataclasses.replace(model, max_position_embeddings=s)
+    needed = (parameter_count(model_for_count).total * beta
+              + sum(activation_breakdown(model, b, s, settings, run.recompute).values()))
+    if needed > MEMORY_MAX_BYTES:
+        raise UsageError(f"verify --memory builds the model with real tensors: this shape needs "
+                         f"{needed / 1e9:,.1f} GB (at most {MEMORY_MAX_BYTES / 1e9:g} GB); verify "
+                         "a smaller one (fewer layers, shorter --seq-length), estimate any size")
+    rows = verify_memory(model, s, b, run.recompute, flags.hidden_dropout, dtype)
+    exact = all(row.matches for row in rows)
+    if args.json:
+        print(json.dumps({"micro_batch_size": b, "seq_length": s, "recompute": run.recompute.label,
+                          "dtype": run.dtype, "dropout": flags.hidden_dropout, "exact": exact,
+                          "rows": [{"terms": list(r.terms), "modules": list(r.modules),
+                                    "measured_bytes": r.measured, "formula_bytes": r.formula}
+                                   for r in rows],
+                          "measured_bytes": sum(r.measured for r in rows),
+                          "formula_bytes": sum(r.formula for r in rows)}))
+    else:
+        table_rows = [[" + ".join(r.terms), f"{r.measured:,}", f"{r.formula:,}",
+                       f"{r.measured - r.formula:+,}", "ok" if r.matches else "MISMATCH"]
+                      for r in rows]
+        print(describe_model(model))
+        print(f"one micro-batch: {b} × seq {s}, recompute {run.recompute.label}, {run.dtype}, "
+              f"dropout {flags.hidden_dropout:g}; bytes saved for backward (each storage once, "
+              "parameters excluded), measured per module with saved_tensors_hooks")
+        print(table(table_rows, ["terms", "measured", "formula", "difference", ""],
+                    [False, True, True, True, False]))
+        print(f"total measured {sum(r.measured for r in rows):,}  formula "
+              f"{sum(r.formula for r in rows):,}")
+        print("exact: every term matches" if exact else "MISMATCH: see the rows above")
+    return EXIT_OK if exact else EXIT_MISMATCH
+
+
 # verify builds every layer as a module: 2048 of them take about a minute on two CPU cores
 MAX_LAYERS = 2048
 
@@ -59,7 +121,14 @@ def verify_main(argv: List[str]) -> int:
                          help="build the model with real tensors and run the arithmetic")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--causal", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true",
+                        help="instead of FLOPs: the bytes one micro-batch saves for backward, "
+                        "measured per module with saved_tensors_hooks (real tensors, CPU), "
+                        "against the activation formulas")
+    flags = memory_flags(argv) if "--memory" in argv else None  # refused before any output
     args, model, run = parse_command(parser, argv)
+    if args.memory:
+        return _verify_memory(flags, args, model, run)
     if args.causal:
         raise UsageError("--causal does not apply to verify: the reference model runs dense "
                          "attention matmuls (full s×s), compared with the dense formulas")

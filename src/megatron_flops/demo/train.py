@@ -37,10 +37,12 @@ from ..errors import UsageError
 from ..hardware import implausible_utilisation_warning
 from ..legacy import legacy_error, legacy_tflops_for_shapes
 from ..params import parameter_count
-from ..report import format_count, format_percent, format_tflops, summary_lines
+from ..megatron.memory_args import measured_peak_bytes
+from ..report import GIB, format_count, format_percent, format_tflops, summary_lines
 from ..terminal import format_duration
 from .config import DemoConfig
 from .distributed import Distributed
+from .memory import demo_memory
 from .profiling import DemoProfiler
 from .session import Session, build_session, measure_peak
 
@@ -95,6 +97,7 @@ class Progress:
     summary_seconds: float = 0.0
     summary_first_iteration: Optional[int] = None   # first iteration after the first interval
     peak_warned: bool = False
+    measured_peak_bytes: Optional[int] = None   # the training loop's (CUDA), read as it ends
 
 
 class RankedStop:
@@ -147,6 +150,8 @@ def train(session: Session, started: float) -> int:
     session.train_model.train()
     session.synchronize()
     session.dist.barrier()
+    if session.cuda:  # the peak of the loop alone, not of the start-up peak measurement
+        torch.cuda.reset_peak_memory_stats(session.device)
     progress = Progress(time.perf_counter(), torch.zeros((), device=session.device))
     status = ProgressLine(enabled=None if session.dist.is_last_rank else False)
     session.status = status
@@ -176,6 +181,7 @@ def train(session: Session, started: float) -> int:
         if not (isinstance(error, KeyboardInterrupt) or stop.peer_gone(error)):
             raise
         status.clear()
+        progress.measured_peak_bytes = measured_peak_bytes() if session.cuda else None
         if progress.interval_iterations:
             close_interval(session, progress, done, batch_size)
         session.say(f"\ninterrupted (Ctrl-C) after iteration {done} of {config.train_iters}")
@@ -185,6 +191,7 @@ def train(session: Session, started: float) -> int:
     finally:
         stop.restore()
     status.clear()
+    progress.measured_peak_bytes = measured_peak_bytes() if session.cuda else None
     session.close_writers()
     code = print_summary(session, progress, started, config.train_iters)
     if profiler is not None:
@@ -224,8 +231,33 @@ def print_start(session: Session) -> None:
         f"{session.dist.world_size} process(es), {session.backend}; "
         f"{torch.get_num_threads()} CPU threads per process ({session.threads_source})")
     say(f"peak for MFU/HFU: {session.peak_source}")
+    say(memory_estimate_line(session))
     say(f"training for {config.train_iters} iterations, logging every {config.log_interval} ...")
     sys.stdout.flush()
+
+
+def memory_estimate_line(session: Session) -> str:
+    memory = demo_memory(session.config, session.cuda)
+    if memory is None:
+        return "memory: not estimated for this shape or dtype (see verify --memory)"
+    stage = memory.stages[0]
+    return (f"memory per process (estimate): peak {stage.peak / GIB:,.3f} GiB = parameters, "
+            f"gradients and AdamW state {stage.state.total / GIB:,.3f} GiB + activations "
+            f"{stage.activations / GIB:,.3f} GiB + recompute {stage.recompute_working / GIB:,.3f}"
+            " GiB")
+
+
+def memory_measured_line(session: Session, measured: Optional[int]) -> str:
+    """The training loop's measured peak (torch.cuda.max_memory_allocated; n/a on a CPU)
+    beside the estimate."""
+    memory = demo_memory(session.config, session.cuda)
+    estimate = "not estimated" if memory is None else \
+        f"{memory.stages[0].peak / GIB:,.3f} GiB estimated"
+    if measured is None:
+        return f"memory: measured peak n/a (no CUDA device: no allocator statistics); {estimate}"
+    ratio = "" if memory is None else f" ({measured / memory.stages[0].peak:.3f} × the estimate)"
+    return (f"memory: measured peak {measured / GIB:,.3f} GiB (torch.cuda.max_memory_allocated) "
+            f"vs {estimate}{ratio}")
 
 
 def arguments_dump(session: Session) -> List[str]:
@@ -380,6 +412,7 @@ def print_summary(session: Session, progress: Progress, started: float, last_ite
     if progress.first_loss is not None:
         say(f"lm loss: {progress.first_loss:.3f} (first interval) -> {progress.last_loss:.3f} "
             "(last interval)")
+    say(memory_measured_line(session, progress.measured_peak_bytes))
     if not summary_meter.pending_iterations:
         say("(too few intervals for a steady-state summary: give more --train-iters than "
             "--log-interval)")

@@ -226,6 +226,8 @@ def fork_from_arguments(arguments: Dict[str, str]) -> Optional[str]:
     """The framework whose parser has these arguments: a Megatron-DeepSpeed fork (by the
     names only one of them has; None: neither or both) or, without a ``deepspeed``
     argument, NVIDIA Megatron-LM (``megatron-lm``: a name only its parser has; else None)."""
+    if "megatron_bridge_config" in arguments:  # logs/bridge.py's dump of Bridge's summary
+        return "megatron-bridge"
     if "deepspeed" not in arguments:
         return "megatron-lm" if any(n in arguments for n in _MEGATRON_LM_ARGUMENTS) else None
     found = [fork for fork, names in _FORK_ARGUMENTS if any(n in arguments for n in names)]

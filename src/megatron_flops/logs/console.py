@@ -70,9 +70,10 @@ import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import UsageError
+from . import bridge as bridge_log
 from .arguments import ARGUMENT_LINE, DUMP_END, padded_vocab_size
 
-FORKS = ("bigscience", "microsoft", "megatron-lm")
+FORKS = ("bigscience", "microsoft", "megatron-lm", "megatron-bridge")
 MEGATRON_LM = "megatron-lm"
 
 _ANCHOR = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)\s*\|")
@@ -326,18 +327,64 @@ _RESOLUTION_MS = tuple(0.5e-3 * 10.0 ** -decimals for decimals in range(20))
 
 
 class _LineFormat(NamedTuple):
-    pattern: "re.Pattern"
-    indices: tuple        # the LogRecord field of each group but the time's, in line order
-    converters: tuple
-    time_group: int       # the elapsed time's group
-    in_seconds: bool      # printed in seconds (else ms)
-    tflops_group: int     # the logged TFLOPs' group among the others, -1 without one
+    pattern: "re.Pattern"  # the anchor and the fields: searched, from the line's first
+    read: object           # "iteration"; read(groups, line_number) -> the record's fields
+    in_seconds: bool       # the time printed in seconds (else ms)
+    fork: Optional[str]    # the fork the format's fields name (tgs, actual seqlen, seconds)
+
+
+# The reader of one learned format is made once, as the code of one function: the record's
+# fields as one list display, each read field converted from its group (no loop, no lookup
+# per field).  Only numbers and the names below go into that code, never text of the log.
+_READER = """
+def read(g, line_number):
+    t = g[{time}]
+    if "/" in t or "(avg" in t:
+        t = current_value(t)
+    seconds = float(t)
+    t = t.strip()
+    dot = t.find(".")
+    decimals = 0 if dot < 0 else len(t) - dot - 1
+    return [{values}]
+"""
+
+
+def _make_reader(groups: dict, time_group: int, in_seconds: bool):
+    """The reader of a format whose field ``index`` is ``convert(group)`` for
+    ``groups[index] = (group, convert)`` (groups 0 and 1: the anchor's iteration and train
+    iters; ``time_group``: the elapsed time's)."""
+    names = {"current_value": current_value, "int": int, "float": float,
+             "printed_resolution": printed_resolution}
+    values = []
+    for index, name in enumerate(LogRecord._fields):
+        if index == 0:
+            values.append("line_number")
+        elif index in (2, 3):
+            values.append(f"int(g[{index - 2}])")
+        elif index == _SECONDS_INDEX:
+            values.append("seconds" if in_seconds else "seconds / 1000.0")
+        elif index == len(LogRecord._fields) - 2:
+            values.append("(_RESOLUTION_S[decimals] if decimals < 20 else "
+                          "0.5 * 10.0 ** -decimals)" if in_seconds else
+                          "(_RESOLUTION_MS[decimals] if decimals < 20 else "
+                          "0.5e-3 * 10.0 ** -decimals)")
+        elif index == _TFLOPS_RESOLUTION_INDEX and _TFLOPS_INDEX in groups:
+            # the logged TFLOPs' printed digits (issue 24)
+            values.append(f"printed_resolution(g[{groups[_TFLOPS_INDEX][0]}])")
+        elif index in groups:
+            group, names[f"convert{index}"] = groups[index]
+            values.append(f"convert{index}(g[{group}])")
+        else:
+            values.append(repr(_EMPTY[index]))
+    names.update(_RESOLUTION_S=_RESOLUTION_S, _RESOLUTION_MS=_RESOLUTION_MS)
+    exec(_READER.format(time=time_group, values=", ".join(values)), names)  # noqa: S102
+    return names["read"]
 
 
 def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
     """The format of ``line`` from ``start`` (the anchor's ``|``); None without exactly one
     time field or with a field read twice (the general pass reads those lines)."""
-    parts, indices, converters = [], [], []
+    parts, groups = [], {}
     time_group, in_seconds = None, False
     segments = line[start + 1:].split("|")
     if segments[-1].strip():
@@ -349,59 +396,30 @@ def _learn_format(line: str, start: int) -> Optional[_LineFormat]:
             if time_group is not None:
                 return None
             parts.append(" " + re.escape(key) + r": *([^|]*)")
-            time_group = len(indices)
+            time_group = 2 + len(groups)
             in_seconds = key == _ELAPSED_SECONDS
-            indices.append(_SECONDS_INDEX)
-            converters.append(None)
         elif key in _INDEX:
             index, convert = _INDEX[key]
-            if index in indices:
+            if index in groups:
                 return None
             parts.append(" " + re.escape(key) + r": *([^|]*)")
-            indices.append(index)
-            converters.append(convert)
+            groups[index] = (2 + len(groups) + (time_group is not None), convert)
         elif colon >= 0:   # a field not read: known by its text up to its first ":"
             parts.append(re.escape(segment[:colon + 1]) + "[^|]*")
         else:
             parts.append("[^|:]*")
     if time_group is None:
         return None
-    del indices[time_group], converters[time_group]
-    tflops_group = indices.index(_TFLOPS_INDEX) if _TFLOPS_INDEX in indices else -1
-    # only lines that end at their last "|": a tail (a last field without its "|", a cut
-    # line) is read by the general pass
-    pattern = re.compile(r"\|" + r"\|".join(parts) + r"\|\s*\Z")
-    return _LineFormat(pattern, tuple(indices), tuple(converters), time_group, in_seconds,
-                       tflops_group)
+    # the anchor as _ANCHOR, then only lines that end at their last "|": a tail (a last
+    # field without its "|", a cut line) is read by the general pass
+    pattern = re.compile(_ANCHOR.pattern[:-2] + r"\|" + r"\|".join(parts) + r"\|\s*\Z")
+    fork = ("microsoft" if _TGS_INDEX in groups or _ACTUAL_SEQLEN_INDEX in groups
+            else "bigscience" if in_seconds else None)
+    return _LineFormat(pattern, _make_reader(groups, time_group, in_seconds), in_seconds, fork)
 
 
 _formats: List[_LineFormat] = []
 _learned = [0]
-
-
-def _learned_fields(line_format: _LineFormat, match, fields: list) -> Optional[bool]:
-    """Fill ``fields`` from a line ``line_format`` matched (True: the time was printed in
-    seconds); None when a value does not convert (the general pass then reads the line)."""
-    groups = list(match.groups())
-    value = current_value(groups.pop(line_format.time_group))
-    try:
-        seconds = float(value)
-        for index, convert, text in zip(line_format.indices, line_format.converters, groups):
-            fields[index] = convert(text)
-    except ValueError:
-        return None
-    if line_format.tflops_group >= 0:   # the logged TFLOPs' printed digits (issue 24)
-        fields[_TFLOPS_RESOLUTION_INDEX] = printed_resolution(groups[line_format.tflops_group])
-    text = value.strip()
-    dot = text.find(".")
-    decimals = 0 if dot < 0 else len(text) - dot - 1
-    if line_format.in_seconds:
-        fields[-2] = _RESOLUTION_S[decimals] if decimals < 20 else 0.5 * 10.0 ** -decimals
-    else:
-        seconds /= 1000.0
-        fields[-2] = _RESOLUTION_MS[decimals] if decimals < 20 else 0.5e-3 * 10.0 ** -decimals
-    fields[_SECONDS_INDEX] = seconds
-    return line_format.in_seconds
 
 
 def _learn(line: str, start: int) -> None:
@@ -446,6 +464,19 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
     bigscience; else None).  Fields are found wherever they are on the line
     (one regular-expression pass in C), so their order and any extra fields do not matter.
     """
+    for line_format in _formats:   # the per-line path: a learned format, the latest first
+        learned = line_format.pattern.search(line)
+        if learned is None:
+            continue
+        anchor = learned.start()
+        if line.find("iteration") == anchor:   # no anchor before: _ANCHOR's match
+            try:
+                fields = line_format.read(learned.groups(), line_number)
+            except ValueError:    # a value that does not convert: the general pass says which
+                break
+            # a learned format ends at the line's last "|": never truncated
+            return _record(line, fields, anchor, fork or line_format.fork,
+                           line_format.in_seconds, line_number)
     match = _ANCHOR.search(line)
     if match is None:
         return None
@@ -454,29 +485,26 @@ def parse_line(line: str, line_number: int = 0, fork: Optional[str] = None
     fields[2] = int(match.group(1))
     fields[3] = int(match.group(2))
     start = match.end() - 1
-    in_seconds = None
-    for line_format in _formats:   # _learned_fields, inline: the per-line path
-        learned = line_format.pattern.match(line, start)
-        if learned is not None:
-            in_seconds = _learned_fields(line_format, learned, fields)
-            break
-    if in_seconds is None:
-        fields = list(_EMPTY)
-        fields[0] = line_number
-        fields[2] = int(match.group(1))
-        fields[3] = int(match.group(2))
-        in_seconds = _general_fields(line, start, fields, line_number)
-        if fields[_SECONDS_INDEX] is not None:
-            _learn(line, start)
+    in_seconds = _general_fields(line, start, fields, line_number)
+    if fields[_SECONDS_INDEX] is not None:
+        _learn(line, start)
+    fields[-1] = not line.rstrip().endswith("|") and not _complete_tail(line, fields)
+    return _record(line, fields, match.start(), fork, in_seconds, line_number)
+
+
+def _record(line: str, fields: list, anchor: int, fork: Optional[str], in_seconds: bool,
+            line_number: int) -> LogRecord:
+    """The record of ``fields`` read from ``line`` (its anchor at ``anchor``): the elapsed
+    time checked, Megatron-LM's date stamp read, the fork settled."""
     seconds = fields[_SECONDS_INDEX]
     if seconds is None:
         raise Malformed(f"line {line_number}: no elapsed time per iteration")
     if not 0 < seconds < math.inf:
         raise Malformed(f"line {line_number}: elapsed time per iteration is {seconds}")
-    fields[-1] = not line.rstrip().endswith("|") and not _complete_tail(line, fields)
     stamped = False
-    if "[" in line[:match.start()]:
-        stamp = _TIMESTAMP.search(line, 0, match.start())
+    prefix = line[:anchor]
+    if "[" in prefix and prefix.rstrip().endswith("]"):   # _TIMESTAMP can match
+        stamp = _TIMESTAMP.search(line, 0, anchor)
         if stamp is not None:
             fields[_TIMESTAMP_INDEX] = megatron_lm_timestamp(stamp.group(1), stamp.group(2))
             stamped = fields[_TIMESTAMP_INDEX] is not None
@@ -507,13 +535,19 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
     anchor_word = "iteration"
     number = 0
     dump = None  # the arguments block being read
+    # Megatron-Bridge (issue 21): its configuration summary stands for the arguments dump, its
+    # Step Time line gives the interval's TFLOP/s when the iteration line has none
+    summary = bridge_log.SummaryReader()
+    bridge_run = fork == bridge_log.MEGATRON_BRIDGE
+    step_tflops = None
     for number, line in enumerate(lines, 1):
         if type(line) is CutLine:
             count_cut_line(stats, number)
             continue
         if anchor_word in line:
             try:
-                record = parse_line(line, number, fork)
+                record = parse_line(line, number,
+                                    None if fork == bridge_log.MEGATRON_BRIDGE else fork)
             except Malformed:
                 stats.malformed += 1
                 if len(stats.malformed_lines) < MAX_EXAMPLES:
@@ -523,8 +557,28 @@ def parse_console_log(lines: Iterable[str], stats: Optional[ParseStats] = None,
                 stats.records += 1
                 if record.truncated:
                     stats.truncated += 1
+                if bridge_run and record.fork in (None, MEGATRON_LM):
+                    record = record._replace(fork=bridge_log.MEGATRON_BRIDGE)
+                    if record.tflops is None and step_tflops is not None:
+                        record = record._replace(tflops=step_tflops)
+                step_tflops = None
                 yield record
                 continue
+        if summary.inside or "Configuration Summary" in line:
+            opened = not summary.inside
+            if summary.feed(line):
+                if opened:
+                    stats.arguments_line = number
+                elif not summary.inside:   # closed: the summary is this segment's dump
+                    stats.arguments = bridge_log.arguments_from_config(summary.sections)
+                    stats.argument_dumps += 1
+                    bridge_run = True
+                stats.other += 1
+                continue
+        if "Step Time" in line:
+            step = bridge_log.step_time(line)
+            if step is not None:
+                step_tflops, bridge_run = step[1], True
         if " ..." in line:
             match = ARGUMENT_LINE.search(line)
             if match is not None:
@@ -557,13 +611,22 @@ class CutLine(str):
     """The first :data:`MAX_LINE_CHARACTERS` characters of a longer line."""
 
 
+# a file's lines are read this many characters at a time (less than MAX_LINE_CHARACTERS,
+# so that only a line spanning chunks can be too long) and split in C
+CHUNK_CHARACTERS = 1 << 16
+_LINE = re.compile(r"[^\n]*\n")
+
+
 class BoundedLines:
     """A text stream's lines (``readline()``, iteration, a context manager), none longer than
     :data:`MAX_LINE_CHARACTERS`: a longer line comes as a :class:`CutLine` and its rest is
-    skipped, read in pieces of that size."""
+    skipped, read in pieces of that size.  ``chunked``: iteration reads the stream in chunks
+    of :data:`CHUNK_CHARACTERS` (a file; the same lines, several times faster), else line by
+    line (a pipe: each line as soon as it is written)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, chunked: bool = False):
         self._stream = stream
+        self._chunked = chunked
 
     def readline(self) -> str:
         line = self._stream.readline(MAX_LINE_CHARACTERS)
@@ -579,6 +642,9 @@ class BoundedLines:
                 return CutLine(line)
 
     def __iter__(self) -> Iterator[str]:
+        if self._chunked:
+            yield from self._chunks()
+            return
         readline, limit = self._stream.readline, MAX_LINE_CHARACTERS   # the per-line path
         while True:
             line = readline(limit)
@@ -587,6 +653,36 @@ class BoundedLines:
             elif not line:
                 return
             yield line
+
+    def _chunks(self) -> Iterator[str]:
+        """The lines ``readline`` gives (a line of ``limit`` characters or more, its newline
+        not counted, cut to its first ``limit``), from chunks of the stream."""
+        read, limit, findall = self._stream.read, MAX_LINE_CHARACTERS, _LINE.findall
+        size = min(CHUNK_CHARACTERS, limit - 1)   # whole lines in a chunk are short enough
+        pending = ""     # the start of a line not ended yet (shorter than limit)
+        cut = False      # the line being read was cut already: its rest is dropped
+        while True:
+            chunk = read(size)
+            if not chunk:
+                if pending:
+                    yield pending
+                return
+            first_end = chunk.find("\n") + 1
+            if not first_end:                    # the line goes on
+                if not cut:
+                    pending += chunk
+                    if len(pending) >= limit:
+                        yield CutLine(pending[:limit])
+                        pending, cut = "", True
+                continue
+            if cut:
+                cut = False
+            else:
+                line = pending + chunk[:first_end]
+                yield line if len(line) <= limit else CutLine(line[:limit])
+            end = chunk.rfind("\n") + 1
+            yield from findall(chunk, first_end, end)
+            pending = chunk[end:]
 
     def close(self) -> None:
         self._stream.close()
@@ -613,4 +709,4 @@ def open_log(path: str) -> BoundedLines:
         return BoundedLines(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
                                              errors="replace"))
     return BoundedLines(open(path, "r", encoding="utf-8", errors="replace",
-                             buffering=1 << 20))
+                             buffering=1 << 20), chunked=True)

@@ -44,7 +44,8 @@ from .console import MEGATRON_LM, LogRecord
 
 # what each framework's logged TFLOPs figure counts: the forks add recomputation (their
 # number is an HFU numerator), Megatron-LM's num_floating_point_operations never does
-LOGGED_COUNTS = {"bigscience": "hardware", "microsoft": "hardware", MEGATRON_LM: "model"}
+LOGGED_COUNTS = {"bigscience": "hardware", "microsoft": "hardware", MEGATRON_LM: "model",
+                 "megatron-bridge": "model"}  # Bridge's flop_utils never counts recompute
 # the convention (megatron_flops.conventions) Megatron-LM lines are checked against
 MEGATRON_LM_CONVENTION = "megatron-lm"
 
@@ -283,7 +284,7 @@ class Relogger:
         if at_one_second is None:
             if len(self._formula_at_one_second) > 4096:
                 self._formula_at_one_second.clear()
-            if fork.startswith(MEGATRON_LM):
+            if fork.startswith(MEGATRON_LM) or fork.startswith("megatron-bridge"):
                 facts = RunFacts(self.model, batch, seq_length, self.run.recompute,
                                  self.run.pipeline_model_parallel_size)
                 at_one_second = (convention(fork).flops(facts) / (self.run.world_size * 1e12))

@@ -35,7 +35,73 @@ TABLE_HEADER = ("iteration", "batch", "seq", "s/iter", "logged TFLOPs", "model T
 _TABLE_FORMAT = "{:>10} {:>8} {:>6} {:>9} {:>13} {:>13} {:>16} {:>6} {:>6} {:>8}"
 
 
+# the row of the common interval by one format call: each TFLOP/s figure at least 1 and
+# finite, so format_tflops is ".2f" (report.format_significant); a missing logged figure
+# (then no error) or peak (no MFU, HFU) is its "n/a"; the error's "%" after its width-7
+# field pads as format_percent's text right-justified to 8.  Other rows: _table_row_general
+# A logged figure prints with the digits the run printed it with (logged_text: its decimals
+# from the printed resolution, cached per resolution; 2 for a figure not printed rounded),
+# and its error with the bound from those digits where the bound shows (error_text): the
+# error then goes in as error_text's string.
+_TABLE_FAST = {(logged, peak, bound): (
+    "{:>10} {:>8} {:>6} {:>9.4g} " + ("{:>13.{}f}" if logged else "{:>13}{}")
+    + " {:>13.2f} {:>16.2f} " + ("{:>6.1f} {:>6.1f}" if peak else "{:>6} {:>6}")
+    + (" {:>+7.1f}%" if logged and not bound else " {:>8}"))
+    for logged in (False, True) for peak in (False, True) for bound in (False, True)}
+_INF = math.inf
+_LOGGED_DECIMALS = {0.0: 2}
+
+
+def _logged_decimals(resolution: float) -> int:
+    decimals = _LOGGED_DECIMALS.get(resolution)
+    if decimals is None:
+        decimals = max(0, round(-math.log10(2.0 * resolution))) if resolution > 0 else 2
+        if len(_LOGGED_DECIMALS) < 64:
+            _LOGGED_DECIMALS[resolution] = decimals
+    return decimals
+
+
 def table_row(interval: Interval) -> str:
+    rep = interval.report
+    logged, error, mfu, hfu = interval.record.tflops, interval.error, rep.mfu, rep.hfu
+    model, hardware = rep.model_tflops_per_gpu, rep.hardware_tflops_per_gpu
+    shown_bound = False
+    if logged is None:
+        fast = error is None
+        logged = error = "n/a"
+        decimals = ""
+        has_logged = False
+    else:
+        fast = error is not None and 1.0 <= logged < _INF
+        if fast:
+            bound = interval.error_bound
+            if bound is not None and bound >= SHOWN_BOUND:
+                shown_bound = True
+                error = error_text(interval)
+            else:
+                error *= 100.0
+            decimals = _logged_decimals(interval.record.tflops_resolution)
+        has_logged = True
+    if mfu is None:
+        fast = fast and hfu is None
+        mfu = hfu = "n/a"
+        has_peak = False
+    else:
+        fast = fast and hfu is not None
+        if fast:
+            mfu *= 100.0
+            hfu *= 100.0
+        has_peak = True
+    if fast and 1.0 <= model < _INF and 1.0 <= hardware < _INF:
+        batch = interval.batch_size
+        return _TABLE_FAST[has_logged, has_peak, shown_bound].format(
+            interval.record.iteration,
+            f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}", interval.seq_length,
+            interval.seconds_per_iteration, logged, decimals, model, hardware, mfu, hfu, error)
+    return _table_row_general(interval)
+
+
+def _table_row_general(interval: Interval) -> str:
     rep = interval.report
     batch = interval.batch_size
     batch_text = f"{batch:.0f}" if batch == int(batch) else f"{batch:.1f}"
@@ -110,7 +176,10 @@ class TableOutput(_BatchedLines):
         if not self._header_written:
             self._append(_TABLE_FORMAT.format(*TABLE_HEADER) + "\n")
             self._header_written = True
-        self._append(table_row(interval) + "\n")
+        lines = self._lines      # _append, inline: the per-line path
+        lines.append(table_row(interval) + "\n")
+        if len(lines) >= BATCH_ROWS:
+            self.flush()
 
     def discard(self) -> None:
         pass
@@ -162,7 +231,10 @@ class JsonOutput(_BatchedLines):
     """One JSON object per interval on ``stream``, a line each."""
 
     def add(self, interval: Interval) -> None:
-        self._append(interval_json(interval))
+        lines = self._lines      # _append, inline: the per-line path
+        lines.append(interval_json(interval))
+        if len(lines) >= BATCH_ROWS:
+            self.flush()
 
     def discard(self) -> None:
         pass

@@ -2,14 +2,14 @@
 summary object of ``relog`` (its keys are public: docs/relog.md)."""
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from ..conventions import convention, conventions_with_headline
 from ..errors import UsageError
 from ..hardware import implausible_utilisation_warning
 from .console import ParseStats
-from .intervals import (LOGGED_COUNTS, ROUNDED_TO_ZERO, WITHIN_DIGITS, Interval, Relogger,
-                        reproduces)
+from .intervals import (FORMULA_TOLERANCE, LOGGED_COUNTS, ROUNDED_TO_ZERO, WITHIN_DIGITS,
+                        Interval, Relogger)
 from .segments import ASSUMED, Segment
 
 
@@ -39,18 +39,37 @@ class Summary:
         self.sum_mfu = self.sum_hfu = 0.0
         self.max_mfu = self.max_hfu = 0.0
         self.gpu_seconds = 0.0
-        self.forks = set()
         self.segments: List[dict] = []
         self.startup_iterations: List[Tuple[int, int]] = []  # (first, last) left out
         self.sum_true_where_logged = 0.0
-        self.logged_counts = set()
-        self.formulas: Dict[str, int] = {}   # intervals per fork formula (Megatron-LM: era)
+        # intervals per (fork, fork formula, logged a figure): forks, formulas, logged_counts
+        self._kinds: Dict[Tuple[Optional[str], Optional[str], bool], int] = {}
         self._shape_totals = [0, 0.0, 0.0, 0.0]   # the last segment's iterations, s, samples, tokens
         # issue 24: logged figures printed as zero (no error), errors within the printed
         # digits, the widest error bound from the printing
         self.rounded_to_zero = 0
         self.within_digits = 0
         self.max_error_bound = 0.0
+
+    @property
+    def forks(self) -> Set[str]:
+        """The forks of the intervals (their own, else their segment's)."""
+        return {fork for fork, _, _ in self._kinds if fork}
+
+    @property
+    def formulas(self) -> Dict[str, int]:
+        """Intervals per fork formula (Megatron-LM: its era)."""
+        counts: Dict[str, int] = {}
+        for (_, formula, _), count in self._kinds.items():
+            if formula is not None:
+                counts[formula] = counts.get(formula, 0) + count
+        return counts
+
+    @property
+    def logged_counts(self) -> Set[str]:
+        """What the logged figures count ("model", "hardware"), over intervals that logged one."""
+        return {LOGGED_COUNTS.get(fork, "hardware") for fork, _, logged in self._kinds
+                if logged}
 
     def add_segment(self, segment: Segment) -> None:
         """A run segment's shape and sources (the first, and one per re-shaped restart)."""
@@ -85,19 +104,17 @@ class Summary:
         if mfu is not None:
             self.sum_mfu += mfu
             self.sum_hfu += hfu
-        fork = interval.fork
-        if fork:
-            self.forks.add(fork)
-        formula = interval.formula
-        if formula is not None:
-            self.formulas[formula] = self.formulas.get(formula, 0) + 1
+        fork, error = interval.fork, interval.error
+        # forks, formulas and logged counts: one count per kind of line (few kinds)
+        kind = (fork, interval.formula, error is not None)
+        kinds = self._kinds
+        kinds[kind] = kinds.get(kind, 0) + 1
         self.gpu_seconds += elapsed * world_size
         if mfu is not None:
             if mfu > self.max_mfu:     # max(), the first of equals kept
                 self.max_mfu = mfu
             if hfu > self.max_hfu:
                 self.max_hfu = hfu
-        error = interval.error
         if error is None:    # nothing logged, not a finite number, or printed as zero
             if interval.error_note == ROUNDED_TO_ZERO:
                 self.rounded_to_zero += 1
@@ -110,9 +127,8 @@ class Summary:
         self.logged += 1
         self.sum_logged += logged
         self.sum_hardware_where_logged += hardware
-        counts = LOGGED_COUNTS.get(fork, "hardware")
-        self.logged_counts.add(counts)
-        self.sum_true_where_logged += model if counts == "model" else hardware
+        self.sum_true_where_logged += (model if LOGGED_COUNTS.get(fork, "hardware") == "model"
+                                       else hardware)
         self.sum_error += error
         if error < self.min_error:
             self.min_error = error
@@ -124,8 +140,8 @@ class Summary:
             deviation = abs(logged - formula) / formula
             if deviation > self.worst_formula_deviation:
                 self.worst_formula_deviation = deviation
-            if not reproduces(logged, formula):
-                self.formula_mismatches += 1
+            if not abs(logged - formula) <= max(FORMULA_TOLERANCE * formula, 0.01):
+                self.formula_mismatches += 1    # not reproduces(), inline
 
     def conventions(self, relogger: Relogger, peak_tflops: Optional[float],
                     headline: Optional[str] = None) -> Tuple[Optional[dict], Optional[dict], str]:

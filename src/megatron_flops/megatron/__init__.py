@@ -11,6 +11,9 @@ Public entry points (``__all__``, docs/api.md):
   ``megatron.utils.throughput_calculator``.
 - :func:`shapes_from_args` — the model and run shape of a Megatron ``args`` namespace (any
   fork or Megatron-LM); :func:`padded_vocab_size` — Megatron's vocabulary padding.
+- :func:`shapes_from_bridge_config` — the same for a Megatron-Bridge ``ConfigContainer``;
+  :func:`exact_num_floating_point_operations` — drop-in for Bridge's
+  ``num_floating_point_operations`` (docs/megatron-bridge.md).
 - :func:`megatron_flops.megatron.resolve.resolve_command` — a pasted launch line (launcher
   and all) resolved in its framework's dialect: shapes, the dialect and why, and every value
   inferred or assumed (:mod:`.resolve`, :mod:`.dialects`, :mod:`.vocab`, :mod:`.launch`).
@@ -21,8 +24,11 @@ Public entry points (``__all__``, docs/api.md):
 
 
 from .args import padded_vocab_size, shapes_from_args
+from .bridge_config import exact_num_floating_point_operations, shapes_from_bridge_config
 from .calculator import throughput_calculator
 from .hook import install, uninstall
 
 __all__ = ["install", "padded_vocab_size", "shapes_from_args", "throughput_calculator",
-           "uninstall"]
+           "uninstall",
+           # NVIDIA Megatron-Bridge (issue 21)
+           "exact_num_floating_point_operations", "shapes_from_bridge_config"]

@@ -22,10 +22,11 @@ import argparse
 from dataclasses import replace
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..shapes import (GLU_ACTIVATIONS, ModelShape, Recompute, RunShape, ShapeError,
+from ..shapes import (GLU_ACTIVATIONS, QUICK_GEGLU, ModelShape, Recompute, RunShape, ShapeError,
                       _require_positive)
 from . import features
 from . import flags as catalogue
+from . import multimodal
 
 GPT2_BPE_VOCAB_SIZE = 50257
 
@@ -105,6 +106,15 @@ def _glu(ns) -> Optional[str]:
         raise ShapeError(
             f"--glu-activation must be one of {', '.join(GLU_ACTIVATIONS)}, got {glu!r}",
             "--glu-activation")
+    if getattr(ns, "quick_geglu", False):  # Megatron-LM: a GLU with quick-GELU (gpt-oss)
+        # (core_transformer_config_from_args: assert not args.swiglu; --squared-relu wins first)
+        squared_relu = getattr(ns, "squared_relu", False)
+        for other, given in (("--swiglu", swiglu), ("--squared-relu", squared_relu),
+                             (f"--glu-activation {glu}", glu is not None)):
+            if given:
+                raise ShapeError(f"--quick-geglu contradicts {other} (Megatron-LM takes one "
+                                 "activation)", "--quick-geglu")
+        return QUICK_GEGLU
     if swiglu:
         if glu not in (None, "swiglu"):
             raise ShapeError(f"--swiglu contradicts --glu-activation {glu}", "--swiglu")
@@ -366,6 +376,10 @@ def _megatron_core_model_fields(ns) -> dict:
         fields["moe_layer_freq"] = tuple(fields["moe_layer_freq"])
     if isinstance(fields["window_attn_skip_freq"], list):
         fields["window_attn_skip_freq"] = tuple(fields["window_attn_skip_freq"])
+    # issue 20 item 2: latent MoE, the attention output gate, the shared-expert gate
+    fields.update(moe_latent_size=get("moe_latent_size"),
+                  attention_output_gate=bool(get("attention_output_gate", False)),
+                  moe_shared_expert_gate=bool(get("moe_shared_expert_gate", False)))
     if getattr(ns, "multi_latent_attention", False):
         fields.update(multi_latent_attention=True, q_lora_rank=get("q_lora_rank"),
                       kv_lora_rank=get("kv_lora_rank"), qk_head_dim=get("qk_head_dim"),
@@ -378,7 +392,7 @@ def _megatron_core_model_fields(ns) -> dict:
 # whose argument is a value (off: None / 0 / ""), when the value is set.  Values Megatron sets
 # on every run (``encoder_num_layers``) are not here: only a switch refuses those.
 UNSUPPORTED_VALUE_ARGS = frozenset((
-    "num_experts_switch", "moe_latent_size", "experimental_attention_variant",
+    "num_experts_switch", "experimental_attention_variant",
     "dsa_indexer_topk", "hybrid_override_pattern", "hybrid_layer_pattern",
     "linear_attention_freq", "heterogeneous_layers_config_path",
     "heterogeneous_layers_config_encoded_json",
@@ -561,6 +575,8 @@ def shapes_from_args(ns) -> Tuple[ModelShape, RunShape]:
         sequence_parallel_size=sequence_parallel,
         context_parallel_size=get("context_parallel_size", 1),
     )
+    # vision-language runs (examples/multimodal) and frozen weights (issue 20 item 3)
+    model, run = multimodal.apply(ns, model, run)
     return model, run
 
 
@@ -636,6 +652,15 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--qk-pos-emb-head-dim", type=int)
     add("--v-head-dim", type=int)
     add("--mtp-num-layers", type=int)
+    # issue 20 item 2 (Megatron-LM)
+    add("--moe-latent-size", type=int, help="Megatron-LM: latent MoE, routed experts in an "
+        "L-wide space (h -> L and L -> h projections around them)")
+    add("--attention-output-gate", action="store_true", help="Megatron-LM: a sigmoid gate on "
+        "the attention output (n·d more QKV columns)")
+    add("--moe-shared-expert-gate", action="store_true", help="Megatron-LM: an h -> 1 gate on "
+        "the shared experts' output")
+    add("--quick-geglu", action="store_true", help="Megatron-LM: a GLU MLP with quick-GELU "
+        "(gpt-oss): the GEMMs of any GLU")
     add("--window-size", type=str, help="w,0: sliding-window attention over w keys")
     add("--window-attn-skip-freq", type=str, help="every N-th layer full attention, or a pattern")
     add("--position-embedding-type", type=str)
@@ -672,6 +697,9 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add("--pipeline-model-parallel-layout", type=str)
     add("--num-layers-per-virtual-pipeline-stage", type=int)
     add("--num-virtual-stages-per-pipeline-rank", type=int)
+    # ---- per-stage FLOPs (issue 22): how the DeepSpeed pipeline model partitions the layers
+    add("--pp-partition-method", type=str, help="bigscience fork: DeepSpeed's partition_method "
+        "of the pipeline model (default type:transformer); moves layers between stages only")
     old = parser.add_argument_group("old names, read as their modern meaning")
     old.add_argument("--batch-size", type=int, help="--micro-batch-size")
     old.add_argument("--model-parallel-size", type=int, help="--tensor-model-parallel-size")
@@ -697,6 +725,7 @@ def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     fp8.add_argument("--fp4-format", dest="fp4", type=str, help="Megatron-LM: e2m1 (NVFP4 "
                      "GEMMs in the layers, as FP8's; the mixed peak uses the FP4 one)")
     fp8.add_argument("--fp4-recipe", choices=("nvfp4", "custom"))
+    multimodal.add_arguments(parser)  # vision-language runs, frozen weights (issue 20 item 3)
     ours = parser.add_argument_group("megatron-flops options for the pasted flags")
     ours.add_argument("--world-size", type=int,
                       help="number of GPUs (default: WORLD_SIZE, else TP × PP × SP × CP, said so)")

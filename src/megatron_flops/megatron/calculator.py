@@ -124,6 +124,10 @@ def iteration_seq_length(args) -> int:
     actual = getattr(args, "actual_seq_length", None)  # microsoft: set every iteration
     if actual is not None:
         return actual
+    # Megatron-LM's multimodal example (issue 20 item 3): model.py overwrote args.seq_length
+    # with one tile's image embeddings; the language model runs at the decoder length
+    if getattr(args, "language_model_type", None) and getattr(args, "decoder_seq_length", None):
+        return args.decoder_seq_length
     if getattr(args, "curriculum_learning", False):  # bigscience: DeepSpeed curriculum
         return args.curriculum_seqlen
     return args.seq_length

@@ -31,9 +31,13 @@ def one(component: str) -> Callable[[ModelShape], Unit]:
 
 
 def fused_qkv(shape: ModelShape) -> Unit:
-    """The fused QKV projection, split by output columns: n·d query, 2·g·d keys and values."""
+    """The fused QKV projection, split by output columns: n·d query, 2·g·d keys and values
+    (and n·d gate columns with Megatron-LM's ``--attention-output-gate``)."""
     d = shape.kv_channels
-    return (("query", shape.num_attention_heads * d), ("key_value", 2 * shape.num_query_groups * d))
+    unit = (("query", shape.num_attention_heads * d), ("key_value", 2 * shape.num_query_groups * d))
+    if shape.attention_output_gate:
+        unit += (("attention_gate", shape.num_attention_heads * d),)
+    return unit
 
 
 def mlp_in(prefix: str) -> Callable[[ModelShape], Unit]:
@@ -127,4 +131,9 @@ MEGATRON_CORE = (
     NameRule("mlp.linear_fc2", one("mlp_down")),
     NameRule("eh_proj", one("mtp_projection")),
     NameRule("output_layer", output_layer),
+    # issue 20 item 2: MoELayer's latent projections (--moe-latent-size) and SharedExpertMLP's
+    # own F.linear on gate_weight (--moe-shared-expert-gate; its linear_fc1/fc2 are matched above)
+    NameRule("mlp.fc1_latent_proj", one("moe_latent_down")),
+    NameRule("mlp.fc2_latent_proj", one("moe_latent_up")),
+    NameRule("mlp.shared_experts", one("shared_expert_output_gate")),
 )

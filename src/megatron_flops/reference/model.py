@@ -176,6 +176,8 @@ class SelfAttention(nn.Module):
 # ---- MLP and MoE ---------------------------------------------------------------------------
 
 GLU_GATES = {"geglu": F.gelu, "liglu": lambda x: x, "reglu": F.relu, "swiglu": F.silu}
+# Megatron-LM's --quick-geglu (gpt-oss): quick-GELU, x·sigmoid(1.702·x), elementwise
+GLU_GATES["quick_geglu"] = lambda x: x * torch.sigmoid(1.702 * x)
 
 
 class MLP(nn.Module):

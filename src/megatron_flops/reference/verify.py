@@ -251,6 +251,9 @@ _NOT_BUILT = (
     ("--mtp-num-layers", lambda m: m.mtp_num_layers > 0),
     ("--moe-shared-expert-intermediate-size", lambda m: m.shared_expert_ffn_hidden_size > 0),
     ("--moe-ffn-hidden-size", lambda m: m.is_moe and m.expert_ffn_hidden_size != m.ffn_hidden_size),
+    # issue 20 item 2 (counted on Megatron-Core's own modules in tests/megatron_core)
+    ("--attention-output-gate", lambda m: m.attention_output_gate),
+    ("--moe-latent-size", lambda m: m.is_moe and m.moe_latent_size is not None),
 )
 
 

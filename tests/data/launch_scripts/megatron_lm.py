@@ -81,6 +81,10 @@ PUBLISHED = {
         size="1T", source=CARD.format("moonshotai/Kimi-K2-Instruct")),
     MODELOPT + "nvidia/Nemotron-Mini-4B-Instruct.sh": dict(
         size="4B", vocab_size=256000, source=CARD.format("nvidia/Nemotron-Mini-4B-Instruct")),
+    # vision-language (issue 20 item 3): NVLM-D-72B, Qwen2-72B-Instruct + InternViT-6B
+    "examples/multimodal/nvlm/pretrain_qwen20_72b_internvit_6b.sh": dict(
+        size="79.38B", vocab_size=152064,
+        source="https://huggingface.co/nvidia/NVLM-D-72B (79.38B parameters in its safetensors, as mirrored at free2aitools.com/model/nvidia/nvlm-d-72b; trained with Megatron at TP 8, its InternViT keeps 32 heads, 7 of them dummy); vocab: huggingface.co/Qwen/Qwen2-72B-Instruct config.json"),
 }
 
 

@@ -195,6 +195,9 @@ class Strategy:
         if skip is None:  # the line has the same keys every interval: look once
             skip = self._keys_in_line = frozenset(
                 key for key, _ in fields if f" {key}: " in message or f" {key} (" in message)
+        rank_fields = getattr(self.hook, "rank_fields", None)   # per pipeline rank (issue 22)
+        if rank_fields is not None:
+            fields = fields + rank_fields(interval)
         return message + "".join(f" {key}: {value} |" for key, value in fields if key not in skip)
 
     def tensorboard_writer(self):

@@ -92,9 +92,10 @@ class MegatronLM(Strategy):
             per_sample = self._per_sample[id(accounting)] = FlopsPerSample(
                 accounting.model, run.recompute, run.pipeline_model_parallel_size,
                 accounting.causal)
+        seq_length = calc.iteration_seq_length(args)  # a multimodal run: the decoder length
         if squares is not None:
-            return per_sample.packed_batch_from_squares(args.seq_length, batch_size, squares)[0]
-        return batch_size * per_sample(args.seq_length)[0]
+            return per_sample.packed_batch_from_squares(seq_length, batch_size, squares)[0]
+        return batch_size * per_sample(seq_length)[0]
 
     @staticmethod
     def _packed_squares(rest, kwargs):

@@ -8,13 +8,16 @@ import sys
 from typing import Optional, Sequence, Type
 
 from ...conventions import conventions_for_run, conventions_table
+from ...errors import UsageError
 from ...hardware import implausible_utilisation_warning
 from ...params import parameter_count
 from ...planning import iteration_breakdown
-from ...report import format_percent, format_tflops, summary_lines
+from ...report import GIB, format_percent, format_tflops, memory_lines, summary_lines
 from .. import calculator as calc
+from ..memory_args import measured_peak_bytes, memory_from_namespace
 from .base import PREFIX, Interval, Strategy, parameter_names, rank_and_world
 from .count_mode import CountingMode, CountSettings
+from .pipeline_share import pipeline_share
 
 # how a peak is set in a training run: pretrain_gpt.py has no --gpu / --peak-tflops
 PEAK_HINT = (f"set {calc.ENV_GPU} (e.g. h100-sxm) or {calc.ENV_PEAK_TFLOPS} in the "
@@ -73,11 +76,16 @@ class MegatronHook:
         self.counting = CountSettings()          # the counting mode's settings (off)
         self.counting_mode: Optional[CountingMode] = None
         self._summary_done = False
+        self._memory_done = False   # issue 22: the memory lines, once per logging rank
         self._utilization_warned = False
         self._originals = {}
         # issue 24: the intervals reported so far, for the summary of a run ended by Ctrl-C
         # (first, last iteration, intervals, seconds, model, hardware FLOPs, world, peak)
         self.totals = [None, None, 0, 0.0, 0, 0, 1, None]
+        # per pipeline rank (issue 22): this rank's share, for the accounting it was made for
+        self.pipeline_share = None
+        self._share_for = None
+        self._share_error: Optional[str] = None
 
     @property
     def settings(self) -> calc.Settings:
@@ -230,12 +238,34 @@ class MegatronHook:
         """Count the iteration just trained; the Interval of this training_log call."""
         args = self.training_module.get_args()
         accounting = self.accounts.for_args(args)
+        self._update_pipeline_share(args, accounting)
         self.start_summary(args, accounting)
+        self.memory_summary(args, accounting)
         self.strategy.observe(args, accounting)
         interval = Interval(iteration, accounting, loss_counts)
         if iteration % args.log_interval == 0:
             self.strategy.on_log_iteration(interval)
         return interval
+
+    def _update_pipeline_share(self, args, accounting) -> None:
+        """This rank's pipeline share, once per accounting; a layout it cannot count leaves
+        the even figures alone and is said in the start summary (never a failure)."""
+        if self._share_for is accounting:
+            return
+        self._share_for = accounting
+        try:
+            self.pipeline_share = pipeline_share(args, accounting, self.fork)
+            self._share_error = None
+        except Exception as error:  # noqa: BLE001 - the training run and the hook go on
+            self.pipeline_share = None
+            self._share_error = str(error)
+
+    def rank_fields(self, interval: Interval) -> list:
+        """The logging rank's own fields (pipeline rank, its TFLOP/s and MFU/HFU)."""
+        share = self.pipeline_share
+        if share is None or interval.report is None:
+            return []
+        return share.fields(interval.report)
 
     # ---- start ------------------------------------------------------------------------
 
@@ -259,12 +289,50 @@ class MegatronHook:
                      "elementwise ops not counted")
         lines.append(f"peak for MFU/HFU: {peak_text(accounting.peak)}")
         lines.append(strategy.formula_line(args, breakdown, run.global_batch_size, run.seq_length))
+        if self.pipeline_share is not None:
+            lines += self.pipeline_share.summary_lines()
+        elif self._share_error is not None:
+            lines.append(f"per pipeline rank: not counted ({self._share_error})")
         if self.settings.show_conventions():
             lines += conventions_lines(model, run)
         # every line carries the prefix (a breakdown table too): grep-able among rank output
         lines = "\n".join(lines).split("\n")
         self.print("\n".join(f"{PREFIX} {line}" if line else PREFIX for line in lines),
                    ranks=("first",))
+
+    def memory_summary(self, args, accounting: calc.RunAccounting) -> None:
+        """Once per run, at the first training_log: rank 0 prints the per-stage memory table;
+        each logging rank (first, last) its stage's estimated peak beside the measured one
+        (``torch.cuda.max_memory_allocated`` on a GPU, after the first iteration; n/a
+        elsewhere).  A configuration the formulas do not model gets one line saying so."""
+        if self._memory_done or not self.per_iteration:
+            return
+        self._memory_done = True
+        rank, world = rank_and_world()
+        if rank not in (0, world - 1):
+            return
+        try:
+            memory = memory_from_namespace(args, accounting.model, accounting.run,
+                                           self.strategy.name)
+        except UsageError as error:
+            self.print(f"{PREFIX} memory: not estimated ({error})", ranks=("first",))
+            return
+        except Exception as error:  # a fault here must not take the FLOPs accounting down
+            self.print(f"{PREFIX} memory: not estimated ({type(error).__name__}: {error})",
+                       ranks=("first",))
+            return
+        if rank == 0:
+            self.print("\n".join(f"{PREFIX} {line}" for line in memory_lines(memory)),
+                       ranks=("first",))
+        stage = memory.stages[0 if rank == 0 else -1]
+        measured = measured_peak_bytes()
+        measured_text = ("n/a (no CUDA device in use)" if measured is None
+                         else f"{measured / GIB:,.3f} GiB (torch.cuda.max_memory_allocated)")
+        line = (f"{PREFIX} memory, rank {rank} (pipeline stage {stage.stage}): estimated peak "
+                f"{stage.peak / GIB:,.3f} GiB, measured peak after the first iteration "
+                f"{measured_text}")
+        stream = self.out or sys.stdout
+        print(line, file=stream, flush=True)
 
     def add_to_totals(self, interval: Interval) -> None:
         report, totals = interval.report, self.totals

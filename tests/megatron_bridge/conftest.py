@@ -1,0 +1,6 @@
+"""Megatron-Bridge tests: helpers importable as ``bridge_formula``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
