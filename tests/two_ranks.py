@@ -26,6 +26,14 @@ class RankResult(NamedTuple):
     stderr: str
 
 
+def _sigint_as_a_terminal_gives_it() -> None:
+    """In the child before exec: SIGINT at its default disposition.  A runner started as a
+    background job of a non-interactive shell (``cmd &``) ignores SIGINT, its children inherit
+    that, Python then installs no KeyboardInterrupt handler, and the ranks would train on
+    through the Ctrl-C this test sends (seen: a ``.ci/run`` under load hung here)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -34,7 +42,8 @@ def _free_port() -> int:
 
 def interrupt_two_ranks(command: List[str], env: dict, cwd: str, ready: str,
                         only_rank: Optional[int] = None,
-                        stall_seconds: float = STALL_SECONDS) -> List[RankResult]:
+                        stall_seconds: float = STALL_SECONDS, ready_count: int = 1
+                        ) -> List[RankResult]:
     """``only_rank``: SIGINT to that rank alone (as torchrun passes it on, one worker at a
     time, or ``kill -INT`` of one process), else to the process group."""
     port = _free_port()
@@ -44,7 +53,8 @@ def interrupt_two_ranks(command: List[str], env: dict, cwd: str, ready: str,
         rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                         LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, env=rank_env, cwd=cwd, process_group=group)
+                                   text=True, env=rank_env, cwd=cwd, process_group=group,
+                                   preexec_fn=_sigint_as_a_terminal_gives_it)
         group = group or process.pid
         processes.append(process)
         outputs.append(([], []))
@@ -64,7 +74,7 @@ def interrupt_two_ranks(command: List[str], env: dict, cwd: str, ready: str,
         return time.monotonic() - last_output[0] > stall_seconds
 
     try:
-        while not any(ready in line for line in outputs[1][0]):
+        while sum(ready in line for line in outputs[1][0]) < ready_count:
             if stalled() or any(p.poll() is not None for p in processes):
                 raise AssertionError("the ranks never got ready: " + "".join(
                     outputs[1][0][-5:] + outputs[0][1][-5:] + outputs[1][1][-5:]))
@@ -73,9 +83,11 @@ def interrupt_two_ranks(command: List[str], env: dict, cwd: str, ready: str,
             os.killpg(group, signal.SIGINT)
         else:
             os.kill(processes[only_rank].pid, signal.SIGINT)
-        last_output[0] = time.monotonic()
+        # after Ctrl-C only ending is progress: a rank that keeps logging iterations is not
+        # ending, so the wait is bounded from the signal, not from the last line
+        interrupted = time.monotonic()
         while any(p.poll() is None for p in processes):
-            if stalled():
+            if time.monotonic() - interrupted > stall_seconds:
                 raise AssertionError("a rank did not end after Ctrl-C")
             time.sleep(0.05)
     finally:
